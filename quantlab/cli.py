@@ -1,0 +1,233 @@
+"""The ``quantlab`` command line: parses, prints, and calls one library function per command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quantlab.errors import UserError
+
+app = typer.Typer(
+    help="Quantization impact lab for Mixture-of-Experts language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+zoo_app = typer.Typer(help="The embedded reference MoE (tiny-gpt-oss): train, score, info.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+bench_app = typer.Typer(help="Benchmarks (speed and quality), as ratios against references timed in the same run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+DEFAULT_TRAIN_MINUTES = 50.0
+
+# Commands of the lab that later issues build; each answers in one line and exits 2 until then.
+_PLANNED = {
+    "build": ("Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml.", "recipe engine"),
+    "measure": ("Per-expert error, routing drift, perplexity and KL drift of variants.", "measurement"),
+    "eval": ("Run lm-eval tasks on the baseline and variants, with repeats and intervals.", "evaluation"),
+    "attribute": ("Attribute a recipe's accuracy loss to its choices.", "attribution"),
+    "report": ("Write an HTML/markdown report from stored results.", "reports"),
+}
+
+
+def _planned_command(name: str, summary: str, part: str):
+    @app.command(name, help=f"{summary} (not built yet)", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def _not_built(ctx: typer.Context):
+        raise UserError(f"quantlab {name}: not built yet (the {part} is planned; see README.md)")
+
+    return _not_built
+
+
+for _name, (_summary, _part) in _PLANNED.items():
+    _planned_command(_name, _summary, _part)
+
+
+def _print_json(payload) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def _print_card(card: dict) -> None:
+    console.print(f"[bold]{card['name']}[/bold]  ({card['architecture']})  {card['path']}")
+    config = Table("config", "value", title="Architecture", title_justify="left")
+    for key, value in card["config"].items():
+        config.add_row(key, str(value))
+    console.print(config)
+    params = Table("component", "parameters", "share", title="Parameters per component", title_justify="left")
+    total = card["parameters"]["total"]
+    for component, count in card["parameters"].items():
+        params.add_row(component, f"{count:,}", f"{100 * count / total:.1f}%")
+    console.print(params)
+    training = Table("training", "value", title="Training", title_justify="left")
+    for key, value in card["training"].items():
+        if key != "environment":
+            training.add_row(key, str(value))
+    env = card["training"].get("environment") or {}
+    training.add_row("environment", ", ".join(f"{k}={v}" for k, v in env.items()))
+    training.add_row("weights", f"{card['weights_bytes'] / 1e6:.1f} MB, sha256 {card['weights_sha256'][:16]}…")
+    console.print(training)
+    _print_scores(card.get("scores") or {})
+
+
+def _print_scores(scores: dict) -> None:
+    if not scores:
+        console.print("scores: none recorded (run `quantlab zoo score --record`)")
+        return
+    table = Table(
+        "task", "effort", "score", "95% CI", "n",
+        title=f"Scores ({scores['split']} split, {scores['decoding']})", title_justify="left",
+    )  # fmt: skip
+    for label, key in (("AIME-style exact match", "aime_style_exact_match"), ("GPQA-style accuracy", "gpqa_style_accuracy")):
+        for effort, entry in scores[key].items():
+            low, high = entry["ci95"]
+            table.add_row(label, effort, f"{100 * entry['accuracy']:.1f}%", f"{100 * low:.1f}–{100 * high:.1f}%", str(entry["n"]))
+    console.print(table)
+
+
+@zoo_app.command("train")
+def zoo_train(
+    out: Path = typer.Option(Path("artifacts/zoo/tiny-gpt-oss"), help="Checkpoint directory to write."),
+    seed: int = typer.Option(0, help="Seed of the data stream, tokenizer and initial weights."),
+    minutes: Optional[float] = typer.Option(None, help=f"Time budget (default {DEFAULT_TRAIN_MINUTES:g} min); the step count it gives is recorded."),
+    steps: Optional[int] = typer.Option(None, help="Exact step count (reproducible bytes)."),
+    score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
+    force: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Train tiny-gpt-oss from scratch on the synthetic tasks."""
+    from quantlab.store import check_output_directory
+    from quantlab.zoo.train import TrainSettings, train
+
+    if minutes is not None and steps is not None:
+        raise UserError("quantlab zoo train: give --minutes or --steps, not both")
+    if steps is not None and steps < 1 or minutes is not None and minutes <= 0:
+        raise UserError("quantlab zoo train: --steps and --minutes must be positive")
+    check_output_directory(out, force)  # fail before training, not after
+    settings = TrainSettings(seed=seed, steps=steps, minutes=None if steps is not None else (minutes or DEFAULT_TRAIN_MINUTES))
+    result = train(out, settings, log=console.print, force=force, score_items=score_items)
+    console.print(f"wrote {out}: {result.steps} steps, {result.wall_time_s:.0f} s, {result.tokens_per_s} tokens/s")
+
+
+@zoo_app.command("score")
+def zoo_score(
+    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the shipped one)."),
+    count: int = typer.Option(500, help="Test items per task."),
+    seed: int = typer.Option(0, help="Seed of the task generator."),
+    record: bool = typer.Option(False, help="Save the scores into the checkpoint's scores.json."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """Greedy AIME-style exact match (high and low effort) and GPQA-style accuracy on the test split."""
+    from quantlab.zoo import load_reference_model, resolve_checkpoint
+    from quantlab.zoo.scoring import record_scores, score_reference_tasks
+
+    if count < 1:
+        raise UserError("quantlab zoo score: --count must be at least 1")
+    path = resolve_checkpoint(model)
+    net, tokenizer = load_reference_model(path)
+    with console.status(f"scoring {count} items per task", disable=as_json):
+        scores = score_reference_tasks(net, tokenizer, count=count, seed=seed)
+    if record:
+        record_scores(path, scores)
+    _print_json(scores) if as_json else _print_scores(scores)
+
+
+@zoo_app.command("info")
+def zoo_info(
+    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the shipped one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """Print the model card: config, parameters per component, training record and scores."""
+    from quantlab.zoo.card import model_card
+
+    card = model_card(model)
+    _print_json(card) if as_json else _print_card(card)
+
+
+@app.command("demo")
+def demo(count: int = typer.Option(500, help="Test items per task.")) -> None:
+    """Run the lab on the embedded default (for now: load the shipped reference model, show its card, score it)."""
+    from quantlab.zoo import load_reference_model
+    from quantlab.zoo.card import model_card
+    from quantlab.zoo.scoring import score_reference_tasks
+
+    _print_card(model_card())
+    net, tokenizer = load_reference_model()
+    with console.status(f"scoring the shipped model on {count} test items per task"):
+        scores = score_reference_tasks(net, tokenizer, count=count)
+    console.print(f"[bold]Scored now[/bold] in {scores['elapsed_s']:.0f} s:")
+    _print_scores(scores)
+
+
+@bench_app.command("formats")
+def bench_formats(
+    quality: bool = typer.Option(False, "--quality", help="Rate-distortion table (SQNR vs bits) instead of speed."),
+    size: int = typer.Option(4096, help="Speed: the matrix is size x size."),
+    repeats: int = typer.Option(3, help="Speed: best of this many runs."),
+    threads: Optional[int] = typer.Option(None, help="Threads for ggml k-quant quantization (default: torch's)."),
+    plot: Optional[Path] = typer.Option(None, help="Quality: also write the rate-distortion plot (PNG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Quantize/dequantize throughput of every format vs its reference and a plain copy; or, with --quality,
+    SQNR against bits per weight on Gaussian and on the reference model's weights."""
+    from quantlab.bench import formats as bench
+
+    with console.status("benchmarking", disable=as_json) as status:
+        progress = (lambda name: status.update(f"benchmarking {name}")) if not as_json else None
+        result = bench.rate_distortion(progress) if quality else bench.time_formats(size, repeats, threads, progress)
+    if quality and plot is not None:
+        from quantlab.bench.plots import plot_rate_distortion
+
+        plot_rate_distortion(result, plot)
+    if as_json:
+        return _print_json(result)
+    rows = result["formats"]
+    if quality:
+        table = Table("format", "bits/w", "SQNR gauss dB", "6.02·R dB", "model bits/w", "SQNR model dB",
+                      title=f"Rate-distortion: Gaussian {result['gaussian']}, reference model ({result['model_values']:,} weights)")
+        for r in rows:
+            if "skipped" in r:
+                table.add_row(r["format"], "skipped: " + r["skipped"][:60], "", "", "", "")
+                continue
+            table.add_row(r["format"], f"{r['bits_per_weight']:.3f}", f"{r['sqnr_gaussian_db']:.2f}",
+                          f"{r['gaussian_bound_db']:.2f}", f"{r['model_bits_per_weight']:.3f}", f"{r['sqnr_model_db']:.2f}")
+    else:
+        table = Table("format", "quant Mw/s", "dequant Mw/s", "q/copy", "dq/copy", "reference", "q/ref", "dq/ref", "q/ggml 1T",
+                      title=f"{result['matrix'][0]}x{result['matrix'][1]} float32, best of {result['repeats']}; copy {result['copy_mw_s']:.0f} Mw/s")
+        for r in rows:
+            if "skipped" in r:
+                table.add_row(r["format"], "skipped: " + r["skipped"][:60], *[""] * 7)
+                continue
+            fmt = lambda key, suffix="": f"{r[key]}{suffix}" if key in r else ""  # noqa: E731
+            table.add_row(r["format"], fmt("quantize_mw_s"), fmt("dequantize_mw_s"), fmt("quantize_vs_copy"),
+                          fmt("dequantize_vs_copy"), r.get("reference", ""), fmt("quantize_vs_reference", "x"),
+                          fmt("dequantize_vs_reference", "x"), fmt("quantize_vs_ggml_single_thread", "x"))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: runs the app, turning usage mistakes and ``UserError`` into one line and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(standalone_mode=False)
+    except UserError as error:
+        Console(stderr=True).print(f"error: {error}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.UsageError as error:
+        where = f"{error.ctx.command_path}: " if error.ctx else ""
+        message = " ".join(error.format_message().split())
+        Console(stderr=True).print(f"error: {where}{message} (see --help)", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+
+
+if __name__ == "__main__":
+    main()

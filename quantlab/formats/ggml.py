@@ -1,0 +1,57 @@
+"""ggml's own quantizer, ``ggml_quantize_chunk``, reached through the shared libraries llama-cpp-python ships.
+
+Only the calling convention lives here; the numerics are ggml's. Installed with ``pip install 'quantlab[gguf]'``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+
+from quantlab.errors import UserError
+
+INSTALL_HINT = "install the GGUF extra: pip install 'quantlab[gguf]' (compiles llama-cpp-python, ~6 minutes)"
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """The ggml shared library of the installed llama-cpp-python, with the signatures we call declared."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(f"GGUF k-quants and importance-weighted GGUF types need ggml: {INSTALL_HINT}") from None
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(lib_dir.glob("libggml-base.*")) + sorted(lib_dir.glob("libggml.*"))
+    for path in candidates:
+        lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        if hasattr(lib, "ggml_quantize_chunk"):
+            break
+    else:
+        raise UserError(f"no ggml library with ggml_quantize_chunk under {lib_dir}; reinstall: {INSTALL_HINT}")
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+    ]  # fmt: skip
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_row_size.restype = ctypes.c_size_t
+    lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    return lib
+
+
+def quantize_rows(matrix: torch.Tensor, type_id: int, importance: torch.Tensor | None = None) -> torch.Tensor:
+    """ggml block bytes (rows, row_bytes) of a float32 ``matrix`` (rows, n_per_row), as uint8."""
+    lib = library()
+    src = matrix.detach().to("cpu", torch.float32).contiguous()
+    rows, n_per_row = src.shape
+    row_bytes = lib.ggml_row_size(type_id, n_per_row)
+    dst = torch.empty((rows, row_bytes), dtype=torch.uint8)
+    weights = None if importance is None else importance.detach().to("cpu", torch.float32).contiguous()
+    lib.ggml_quantize_init(type_id)
+    written = lib.ggml_quantize_chunk(
+        type_id, src.data_ptr(), dst.data_ptr(), 0, rows, n_per_row, None if weights is None else weights.data_ptr()
+    )
+    assert written == rows * row_bytes, (written, rows, row_bytes)
+    return dst.to(matrix.device)

@@ -1,0 +1,100 @@
+"""Integer round-to-nearest (``int2`` ... ``int8``), symmetric or asymmetric, per output row or per group.
+
+The grid is GPTQ's (AutoGPTQ / GPTQModel ``Quantizer``), so that RTN here and GPTQ later differ only in how
+codes are chosen: codes ``q`` in ``[0, 2^b - 1]``, values ``scale * (q - zero)``; the range always includes 0;
+symmetric puts ``zero`` at ``2^(b-1)`` with ``scale = 2·absmax / (2^b - 1)``, asymmetric fits min and max.
+Scales are stored in float16 (as GPTQ checkpoints store them) and codes are chosen with the stored scale, so
+the packed object is exactly what a kernel reads. Codes are stored as one dense little-endian bit stream
+(``bits`` bits per weight, no padding between rows), zero points as bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quantlab.errors import UserError
+from quantlab.formats.base import Format, Packed, register
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """A dense little-endian bit stream (uint8) of ``bits``-bit codes."""
+    flat = codes.reshape(-1).to(torch.uint8)
+    stream = ((flat.unsqueeze(1) >> torch.arange(bits, device=flat.device, dtype=torch.uint8)) & 1).reshape(-1)
+    stream = torch.nn.functional.pad(stream, (0, -stream.numel() % 8)).reshape(-1, 8)
+    return (stream << torch.arange(8, device=flat.device, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """The first ``count`` ``bits``-bit codes of a stream written by ``pack_bits``."""
+    stream = ((packed.unsqueeze(1) >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1).reshape(-1)
+    stream = stream[: count * bits].reshape(count, bits)
+    return (stream << torch.arange(bits, device=packed.device, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
+
+
+class IntegerRTN(Format):
+    def __init__(self, bits: int, group_size: int | None = None, symmetric: bool = True):
+        if not 2 <= bits <= 8:
+            raise UserError(f"int{bits}: bits must be between 2 and 8")
+        if group_size is not None and group_size < 1:
+            raise UserError(f"int{bits}: group_size must be positive, got {group_size}")
+        self.bits, self.group_size, self.symmetric = bits, group_size, symmetric
+        self.name = f"int{bits}"
+        self.max_code = 2**bits - 1
+
+    def describe(self) -> str:
+        group = "channel" if self.group_size is None else self.group_size
+        return f"int{self.bits}(group_size={group}, symmetric={self.symmetric})"
+
+    @property
+    def bits_per_weight(self) -> float:
+        if self.group_size is None:
+            return float(self.bits)  # nominal: one scale per row is a vanishing overhead
+        return self.bits + (16 + (0 if self.symmetric else 8)) / self.group_size  # fp16 scale, byte zero point
+
+    def _groups(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.reshape(-1, weight.shape[-1]) if weight.dim() > 1 else weight.reshape(1, -1)
+        if self.group_size is None:
+            return matrix.unsqueeze(1)  # (rows, 1, cols)
+        self._check_row_multiple(weight, self.group_size)
+        return matrix.reshape(matrix.shape[0], -1, self.group_size)
+
+    def quantize(self, weight, importance=None) -> Packed:
+        groups = self._groups(self._check_finite(weight).float())
+        low = groups.amin(-1).clamp(max=0)
+        high = groups.amax(-1).clamp(min=0)
+        if self.symmetric:
+            high = torch.maximum(low.abs(), high)
+            low = torch.where(low < 0, -high, low)
+        empty = (low == 0) & (high == 0)
+        low, high = torch.where(empty, -1.0, low), torch.where(empty, 1.0, high)
+        scale = ((high - low) / self.max_code).to(torch.float16)
+        scale32 = scale.float()
+        if self.symmetric:
+            zero = torch.full_like(scale32, (self.max_code + 1) // 2)
+        else:
+            zero = torch.round(-low / scale32)
+        codes = torch.clamp(torch.round(groups / scale32.unsqueeze(-1)) + zero.unsqueeze(-1), 0, self.max_code)
+        return Packed(
+            self.describe(),
+            tuple(weight.shape),
+            {"codes": pack_bits(codes, self.bits), "scale": scale}
+            | ({} if self.symmetric else {"zero": zero.to(torch.uint8)}),
+        )
+
+    def codes(self, packed: Packed) -> torch.Tensor:
+        """The unpacked integer codes, shaped (rows, groups, group size)."""
+        rows, groups = packed.data["scale"].shape
+        count = packed.data["codes"].numel() * 8 // self.bits
+        count -= count % (rows * groups)
+        return unpack_bits(packed.data["codes"], self.bits, count).reshape(rows, groups, -1)
+
+    def dequantize(self, packed: Packed) -> torch.Tensor:
+        codes = self.codes(packed).float()
+        scale = packed.data["scale"].float().unsqueeze(-1)
+        zero = packed.data["zero"].float() if "zero" in packed.data else torch.full_like(scale[..., 0], (self.max_code + 1) // 2)
+        zero = zero.unsqueeze(-1)
+        return (scale * (codes - zero)).reshape(packed.shape)
+
+
+for _bits in range(2, 9):
+    register(f"int{_bits}")(lambda bits=_bits, **params: IntegerRTN(bits, **params))

@@ -1,0 +1,66 @@
+"""The command line: the commands it lists, one-line errors with exit code 2, and nothing half-written."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+PLANNED = ["build", "measure", "eval", "attribute", "report"]
+
+
+def test_help_lists_every_command_of_the_lab(cli):
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in PLANNED + ["demo", "zoo"]:
+        assert f" {command} " in result.stdout
+
+
+@pytest.mark.parametrize("command", PLANNED)
+def test_commands_not_built_yet_say_so_in_one_line(cli, command):
+    result = cli(command, "recipes/anything.yaml", "--some-flag")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "not built yet" in result.stderr
+    assert result.stdout == ""
+
+
+def test_non_numeric_seed_is_one_line_and_writes_nothing(cli, tmp_path):
+    out = tmp_path / "new"
+    result = cli("zoo", "train", "--seed", "abc", "--out", out)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--seed" in result.stderr and "abc" in result.stderr
+    assert not out.exists()
+
+
+def test_non_empty_out_without_force_is_refused(cli, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    result = cli("zoo", "train", "--steps", "1", "--out", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(tmp_path) in result.stderr and "--force" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("command", [["zoo", "score"], ["zoo", "info"]])
+def test_missing_checkpoint_is_one_line(cli, tmp_path, command):
+    result = cli(*command, "--model", tmp_path / "nowhere")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "nowhere" in result.stderr
+
+
+def test_corrupt_checkpoint_is_one_line(cli, tmp_path):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    result = cli("zoo", "score", "--model", tmp_path, "--count", "1")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(tmp_path) in result.stderr
+
+
+def test_train_with_steps_writes_a_loadable_checkpoint(cli, tmp_path):
+    out = tmp_path / "ck"
+    result = cli("zoo", "train", "--steps", "2", "--score-items", "0", "--out", out)
+    assert result.returncode == 0, result.stderr
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert type(model).__name__ == "GptOssForCausalLM"
+    manifest = json.loads((out / "training_manifest.json").read_text())
+    assert manifest["result"]["steps"] == 2 and manifest["command"] == "quantlab zoo train --seed 0 --steps 2"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind

@@ -1,0 +1,136 @@
+"""GGUF block types against gguf-py (llama.cpp's Python package) and, where installed, ggml's own quantizer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from quantlab.errors import UserError
+from quantlab.formats import get_format
+from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED
+
+gguf = pytest.importorskip("gguf")
+
+
+def _ggml_available():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_ggml = pytest.mark.skipif(not _ggml_available(), reason="llama-cpp-python (quantlab[gguf]) not installed")
+
+
+def _weights(shape, seed, kind):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    if kind == "outliers":
+        w[torch.rand(shape, generator=g) < 0.01] *= 40
+    elif kind == "zero_blocks":
+        w.reshape(-1, 32)[::4] = 0
+    elif kind == "negative":
+        w = -w.abs()
+    elif kind == "ties":  # values on exact grid midpoints stress the rounding rules
+        w = torch.randint(-16, 17, shape, generator=g).float() / 4
+    return w
+
+
+KINDS = ["gaussian", "outliers", "zero_blocks", "negative", "ties"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(4, 256), (3, 512), (1, 4096)])
+@pytest.mark.parametrize("qtype", sorted(TORCH_QUANTIZED))
+def test_torch_quantizers_equal_gguf_py(qtype, shape, kind):
+    w = _weights(shape, seed=len(kind) + shape[0], kind=kind)
+    fmt = get_format(f"gguf:{qtype}")
+    packed = fmt.quantize(w)
+    reference = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType[qtype])
+    assert np.array_equal(packed.data["blocks"].numpy(), reference)
+    expected = gguf.quants.dequantize(reference, gguf.GGMLQuantizationType[qtype])
+    assert np.array_equal(fmt.dequantize(packed).numpy(), expected)
+
+
+@needs_ggml
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(4, 256), (3, 512), (2, 4096)])
+@pytest.mark.parametrize("qtype", sorted(GGUF_TYPES))
+def test_blocks_equal_ggml_quantize_chunk(qtype, shape, kind):
+    from quantlab.formats import ggml
+
+    w = _weights(shape, seed=11, kind=kind)
+    fmt = get_format(f"gguf:{qtype}")
+    packed = fmt.quantize(w)
+    type_id = GGUF_TYPES[qtype][0]
+    assert torch.equal(packed.data["blocks"], ggml.quantize_rows(w, type_id))
+    expected = gguf.quants.dequantize(packed.data["blocks"].numpy(), gguf.GGMLQuantizationType[qtype])
+    assert np.array_equal(fmt.dequantize(packed).numpy(), expected)
+
+
+@needs_ggml
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
+def test_importance_weights_reach_ggml(qtype):
+    from quantlab.formats import ggml
+
+    w = _weights((4, 512), seed=5, kind="outliers")
+    importance = torch.rand(512, generator=torch.Generator().manual_seed(1)) ** 4
+    fmt = get_format(f"gguf:{qtype}")
+    with_importance = fmt.quantize(w, importance)
+    assert torch.equal(with_importance.data["blocks"], ggml.quantize_rows(w, GGUF_TYPES[qtype][0], importance))
+    # The weighted error is what ggml minimises: it must not be worse than without the importance.
+    weighted = lambda p: float((importance * (fmt.dequantize(p) - w) ** 2).sum())  # noqa: E731
+    assert weighted(with_importance) <= weighted(fmt.quantize(w)) * 1.0001
+
+
+def _llama_cpp_error(qtype):
+    # llama.cpp's tests/test-quantize-fns.cpp: 4096 values of 0.1 + 2 cos(i); error = sqrt(sum sq err) / n.
+    n = 4096
+    x = torch.tensor([0.1 + 2 * math.cos(i) for i in range(n)], dtype=torch.float32).reshape(1, n)
+    fmt = get_format(f"gguf:{qtype}")
+    return float(((fmt.roundtrip(x) - x) ** 2).sum().sqrt()) / n
+
+
+BOUNDS = {"Q2_K": 0.0075, "Q3_K": 0.0040}
+
+
+@pytest.mark.parametrize(
+    "qtype", [t for t in sorted(GGUF_TYPES) if t in TORCH_QUANTIZED] + [pytest.param(t, marks=needs_ggml) for t in sorted(GGUF_TYPES) if t not in TORCH_QUANTIZED]
+)
+def test_llama_cpp_error_bounds(qtype):
+    assert _llama_cpp_error(qtype) <= BOUNDS.get(qtype, 0.002)
+
+
+def test_rows_not_a_multiple_of_the_block():
+    w = torch.randn(4, 128)
+    with pytest.raises(UserError, match=r"gguf:Q4_K: tensor of shape \(4, 128\).*multiple of 256"):
+        get_format("gguf:Q4_K").quantize(w)
+    packed = get_format("gguf:Q4_K", fallback=True).quantize(w)
+    assert packed.fallback.startswith("Q4_K -> Q5_0")
+    reference = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q5_0)
+    assert np.array_equal(packed.data["blocks"].numpy(), reference)
+    assert np.array_equal(get_format("gguf:Q4_K").dequantize(packed).numpy(), gguf.quants.dequantize(reference, gguf.GGMLQuantizationType.Q5_0))
+
+
+def test_mxfp4_gguf_and_ocp_differ_only_on_ties():
+    """GGUF MXFP4 and OCP MXFP4 (floor rule) share the scale and the grid; they differ in rounding ties.
+
+    ggml takes the first nearest grid point (ties toward zero, since the grid is ordered by magnitude); OCP /
+    torchao round ties to even. In units of the block scale, the tie points that differ are 0.75 (ggml 0.5,
+    OCP 1), 1.75 (1.5 vs 2) and 3.5 (3 vs 4); 0.25, 1.25, 2.5 and 5 agree.
+    """
+    ocp, ggml_mx = get_format("mxfp4"), get_format("gguf:MXFP4")
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ocp.roundtrip(w), ggml_mx.roundtrip(w))  # no exact ties in random data
+    # A block with amax 6 has scale 1 (floor(log2 6) - 2 = 0); put every tie point in it.
+    ties = torch.tensor([6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0] * 4).reshape(1, 32)
+    ties = torch.cat([ties, -ties])
+    got_ocp, got_ggml = ocp.roundtrip(ties)[0, :8], ggml_mx.roundtrip(ties)[0, :8]
+    assert got_ocp.tolist() == [6.0, 0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]
+    assert got_ggml.tolist() == [6.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
+    assert torch.equal(ocp.roundtrip(ties)[1], -ocp.roundtrip(ties)[0])
+    assert torch.equal(ggml_mx.roundtrip(ties)[1], -ggml_mx.roundtrip(ties)[0])
+    # Same scale byte in both layouts.
+    assert torch.equal(ocp.quantize(w).data["scale_e8m0"], ggml_mx.quantize(w).data["blocks"][:, ::17].reshape(-1))
