@@ -6,7 +6,8 @@ so that it is fast and runs wherever torch does. Every other case (k-quants, IQ4
 an importance matrix, where ggml switches to its search-based quantizers) is ggml's own ``ggml_quantize_chunk``
 through llama-cpp-python's shared libraries: the numerics users get from ``llama-quantize``.
 
-Dequantization of the legacy types and MXFP4 is torch; the rest uses gguf-py's ``gguf.quants.dequantize``.
+Dequantization is torch for every type (``gguf_dequant`` holds the k-quant and IQ4 layouts), bit-identical to
+gguf-py's ``gguf.quants.dequantize`` and ggml's ``dequantize_row_*``.
 
 Rows must be a multiple of the type's block (32, or 256 for k-quants and IQ4_XS). ``fallback=True`` applies
 llama.cpp's own substitution for a k-quant on such a row (``llama-quant.cpp``: Q2_K/Q3_K/IQ4_XS -> IQ4_NL,
@@ -15,11 +16,11 @@ Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0) and records it in ``Packed.fallback``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from quantlab.errors import UserError
 from quantlab.formats.base import Format, Packed, register
+from quantlab.formats.gguf_dequant import DEQUANTIZERS
 
 # (ggml type id, values per block, bytes per block), as ggml defines them (gguf-py's GGML_QUANT_SIZES).
 GGUF_TYPES = {
@@ -206,14 +207,8 @@ class GGUFType(Format):
         qtype = packed.notes.get("ggml_type", self.qtype)
         raw = packed.data["blocks"]
         _, block, size = GGUF_TYPES[qtype]
-        if qtype in TORCH_QUANTIZED:
-            values = dequantize_legacy(raw.reshape(-1, size), qtype)
-        else:
-            import gguf
-
-            values = torch.from_numpy(
-                gguf.quants.dequantize(raw.cpu().numpy(), gguf.GGMLQuantizationType[qtype]).astype(np.float32)
-            ).to(raw.device)
+        blocks = raw.reshape(-1, size)
+        values = dequantize_legacy(blocks, qtype) if qtype in TORCH_QUANTIZED else DEQUANTIZERS[qtype](blocks)
         return values.reshape(packed.shape)
 
 
