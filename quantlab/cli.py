@@ -26,7 +26,7 @@ bench_app = typer.Typer(help="Benchmarks (speed and quality), as ratios against 
 app.add_typer(bench_app, name="bench")
 
 console = Console()
-DEFAULT_TRAIN_MINUTES = 50.0
+DEFAULT_TRAIN_MINUTES = 55.0
 
 # Commands of the lab that later issues build; each answers in one line and exits 2 until then.
 _PLANNED = {
@@ -97,6 +97,10 @@ def zoo_train(
     seed: int = typer.Option(0, help="Seed of the data stream, tokenizer and initial weights."),
     minutes: Optional[float] = typer.Option(None, help=f"Time budget (default {DEFAULT_TRAIN_MINUTES:g} min); the step count it gives is recorded."),
     steps: Optional[int] = typer.Option(None, help="Exact step count (reproducible bytes)."),
+    batch_size: int = typer.Option(64, help="Sequences per optimizer step."),
+    learning_rate: float = typer.Option(1.5e-3, help="Peak learning rate (linear warm-up, cosine decay to 5%)."),
+    warmup_steps: int = typer.Option(300, help="Linear warm-up steps."),
+    low_effort_fraction: float = typer.Option(0.2, help="Share of training texts with the effort:low marker."),
     score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
@@ -108,8 +112,19 @@ def zoo_train(
         raise UserError("quantlab zoo train: give --minutes or --steps, not both")
     if steps is not None and steps < 1 or minutes is not None and minutes <= 0:
         raise UserError("quantlab zoo train: --steps and --minutes must be positive")
+    if batch_size < 1 or learning_rate <= 0 or warmup_steps < 1 or not 0 <= low_effort_fraction <= 1:
+        raise UserError("quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
+                        "--low-effort-fraction within [0, 1]")
     check_output_directory(out, force)  # fail before training, not after
-    settings = TrainSettings(seed=seed, steps=steps, minutes=None if steps is not None else (minutes or DEFAULT_TRAIN_MINUTES))
+    settings = TrainSettings(
+        seed=seed,
+        steps=steps,
+        minutes=None if steps is not None else (minutes or DEFAULT_TRAIN_MINUTES),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        low_effort_fraction=low_effort_fraction,
+    )
     result = train(out, settings, log=console.print, force=force, score_items=score_items)
     console.print(f"wrote {out}: {result.steps} steps, {result.wall_time_s:.0f} s, {result.tokens_per_s} tokens/s")
 

@@ -30,14 +30,17 @@ _F32_MIN_NORMAL = 2.0**-126
 
 
 def encode_e2m1(values: torch.Tensor) -> torch.Tensor:
-    """FP4 E2M1 codes (uint8, 0..15) of float32 values: nearest, ties to even, saturating at ±6."""
-    grid = torch.tensor(E2M1_VALUES, device=values.device)
-    midpoints = (grid[1:] + grid[:-1]) / 2
+    """FP4 E2M1 codes (uint8, 0..15) of float32 values: nearest, ties to even, saturating at ±6.
+
+    The grid is uniform within each binade (steps of 0.5 below 2, 1 below 4, 2 above) and the code's parity
+    follows the grid index there, so torch.round (ties to even) on the value in grid steps is E2M1's own RNE.
+    """
     magnitude = values.abs()
-    down = torch.bucketize(magnitude, midpoints, right=False)  # a tie goes to the lower neighbour...
-    up = torch.bucketize(magnitude, midpoints, right=True)  # ...or to the upper one
-    code = torch.where((down != up) & (down % 2 == 1), up, down)  # on a tie keep the even code
-    return (code | (torch.signbit(values).to(code.dtype) << 3)).to(torch.uint8)
+    half_steps = torch.round(magnitude * 2)  # codes 0..4 for |x| < 2 (value = code / 2)
+    units = torch.round(magnitude)  # values 2..4 for 2 <= |x| < 4 (code = value + 2)
+    doubles = torch.round(magnitude * 0.5).clamp(max=3)  # values 4, 6 for |x| >= 4, saturating (code = v/2 + 4)
+    code = torch.where(magnitude < 2, half_steps, torch.where(magnitude < 4, units + 2, doubles + 4))
+    return (code.to(torch.uint8) | (torch.signbit(values).to(torch.uint8) << 3)).to(torch.uint8)
 
 
 def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
@@ -82,8 +85,10 @@ def mx_scale_exponent(amax: torch.Tensor, rule: str, element_mantissa_bits: int,
 
 
 def e8m0_to_float(exponent: torch.Tensor) -> torch.Tensor:
-    """2^(e - 127) in float32 (exact: e = 0 gives the subnormal 2^-127)."""
-    return torch.pow(torch.full_like(exponent, 2.0, dtype=torch.float32), exponent.float() - 127)
+    """2^(e - 127) in float32, built from its bits (e = 0 is the subnormal 2^-127; 255, E8M0's NaN, is NaN)."""
+    e = exponent.to(torch.int32)
+    bits = torch.where(e == 0, torch.tensor(0x00400000, dtype=torch.int32, device=e.device), e << 23)
+    return torch.where(e == 255, torch.tensor(float("nan"), device=e.device), bits.view(torch.float32))
 
 
 class _MX(Format):
