@@ -7,12 +7,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from quantlab.errors import UserError
+
+try:  # typer >= 0.26 vendors its own click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
 
 app = typer.Typer(
     help="Quantization impact lab for Mixture-of-Experts language models.",
@@ -106,7 +110,6 @@ def zoo_train(
 ) -> None:
     """Train tiny-gpt-oss from scratch on the synthetic tasks."""
     from quantlab.store import check_output_directory
-    from quantlab.zoo.train import TrainSettings, train
 
     if minutes is not None and steps is not None:
         raise UserError("quantlab zoo train: give --minutes or --steps, not both")
@@ -115,7 +118,9 @@ def zoo_train(
     if batch_size < 1 or learning_rate <= 0 or warmup_steps < 1 or not 0 <= low_effort_fraction <= 1:
         raise UserError("quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
                         "--low-effort-fraction within [0, 1]")
-    check_output_directory(out, force)  # fail before training, not after
+    check_output_directory(out, force)  # fail before training (and before the heavy imports), not after
+    from quantlab.zoo.train import TrainSettings, train
+
     settings = TrainSettings(
         seed=seed,
         steps=steps,
@@ -225,22 +230,50 @@ def bench_formats(
     console.print(table)
 
 
+def _given_value(param) -> str | None:
+    """What the user typed for an option that failed to parse, read back from the command line."""
+    for opt in getattr(param, "opts", None) or []:
+        for i, arg in enumerate(sys.argv):
+            if arg == opt and i + 1 < len(sys.argv):
+                return sys.argv[i + 1]
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1 :]
+    return None
+
+
+def _quiet_third_party_import_noise() -> None:
+    # transformers imports torchao whenever it is installed (the dev extra), and torchao logs a warning for
+    # each CUDA-only kernel library it cannot load on CPU, and torch one per enum torchao registers. They
+    # are not about anything the user did.
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Entry point: runs the app, turning usage mistakes and ``UserError`` into one line and exit code 2."""
+    _quiet_third_party_import_noise()
     command = typer.main.get_command(app)
     try:
-        command.main(standalone_mode=False)
+        command.main(prog_name="quantlab", standalone_mode=False)
     except UserError as error:
         Console(stderr=True).print(f"error: {error}", markup=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.UsageError as error:
+    except click_exceptions.NoArgsIsHelpError as error:
+        sys.stdout.write(error.ctx.get_help() + "\n")
+        sys.exit(0)
+    except click_exceptions.UsageError as error:
         where = f"{error.ctx.command_path}: " if error.ctx else ""
         message = " ".join(error.format_message().split())
+        given = _given_value(getattr(error, "param", None))
+        if given is not None:
+            message += f" (got {given!r})"
         Console(stderr=True).print(f"error: {where}{message} (see --help)", markup=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.exit(130)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         sys.exit(done.exit_code)
 
 

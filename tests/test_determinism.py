@@ -24,3 +24,16 @@ def test_same_seed_and_steps_give_identical_bytes(tmp_path):
         "--low-effort-fraction 0.2"
     )
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+def test_a_time_budget_run_is_reproduced_by_its_recorded_step_count(tmp_path):
+    # --minutes fixes the step count after warm-up; the schedule never depends on time before that, so the
+    # recorded `--steps N` command gives the same bytes.
+    budget = TrainSettings(seed=2, minutes=0.04, warmup_steps=3, eval_every=1000, eval_problems=4)
+    train(tmp_path / "budget", budget, log=lambda _: None)
+    manifest = read_json(tmp_path / "budget" / "training_manifest.json")
+    steps = manifest["result"]["steps"]
+    assert steps > 3 and f"--steps {steps} " in manifest["command"]
+    replay = TrainSettings(seed=2, steps=steps, warmup_steps=3, eval_every=1000, eval_problems=4)
+    train(tmp_path / "replay", replay, log=lambda _: None)
+    assert sha256_file(tmp_path / "budget" / "model.safetensors") == sha256_file(tmp_path / "replay" / "model.safetensors")
