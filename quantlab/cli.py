@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -52,6 +53,11 @@ def _planned_command(name: str, summary: str, part: str):
 
 for _name, (_summary, _part) in _PLANNED.items():
     _planned_command(_name, _summary, _part)
+
+
+def _status(message: str, quiet: bool):
+    """A spinner on the terminal, or nothing when the output is JSON."""
+    return contextlib.nullcontext() if quiet else console.status(message)
 
 
 def _print_json(payload) -> None:
@@ -150,7 +156,7 @@ def zoo_score(
         raise UserError("quantlab zoo score: --count must be at least 1")
     path = resolve_checkpoint(model)
     net, tokenizer = load_reference_model(path)
-    with console.status(f"scoring {count} items per task", disable=as_json):
+    with _status(f"scoring {count} items per task", as_json):
         scores = score_reference_tasks(net, tokenizer, count=count, seed=seed)
     if record:
         record_scores(path, scores)
@@ -197,8 +203,8 @@ def bench_formats(
     SQNR against bits per weight on Gaussian and on the reference model's weights."""
     from quantlab.bench import formats as bench
 
-    with console.status("benchmarking", disable=as_json) as status:
-        progress = (lambda name: status.update(f"benchmarking {name}")) if not as_json else None
+    with _status("benchmarking", as_json) as status:
+        progress = (lambda name: status.update(f"benchmarking {name}")) if status is not None else None
         result = bench.rate_distortion(progress) if quality else bench.time_formats(size, repeats, threads, progress)
     if quality and plot is not None:
         from quantlab.bench.plots import plot_rate_distortion

@@ -65,3 +65,12 @@ def test_train_with_steps_writes_a_loadable_checkpoint(cli, tmp_path):
     assert manifest["result"]["steps"] == 2
     assert manifest["command"].startswith("quantlab zoo train --seed 0 --steps 2 --batch-size 64")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_score_json_counts_what_it_scored(cli):
+    result = cli("zoo", "score", "--count", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    for entry in (*scores["aime_style_exact_match"].values(), scores["gpqa_style_accuracy"]["high"]):
+        assert entry["n"] == 5 and entry["correct"] == round(entry["accuracy"] * 5)
+        assert entry["ci95"][0] <= entry["accuracy"] <= entry["ci95"][1]
