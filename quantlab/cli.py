@@ -195,7 +195,6 @@ def bench_formats(
     quality: bool = typer.Option(False, "--quality", help="Rate-distortion table (SQNR vs bits) instead of speed."),
     size: int = typer.Option(4096, help="Speed: the matrix is size x size."),
     repeats: int = typer.Option(3, help="Speed: best of this many runs."),
-    threads: Optional[int] = typer.Option(None, help="Threads for ggml k-quant quantization (default: torch's)."),
     plot: Optional[Path] = typer.Option(None, help="Quality: also write the rate-distortion plot (PNG) here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -205,7 +204,7 @@ def bench_formats(
 
     with _status("benchmarking", as_json) as status:
         progress = (lambda name: status.update(f"benchmarking {name}")) if status is not None else None
-        result = bench.rate_distortion(progress) if quality else bench.time_formats(size, repeats, threads, progress)
+        result = bench.rate_distortion(progress) if quality else bench.time_formats(size, repeats, progress)
     if quality and plot is not None:
         from quantlab.bench.plots import plot_rate_distortion
 
@@ -223,16 +222,17 @@ def bench_formats(
             table.add_row(r["format"], f"{r['bits_per_weight']:.3f}", f"{r['sqnr_gaussian_db']:.2f}",
                           f"{r['gaussian_bound_db']:.2f}", f"{r['model_bits_per_weight']:.3f}", f"{r['sqnr_model_db']:.2f}")
     else:
-        table = Table("format", "quant Mw/s", "dequant Mw/s", "q/copy", "dq/copy", "reference", "q/ref", "dq/ref", "q/ggml 1T",
+        table = Table("format", "quant Mw/s", "dequant Mw/s", "q/copy", "dq/copy", "reference", "q/ref", "dq/ref", "q/ggml 1T", "torch q Mw/s",
                       title=f"{result['matrix'][0]}x{result['matrix'][1]} float32, best of {result['repeats']}; copy {result['copy_mw_s']:.0f} Mw/s")
         for r in rows:
             if "skipped" in r:
-                table.add_row(r["format"], "skipped: " + r["skipped"][:60], *[""] * 7)
+                table.add_row(r["format"], "skipped: " + r["skipped"][:60], *[""] * 8)
                 continue
             fmt = lambda key, suffix="": f"{r[key]}{suffix}" if key in r else ""  # noqa: E731
             table.add_row(r["format"], fmt("quantize_mw_s"), fmt("dequantize_mw_s"), fmt("quantize_vs_copy"),
                           fmt("dequantize_vs_copy"), r.get("reference", ""), fmt("quantize_vs_reference", "x"),
-                          fmt("dequantize_vs_reference", "x"), fmt("quantize_vs_ggml_single_thread", "x"))
+                          fmt("dequantize_vs_reference", "x"), fmt("quantize_vs_ggml_single_thread", "x"),
+                          fmt("torch_quantize_mw_s"))
     console.print(table)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats import Packed, get_format
-from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED
+from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED, quantize_legacy
 
 gguf = pytest.importorskip("gguf")
 
@@ -47,9 +47,11 @@ KINDS = ["gaussian", "outliers", "zero_blocks", "negative", "ties"]
 def test_torch_quantizers_equal_gguf_py(qtype, shape, kind):
     w = _weights(shape, seed=len(kind) + shape[0], kind=kind)
     fmt = get_format(f"gguf:{qtype}")
-    packed = fmt.quantize(w)
+    blocks = quantize_legacy(w.reshape(-1, 32), qtype).reshape(shape[0], -1)  # the torch path, always
+    packed = Packed(f"gguf:{qtype}", shape, {"blocks": blocks}, notes={"ggml_type": qtype})
     reference = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType[qtype])
-    assert np.array_equal(packed.data["blocks"].numpy(), reference)
+    assert np.array_equal(blocks.numpy(), reference)
+    assert np.array_equal(fmt.quantize(w).data["blocks"].numpy(), reference)  # ggml's, where installed
     expected = gguf.quants.dequantize(reference, gguf.GGMLQuantizationType[qtype])
     assert np.array_equal(fmt.dequantize(packed).numpy(), expected)
 
@@ -80,7 +82,10 @@ def test_blocks_equal_ggml_quantize_chunk(qtype, shape, kind):
     fmt = get_format(f"gguf:{qtype}")
     packed = fmt.quantize(w)
     type_id = GGUF_TYPES[qtype][0]
-    assert torch.equal(packed.data["blocks"], ggml.quantize_rows(w, type_id))
+    reference = ggml.quantize_rows(w, type_id, threads=1)
+    assert torch.equal(packed.data["blocks"], reference)
+    if qtype in TORCH_QUANTIZED:  # the torch implementation against ggml itself
+        assert torch.equal(quantize_legacy(w.reshape(-1, 32), qtype).reshape(shape[0], -1), reference)
     expected = gguf.quants.dequantize(packed.data["blocks"].numpy(), gguf.GGMLQuantizationType[qtype])
     assert np.array_equal(fmt.dequantize(packed).numpy(), expected)
 
@@ -125,6 +130,7 @@ def test_rows_not_a_multiple_of_the_block():
     assert packed.fallback.startswith("Q4_K -> Q5_0")
     reference = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q5_0)
     assert np.array_equal(packed.data["blocks"].numpy(), reference)
+    assert np.array_equal(quantize_legacy(w.reshape(-1, 32), "Q5_0").reshape(4, -1).numpy(), reference)
     assert np.array_equal(get_format("gguf:Q4_K").dequantize(packed).numpy(), gguf.quants.dequantize(reference, gguf.GGMLQuantizationType.Q5_0))
 
 

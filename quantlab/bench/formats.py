@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,17 +39,6 @@ BENCH_FORMATS = [
 ] + [(f"gguf:{t}", {}) for t in GGUF_TYPES]
 
 
-@dataclass
-class Timing:
-    name: str
-    quantize_mw_s: float
-    dequantize_mw_s: float | None
-    reference: str | None = None
-    reference_quantize_mw_s: float | None = None
-    reference_dequantize_mw_s: float | None = None
-    threads: int = 1
-
-
 def best_seconds(fn, repeats: int) -> float:
     fn()  # warm-up: first-call allocations and lazy imports stay out of the figure
     best = math.inf
@@ -64,15 +51,6 @@ def best_seconds(fn, repeats: int) -> float:
 
 def _rate(n: int, seconds: float) -> float:
     return n / seconds / 1e6
-
-
-def _ggml_parallel_quantize(matrix: torch.Tensor, type_id: int, threads: int):
-    """ggml_quantize_chunk over row slices on ``threads`` threads (ctypes releases the GIL during the call)."""
-    from quantlab.formats import ggml
-
-    chunks = matrix.chunk(threads)
-    with ThreadPoolExecutor(threads) as pool:
-        return torch.cat(list(pool.map(lambda c: ggml.quantize_rows(c, type_id), chunks)))
 
 
 def _reference(name: str, params: dict, matrix: torch.Tensor):
@@ -118,9 +96,8 @@ def _reference(name: str, params: dict, matrix: torch.Tensor):
     return None
 
 
-def time_formats(size: int = 4096, repeats: int = 3, threads: int | None = None, progress=None) -> dict:
+def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
     """Throughput (millions of weights per second) of every format and its reference, plus the copy bound."""
-    threads = threads or torch.get_num_threads()
     matrix = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     n = matrix.numel()
     copy = _rate(n, best_seconds(lambda: matrix.clone(), repeats))
@@ -134,12 +111,7 @@ def time_formats(size: int = 4096, repeats: int = 3, threads: int | None = None,
         except Exception as error:  # e.g. ggml not installed: report, keep going
             rows.append({"format": fmt.describe(), "skipped": str(error)})
             continue
-        kquant_like = name.startswith("gguf:") and name[5:] not in TORCH_QUANTIZED
-        if kquant_like:
-            type_id = GGUF_TYPES[name[5:]][0]
-            quantize_s = best_seconds(lambda: _ggml_parallel_quantize(matrix, type_id, threads), repeats)
-        else:
-            quantize_s = best_seconds(lambda: fmt.quantize(matrix), repeats)
+        quantize_s = best_seconds(lambda: fmt.quantize(matrix), repeats)
         dequantize_s = best_seconds(lambda: fmt.dequantize(packed), repeats)
         row = {
             "format": fmt.describe(),
@@ -148,23 +120,20 @@ def time_formats(size: int = 4096, repeats: int = 3, threads: int | None = None,
             "dequantize_mw_s": round(_rate(n, dequantize_s), 1),
             "quantize_vs_copy": round(_rate(n, quantize_s) / copy, 3),
             "dequantize_vs_copy": round(_rate(n, dequantize_s) / copy, 3),
-            "threads": threads if kquant_like else torch.get_num_threads(),
         }
-        if kquant_like:
+        if name.startswith("gguf:"):
             from quantlab.formats import ggml
+            from quantlab.formats.gguf import quantize_legacy
 
-            single = best_seconds(lambda: ggml.quantize_rows(matrix, type_id), repeats)
-            row["ggml_single_thread_quantize_mw_s"] = round(_rate(n, single), 1)
-            row["quantize_vs_ggml_single_thread"] = round(single / quantize_s, 2)
-        elif name.startswith("gguf:"):
-            from quantlab.formats import ggml
-
-            try:
-                single = best_seconds(lambda: ggml.quantize_rows(matrix, GGUF_TYPES[name[5:]][0]), repeats)
+            qtype = name[5:]
+            if ggml.available():  # quantlab's GGUF quantize is ggml's, on row slices over torch's threads
+                single = best_seconds(lambda: ggml.quantize_rows(matrix, GGUF_TYPES[qtype][0], threads=1), repeats)
                 row["ggml_single_thread_quantize_mw_s"] = round(_rate(n, single), 1)
                 row["quantize_vs_ggml_single_thread"] = round(single / quantize_s, 2)
-            except Exception:
-                pass
+            if qtype in TORCH_QUANTIZED:  # the torch path (CUDA tensors, installs without ggml)
+                blocks = matrix.reshape(-1, 32)
+                torch_s = best_seconds(lambda: quantize_legacy(blocks, qtype), repeats)
+                row["torch_quantize_mw_s"] = round(_rate(n, torch_s), 1)
         reference = _reference(name, params, matrix)
         if reference is not None:
             label, ref_quantize, ref_dequantize = reference

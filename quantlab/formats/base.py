@@ -62,7 +62,9 @@ class Format:
             raise UserError(f"{self.describe()}: weight must be a float tensor, got {weight.dtype}")
         if weight.dim() == 0 or weight.numel() == 0:
             raise UserError(f"{self.describe()}: weight of shape {tuple(weight.shape)} has no values to quantize")
-        if not torch.isfinite(weight).all():
+        # A NaN or Inf anywhere makes the sum non-finite: one cheap reduction, the exact check only then
+        # (a finite sum can also overflow, so the exact check decides).
+        if not torch.isfinite(weight.sum()) and not torch.isfinite(weight).all():
             raise UserError(f"{self.describe()}: weight of shape {tuple(weight.shape)} holds NaN or Inf values")
         return weight
 

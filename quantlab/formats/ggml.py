@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,8 +42,23 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def quantize_rows(matrix: torch.Tensor, type_id: int, importance: torch.Tensor | None = None) -> torch.Tensor:
-    """ggml block bytes (rows, row_bytes) of a float32 ``matrix`` (rows, n_per_row), as uint8."""
+def available() -> bool:
+    """Whether ggml's quantizer can be called here."""
+    try:
+        library()
+    except UserError:
+        return False
+    return True
+
+
+def quantize_rows(
+    matrix: torch.Tensor, type_id: int, importance: torch.Tensor | None = None, threads: int | None = None
+) -> torch.Tensor:
+    """ggml block bytes (rows, row_bytes) of a float32 ``matrix`` (rows, n_per_row), as uint8.
+
+    Rows are independent, so slices of rows go to ``threads`` threads (default: torch's thread count);
+    ctypes releases the GIL for the duration of each ggml call.
+    """
     lib = library()
     src = matrix.detach().to("cpu", torch.float32).contiguous()
     rows, n_per_row = src.shape
@@ -50,8 +66,20 @@ def quantize_rows(matrix: torch.Tensor, type_id: int, importance: torch.Tensor |
     dst = torch.empty((rows, row_bytes), dtype=torch.uint8)
     weights = None if importance is None else importance.detach().to("cpu", torch.float32).contiguous()
     lib.ggml_quantize_init(type_id)
-    written = lib.ggml_quantize_chunk(
-        type_id, src.data_ptr(), dst.data_ptr(), 0, rows, n_per_row, None if weights is None else weights.data_ptr()
-    )
-    assert written == rows * row_bytes, (written, rows, row_bytes)
+
+    def run(start: int, count: int) -> None:
+        written = lib.ggml_quantize_chunk(
+            type_id, src[start].data_ptr(), dst[start].data_ptr(), 0, count, n_per_row,
+            None if weights is None else weights.data_ptr(),
+        )  # fmt: skip
+        assert written == count * row_bytes, (written, count, row_bytes)
+
+    threads = max(1, min(threads or torch.get_num_threads(), rows))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    slices = [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if len(slices) == 1:
+        run(*slices[0])
+    else:
+        with ThreadPoolExecutor(len(slices)) as pool:
+            list(pool.map(lambda s: run(*s), slices))
     return dst.to(matrix.device)

@@ -1,10 +1,11 @@
 """GGUF / ggml block formats (``gguf:Q4_K`` etc.), stored as the exact ggml block bytes, one row per tensor row.
 
-Quantization of the legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and of MXFP4 without importance weights is
-done here in torch, following ggml's reference row quantizers (``quantize_row_*_ref``) operation for operation,
-so that it is fast and runs wherever torch does. Every other case (k-quants, IQ4_NL, IQ4_XS, and any type with
-an importance matrix, where ggml switches to its search-based quantizers) is ggml's own ``ggml_quantize_chunk``
-through llama-cpp-python's shared libraries: the numerics users get from ``llama-quantize``.
+Quantization is ggml's own ``ggml_quantize_chunk`` through llama-cpp-python's shared libraries (the numerics
+users get from ``llama-quantize``, and 5-10x faster than anything written here) whenever that is installed and
+the weight is on the CPU. The legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and MXFP4 also have a torch
+implementation that follows ggml's reference row quantizers (``quantize_row_*_ref``) operation for operation:
+it serves CUDA tensors and installs without the extra. k-quants, IQ4_NL, IQ4_XS and importance-weighted types
+(ggml switches to its search-based quantizers there) need ggml.
 
 Dequantization is torch for every type (``gguf_dequant`` holds the k-quant and IQ4 layouts), bit-identical to
 gguf-py's ``gguf.quants.dequantize`` and ggml's ``dequantize_row_*``.
@@ -193,13 +194,16 @@ class GGUFType(Format):
             importance = importance.reshape(-1).float()
             if importance.numel() != row:
                 raise UserError(f"{self.name}: importance has {importance.numel()} values; rows have {row}")
-        if self.qtype in TORCH_QUANTIZED and (importance is None or self.qtype not in ACCEPTS_IMPORTANCE):
+        from quantlab.formats import ggml
+
+        use = importance if self.qtype in ACCEPTS_IMPORTANCE else None
+        torch_can = self.qtype in TORCH_QUANTIZED and use is None
+        if torch_can and (matrix.is_cuda or not ggml.available()):
             blocks = quantize_legacy(matrix.reshape(-1, self.block_size), self.qtype)
         else:
-            from quantlab.formats import ggml
-
-            use = importance if self.qtype in ACCEPTS_IMPORTANCE else None
-            blocks = ggml.quantize_rows(matrix, self.type_id, use)
+            # The legacy types and MXFP4 are memory-bound in ggml (~1 Gw/s on one thread): splitting them over
+            # threads measured slower (docs/formats.md), the search-based types scale with threads.
+            blocks = ggml.quantize_rows(matrix, self.type_id, use, threads=1 if torch_can else None)
         data = blocks.reshape(matrix.shape[0], -1)
         return Packed(self.name, tuple(weight.shape), {"blocks": data}, notes={"ggml_type": self.qtype})
 
