@@ -31,6 +31,9 @@ def load_reference_model(path: Path | None = None, dtype: str = "float32"):
     """(model, tokenizer) of a reference checkpoint, loaded offline from safetensors only, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 71-tensor load is instant; its bar only clutters the card
 
     path = resolve_checkpoint(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
