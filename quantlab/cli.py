@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quantlab.errors import UserError
+from quantlab.zoo.settings import DEFAULT_MINUTES, TrainSettings
 
 try:  # typer >= 0.26 vendors its own click; older releases use the click package
     from typer._click import exceptions as click_exceptions
@@ -31,7 +32,6 @@ bench_app = typer.Typer(help="Benchmarks (speed and quality), as ratios against 
 app.add_typer(bench_app, name="bench")
 
 console = Console()
-DEFAULT_TRAIN_MINUTES = 55.0
 
 # Commands of the lab that later issues build; each answers in one line and exits 2 until then.
 _PLANNED = {
@@ -105,12 +105,12 @@ def _print_scores(scores: dict) -> None:
 def zoo_train(
     out: Path = typer.Option(Path("artifacts/zoo/tiny-gpt-oss"), help="Checkpoint directory to write."),
     seed: int = typer.Option(0, help="Seed of the data stream, tokenizer and initial weights."),
-    minutes: Optional[float] = typer.Option(None, help=f"Time budget (default {DEFAULT_TRAIN_MINUTES:g} min); the step count it gives is recorded."),
+    minutes: Optional[float] = typer.Option(None, help=f"Time budget (default {DEFAULT_MINUTES:g} min); the step count it gives is recorded."),
     steps: Optional[int] = typer.Option(None, help="Exact step count (reproducible bytes)."),
-    batch_size: int = typer.Option(64, help="Sequences per optimizer step."),
-    learning_rate: float = typer.Option(1.5e-3, help="Peak learning rate (linear warm-up, cosine decay to 5%)."),
-    warmup_steps: int = typer.Option(300, help="Linear warm-up steps."),
-    low_effort_fraction: float = typer.Option(0.2, help="Share of training texts with the effort:low marker."),
+    batch_size: int = typer.Option(TrainSettings.batch_size, help="Sequences per optimizer step."),
+    learning_rate: float = typer.Option(TrainSettings.learning_rate, help="Peak learning rate (linear warm-up, cosine decay to 5%)."),
+    warmup_steps: int = typer.Option(TrainSettings.warmup_steps, help="Linear warm-up steps."),
+    low_effort_fraction: float = typer.Option(TrainSettings.low_effort_fraction, help="Share of training texts with the effort:low marker."),
     score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
@@ -125,12 +125,12 @@ def zoo_train(
         raise UserError("quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
                         "--low-effort-fraction within [0, 1]")
     check_output_directory(out, force)  # fail before training (and before the heavy imports), not after
-    from quantlab.zoo.train import TrainSettings, train
+    from quantlab.zoo.train import train
 
     settings = TrainSettings(
         seed=seed,
         steps=steps,
-        minutes=None if steps is not None else (minutes or DEFAULT_TRAIN_MINUTES),
+        minutes=None if steps is not None else (minutes or DEFAULT_MINUTES),
         batch_size=batch_size,
         learning_rate=learning_rate,
         warmup_steps=warmup_steps,

@@ -2,7 +2,8 @@
 
 from quantlab.store import sha256_file
 from quantlab.zoo import read_json
-from quantlab.zoo.train import TrainSettings, train
+from quantlab.zoo.settings import TrainSettings
+from quantlab.zoo.train import train
 
 
 def _train(out, seed):
