@@ -1,7 +1,6 @@
 """The task generators, checked against Python's own arithmetic (``eval`` of the expression text)."""
 
 import itertools
-import random
 import re
 
 import pytest

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 
 from quantlab.formats import get_format
@@ -53,21 +52,13 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds / 1e6
 
 
-def _reference(name: str, params: dict, matrix: torch.Tensor):
+def _reference(name: str, params: dict, matrix: torch.Tensor, packed):
     """(label, quantize fn, dequantize fn) of the reference implementation of a format, or None."""
     if name.startswith("gguf:"):
         import gguf
 
         qtype = gguf.GGMLQuantizationType[name[5:]]
-        array = matrix.numpy()
-        blocks = gguf.quants.quantize(array, qtype) if name[5:] in TORCH_QUANTIZED else None
-        if blocks is None:
-            try:
-                from quantlab.formats import ggml
-
-                blocks = ggml.quantize_rows(matrix, GGUF_TYPES[name[5:]][0]).numpy()
-            except Exception:
-                return None
+        array, blocks = matrix.numpy(), packed.data["blocks"].numpy()  # the same bytes gguf-py would decode
         quantize = (lambda: gguf.quants.quantize(array, qtype)) if name[5:] in TORCH_QUANTIZED else None
         return "gguf-py (numpy)", quantize, lambda: gguf.quants.dequantize(blocks, qtype)
     if name in ("mxfp4", "mxfp8"):
@@ -134,7 +125,7 @@ def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
                 blocks = matrix.reshape(-1, 32)
                 torch_s = best_seconds(lambda: quantize_legacy(blocks, qtype), repeats)
                 row["torch_quantize_mw_s"] = round(_rate(n, torch_s), 1)
-        reference = _reference(name, params, matrix)
+        reference = _reference(name, params, matrix, packed)
         if reference is not None:
             label, ref_quantize, ref_dequantize = reference
             row["reference"] = label
