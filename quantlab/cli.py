@@ -197,6 +197,7 @@ def bench_formats(
     repeats: int = typer.Option(3, help="Speed: best of this many runs."),
     plot: Optional[Path] = typer.Option(None, help="Quality: also write the rate-distortion plot (PNG) here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Speed: print the table as Markdown (docs/formats.md)."),
 ) -> None:
     """Quantize/dequantize throughput of every format vs its reference and a plain copy; or, with --quality,
     SQNR against bits per weight on Gaussian and on the reference model's weights."""
@@ -211,6 +212,8 @@ def bench_formats(
         plot_rate_distortion(result, plot)
     if as_json:
         return _print_json(result)
+    if markdown and not quality:
+        return print(bench.speed_markdown(result))
     rows = result["formats"]
     if quality:
         table = Table("format", "bits/w", "SQNR gauss dB", "6.02·R dB", "model bits/w", "SQNR model dB",
@@ -222,17 +225,18 @@ def bench_formats(
             table.add_row(r["format"], f"{r['bits_per_weight']:.3f}", f"{r['sqnr_gaussian_db']:.2f}",
                           f"{r['gaussian_bound_db']:.2f}", f"{r['model_bits_per_weight']:.3f}", f"{r['sqnr_model_db']:.2f}")
     else:
-        table = Table("format", "quant Mw/s", "dequant Mw/s", "q/copy", "dq/copy", "reference", "q/ref", "dq/ref", "q/ggml 1T", "torch q Mw/s",
-                      title=f"{result['matrix'][0]}x{result['matrix'][1]} float32, best of {result['repeats']}; copy {result['copy_mw_s']:.0f} Mw/s")
+        table = Table("format", "quant Mw/s", "dequant Mw/s", "q/copy", "dq/copy", "reference", "q/ref", "dq/ref",
+                      "q/ggml 1T", "torch q Mw/s", "torch dq Mw/s",
+                      title=f"{result['matrix'][0]}x{result['matrix'][1]} float32, best of {result['repeats']}; copy {result['copy_mw_s']:.0f} Mw/s (into a written buffer: {result['copy_preallocated_mw_s']:.0f})")
         for r in rows:
             if "skipped" in r:
-                table.add_row(r["format"], "skipped: " + r["skipped"][:60], *[""] * 8)
+                table.add_row(r["format"], "skipped: " + r["skipped"][:60], *[""] * 10)
                 continue
             fmt = lambda key, suffix="": f"{r[key]}{suffix}" if key in r else ""  # noqa: E731
             table.add_row(r["format"], fmt("quantize_mw_s"), fmt("dequantize_mw_s"), fmt("quantize_vs_copy"),
-                          fmt("dequantize_vs_copy"), r.get("reference", ""), fmt("quantize_vs_reference", "x"),
-                          fmt("dequantize_vs_reference", "x"), fmt("quantize_vs_ggml_single_thread", "x"),
-                          fmt("torch_quantize_mw_s"))
+                          fmt("dequantize_vs_copy"), r.get("reference", ""),
+                          fmt("quantize_vs_reference", "x"), fmt("dequantize_vs_reference", "x"),
+                          fmt("quantize_vs_ggml_single_thread", "x"), fmt("torch_quantize_mw_s"), fmt("torch_dequantize_mw_s"))
     console.print(table)
 
 
@@ -250,11 +254,13 @@ def _given_value(param) -> str | None:
 def _quiet_third_party_import_noise() -> None:
     # transformers imports torchao whenever it is installed (the dev extra), and torchao logs a warning for
     # each CUDA-only kernel library it cannot load on CPU, and torch one per enum torchao registers. They
-    # are not about anything the user did.
+    # are not about anything the user did; nor is bitsandbytes' warning that an optional CPU kernel package
+    # (`kernels`, a hub download) is missing.
     import logging
 
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main() -> None:

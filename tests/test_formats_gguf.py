@@ -8,7 +8,7 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats import Packed, get_format
-from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED, quantize_legacy
+from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED, dequantize_blocks, quantize_legacy
 
 gguf = pytest.importorskip("gguf")
 
@@ -56,15 +56,20 @@ def test_torch_quantizers_equal_gguf_py(qtype, shape, kind):
     assert np.array_equal(fmt.dequantize(packed).numpy(), expected)
 
 
+@pytest.mark.parametrize("path", ["format", "torch"])
 @pytest.mark.parametrize("qtype", sorted(GGUF_TYPES))
-def test_dequantize_equals_gguf_py_on_arbitrary_blocks(qtype):
-    """Every byte pattern a block can hold (random bytes, float16 fields kept finite) decodes like gguf-py."""
+def test_dequantize_equals_gguf_py_on_arbitrary_blocks(qtype, path):
+    """Any byte pattern (random bytes) decodes like gguf-py: through the format (ggml's dequantize_row_* where
+    installed) and through quantlab's torch code (CUDA tensors, no extra)."""
     _, block, size = GGUF_TYPES[qtype]
     raw = np.random.default_rng(len(qtype)).integers(0, 256, size=(200, size), dtype=np.uint8)
     with np.errstate(invalid="ignore", over="ignore"):
         expected = gguf.quants.dequantize(raw.reshape(-1), gguf.GGMLQuantizationType[qtype]).reshape(200, block)
     packed = Packed(f"gguf:{qtype}", (200, block), {"blocks": torch.from_numpy(raw)}, notes={"ggml_type": qtype})
-    got = get_format(f"gguf:{qtype}").dequantize(packed).numpy()
+    if path == "format":
+        got = get_format(f"gguf:{qtype}").dequantize(packed).numpy()
+    else:
+        got = dequantize_blocks(torch.from_numpy(raw), qtype).numpy()
     finite = np.isfinite(expected)  # float16 NaN/Inf bit patterns in the scale fields make NaN rows
     assert finite.mean() > 0.85
     assert np.array_equal(got[finite], expected[finite])

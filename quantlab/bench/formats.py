@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from quantlab.formats import get_format
-from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED
+from quantlab.formats import fused, get_format
+from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED, dequantize_blocks
 
 # The formats a recipe can name, with the parameters the benchmark uses.
 BENCH_FORMATS = [
@@ -91,7 +91,12 @@ def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
     """Throughput (millions of weights per second) of every format and its reference, plus the copy bound."""
     matrix = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     n = matrix.numel()
+    # The copy the ratios are against allocates its output, as every quantize / dequantize call does; on this
+    # project's VM that is bound by first-touch page faults. A copy into a buffer written before is the raw
+    # memory bandwidth, recorded beside it.
     copy = _rate(n, best_seconds(lambda: matrix.clone(), repeats))
+    target = torch.empty_like(matrix)
+    copy_preallocated = _rate(n, best_seconds(lambda: target.copy_(matrix), repeats))
     rows = []
     for name, params in BENCH_FORMATS:
         fmt = get_format(name, **params)
@@ -125,6 +130,8 @@ def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
                 blocks = matrix.reshape(-1, 32)
                 torch_s = best_seconds(lambda: quantize_legacy(blocks, qtype), repeats)
                 row["torch_quantize_mw_s"] = round(_rate(n, torch_s), 1)
+            torch_d = best_seconds(lambda: dequantize_blocks(packed.data["blocks"], qtype), repeats)
+            row["torch_dequantize_mw_s"] = round(_rate(n, torch_d), 1)
         reference = _reference(name, params, matrix, packed)
         if reference is not None:
             label, ref_quantize, ref_dequantize = reference
@@ -141,7 +148,9 @@ def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
         "matrix": [size, size],
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
+        "fused": fused.enabled(),  # whether the element-wise formats ran compiled (quantlab.formats.fused)
         "copy_mw_s": round(copy, 1),
+        "copy_preallocated_mw_s": round(copy_preallocated, 1),
         "formats": rows,
     }
 
@@ -200,3 +209,21 @@ def rate_distortion(progress=None) -> dict:
             }
         )
     return {"gaussian": [1024, 4096], "model_matrices": len(model), "model_values": sum(m.numel() for _, m in model), "formats": rows}
+
+
+SPEED_COLUMNS = [
+    ("quantize_mw_s", "quantize Mw/s"), ("dequantize_mw_s", "dequantize Mw/s"),
+    ("quantize_vs_copy", "q / copy"), ("dequantize_vs_copy", "dq / copy"), ("reference", "reference"),
+    ("quantize_vs_reference", "q vs ref"), ("dequantize_vs_reference", "dq vs ref"),
+    ("ggml_single_thread_quantize_mw_s", "ggml 1T quantize Mw/s"), ("quantize_vs_ggml_single_thread", "q vs ggml 1T"),
+    ("torch_quantize_mw_s", "torch quantize Mw/s"), ("torch_dequantize_mw_s", "torch dequantize Mw/s"),
+]  # fmt: skip
+
+
+def speed_markdown(result: dict) -> str:
+    """The speed table as Markdown, as docs/formats.md records it."""
+    lines = ["| format | " + " | ".join(title for _, title in SPEED_COLUMNS) + " |", "|---" * (len(SPEED_COLUMNS) + 1) + "|"]
+    for row in result["formats"]:
+        cells = [str(row.get(key, "")) + ("x" if "_vs_" in key and "copy" not in key and key in row else "") for key, _ in SPEED_COLUMNS]
+        lines.append(f"| {row['format']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

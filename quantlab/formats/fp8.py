@@ -12,6 +12,7 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats.base import Format, Packed, register
+from quantlab.formats.fused import fused
 
 GRANULARITIES = ("tensor", "channel", "block")
 BLOCK = 128
@@ -55,16 +56,24 @@ class _Float8(Format):
         return scale.repeat_interleave(BLOCK, 0)[:rows].repeat_interleave(BLOCK, 1)[:, :cols]
 
     def quantize(self, weight, importance=None) -> Packed:
-        matrix = _as_matrix(self._check_finite(weight).float())
-        amax = self._amax(matrix)
-        scale = torch.where(amax > 0, amax / self.max_value, torch.ones_like(amax))
-        scaled = (matrix / self._expand(scale, matrix.shape)).clamp(-self.max_value, self.max_value)
-        codes = scaled.to(self.dtype)
+        codes, scale = _fp8_quantize(_as_matrix(self._check_finite(weight).float()), self)
         return Packed(self.describe(), tuple(weight.shape), {"codes": codes, "scale": scale})
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
-        codes, scale = packed.data["codes"], packed.data["scale"]
-        return (codes.float() * self._expand(scale, codes.shape)).reshape(packed.shape)
+        return _fp8_dequantize(packed.data["codes"], packed.data["scale"], self).reshape(packed.shape)
+
+
+@fused
+def _fp8_quantize(matrix: torch.Tensor, fmt: _Float8):
+    amax = fmt._amax(matrix)
+    scale = torch.where(amax > 0, amax / fmt.max_value, torch.ones_like(amax))
+    scaled = (matrix / fmt._expand(scale, matrix.shape)).clamp(-fmt.max_value, fmt.max_value)
+    return scaled.to(fmt.dtype), scale
+
+
+@fused
+def _fp8_dequantize(codes: torch.Tensor, scale: torch.Tensor, fmt: _Float8):
+    return codes.float() * fmt._expand(scale, codes.shape)
 
 
 @register("fp8_e4m3")

@@ -51,13 +51,27 @@ def available() -> bool:
     return True
 
 
+def _in_slices(rows: int, threads: int | None, run) -> None:
+    """``run(start, count)`` over contiguous row slices on ``threads`` threads (default: torch's thread count).
+
+    Rows are independent and ctypes releases the GIL for the duration of each ggml call.
+    """
+    threads = max(1, min(threads or torch.get_num_threads(), rows))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    slices = [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if len(slices) == 1:
+        run(*slices[0])
+    else:
+        with ThreadPoolExecutor(len(slices)) as pool:
+            list(pool.map(lambda s: run(*s), slices))
+
+
 def quantize_rows(
     matrix: torch.Tensor, type_id: int, importance: torch.Tensor | None = None, threads: int | None = None
 ) -> torch.Tensor:
     """ggml block bytes (rows, row_bytes) of a float32 ``matrix`` (rows, n_per_row), as uint8.
 
-    Rows are independent, so slices of rows go to ``threads`` threads (default: torch's thread count);
-    ctypes releases the GIL for the duration of each ggml call.
+    Slices of rows go to ``threads`` threads (default: torch's thread count).
     """
     lib = library()
     src = matrix.detach().to("cpu", torch.float32).contiguous()
@@ -74,12 +88,24 @@ def quantize_rows(
         )  # fmt: skip
         assert written == count * row_bytes, (written, count, row_bytes)
 
-    threads = max(1, min(threads or torch.get_num_threads(), rows))
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    slices = [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
-    if len(slices) == 1:
-        run(*slices[0])
-    else:
-        with ThreadPoolExecutor(len(slices)) as pool:
-            list(pool.map(lambda s: run(*s), slices))
+    _in_slices(rows, threads, run)
     return dst.to(matrix.device)
+
+
+def _dequantizer(qtype: str):
+    """ggml's ``dequantize_row_<type>(const void * blocks, float * out, int64_t count)`` for a GGUF type name."""
+    name = "dequantize_row_" + (qtype[:-2].lower() + "_K" if qtype.endswith("_K") else qtype.lower())
+    fn = getattr(library(), name)
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    return fn
+
+
+def dequantize_rows(blocks: torch.Tensor, qtype: str, n_per_row: int, threads: int | None = None) -> torch.Tensor:
+    """Float32 values (rows, n_per_row) of ggml block bytes ``blocks`` (rows, row_bytes), by ggml itself."""
+    fn = _dequantizer(qtype)
+    src = blocks.detach().to("cpu", torch.uint8).contiguous()
+    rows = src.shape[0]
+    dst = torch.empty((rows, n_per_row), dtype=torch.float32)
+    _in_slices(rows, threads, lambda start, count: fn(src[start].data_ptr(), dst[start].data_ptr(), count * n_per_row))
+    return dst.to(blocks.device)

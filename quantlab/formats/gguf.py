@@ -7,8 +7,8 @@ implementation that follows ggml's reference row quantizers (``quantize_row_*_re
 it serves CUDA tensors and installs without the extra. k-quants, IQ4_NL, IQ4_XS and importance-weighted types
 (ggml switches to its search-based quantizers there) need ggml.
 
-Dequantization is torch for every type (``gguf_dequant`` holds the k-quant and IQ4 layouts), bit-identical to
-gguf-py's ``gguf.quants.dequantize`` and ggml's ``dequantize_row_*``.
+Dequantization is ggml's ``dequantize_row_*`` where installed (CPU), else torch for every type (``gguf_dequant``
+holds the k-quant and IQ4 layouts); both are bit-identical to gguf-py's ``gguf.quants.dequantize``.
 
 Rows must be a multiple of the type's block (32, or 256 for k-quants and IQ4_XS). ``fallback=True`` applies
 llama.cpp's own substitution for a k-quant on such a row (``llama-quant.cpp``: Q2_K/Q3_K/IQ4_XS -> IQ4_NL,
@@ -163,6 +163,12 @@ def dequantize_legacy(raw: torch.Tensor, qtype: str) -> torch.Tensor:
 TORCH_QUANTIZED = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4"}
 
 
+def dequantize_blocks(raw: torch.Tensor, qtype: str) -> torch.Tensor:
+    """Float32 values (blocks, block size) of ggml block bytes in torch: any device, no ggml needed."""
+    blocks = raw.reshape(-1, GGUF_TYPES[qtype][2])
+    return dequantize_legacy(blocks, qtype) if qtype in TORCH_QUANTIZED else DEQUANTIZERS[qtype](blocks)
+
+
 class GGUFType(Format):
     """One ggml block type. ``fallback=True`` applies llama.cpp's substitution for rows it cannot take."""
 
@@ -211,9 +217,11 @@ class GGUFType(Format):
         qtype = packed.notes.get("ggml_type", self.qtype)
         raw = packed.data["blocks"]
         _, block, size = GGUF_TYPES[qtype]
-        blocks = raw.reshape(-1, size)
-        values = dequantize_legacy(blocks, qtype) if qtype in TORCH_QUANTIZED else DEQUANTIZERS[qtype](blocks)
-        return values.reshape(packed.shape)
+        from quantlab.formats import ggml
+
+        if not raw.is_cuda and ggml.available():  # ggml's own dequantize_row_*, 2.5-8x the torch code below
+            return ggml.dequantize_rows(raw.reshape(raw.shape[0], -1), qtype, packed.shape[-1]).reshape(packed.shape)
+        return dequantize_blocks(raw, qtype).reshape(packed.shape)
 
 
 for _qtype in GGUF_TYPES:

@@ -14,6 +14,7 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats.base import Format, Packed, register
+from quantlab.formats.fused import fused
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -29,6 +30,13 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     stream = ((packed.unsqueeze(1) >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1).reshape(-1)
     stream = stream[: count * bits].reshape(count, bits)
     return (stream << torch.arange(bits, device=packed.device, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack_codes(stream: torch.Tensor, bits: int, groups_shape) -> torch.Tensor:
+    """Codes (rows, groups, group size) of a stream holding one group per entry of ``groups_shape``."""
+    groups = groups_shape[0] * groups_shape[1]
+    per_group = stream.numel() * 8 // bits // groups  # the stream's last byte may hold padding bits
+    return unpack_bits(stream, bits, groups * per_group).reshape(*groups_shape, per_group)
 
 
 class IntegerRTN(Format):
@@ -59,41 +67,45 @@ class IntegerRTN(Format):
         return matrix.reshape(matrix.shape[0], -1, self.group_size)
 
     def quantize(self, weight, importance=None) -> Packed:
-        groups = self._groups(self._check_finite(weight).float())
-        low = groups.amin(-1).clamp(max=0)
-        high = groups.amax(-1).clamp(min=0)
-        if self.symmetric:
-            high = torch.maximum(low.abs(), high)
-            low = torch.where(low < 0, -high, low)
-        empty = (low == 0) & (high == 0)
-        low, high = torch.where(empty, -1.0, low), torch.where(empty, 1.0, high)
-        scale = ((high - low) / self.max_code).to(torch.float16)
-        scale32 = scale.float()
-        if self.symmetric:
-            zero = torch.full_like(scale32, (self.max_code + 1) // 2)
-        else:
-            zero = torch.round(-low / scale32)
-        codes = torch.clamp(torch.round(groups / scale32.unsqueeze(-1)) + zero.unsqueeze(-1), 0, self.max_code)
-        return Packed(
-            self.describe(),
-            tuple(weight.shape),
-            {"codes": pack_bits(codes, self.bits), "scale": scale}
-            | ({} if self.symmetric else {"zero": zero.to(torch.uint8)}),
-        )
+        codes, scale, zero = _rtn_quantize(self._groups(self._check_finite(weight).float()), self)
+        stored = {"codes": codes, "scale": scale} | ({} if self.symmetric else {"zero": zero.to(torch.uint8)})
+        return Packed(self.describe(), tuple(weight.shape), stored)
 
     def codes(self, packed: Packed) -> torch.Tensor:
         """The unpacked integer codes, shaped (rows, groups, group size)."""
-        rows, groups = packed.data["scale"].shape
-        count = packed.data["codes"].numel() * 8 // self.bits
-        count -= count % (rows * groups)
-        return unpack_bits(packed.data["codes"], self.bits, count).reshape(rows, groups, -1)
+        return _unpack_codes(packed.data["codes"], self.bits, packed.data["scale"].shape)
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
-        codes = self.codes(packed).float()
-        scale = packed.data["scale"].float().unsqueeze(-1)
-        zero = packed.data["zero"].float() if "zero" in packed.data else torch.full_like(scale[..., 0], (self.max_code + 1) // 2)
-        zero = zero.unsqueeze(-1)
-        return (scale * (codes - zero)).reshape(packed.shape)
+        data = packed.data
+        return _rtn_dequantize(data["codes"], data["scale"], data.get("zero"), self).reshape(packed.shape)
+
+
+@fused
+def _rtn_quantize(groups: torch.Tensor, fmt: IntegerRTN):
+    """Packed codes, float16 scales and zero points of ``groups`` (rows, groups, group size)."""
+    low = groups.amin(-1).clamp(max=0)
+    high = groups.amax(-1).clamp(min=0)
+    if fmt.symmetric:
+        high = torch.maximum(low.abs(), high)
+        low = torch.where(low < 0, -high, low)
+    empty = (low == 0) & (high == 0)
+    low, high = torch.where(empty, -1.0, low), torch.where(empty, 1.0, high)
+    scale = ((high - low) / fmt.max_code).to(torch.float16)
+    scale32 = scale.float()
+    if fmt.symmetric:
+        zero = torch.full_like(scale32, (fmt.max_code + 1) // 2)
+    else:
+        zero = torch.round(-low / scale32)
+    codes = torch.clamp(torch.round(groups / scale32.unsqueeze(-1)) + zero.unsqueeze(-1), 0, fmt.max_code)
+    return pack_bits(codes, fmt.bits), scale, zero
+
+
+@fused
+def _rtn_dequantize(stream: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, fmt: IntegerRTN):
+    codes = _unpack_codes(stream, fmt.bits, scale.shape)
+    if zero is None:
+        zero = torch.full_like(scale, (fmt.max_code + 1) // 2, dtype=torch.float32)
+    return scale.float().unsqueeze(-1) * (codes.float() - zero.float().unsqueeze(-1))
 
 
 for _bits in range(2, 9):

@@ -18,6 +18,7 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats.base import Format, Packed, register
+from quantlab.formats.fused import fused
 
 # FP4 E2M1 magnitudes by code (sign is bit 3).
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -29,18 +30,27 @@ SCALE_RULES = ("floor", "ceil", "even", "rceil")
 _F32_MIN_NORMAL = 2.0**-126
 
 
+# Magnitude thresholds of E2M1 round-to-nearest-even: code = how many thresholds |x| reaches. At a midpoint the
+# tie goes to the even code: up where the code above is even (0.75 -> 1, 1.75 -> 2, 3.5 -> 4), down elsewhere,
+# which the next float32 above the midpoint encodes.
+_E2M1_THRESHOLDS = (
+    float.fromhex("0x1.000002p-2"), 0.75, float.fromhex("0x1.400002p+0"), 1.75,
+    float.fromhex("0x1.400002p+1"), 3.5, float.fromhex("0x1.400002p+2"),
+)  # fmt: skip
+
+
 def encode_e2m1(values: torch.Tensor) -> torch.Tensor:
     """FP4 E2M1 codes (uint8, 0..15) of float32 values: nearest, ties to even, saturating at ±6.
 
-    The grid is uniform within each binade (steps of 0.5 below 2, 1 below 4, 2 above) and the code's parity
-    follows the grid index there, so torch.round (ties to even) on the value in grid steps is E2M1's own RNE.
+    Seven comparisons that one fused loop evaluates at memory speed; compiled code counts in int32, which
+    vectorises where uint8 does not, eager code in uint8, which moves a quarter of the bytes.
     """
+    count_dtype = torch.int32 if torch.compiler.is_compiling() else torch.uint8
     magnitude = values.abs()
-    half_steps = torch.round(magnitude * 2)  # codes 0..4 for |x| < 2 (value = code / 2)
-    units = torch.round(magnitude)  # values 2..4 for 2 <= |x| < 4 (code = value + 2)
-    doubles = torch.round(magnitude * 0.5).clamp(max=3)  # values 4, 6 for |x| >= 4, saturating (code = v/2 + 4)
-    code = torch.where(magnitude < 2, half_steps, torch.where(magnitude < 4, units + 2, doubles + 4))
-    return (code.to(torch.uint8) | (torch.signbit(values).to(torch.uint8) << 3)).to(torch.uint8)
+    code = torch.signbit(values).to(count_dtype) * 8
+    for threshold in _E2M1_THRESHOLDS:
+        code = code + (magnitude >= threshold).to(count_dtype)
+    return code.to(torch.uint8) if count_dtype != torch.uint8 else code
 
 
 def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
@@ -50,8 +60,8 @@ def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    flat = codes.reshape(-1)
-    return flat[0::2] | (flat[1::2] << 4)
+    pairs = codes.reshape(-1, 2)
+    return pairs[:, 0] | (pairs[:, 1] << 4)
 
 
 def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
@@ -69,9 +79,12 @@ def _float_exponent(x: torch.Tensor) -> torch.Tensor:
 
 def mx_scale_exponent(amax: torch.Tensor, rule: str, element_mantissa_bits: int, element_emax: int, element_max: float):
     """The biased E8M0 exponent (uint8) of each block's shared scale under ``rule``."""
-    if rule == "rceil":
-        descale = amax / element_max
-        unbiased = torch.clamp(torch.ceil(torch.log2(descale)), min=-127, max=127)
+    if rule == "rceil":  # ceil(log2(amax / element_max)), read from the float's bits (exact, unlike log2)
+        descale = (amax / element_max).view(torch.int32)
+        exponent = ((descale >> 23) & 0xFF) - 127 + ((descale & 0x7FFFFF) > 0).to(torch.int32)
+        # Subnormal descales: above 2^-127 round up to 2^-126, the rest clamp to 2^-127 (log2(0) = -inf too).
+        subnormal = torch.where(descale > 0x400000, -126, -127)
+        unbiased = torch.clamp(torch.where((descale >> 23) == 0, subnormal, exponent), min=-127, max=127)
         return (unbiased + 127).to(torch.uint8)
     if rule == "even":  # round amax to the element's mantissa width before taking its exponent
         bits = amax.view(torch.int32)
@@ -109,7 +122,9 @@ class _MX(Format):
 
     def _scaled(self, blocks: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
         if self.scale_rule == "rceil":  # multiply by the reciprocal, as cuBLAS / torchao do for this rule
-            reciprocal = torch.where(exponent == 0, 1.0, torch.exp2(127 - exponent.float()))
+            e = exponent.to(torch.int32)  # 2^(127 - e) from its bits; 2^-127 (e = 254) is subnormal
+            reciprocal = torch.where(e == 254, 0x400000, (254 - e) << 23).view(torch.float32)
+            reciprocal = torch.where(e == 0, 1.0, reciprocal)
             return torch.clamp(blocks * reciprocal, -self.element_max, self.element_max)
         scale = torch.clamp(e8m0_to_float(exponent), min=_F32_MIN_NORMAL)
         return blocks / scale
@@ -117,16 +132,24 @@ class _MX(Format):
     def quantize(self, weight, importance=None) -> Packed:
         self._check_finite(weight)
         self._check_row_multiple(weight, self.block_size)
-        blocks = _blocks(weight, self.block_size)
-        amax = blocks.abs().amax(dim=1, keepdim=True)
-        exponent = mx_scale_exponent(amax, self.scale_rule, self.element_mantissa_bits, self.element_emax, self.element_max)
-        codes = self._encode(self._scaled(blocks, exponent))
+        codes, exponent = _mx_quantize(_blocks(weight, self.block_size), self)
         return Packed(self.describe(), tuple(weight.shape), {"codes": codes, "scale_e8m0": exponent.reshape(-1)})
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
-        values = self._decode(packed.data["codes"]).reshape(-1, self.block_size)
-        scale = e8m0_to_float(packed.data["scale_e8m0"]).unsqueeze(1)
-        return (values * scale).reshape(packed.shape)
+        return _mx_dequantize(packed.data["codes"], packed.data["scale_e8m0"], self).reshape(packed.shape)
+
+
+@fused
+def _mx_quantize(blocks: torch.Tensor, fmt: _MX):
+    amax = blocks.abs().amax(dim=1, keepdim=True)
+    exponent = mx_scale_exponent(amax, fmt.scale_rule, fmt.element_mantissa_bits, fmt.element_emax, fmt.element_max)
+    return fmt._encode(fmt._scaled(blocks, exponent)), exponent
+
+
+@fused
+def _mx_dequantize(codes: torch.Tensor, exponent: torch.Tensor, fmt: _MX):
+    values = fmt._decode(codes).reshape(-1, fmt.block_size)
+    return values * e8m0_to_float(exponent).unsqueeze(1)
 
 
 @register("mxfp4")
@@ -163,21 +186,27 @@ class NVFP4(Format):
     def quantize(self, weight, importance=None) -> Packed:
         self._check_finite(weight)
         self._check_row_multiple(weight, self.block_size)
-        blocks = _blocks(weight, self.block_size)
-        tensor_scale = blocks.abs().amax() / (E4M3_MAX * E2M1_MAX)
-        block_scale = blocks.abs().amax(dim=1, keepdim=True) / E2M1_MAX / tensor_scale
-        tiny = torch.finfo(torch.float8_e4m3fn).tiny
-        block_scale_e4m3 = torch.clamp(block_scale, min=tiny, max=E4M3_MAX).to(torch.float8_e4m3fn)
-        reciprocal = (1.0 / tensor_scale) / block_scale_e4m3.float()
-        scaled = torch.clamp(blocks * reciprocal, -E2M1_MAX, E2M1_MAX)
-        codes = pack_nibbles(encode_e2m1(scaled))
-        return Packed(
-            self.describe(),
-            tuple(weight.shape),
-            {"codes": codes, "scale_e4m3": block_scale_e4m3.reshape(-1), "tensor_scale": tensor_scale.reshape(1)},
-        )
+        codes, block_scale, tensor_scale = _nvfp4_quantize(_blocks(weight, self.block_size))
+        stored = {"codes": codes, "scale_e4m3": block_scale, "tensor_scale": tensor_scale}
+        return Packed(self.describe(), tuple(weight.shape), stored)
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
-        values = decode_e2m1(unpack_nibbles(packed.data["codes"])).reshape(-1, self.block_size)
-        scale = packed.data["tensor_scale"] * packed.data["scale_e4m3"].float().unsqueeze(1)
-        return (values * scale).reshape(packed.shape)
+        data = packed.data
+        return _nvfp4_dequantize(data["codes"], data["scale_e4m3"], data["tensor_scale"]).reshape(packed.shape)
+
+
+@fused
+def _nvfp4_quantize(blocks: torch.Tensor):
+    tensor_scale = blocks.abs().amax() / (E4M3_MAX * E2M1_MAX)
+    block_scale = blocks.abs().amax(dim=1, keepdim=True) / E2M1_MAX / tensor_scale
+    tiny = torch.finfo(torch.float8_e4m3fn).tiny
+    block_scale_e4m3 = torch.clamp(block_scale, min=tiny, max=E4M3_MAX).to(torch.float8_e4m3fn)
+    reciprocal = (1.0 / tensor_scale) / block_scale_e4m3.float()
+    scaled = torch.clamp(blocks * reciprocal, -E2M1_MAX, E2M1_MAX)
+    return pack_nibbles(encode_e2m1(scaled)), block_scale_e4m3.reshape(-1), tensor_scale.reshape(1)
+
+
+@fused
+def _nvfp4_dequantize(codes: torch.Tensor, block_scale: torch.Tensor, tensor_scale: torch.Tensor):
+    values = decode_e2m1(unpack_nibbles(codes)).reshape(-1, NVFP4.block_size)
+    return values * (tensor_scale * block_scale.float().unsqueeze(1))
