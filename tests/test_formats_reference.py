@@ -113,6 +113,19 @@ def test_integer_grid_worked_by_hand():
     assert get_format("int2", symmetric=False).codes(asym).tolist() == [[[0, 2, 3, 3]]]
 
 
+@pytest.mark.parametrize("count", [64, 63])
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_bit_stream_equals_a_little_endian_integer(bits, count):
+    """The stream is the little-endian bytes of Σ code_i · 2^(i·bits), computed with Python integers."""
+    from quantlab.formats.integer import pack_bits, unpack_bits
+
+    codes = torch.randint(0, 2**bits, (count,), generator=torch.Generator().manual_seed(bits))
+    number = sum(int(c) << (i * bits) for i, c in enumerate(codes))
+    expected = list(number.to_bytes((count * bits + 7) // 8, "little"))
+    assert pack_bits(codes, bits).tolist() == expected
+    assert unpack_bits(torch.tensor(expected, dtype=torch.uint8), bits, count).tolist() == codes.tolist()
+
+
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_integer_error_within_half_a_step(bits):
     w = _weights((16, 128), seed=bits, kind="gaussian")

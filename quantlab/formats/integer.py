@@ -19,14 +19,21 @@ from quantlab.formats.fused import fused
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """A dense little-endian bit stream (uint8) of ``bits``-bit codes."""
-    flat = codes.reshape(-1).to(torch.uint8)
-    stream = ((flat.unsqueeze(1) >> torch.arange(bits, device=flat.device, dtype=torch.uint8)) & 1).reshape(-1)
+    flat = codes.reshape(-1).to(torch.int32)  # int32 arithmetic: it vectorises in fused code, uint8 does not
+    if 8 % bits == 0 and flat.numel() % (8 // bits) == 0:  # whole codes per byte: code i at bit i·bits
+        per_byte = flat.reshape(-1, 8 // bits)
+        return sum(per_byte[:, i] << (i * bits) for i in range(8 // bits)).to(torch.uint8)
+    stream = ((flat.unsqueeze(1) >> torch.arange(bits, device=flat.device, dtype=torch.int32)) & 1).reshape(-1)
     stream = torch.nn.functional.pad(stream, (0, -stream.numel() % 8)).reshape(-1, 8)
-    return (stream << torch.arange(8, device=flat.device, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
+    return (stream << torch.arange(8, device=flat.device, dtype=torch.int32)).sum(dim=1).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """The first ``count`` ``bits``-bit codes of a stream written by ``pack_bits``."""
+    if 8 % bits == 0:
+        shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.int32)
+        codes = (packed.to(torch.int32).unsqueeze(1) >> shifts) & (2**bits - 1)
+        return codes.reshape(-1)[:count].to(torch.uint8)
     stream = ((packed.unsqueeze(1) >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1).reshape(-1)
     stream = stream[: count * bits].reshape(count, bits)
     return (stream << torch.arange(bits, device=packed.device, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
