@@ -59,3 +59,20 @@ def test_small_tensors_stay_eager():
     before = fused.compiled_calls
     get_format("mxfp4").roundtrip(torch.randn(64, 256))
     assert fused.compiled_calls == before
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4"])
+def test_fused_gguf_legacy_equals_eager(qtype):
+    """The fused torch quantizer of the legacy GGUF types (used for large tensors) writes the eager path's
+    bytes, which test_formats_gguf checks against ggml and gguf-py; including blocks where +m and -m tie for
+    the largest magnitude, which the fused kernel leaves to an exact fix-up."""
+    from quantlab.formats.gguf import quantize_legacy, quantize_legacy_fused
+
+    blocks = hard_matrix().reshape(-1, 32)
+    blocks[10, 3], blocks[10, 9] = -5.0, 5.0  # tie, negative first: ggml's d is negative
+    blocks[11, 3], blocks[11, 9] = 5.0, -5.0  # tie, positive first
+    blocks[10, :3] = blocks[10, 4:9] = blocks[11, :3] = 0.0
+    before = fused.compiled_calls
+    got = quantize_legacy_fused(blocks, qtype)
+    assert fused.compiled_calls == before + 1
+    assert got.dtype == torch.uint8 and torch.equal(got, quantize_legacy(blocks, qtype))

@@ -1,11 +1,11 @@
 """GGUF / ggml block formats (``gguf:Q4_K`` etc.), stored as the exact ggml block bytes, one row per tensor row.
 
-Quantization is ggml's own ``ggml_quantize_chunk`` through llama-cpp-python's shared libraries (the numerics
-users get from ``llama-quantize``, and 5-10x faster than anything written here) whenever that is installed and
-the weight is on the CPU. The legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and MXFP4 also have a torch
-implementation that follows ggml's reference row quantizers (``quantize_row_*_ref``) operation for operation:
-it serves CUDA tensors and installs without the extra. k-quants, IQ4_NL, IQ4_XS and importance-weighted types
-(ggml switches to its search-based quantizers there) need ggml.
+Quantization of k-quants, IQ4_NL, IQ4_XS and importance-weighted types (ggml switches to its search-based
+quantizers there) is ggml's own ``ggml_quantize_chunk`` through llama-cpp-python's shared libraries: the
+numerics users get from ``llama-quantize``. The legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and MXFP4 also
+have a torch implementation that follows ggml's reference row quantizers (``quantize_row_*_ref``) operation
+for operation, byte for byte, down to what ggml's C casts do with a reciprocal that overflows; fused, it beats
+one ggml thread 1.5-6x, so it takes large CPU tensors, CUDA tensors, and installs without the extra.
 
 Dequantization is ggml's ``dequantize_row_*`` where installed (CPU), else torch for every type (``gguf_dequant``
 holds the k-quant and IQ4 layouts); both are bit-identical to gguf-py's ``gguf.quants.dequantize``.
@@ -21,6 +21,7 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats.base import Format, Packed, register
+from quantlab.formats.fused import FUSE_MIN_BYTES, enabled as fusing_enabled, fused
 from quantlab.formats.gguf_dequant import DEQUANTIZERS
 
 # (ggml type id, values per block, bytes per block), as ggml defines them (gguf-py's GGML_QUANT_SIZES).
@@ -68,25 +69,58 @@ def _high_bits(q: torch.Tensor) -> torch.Tensor:
 
 
 def _signed_absmax(blocks: torch.Tensor) -> torch.Tensor:
-    """The value of largest magnitude in each block, sign kept (the first one on ties, as ggml's loop)."""
-    index = blocks.abs().argmax(dim=1, keepdim=True)
-    return blocks.gather(1, index)
+    """The value of largest magnitude in each block, sign kept (the first one on ties, as ggml's loop).
+
+    Fused code takes the max or the min, whichever is larger in magnitude (+0 for a zero block, as ggml):
+    argmax + gather would split the fused pass in two. The two differ only where +m and -m are both in a
+    block; ``quantize_legacy_fused`` recomputes exactly those blocks.
+    """
+    if torch.compiler.is_compiling():
+        high, low = blocks.amax(dim=1, keepdim=True), blocks.amin(dim=1, keepdim=True)
+        signed = torch.where(high >= -low, high, low)
+        return torch.where(signed == 0, 0.0, signed)
+    signed = blocks.gather(1, blocks.abs().argmax(dim=1, keepdim=True))
+    return torch.where(signed == 0, 0.0, signed)  # ggml starts from +0 and keeps it for a block of ±0
+
+
+@fused
+def _quantize_legacy_fusable(blocks: torch.Tensor, qtype: str):
+    high, low = blocks.amax(dim=1), blocks.amin(dim=1)
+    return quantize_legacy(blocks, qtype), (high == -low) & (high != 0)
+
+
+def quantize_legacy_fused(blocks: torch.Tensor, qtype: str) -> torch.Tensor:
+    """``quantize_legacy`` in one fused pass for large inputs (10-20x gguf-py's numpy), the same bytes."""
+    raw, magnitude_ties = _quantize_legacy_fusable(blocks, qtype)
+    if qtype in ("Q4_0", "Q5_0") and magnitude_ties.any():  # see _signed_absmax
+        rows = magnitude_ties.nonzero().flatten()
+        raw[rows] = quantize_legacy(blocks[rows], qtype)
+    return raw
 
 
 def _reciprocal(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
 
 
+def _codes(scaled: torch.Tensor, reciprocal: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Integer codes as ggml's C casts give them. A block whose scale is so small that its reciprocal
+    overflows to inf has only ±inf and NaN to cast; on x86-64 every such cast gives 0 (the out-of-range
+    integer 0x80000000, truncated to a byte)."""
+    return torch.where(torch.isinf(reciprocal), 0, scaled).to(dtype)
+
+
 def _quantize_symmetric(blocks, levels):  # Q4_0 (levels 16), Q5_0 (levels 32)
     d = _signed_absmax(blocks) / -(levels // 2)
-    q = torch.clamp(torch.trunc(blocks * _reciprocal(d) + (levels // 2 + 0.5)), max=levels - 1).to(torch.uint8)
+    reciprocal = _reciprocal(d)
+    q = _codes(torch.clamp(torch.trunc(blocks * reciprocal + (levels // 2 + 0.5)), max=levels - 1), reciprocal, torch.uint8)
     return d, q
 
 
 def _quantize_min_max(blocks, levels):  # Q4_1, Q5_1
     low, high = blocks.amin(dim=1, keepdim=True), blocks.amax(dim=1, keepdim=True)
     d = (high - low) / (levels - 1)
-    q = torch.clamp(torch.trunc((blocks - low) * _reciprocal(d) + 0.5), max=levels - 1).to(torch.uint8)
+    reciprocal = _reciprocal(d)
+    q = _codes(torch.clamp(torch.trunc((blocks - low) * reciprocal + 0.5), max=levels - 1), reciprocal, torch.uint8)
     return d, low, q
 
 
@@ -94,7 +128,8 @@ def quantize_legacy(blocks: torch.Tensor, qtype: str) -> torch.Tensor:
     """ggml block bytes of float32 ``blocks`` (n, 32) for a legacy type or MXFP4, as quantize_row_*_ref."""
     if qtype == "Q8_0":
         d = blocks.abs().amax(dim=1, keepdim=True) / 127
-        q = _roundf(blocks * _reciprocal(d)).to(torch.int8).view(torch.uint8)
+        reciprocal = _reciprocal(d)
+        q = _codes(_roundf(blocks * reciprocal), reciprocal, torch.int8).view(torch.uint8)
         return torch.cat([_fp16_bytes(d), q], dim=1)
     if qtype == "Q4_0":
         d, q = _quantize_symmetric(blocks, 16)
@@ -113,10 +148,16 @@ def quantize_legacy(blocks: torch.Tensor, qtype: str) -> torch.Tensor:
         exponent = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 2 + 127, torch.zeros_like(amax))
         exponent = exponent.to(torch.int32).to(torch.uint8)
         d = _e8m0_half(exponent)
-        grid = torch.tensor(MXFP4_KVALUES, dtype=torch.float32, device=blocks.device)
-        # Nearest grid value; argmin takes the first of equals, as ggml's best_index_mxfp4 loop does.
-        q = (d.unsqueeze(-1) * grid - blocks.unsqueeze(-1)).abs().argmin(dim=-1).to(torch.uint8)
-        return torch.cat([exponent, _nibbles(q)], dim=1)
+        # ggml's best_index_mxfp4 takes the first nearest of its table (0, 1, 2, 3, 4, 6, 8, 12, then the
+        # negatives): ties go to the smaller magnitude, and to +0 for a negative value that rounds to zero.
+        # Near each midpoint the errors it compares are exact (Sterbenz), so counting the midpoints |x| is
+        # strictly above gives the same index.
+        magnitude = blocks.abs()
+        q = torch.zeros_like(blocks, dtype=torch.int32)
+        for midpoint in (0.5, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0):
+            q = q + (magnitude > midpoint * d).to(torch.int32)
+        q = torch.where((blocks < 0) & (q > 0), q + 8, q)
+        return torch.cat([exponent, _nibbles(q).to(torch.uint8)], dim=1)
     raise ValueError(qtype)
 
 
@@ -204,8 +245,10 @@ class GGUFType(Format):
 
         use = importance if self.qtype in ACCEPTS_IMPORTANCE else None
         torch_can = self.qtype in TORCH_QUANTIZED and use is None
-        if torch_can and (matrix.is_cuda or not ggml.available()):
-            blocks = quantize_legacy(matrix.reshape(-1, self.block_size), self.qtype)
+        large = matrix.nbytes >= FUSE_MIN_BYTES and fusing_enabled()
+        if torch_can and (matrix.is_cuda or large or not ggml.available()):
+            # Fused torch beats one ggml thread 1.3-9x on large tensors (docs/formats.md), same bytes.
+            blocks = quantize_legacy_fused(matrix.reshape(-1, self.block_size), self.qtype)
         else:
             # The legacy types and MXFP4 are memory-bound in ggml (~1 Gw/s on one thread): splitting them over
             # threads measured slower (docs/formats.md), the search-based types scale with threads.
