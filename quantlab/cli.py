@@ -35,7 +35,6 @@ console = Console()
 
 # Commands of the lab that later issues build; each answers in one line and exits 2 until then.
 _PLANNED = {
-    "build": ("Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml.", "recipe engine"),
     "measure": ("Per-expert error, routing drift, perplexity and KL drift of variants.", "measurement"),
     "eval": ("Run lm-eval tasks on the baseline and variants, with repeats and intervals.", "evaluation"),
     "attribute": ("Attribute a recipe's accuracy loss to its choices.", "attribution"),
@@ -173,6 +172,65 @@ def zoo_info(
 
     card = model_card(model)
     _print_json(card) if as_json else _print_card(card)
+
+
+@app.command("build")
+def build_command(
+    recipe: Path = typer.Argument(..., help="The recipe (YAML), e.g. recipes/mxfp4.yaml."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan (every tensor's format, method and bits) and stop."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the artifact on disk matches (a cache hit)."),
+    out: Path = typer.Option(Path("artifacts"), "--out", help="Where variants go: <out>/<recipe name>/."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan (--dry-run) or the manifest as JSON."),
+) -> None:
+    """Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml."""
+    from quantlab import build as builder
+
+    if dry_run:
+        with _status("resolving the plan", as_json):
+            plan = builder.dry_run(recipe)
+        return _print_json(_plan_json(plan)) if as_json else _print_plan(plan)
+    with _status(f"building {recipe}", as_json) as status:
+        def progress(i, n, name):
+            if status is not None:
+                status.update(f"quantizing {i + 1}/{n}: {name}")
+
+        result = builder.build(recipe, out, force=force, progress=progress)
+    if as_json:
+        return _print_json(result.manifest)
+    summary = result.manifest["plan"]
+    size_mb = result.manifest["sizes"]["planned_size_bytes"] / 1e6
+    what = "cache hit (same recipe, model and library versions; --force rebuilds)" if result.cache_hit else "built"
+    seconds = "" if result.cache_hit else f" in {result.manifest['run']['seconds']['total']:.1f} s"
+    console.print(f"{what}: {result.path}  ({summary['quantized_weights']:,} of {summary['weights']:,} weights quantized, "
+                  f"{summary['average_bits_per_weight']:.3f} bits/weight, {size_mb:.2f} MB){seconds}")
+
+
+def _plan_json(plan) -> dict:
+    entries = [{"name": e.unit.name, "component": e.unit.component, "layer": e.unit.layer, "expert": e.unit.expert,
+                "shape": list(e.unit.shape), "format": e.format_name, "method": e.method,
+                "bits_per_weight": round(e.bits_per_weight, 4), "why": e.why, "fallback": e.fallback} for e in plan.entries]
+    return {"recipe": plan.recipe.resolved(), "summary": plan.summary(), "tensors": entries}
+
+
+def _print_plan(plan) -> None:
+    """One row per tensor; the experts of a fused tensor that share a spec collapse into one row ``[0-7]``."""
+    from quantlab.recipe import _ranges
+
+    table = Table("tensor", "shape", "format", "method", "bits/w", "decided by", title=f"plan: {plan.recipe.name} on {plan.recipe.model}")
+    rows: list[list] = []
+    for e in plan.entries:
+        spec = (e.unit.tensor, e.unit.shape, e.format_name + (" (fallback)" if e.fallback else ""), e.method, f"{e.bits_per_weight:.3f}", e.why)
+        if rows and rows[-1][0] == spec and e.unit.expert is not None and e.unit.transposed == rows[-1][2]:
+            rows[-1][1].append(e.unit.expert)
+        else:
+            rows.append([spec, [] if e.unit.expert is None or e.unit.name == e.unit.tensor else [e.unit.expert], e.unit.transposed])
+    for (tensor, shape, fmt, method, bits, why), experts, _ in rows:
+        name = tensor + (f"[{_ranges(tuple(experts))}]" if experts else "")
+        table.add_row(name, "x".join(map(str, shape)), fmt, method, bits, why)
+    Console(width=max(console.width, 160)).print(table)  # tensor names are long: never wrap them
+    s = plan.summary()
+    console.print(f"{s['quantized_weights']:,} of {s['weights']:,} weights quantized; model size {s['size_bytes'] / 1e6:.3f} MB "
+                  f"({s['average_bits_per_weight']:.3f} bits/weight on average; the model stores {s['baseline_bits_per_weight']})")
 
 
 @app.command("demo")

@@ -35,6 +35,7 @@ class Format:
     """Base class: subclasses set ``name`` and implement ``quantize`` / ``dequantize`` / ``bits_per_weight``."""
 
     name: str = ""
+    row_multiple: int = 1  # rows (the last dimension) must be a multiple of this
 
     def quantize(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Packed:
         raise NotImplementedError
@@ -48,6 +49,12 @@ class Format:
 
     def describe(self) -> str:
         return self.name
+
+    def shape_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why a weight of this shape cannot be stored in this format (None if it can), without quantizing."""
+        if shape[-1] % self.row_multiple:
+            return f"rows of {shape[-1]} values are not a multiple of {self.row_multiple}, which {self.describe()} needs"
+        return None
 
     def __repr__(self) -> str:
         return self.describe()

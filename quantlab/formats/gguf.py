@@ -216,6 +216,7 @@ class GGUFType(Format):
     def __init__(self, qtype: str, fallback: bool = False):
         self.qtype = qtype
         self.type_id, self.block_size, self.block_bytes = GGUF_TYPES[qtype]
+        self.row_multiple = self.block_size
         self.name = f"gguf:{qtype}"
         self.fallback = fallback
 
@@ -226,12 +227,22 @@ class GGUFType(Format):
     def bits_per_weight(self) -> float:
         return 8 * self.block_bytes / self.block_size
 
+    def substitute_for(self, shape: tuple[int, ...]) -> "GGUFType | None":
+        """llama.cpp's substitute type for rows this type cannot take, when ``fallback=True`` (else None)."""
+        if shape[-1] % self.block_size and self.fallback and self.qtype in LLAMA_CPP_FALLBACK:
+            return GGUFType(LLAMA_CPP_FALLBACK[self.qtype])
+        return None
+
+    def shape_problem(self, shape):
+        substitute = self.substitute_for(shape)
+        return substitute.shape_problem(shape) if substitute else super().shape_problem(shape)
+
     def quantize(self, weight, importance=None) -> Packed:
         self._check_finite(weight)
         row = weight.shape[-1]
         if row % self.block_size:
-            if self.fallback and self.qtype in LLAMA_CPP_FALLBACK:
-                substitute = GGUFType(LLAMA_CPP_FALLBACK[self.qtype])
+            substitute = self.substitute_for(weight.shape)
+            if substitute is not None:
                 packed = substitute.quantize(weight, importance)
                 packed.fallback = f"{self.qtype} -> {substitute.qtype}: rows of {row} are not a multiple of {self.block_size}"
                 return packed

@@ -53,6 +53,7 @@ class IntegerRTN(Format):
         if group_size is not None and group_size < 1:
             raise UserError(f"int{bits}: group_size must be positive, got {group_size}")
         self.bits, self.group_size, self.symmetric = bits, group_size, symmetric
+        self.row_multiple = group_size or 1
         self.name = f"int{bits}"
         self.max_code = 2**bits - 1
 

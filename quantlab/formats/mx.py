@@ -108,7 +108,7 @@ def e8m0_to_float(exponent: torch.Tensor) -> torch.Tensor:
 
 
 class _MX(Format):
-    block_size = 32
+    block_size = row_multiple = 32
     element_bits: int
 
     def __init__(self, scale_rule: str = "floor"):
@@ -183,7 +183,7 @@ class MXFP8(_MX):
 @register("nvfp4")
 class NVFP4(Format):
     name = "nvfp4"
-    block_size = 16
+    block_size = row_multiple = 16
 
     @property
     def bits_per_weight(self) -> float:

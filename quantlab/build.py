@@ -1,0 +1,256 @@
+"""``quantlab build``: a recipe applied to a model, written as a variant artifact.
+
+    artifacts/<recipe name>/
+      model/              the variant as a Hugging Face model: dequantized weights (what quantlab measures)
+      packed.safetensors  every quantized matrix in its format's real stored layout, described in its metadata
+      manifest.json       resolved recipe, model source and hash, per-matrix format / method / bits / error,
+                          sizes, seeds, library versions, the command; and, under "run", timings
+
+Everything but ``manifest.json["run"]`` is a function of the recipe, the model and the library versions: a
+rebuild writes the same bytes. The cache key hashes exactly those inputs; a build whose key matches the
+manifest on disk is a cache hit. The artifact is written to a temporary sibling folder and renamed into place
+at the end, so a build killed part-way leaves nothing that looks complete.
+
+Dequantized values are stored exactly: a parameter keeps the model's dtype when every dequantized value is
+representable in it (MXFP4 in bfloat16 is), otherwise it is stored in float32 and the config's dtype says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from quantlab.errors import UserError
+from quantlab.formats import Packed, get_format
+from quantlab.methods import Quantized, check_method_params, lowrank, not_built, rtn
+from quantlab.models.loading import load_model, resolve_model, weights_sha256
+from quantlab.models.units import architecture, weight_units
+from quantlab.plan import Plan, PlanEntry, resolve_plan
+from quantlab.recipe import KEEP, Recipe, load_recipe
+from quantlab.store import atomic_directory
+
+MANIFEST = "manifest.json"
+PACKED = "packed.safetensors"
+DTYPE_BITS = {torch.float32: 32, torch.bfloat16: 16, torch.float16: 16}
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    cache_hit: bool
+    manifest: dict
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything whose numerics end up in the variant's bytes."""
+    versions = {"python": platform.python_version()}
+    for package in ("quantlab", "torch", "transformers", "safetensors", "gguf", "llama_cpp_python"):
+        try:
+            versions[package] = metadata.version(package.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
+    inputs = {"recipe": recipe.resolved(), "model_sha256": model_sha256, "versions": versions}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def plan_for(recipe: Recipe, model) -> Plan:
+    units = weight_units(model)
+    keep_bits = DTYPE_BITS.get(_stored_dtype(model), 32)
+    unit_tensors = {u.tensor for u in units}
+    others = sum(p.numel() for n, p in model.named_parameters() if n not in unit_tensors)
+    return resolve_plan(recipe, units, keep_bits, others)
+
+
+def _stored_dtype(model) -> torch.dtype:
+    dtype = getattr(model.config, "dtype", None) or next(model.parameters()).dtype
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def dry_run(recipe_path: Path) -> Plan:
+    recipe = load_recipe(recipe_path)
+    model, _ = load_model(resolve_model(recipe.model))
+    architecture(model.config)
+    return plan_for(recipe, model)
+
+
+def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = False, progress=None) -> BuildResult:
+    """Builds (or finds in the cache) the variant a recipe describes; returns where it is."""
+    started = time.perf_counter()
+    recipe = load_recipe(recipe_path)
+    folder = resolve_model(recipe.model)
+    model_sha256 = weights_sha256(folder)
+    versions = library_versions()
+    key = cache_key(recipe, model_sha256, versions)
+    out = Path(artifacts) / recipe.name
+    existing = _read_manifest(out)
+    if existing and existing.get("cache_key") == key and not force:
+        return BuildResult(out, True, existing)
+
+    torch.manual_seed(recipe.seed)
+    model, tokenizer = load_model(folder)
+    arch = architecture(model.config)
+    plan = plan_for(recipe, model)
+    loaded = time.perf_counter()
+
+    parameters = dict(model.named_parameters())
+    stored: dict[str, torch.Tensor] = {}
+    described: dict[str, dict] = {}
+    rows = []
+    upcast: list[str] = []
+    todo = [e for e in plan.entries if e.quantized]
+    for i, entry in enumerate(todo):
+        if progress:
+            progress(i, len(todo), entry.unit.name)
+        original = entry.unit.read(parameters)
+        result = _apply(recipe, entry, original)
+        parameter = parameters[entry.unit.tensor]
+        if parameter.dtype != torch.float32 and not _exact_in(result.dequantized, parameter.dtype):
+            parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
+            upcast.append(entry.unit.tensor)
+        entry.unit.write({entry.unit.tensor: parameter.data}, result.dequantized)
+        tensors, description = _packed_tensors(entry, result)
+        stored.update(tensors)
+        described[entry.unit.name] = description
+        rows.append(_row(entry, original, result, description))
+    quantized = time.perf_counter()
+
+    upcast = sorted(set(upcast))
+    if upcast:
+        model.config.dtype = torch.float32  # so that loading with dtype="auto" keeps the values exact
+    manifest = {
+        "variant": recipe.name,
+        "cache_key": key,
+        "recipe": recipe.resolved(),
+        "recipe_file": str(recipe_path),
+        "model": {"source": recipe.model, "folder": str(folder), "sha256": model_sha256, "architecture": arch},
+        "seed": recipe.seed,
+        "versions": versions,
+        "plan": plan.summary(),
+        "stored_float32": upcast,
+        "tensors": rows + [_kept_row(e) for e in plan.entries if not e.quantized],
+    }
+    with atomic_directory(out, force=True) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        _save_packed(stored, described, tmp / PACKED)
+        manifest["sizes"] = _sizes(tmp, plan)
+        manifest["run"] = {
+            "command": "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None,
+            "seconds": {
+                "load": round(loaded - started, 3),
+                "quantize": round(quantized - loaded, 3),
+                "total": round(time.perf_counter() - started, 3),
+            },
+            "torch_threads": torch.get_num_threads(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return BuildResult(out, False, manifest)
+
+
+def _read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _apply(recipe: Recipe, entry: PlanEntry, matrix: torch.Tensor) -> Quantized:
+    group = recipe.groups[entry.group]
+    params = check_method_params(group.method.name, group.method.params)
+    fmt = None if group.format.name == KEEP else get_format(group.format.name, **group.format.params)
+    if group.method.name == "rtn":
+        return rtn(matrix, fmt)
+    if group.method.name == "lowrank":
+        return lowrank(matrix, fmt, params["rank_ratio"])
+    raise recipe.error(f"groups[{entry.group}].method", str(not_built(group.method.name)))
+
+
+def _exact_in(values: torch.Tensor, dtype: torch.dtype) -> bool:
+    return torch.equal(values.to(dtype).float(), values)
+
+
+def _packed_tensors(entry: PlanEntry, result: Quantized) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors ``packed.safetensors`` holds for one matrix, and the metadata that describes them."""
+    tensors, parts = {}, {}
+    for part, value in result.stored.items():
+        prefix = entry.unit.name + (f".{part}" if part else "")
+        if isinstance(value, Packed):
+            for field, tensor in value.data.items():
+                tensors[f"{prefix}.{field}"] = tensor.contiguous()
+            parts[part or "matrix"] = {"format": value.format, "shape": list(value.shape), "fields": sorted(value.data),
+                                       "fallback": value.fallback, "ggml_type": value.notes.get("ggml_type")}
+        else:  # a low-rank factor kept as it is
+            tensors[prefix] = value.contiguous()
+            parts[part] = {"format": KEEP, "shape": list(value.shape), "fields": []}
+    description = {"tensor": entry.unit.tensor, "expert": entry.unit.expert, "transposed": entry.unit.transposed,
+                   "method": entry.method, "parts": parts} | ({"rank": result.notes["rank"]} if "rank" in result.notes else {})
+    return tensors, description
+
+
+def _save_packed(tensors: dict, described: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    metadata_json = json.dumps(described, sort_keys=True)
+    save_file(tensors, str(path), metadata={"quantlab": metadata_json})
+
+
+def _row(entry: PlanEntry, original: torch.Tensor, result: Quantized, description: dict) -> dict:
+    stored_bytes = 0
+    for value in result.stored.values():
+        stored_bytes += value.stored_bytes if isinstance(value, Packed) else value.numel() * value.element_size()
+    return {
+        "name": entry.unit.name,
+        "component": entry.unit.component,
+        "layer": entry.unit.layer,
+        "expert": entry.unit.expert,
+        "shape": list(entry.unit.shape),
+        "format": entry.format_name,
+        "method": entry.method,
+        "group": entry.group,
+        "fallback": entry.fallback,
+        "bits_per_weight": round(8 * stored_bytes / original.numel(), 4),
+        "stored_bytes": stored_bytes,
+        "error": error_summary(original, result.dequantized),
+    } | ({"rank": description["rank"]} if "rank" in description else {})
+
+
+def _kept_row(entry: PlanEntry) -> dict:
+    return {"name": entry.unit.name, "component": entry.unit.component, "layer": entry.unit.layer,
+            "expert": entry.unit.expert, "shape": list(entry.unit.shape), "format": KEEP, "why": entry.why,
+            "bits_per_weight": entry.bits_per_weight}
+
+
+def error_summary(original: torch.Tensor, approx: torch.Tensor) -> dict:
+    """Relative Frobenius error, SQNR (dB) and largest absolute error of one matrix."""
+    w, d = original.double(), (approx.double() - original.double())
+    signal, noise = float((w**2).sum()), float((d**2).sum())
+    return {
+        "relative_error": round(math.sqrt(noise / signal), 6) if signal else (0.0 if not noise else math.inf),
+        "sqnr_db": round(10 * math.log10(signal / noise), 3) if noise and signal else None,
+        "max_abs_error": float(d.abs().max()),
+    }
+
+
+def _sizes(folder: Path, plan: Plan) -> dict:
+    model_bytes = sum(p.stat().st_size for p in (folder / "model").glob("*.safetensors"))
+    packed_bytes = (folder / PACKED).stat().st_size
+    return {
+        "model_safetensors_bytes": model_bytes,
+        "packed_safetensors_bytes": packed_bytes,
+        "planned_size_bytes": plan.summary()["size_bytes"],
+        "average_bits_per_weight": plan.summary()["average_bits_per_weight"],
+    }

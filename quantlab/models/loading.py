@@ -1,0 +1,86 @@
+"""Finding and loading the model a recipe names: ``zoo:<name>``, a local Hugging Face folder, or a hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from quantlab.errors import UserError
+
+ZOO_PREFIX = "zoo:"
+
+
+def resolve_model(source: str) -> Path:
+    """The local folder holding the model ``source`` names (checked for a config and safetensors weights)."""
+    if source.startswith(ZOO_PREFIX):
+        from quantlab.zoo import SHIPPED_CHECKPOINT, resolve_checkpoint
+
+        name = source[len(ZOO_PREFIX) :]
+        if name != SHIPPED_CHECKPOINT.name:
+            raise UserError(f"model {source!r}: the zoo has only zoo:{SHIPPED_CHECKPOINT.name}")
+        return resolve_checkpoint(None)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model {source!r}: {path} has no config.json; point to a Hugging Face model folder")
+        if not any(path.glob("*.safetensors")):
+            raise UserError(f"model {source!r}: {path} has no .safetensors weights (quantlab never loads pickles)")
+        return path
+    if path.exists():
+        raise UserError(f"model {source!r}: not a folder; point to a Hugging Face model folder")
+    return _from_hub(source)
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"], local_files_only=offline)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"model {repo_id!r}: not a local folder, and the hub copy is not reachable here ({reason[:120]}); "
+            "download it where the hub is reachable and give the folder's path"
+        ) from None
+    return Path(folder)
+
+
+def weights_sha256(folder: Path) -> str:
+    """One SHA-256 over the model's safetensors files and config, in name order: the model's identity."""
+    from quantlab.store import sha256_file
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def load_model(folder: Path, dtype=None):
+    """(model, tokenizer) from a local folder: offline, safetensors only, no remote code, in eval mode.
+
+    ``dtype`` None keeps the dtype the checkpoint's config states (a bf16 model stays bf16 in memory).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        if dtype is None:
+            dtype = getattr(config, "dtype", None) or torch.float32
+            dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True, local_files_only=True, trust_remote_code=False
+        )
+    except UserError:
+        raise
+    except Exception as error:  # any failure to load means the checkpoint is unusable: say so in one line
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{folder}: model does not load ({first_line}); check or re-download it") from None
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,157 @@
+"""A recipe resolved against a model: every weight matrix with the format, method and bits it will get.
+
+Resolution rules: a unit takes the spec of the *last* group whose selector matches it; the router and norms
+are left alone unless a group names their component explicitly (``component: router``), whatever else its
+selector says; ``ignore`` selectors win over every group. A group that selects nothing, or a format that cannot
+take a selected matrix's rows, is a recipe error naming the group's field and line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from quantlab.formats import get_format
+from quantlab.methods import check_method_params
+from quantlab.models.units import WeightUnit
+from quantlab.recipe import KEEP, Recipe, Selector
+
+PROTECTED = ("router", "norms")  # stay in high precision unless a group names them
+
+
+def selects(selector: Selector, unit: WeightUnit) -> bool:
+    if selector.component is not None and unit.component not in selector.component:
+        return False
+    if selector.layers is not None and (unit.layer is None or unit.layer not in selector.layers):
+        return False
+    if selector.experts is not None and (unit.expert is None or unit.expert not in selector.experts):
+        return False
+    if selector.regex is not None and not re.search(selector.regex, unit.name):
+        return False
+    return True
+
+
+@dataclass
+class PlanEntry:
+    unit: WeightUnit
+    group: int | None  # the index of the deciding group; None: the unit stays as the model stores it
+    format_name: str  # the format's full name, "keep" for none
+    method: str  # "rtn", "lowrank(rank_ratio=0.25)", ... ; "" when kept
+    bits_per_weight: float  # nominal bits per weight of the stored matrix (scales included)
+    why: str  # how the rules decided, for the dry-run table
+    fallback: str | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.group is not None
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    entries: list[PlanEntry]
+    keep_bits: float  # bits per weight of the model's own dtype
+    other_parameters: int  # biases, attention sinks: never quantized, stored at keep_bits
+
+    @property
+    def quantized_weights(self) -> int:
+        return sum(_numel(e.unit) for e in self.entries if e.quantized)
+
+    @property
+    def total_bytes(self) -> float:
+        matrices = sum(_numel(e.unit) * e.bits_per_weight for e in self.entries) / 8
+        return matrices + self.other_parameters * self.keep_bits / 8
+
+    @property
+    def total_weights(self) -> int:
+        return sum(_numel(e.unit) for e in self.entries) + self.other_parameters
+
+    @property
+    def average_bits(self) -> float:
+        return 8 * self.total_bytes / self.total_weights
+
+    def summary(self) -> dict:
+        return {
+            "weights": self.total_weights,
+            "quantized_weights": self.quantized_weights,
+            "size_bytes": round(self.total_bytes),
+            "average_bits_per_weight": round(self.average_bits, 4),
+            "baseline_bits_per_weight": self.keep_bits,
+        }
+
+
+def _numel(unit: WeightUnit) -> int:
+    return unit.shape[0] * unit.shape[1]
+
+
+def lowrank_rank(shape: tuple[int, int], rank_ratio: float) -> int:
+    import math
+
+    return max(1, math.ceil(rank_ratio * min(shape)))
+
+
+def resolve_plan(recipe: Recipe, units: list[WeightUnit], keep_bits: float, other_parameters: int) -> Plan:
+    """The plan for ``units``; raises the recipe's one-line error for a group that selects nothing or a
+    format that cannot take a selected shape."""
+    decided: dict[str, int] = {}
+    for index, group in enumerate(recipe.groups):
+        matched = 0
+        for unit in units:
+            if unit.component in PROTECTED and not group.select.names_component(unit.component):
+                continue
+            if selects(group.select, unit):
+                decided[unit.name] = index
+                matched += 1
+        if not matched:
+            raise recipe.error(
+                f"groups[{index}].select",
+                f"selects no weight matrix of {recipe.model} ({group.select.describe()}); "
+                "check the component, layer and expert ids (`quantlab build --dry-run` lists them)",
+            )
+    entries = []
+    for unit in units:
+        index = decided.get(unit.name)
+        ignored = next((i for i, s in enumerate(recipe.ignore) if selects(s, unit)), None)
+        if ignored is not None and index is not None:
+            entries.append(PlanEntry(unit, None, KEEP, "", keep_bits, f"ignore[{ignored}]"))
+            continue
+        if index is None:
+            why = "router and norms stay unless named" if unit.component in PROTECTED else "no group selects it"
+            entries.append(PlanEntry(unit, None, KEEP, "", keep_bits, why))
+            continue
+        entries.append(_entry(recipe, index, unit, keep_bits))
+    return Plan(recipe, entries, keep_bits, other_parameters)
+
+
+def _entry(recipe: Recipe, index: int, unit: WeightUnit, keep_bits: float) -> PlanEntry:
+    group = recipe.groups[index]
+    why = f"groups[{index}]" + (f" ({group.name})" if group.name else "")
+    params = check_method_params(group.method.name, group.method.params)
+    method = group.method.describe()
+    if group.format.name == KEEP:
+        if group.method.name == "lowrank":
+            rank = lowrank_rank(unit.shape, params["rank_ratio"])
+            bits = keep_bits * rank * (unit.shape[0] + unit.shape[1]) / _numel(unit)
+            return PlanEntry(unit, index, KEEP, method, bits, why)
+        return PlanEntry(unit, None, KEEP, "", keep_bits, why)
+    fmt = get_format(group.format.name, **group.format.params)
+    shapes = [unit.shape]
+    bits = fmt.bits_per_weight
+    if group.method.name == "lowrank":
+        rank = lowrank_rank(unit.shape, params["rank_ratio"])
+        shapes = [(unit.shape[0], rank), (rank, unit.shape[1])]  # the factors A (out x r) and B (r x in)
+        bits = fmt.bits_per_weight * rank * (unit.shape[0] + unit.shape[1]) / _numel(unit)
+    for shape in shapes:
+        problem = fmt.shape_problem(shape)
+        if problem:
+            what = "its low-rank factor of shape" if shape != unit.shape else "of shape"
+            raise recipe.error(
+                f"groups[{index}].format",
+                f"{unit.name} {what} {shape}: {problem}; exclude it from this group or choose another format",
+            )
+    fallback = None
+    substitute = getattr(fmt, "substitute_for", lambda shape: None)(unit.shape)
+    if substitute is not None:
+        fallback = f"{fmt.describe()} -> {substitute.describe()} (llama.cpp's substitution for rows of {unit.shape[1]})"
+        bits = substitute.bits_per_weight
+    return PlanEntry(unit, index, fmt.describe(), method, bits, why, fallback)

@@ -1,0 +1,309 @@
+"""Recipes: which tensors of a model get which number format and method, in plain MoE words (YAML + pydantic).
+
+    name: int4-experts
+    model: zoo:tiny-gpt-oss
+    groups:
+      - select: {component: experts}
+        format: {name: int4, group_size: 32}
+        method: rtn
+      - select: {component: experts, layers: "0-1", experts: [0, 3]}
+        format: bf16                 # later groups override earlier ones
+    ignore:
+      - {re: 'lm_head'}
+
+Every mistake a user can make in a recipe is one ``UserError`` line naming the file, the field (``groups[1].format``)
+and the YAML line. Checks that need the model (a selector that matches nothing, a row the format cannot take)
+happen when the plan is resolved (``quantlab.plan``), which uses ``Recipe.line_of`` for the same kind of message.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from quantlab.errors import UserError
+from quantlab.models import COMPONENTS
+
+METHODS = ("rtn", "gptq", "imatrix", "lowrank")
+EXPORTS = ("gguf", "native")
+KEEP = "keep"  # the format name that leaves a tensor as the model stores it
+
+
+def parse_id_ranges(value: Any, what: str) -> tuple[int, ...]:
+    """``"0-3,6"``, ``5`` or ``[0, 2]`` as a sorted tuple of ids; a clear ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be ids or ranges like '0-3,6', got {value!r}")
+    if isinstance(value, int):
+        value = [value]
+    if isinstance(value, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise ValueError(f"{what} must be non-negative integers, got {value!r}")
+        return tuple(sorted(set(value)))
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be ids or ranges like '0-3,6', got {value!r}")
+    ids: set[int] = set()
+    for part in value.replace(" ", "").split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ValueError(f"{what}: {part!r} in {value!r} is not an id or a range like '0-3'")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise ValueError(f"{what}: range {part!r} runs backwards")
+        ids.update(range(first, last + 1))
+    return tuple(sorted(ids))
+
+
+class Selector(BaseModel):
+    """Which weight matrices a group applies to. Every criterion given must hold (they combine with AND)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    component: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    experts: tuple[int, ...] | None = None
+    regex: str | None = Field(default=None, alias="re")
+
+    @field_validator("component", mode="before")
+    @classmethod
+    def _components(cls, value):
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"component must be one of {', '.join(COMPONENTS)} (or a list of them)")
+        for name in names:
+            if name not in COMPONENTS:
+                raise ValueError(f"unknown component {name!r}; known: {', '.join(COMPONENTS)}")
+        return tuple(names)
+
+    @field_validator("layers", "experts", mode="before")
+    @classmethod
+    def _ids(cls, value, info):
+        return None if value is None else parse_id_ranges(value, info.field_name)
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value):
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"re: {value!r} is not a valid regular expression ({error})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if self.component is None and self.layers is None and self.experts is None and self.regex is None:
+            raise ValueError("a selector needs at least one of component, layers, experts, re")
+        return self
+
+    def names_component(self, component: str) -> bool:
+        return self.component is not None and component in self.component
+
+    def describe(self) -> str:
+        parts = []
+        if self.component:
+            parts.append("component=" + "|".join(self.component))
+        if self.layers is not None:
+            parts.append(f"layers={_ranges(self.layers)}")
+        if self.experts is not None:
+            parts.append(f"experts={_ranges(self.experts)}")
+        if self.regex:
+            parts.append(f"re={self.regex}")
+        return " ".join(parts)
+
+
+def _ranges(ids: tuple[int, ...]) -> str:
+    """(0, 1, 2, 3, 6) -> '0-3,6'."""
+    runs, start = [], None
+    for i, value in enumerate(ids):
+        if start is None:
+            start = value
+        if i + 1 == len(ids) or ids[i + 1] != value + 1:
+            runs.append(str(start) if start == value else f"{start}-{value}")
+            start = None
+    return ",".join(runs)
+
+
+class Named(BaseModel):
+    """A name with parameters: ``int4`` or ``{name: int4, group_size: 32}`` (the same for methods)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "name" in value:
+            return {"name": value["name"], "params": {k: v for k, v in value.items() if k != "name"}}
+        if isinstance(value, dict):
+            raise ValueError("needs a 'name' key (e.g. {name: int4, group_size: 32}) or just the name")
+        raise ValueError(f"must be a name or a mapping with a 'name' key, got {value!r}")
+
+    def describe(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + "(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+
+
+class Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    select: Selector
+    format: Named
+    method: Named = Named(name="rtn")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: Named):
+        if value.name == KEEP:
+            if value.params:
+                raise ValueError("format 'keep' takes no parameters")
+            return value
+        from quantlab.formats import get_format
+
+        try:
+            get_format(value.name, **value.params)
+        except UserError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: Named):
+        if value.name not in METHODS:
+            raise ValueError(f"unknown method {value.name!r}; known: {', '.join(METHODS)}")
+        from quantlab.methods import check_method_params
+
+        check_method_params(value.name, value.params)
+        return value
+
+
+class Calibration(BaseModel):
+    """Tokens a data-driven method (gptq, imatrix) runs through the model to see its activations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "zoo:aime-style"
+    samples: int = Field(default=128, ge=1)
+    sequence_length: int = Field(default=64, ge=8)
+    seed: int = 0
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    model: str
+    seed: int = 0
+    groups: list[Group] = Field(min_length=1)
+    ignore: list[Selector] = []
+    calibration: Calibration | None = None
+    exports: list[Literal["gguf", "native"]] = []
+
+    _source: Path | None = PrivateAttr(default=None)
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _calibration_when_needed(self):
+        needs = [g.method.name for g in self.groups if g.method.name in ("gptq", "imatrix")]
+        if needs and self.calibration is None:
+            self.calibration = Calibration()  # the default: the embedded model's own task text
+        return self
+
+    def line_of(self, field: str) -> int | None:
+        """The YAML line of a field path such as ``groups[1].select`` (the nearest enclosing one known)."""
+        while field:
+            if field in self._lines:
+                return self._lines[field]
+            field = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", field)
+        return None
+
+    def error(self, field: str, message: str) -> UserError:
+        """A one-line error about ``field`` of this recipe, with its file and line."""
+        return UserError(_where(self._source, self.line_of(field), field) + message)
+
+    def resolved(self) -> dict:
+        """The recipe with every default filled in, as the manifest records it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+
+def _where(source: Path | None, line: int | None, field: str) -> str:
+    place = str(source) if source else "recipe"
+    if line:
+        place += f":{line}"
+    return f"{place}: {field}: " if field else f"{place}: "
+
+
+def _field_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("function-after", "function-before") and not str(part).startswith(("function-", "tagged-")):
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def _node_lines(node, prefix: str = "", lines: dict | None = None) -> dict[str, int]:
+    """Field path -> 1-based line of every node of a composed YAML document."""
+    lines = {} if lines is None else lines
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}" if prefix else str(key.value)
+            lines[path] = key.start_mark.line + 1
+            _node_lines(value, path, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            path = f"{prefix}[{i}]"
+            lines[path] = item.start_mark.line + 1
+            _node_lines(item, path, lines)
+    return lines
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """The recipe in a YAML file, validated; any problem is one ``UserError`` line with file, field and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such recipe file; the shipped recipes are in recipes/")
+    try:
+        text = path.read_text()
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; a recipe is YAML") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{path}{line}: YAML syntax error: {problem}; fix the line and run again") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping with name, model and groups; got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    lines = _node_lines(node) if node is not None else {}
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = _field_path(first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"unknown key {str(first['loc'][-1])!r}; check its spelling (see recipes/README.md)"
+        elif first["type"] == "missing":
+            message = "is required"
+        line = lines.get(field)
+        while line is None and field:
+            field = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", field)
+            line = lines.get(field)
+        full = _field_path(first["loc"])
+        raise UserError(_where(path, line, full) + message) from None
+    recipe._source, recipe._lines = path, lines
+    return recipe
