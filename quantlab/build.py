@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from quantlab.errors import UserError
 from quantlab.formats import Packed, get_format
 from quantlab.methods import Quantized, check_method_params, lowrank, not_built, rtn
 from quantlab.models.loading import load_model, resolve_model, weights_sha256

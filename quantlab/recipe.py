@@ -221,11 +221,7 @@ class Recipe(BaseModel):
 
     def line_of(self, field: str) -> int | None:
         """The YAML line of a field path such as ``groups[1].select`` (the nearest enclosing one known)."""
-        while field:
-            if field in self._lines:
-                return self._lines[field]
-            field = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", field)
-        return None
+        return _line_of(self._lines, field)
 
     def error(self, field: str, message: str) -> UserError:
         """A one-line error about ``field`` of this recipe, with its file and line."""
@@ -234,6 +230,16 @@ class Recipe(BaseModel):
     def resolved(self) -> dict:
         """The recipe with every default filled in, as the manifest records it."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+
+def _line_of(lines: dict[str, int], field: str) -> int | None:
+    """The line of ``field``, or of the nearest enclosing field that has one (``groups[1].x`` -> ``groups[1]``)."""
+    while field:
+        if field in lines:
+            return lines[field]
+        parent = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", field)
+        field = "" if parent == field else parent
+    return None
 
 
 def _where(source: Path | None, line: int | None, field: str) -> str:
@@ -292,18 +298,14 @@ def load_recipe(path: Path | str) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
+        # A misspelled key also makes the intended one "missing": report the misspelling, the root cause.
+        first = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         field = _field_path(first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = f"unknown key {str(first['loc'][-1])!r}; check its spelling (see recipes/README.md)"
         elif first["type"] == "missing":
             message = "is required"
-        line = lines.get(field)
-        while line is None and field:
-            field = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", field)
-            line = lines.get(field)
-        full = _field_path(first["loc"])
-        raise UserError(_where(path, line, full) + message) from None
+        raise UserError(_where(path, _line_of(lines, field), field) + message) from None
     recipe._source, recipe._lines = path, lines
     return recipe
