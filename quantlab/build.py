@@ -121,7 +121,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
             parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
             upcast.append(entry.unit.tensor)
         entry.unit.write({entry.unit.tensor: parameter.data}, result.dequantized)
-        tensors, description = _packed_tensors(entry, result)
+        tensors, description = _packed_tensors(entry, result, recipe.groups[entry.group].format)
         stored.update(tensors)
         described[entry.unit.name] = description
         rows.append(_row(entry, original, result, description))
@@ -182,16 +182,19 @@ def _exact_in(values: torch.Tensor, dtype: torch.dtype) -> bool:
     return torch.equal(values.to(dtype).float(), values)
 
 
-def _packed_tensors(entry: PlanEntry, result: Quantized) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors ``packed.safetensors`` holds for one matrix, and the metadata that describes them."""
+def _packed_tensors(entry: PlanEntry, result: Quantized, spec) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors ``packed.safetensors`` holds for one matrix, and the metadata that describes them: enough
+    to decode them with ``get_format(name, **params)`` (a GGUF fallback's ggml type in ``ggml_type``)."""
     tensors, parts = {}, {}
     for part, value in result.stored.items():
         prefix = entry.unit.name + (f".{part}" if part else "")
         if isinstance(value, Packed):
             for field, tensor in value.data.items():
                 tensors[f"{prefix}.{field}"] = tensor.contiguous()
-            parts[part or "matrix"] = {"format": value.format, "shape": list(value.shape), "fields": sorted(value.data),
-                                       "fallback": value.fallback, "ggml_type": value.notes.get("ggml_type")}
+            ggml_type = value.notes.get("ggml_type")
+            name = f"gguf:{ggml_type}" if ggml_type else spec.name
+            parts[part or "matrix"] = {"format": value.format, "name": name, "params": {} if ggml_type else spec.params,
+                                       "shape": list(value.shape), "fields": sorted(value.data), "fallback": value.fallback}
         else:  # a low-rank factor kept as it is
             tensors[prefix] = value.contiguous()
             parts[part] = {"format": KEEP, "shape": list(value.shape), "fields": []}

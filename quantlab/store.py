@@ -26,7 +26,8 @@ def atomic_directory(path: Path, force: bool = False):
     path = Path(path)
     check_output_directory(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_abandoned_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary output directory
@@ -43,6 +44,24 @@ def atomic_directory(path: Path, force: bool = False):
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_abandoned_temporaries(path: Path) -> None:
+    """Removes temporary siblings of ``path`` left by a writer that was killed (its process no longer runs)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
