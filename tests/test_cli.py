@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-PLANNED = ["build", "measure", "eval", "attribute", "report"]
+PLANNED = ["measure", "eval", "attribute", "report"]
 
 
 def test_help_lists_every_command_of_the_lab(cli):
