@@ -107,6 +107,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
 
     parameters = dict(model.named_parameters())
     stored: dict[str, torch.Tensor] = {}
+    packed_by_unit: dict[str, Packed] = {}  # for exports: each matrix stored as one Packed
     described: dict[str, dict] = {}
     rows = []
     upcast: list[str] = []
@@ -121,6 +122,8 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
             parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
             upcast.append(entry.unit.tensor)
         entry.unit.write({entry.unit.tensor: parameter.data}, result.dequantized)
+        if isinstance(result.stored.get(""), Packed):
+            packed_by_unit[entry.unit.name] = result.stored[""]
         tensors, description = _packed_tensors(entry, result, recipe.groups[entry.group].format)
         stored.update(tensors)
         described[entry.unit.name] = description
@@ -147,6 +150,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
         tokenizer.save_pretrained(tmp / "model")
         _save_packed(stored, described, tmp / PACKED)
         manifest["sizes"] = _sizes(tmp, plan)
+        manifest["exports"] = _exports(recipe, model, tokenizer, packed_by_unit, tmp)
         manifest["run"] = {
             "command": "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None,
             "seconds": {
@@ -158,6 +162,24 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return BuildResult(out, False, manifest)
+
+
+def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Path) -> dict:
+    """The exports the recipe asks for, each with what it holds and how it compares with the variant."""
+    exports = {}
+    if "gguf" in recipe.exports:
+        from quantlab.export.gguf import compare_logits, export_gguf
+
+        report = export_gguf(model, tokenizer, packed_by_unit, folder / "model.gguf")
+        exports["gguf"] = {
+            "file": "model.gguf",
+            "bytes": (folder / "model.gguf").stat().st_size,
+            "tensor_types": report.tensors,
+            "logits_vs_variant": compare_logits(model, tokenizer, folder / "model.gguf"),
+        }
+    if "native" in recipe.exports:
+        raise recipe.error("exports", "the native export is not built yet (gguf is); remove it from exports")
+    return exports
 
 
 def _read_manifest(out: Path) -> dict | None:

@@ -1,0 +1,248 @@
+"""The ``gguf`` export: a variant as one GGUF file that llama.cpp loads.
+
+Tensor types follow the plan: a matrix quantized to a GGUF type is written as the exact ggml block bytes
+quantlab produced (so llama.cpp computes with the very values quantlab measured); OCP ``mxfp4`` is written as
+GGUF MXFP4, which holds the same values (same E2M1 grid, same E8M0 scale; only tie rounding differs, and the
+values are already on the grid); everything else is written as its dequantized values in the model's own
+float type when that holds them exactly, else F32. A fused expert tensor whose experts got different formats
+cannot be one GGUF tensor of one type, so it too is written as dequantized values; the export report lists
+every tensor's type and why.
+
+Only the architectures llama.cpp and quantlab both know are mapped; gpt-oss is the embedded default's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantlab.errors import UserError
+from quantlab.formats import Packed
+
+GGUF_ARCH = {"gpt_oss": "gpt-oss"}
+
+
+@dataclass
+class GGUFTensor:
+    name: str
+    data: np.ndarray  # float values, or uint8 block bytes with a trailing row-bytes axis
+    ggml_type: str  # "F32", "BF16", or a quantized ggml type name
+    why: str
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    tensors: list[dict] = field(default_factory=list)
+
+
+def _float_tensor(name: str, value: torch.Tensor, why: str) -> GGUFTensor:
+    """Dequantized (or kept) values as F32: exact for every value quantlab computes with."""
+    return GGUFTensor(name, value.detach().float().numpy().astype(np.float32), "F32", why)
+
+
+def _blocks(packed: Packed) -> tuple[np.ndarray, str]:
+    """(block bytes (rows, row_bytes), ggml type name) of a matrix stored in a GGUF type or OCP MXFP4."""
+    if "blocks" in packed.data:
+        return packed.data["blocks"].numpy(), packed.notes.get("ggml_type") or packed.format.split(":")[1].split("(")[0]
+    raise ValueError(packed.format)
+
+
+def _matrix_as_gguf(packed: Packed | None, dequantized: torch.Tensor):
+    """(uint8 block bytes (out, row_bytes), type) when the matrix can be written as a quantized GGUF type."""
+    if packed is None:
+        return None
+    if "blocks" in packed.data:
+        return _blocks(packed)
+    if packed.format.startswith("mxfp4("):
+        from quantlab.formats import get_format
+
+        # Same values in GGUF MXFP4: re-encode the (on-grid) dequantized values with ggml's quantizer.
+        regguf = get_format("gguf:MXFP4").quantize(dequantized)
+        if torch.equal(get_format("gguf:MXFP4").dequantize(regguf), dequantized):
+            return regguf.data["blocks"].numpy(), "MXFP4"
+    return None
+
+
+def export_gguf(model, tokenizer, packed_by_unit: dict[str, Packed], path: Path) -> ExportReport:
+    """Writes the variant ``model`` (its parameters hold the dequantized values) as a GGUF file."""
+    arch = model.config.model_type
+    if arch not in GGUF_ARCH:
+        raise UserError(f"gguf export: architecture {arch!r} is not mapped yet (mapped: {', '.join(GGUF_ARCH)})")
+    tensors = _gpt_oss_tensors(model, packed_by_unit)
+    _write(model, tokenizer, tensors, path)
+    return ExportReport(path, [{"name": t.name, "type": t.ggml_type, "why": t.why} for t in tensors])
+
+
+def _gpt_oss_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
+    config = model.config
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    out: list[GGUFTensor] = []
+
+    def matrix(gguf_name: str, hf_name: str):
+        packed = packed_by_unit.get(hf_name)
+        as_gguf = _matrix_as_gguf(packed, params[hf_name].float())
+        if as_gguf is not None:
+            blocks, qtype = as_gguf
+            out.append(GGUFTensor(gguf_name, blocks, qtype, "the plan's format"))
+        else:
+            why = "kept" if packed is None else f"{packed.format} has no GGUF type: dequantized values"
+            out.append(_float_tensor(gguf_name, params[hf_name], why))
+
+    def vector(gguf_name: str, value: torch.Tensor):
+        out.append(GGUFTensor(gguf_name, value.float().numpy().astype(np.float32), "F32", "vector"))
+
+    matrix("token_embd.weight", "model.embed_tokens.weight")
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        vector(f"blk.{i}.attn_norm.weight", params[p + "input_layernorm.weight"])
+        vector(f"blk.{i}.post_attention_norm.weight", params[p + "post_attention_layernorm.weight"])
+        for hf, gg in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")):
+            matrix(f"blk.{i}.{gg}.weight", p + f"self_attn.{hf}.weight")
+            vector(f"blk.{i}.{gg}.bias", params[p + f"self_attn.{hf}.bias"])
+        vector(f"blk.{i}.attn_sinks.weight", params[p + "self_attn.sinks"])
+        matrix(f"blk.{i}.ffn_gate_inp.weight", p + "mlp.router.weight")
+        vector(f"blk.{i}.ffn_gate_inp.bias", params[p + "mlp.router.bias"])
+        out.extend(_experts(i, p, params, packed_by_unit))
+        bias = params[p + "mlp.experts.gate_up_proj_bias"]
+        vector(f"blk.{i}.ffn_gate_exps.bias", bias[:, 0::2])
+        vector(f"blk.{i}.ffn_up_exps.bias", bias[:, 1::2])
+        vector(f"blk.{i}.ffn_down_exps.bias", params[p + "mlp.experts.down_proj_bias"])
+    vector("output_norm.weight", params["model.norm.weight"])
+    matrix("output.weight", "lm_head.weight")
+    return out
+
+
+def _experts(i: int, prefix: str, params, packed_by_unit) -> list[GGUFTensor]:
+    """ffn_gate_exps / ffn_up_exps / ffn_down_exps of layer ``i``: gpt-oss interleaves gate (even rows of the
+    (out, in) gate_up matrix) and up (odd rows); GGUF wants them apart, (experts, out, in)."""
+    result = []
+    for hf, parts in (("gate_up_proj", (("ffn_gate_exps", 0), ("ffn_up_exps", 1))), ("down_proj", (("ffn_down_exps", None),))):
+        name = prefix + f"mlp.experts.{hf}"
+        value = params[name]  # (experts, in, out)
+        experts = value.shape[0]
+        matrices = [value[e].T.float() for e in range(experts)]
+        encoded = [_matrix_as_gguf(packed_by_unit.get(f"{name}[{e}]"), matrices[e]) for e in range(experts)]
+        types = {None if x is None else x[1] for x in encoded}
+        for gguf_name, parity in parts:
+            rows = slice(None) if parity is None else slice(parity, None, 2)
+            if len(types) == 1 and None not in types:
+                blocks = np.stack([x[0][rows] for x in encoded])
+                result.append(GGUFTensor(f"blk.{i}.{gguf_name}.weight", blocks, next(iter(types)), "the plan's format"))
+            else:
+                quantized = any(f"{name}[{e}]" in packed_by_unit for e in range(experts))
+                why = "experts in different or non-GGUF formats: dequantized values" if quantized else "kept"
+                stacked = torch.stack([m[rows] for m in matrices])
+                result.append(_float_tensor(f"blk.{i}.{gguf_name}.weight", stacked, why))
+    return result
+
+
+def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
+    import gguf
+
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), GGUF_ARCH[config.model_type])
+    writer.add_name("quantlab variant")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_freq_base(float(config.rope_parameters.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_expert_count(config.num_local_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    writer.add_expert_feed_forward_length(config.intermediate_size)
+    writer.add_sliding_window(config.sliding_window)
+    _add_tokenizer(writer, tokenizer)
+    for t in tensors:
+        if t.ggml_type == "F32":
+            writer.add_tensor(t.name, np.ascontiguousarray(t.data, dtype=np.float32))
+        else:
+            qtype = gguf.GGMLQuantizationType[t.ggml_type]
+            writer.add_tensor(t.name, np.ascontiguousarray(t.data), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _add_tokenizer(writer, tokenizer) -> None:
+    """The variant's BPE vocabulary as llama.cpp's "gpt2" tokenizer (ids are what matter for logits)."""
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    tokens = [None] * len(tokenizer)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    for token, index in special.items():
+        tokens[index] = token
+    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"].get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    if tokenizer.eos_token_id is not None:
+        writer.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+
+
+# Prompts the logits comparison runs: the embedded tasks' own text, both effort levels.
+COMPARISON_PROMPTS = ("effort:high Q:47+8*6-9=? A:47+48-9=95-9=86 #### 86", "effort:low Q:12*3+5=? A:")
+
+
+def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> dict:
+    """How far llama.cpp's logits for the GGUF file are from the variant's own (transformers, float32).
+
+    For an F32 export this is the two runtimes' arithmetic alone; for quantized tensors it adds llama.cpp's
+    kernels (which may quantize activations, e.g. to Q8 for k-quant dot products): the runtime's share.
+    """
+    from quantlab.formats import ggml
+
+    ggml.library()  # one clear line if the gguf extra is missing
+    import llama_cpp
+
+    _silence_llama_cpp()
+    llm = llama_cpp.Llama(str(path), n_ctx=model.config.max_position_embeddings, logits_all=True,
+                          verbose=False, n_threads=torch.get_num_threads(), seed=0)
+    worst, squared_error, squared_norm, count = 0.0, 0.0, 0.0, 0
+    for prompt in prompts:
+        ids = tokenizer(prompt)["input_ids"]
+        llm.reset()
+        llm.eval(ids)
+        theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        with torch.no_grad():
+            ours = model.float()(torch.tensor([ids])).logits[0].double().numpy()
+        worst = max(worst, float(np.abs(theirs - ours).max()))
+        squared_error += float(((theirs - ours) ** 2).sum())
+        squared_norm += float((ours**2).sum())
+        count += len(ids)
+    llm.close()
+    return {"tokens": count, "relative_l2": squared_error**0.5 / squared_norm**0.5, "max_abs": worst,
+            "runtime": f"llama-cpp-python {llama_cpp.__version__}"}
+
+
+_QUIET = []  # keeps the ctypes callback alive for as long as llama.cpp may call it
+
+
+def _silence_llama_cpp() -> None:
+    """llama.cpp logs every load to stderr, even with verbose=False; quantlab reports what matters itself."""
+    if _QUIET:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def quiet(level, text, user_data):
+        return None
+
+    _QUIET.append(quiet)
+    llama_cpp.llama_log_set(quiet, None)

@@ -1,0 +1,60 @@
+"""The gguf export: llama.cpp (through llama-cpp-python) loads it, its tensors carry exactly the plan's types
+and quantlab's block bytes, and its logits match the variant's (F32: within 1e-3; quantized: reported)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from quantlab import build as builder
+
+pytest.importorskip("llama_cpp", reason="the gguf export's runtime check needs quantlab[gguf]")
+gguf = pytest.importorskip("gguf")
+
+
+def build(tmp_path, groups: str):
+    recipe = tmp_path / "export.yaml"
+    recipe.write_text(f"name: export\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n{groups}")
+    return builder.build(recipe, tmp_path / "artifacts")
+
+
+def test_f32_export_matches_the_variant(tmp_path):
+    result = build(tmp_path, "  - select: {component: experts}\n    format: bf16\n")
+    export = result.manifest["exports"]["gguf"]
+    assert {t["type"] for t in export["tensor_types"]} == {"F32"}
+    assert export["logits_vs_variant"]["relative_l2"] <= 1e-3
+    assert export["logits_vs_variant"]["tokens"] > 20
+
+
+def test_quantized_export_carries_the_plan_types_and_bytes(tmp_path):
+    result = build(tmp_path, "  - select: {component: experts}\n    format: gguf:Q4_K\n"
+                             "  - select: {component: attention}\n    format: gguf:Q8_0\n"
+                             "  - select: {component: experts, layers: 3}\n    format: mxfp4\n")
+    reader = gguf.GGUFReader(result.path / "model.gguf")
+    tensors = {t.name: t for t in reader.tensors}
+    assert tensors["blk.0.ffn_gate_exps.weight"].tensor_type.name == "Q4_K"
+    assert tensors["blk.0.attn_q.weight"].tensor_type.name == "Q8_0"
+    assert tensors["blk.3.ffn_down_exps.weight"].tensor_type.name == "MXFP4"  # OCP MXFP4 values, GGUF layout
+    assert tensors["token_embd.weight"].tensor_type.name == "F32"  # kept
+
+    # Bytes: expert 5 of layer 1's up rows (odd rows of gpt-oss's interleaved gate_up) are quantlab's blocks.
+    from safetensors import safe_open
+
+    with safe_open(result.path / "packed.safetensors", "pt") as f:
+        blocks = f.get_tensor("model.layers.1.mlp.experts.gate_up_proj[5].blocks").numpy()
+    up = np.asarray(tensors["blk.1.ffn_up_exps.weight"].data)
+    assert np.array_equal(up[5], blocks[1::2])
+
+    # The MXFP4 tensor decodes (gguf-py) to the variant's values.
+    from quantlab.models.loading import load_model
+
+    variant, _ = load_model(result.path / "model", dtype=torch.float32)
+    down = gguf.quants.dequantize(np.asarray(tensors["blk.3.ffn_down_exps.weight"].data), gguf.GGMLQuantizationType.MXFP4)
+    expected = variant.model.layers[3].mlp.experts.down_proj.detach().transpose(1, 2).numpy()
+    assert np.array_equal(down.reshape(expected.shape), expected)
+
+    comparison = result.manifest["exports"]["gguf"]["logits_vs_variant"]
+    assert np.isfinite(comparison["relative_l2"]) and comparison["relative_l2"] < 0.05
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["exports"]["gguf"]["bytes"] == (result.path / "model.gguf").stat().st_size
