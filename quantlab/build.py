@@ -66,12 +66,17 @@ def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def plan_for(recipe: Recipe, model) -> Plan:
+def plan_for(recipe: Recipe, model, tokenizer=None) -> Plan:
     units = weight_units(model)
     keep_bits = DTYPE_BITS.get(_stored_dtype(model), 32)
     unit_tensors = {u.tensor for u in units}
     others = sum(p.numel() for n, p in model.named_parameters() if n not in unit_tensors)
-    return resolve_plan(recipe, units, keep_bits, others)
+    preset = None
+    if recipe.preset:
+        from quantlab.presets import preset_formats
+
+        preset = preset_formats(model, tokenizer, recipe.preset)
+    return resolve_plan(recipe, units, keep_bits, others, preset)
 
 
 def _stored_dtype(model) -> torch.dtype:
@@ -81,9 +86,9 @@ def _stored_dtype(model) -> torch.dtype:
 
 def dry_run(recipe_path: Path) -> Plan:
     recipe = load_recipe(recipe_path)
-    model, _ = load_model(resolve_model(recipe.model))
+    model, tokenizer = load_model(resolve_model(recipe.model))
     architecture(model.config)
-    return plan_for(recipe, model)
+    return plan_for(recipe, model, tokenizer)
 
 
 def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = False, progress=None) -> BuildResult:
@@ -102,7 +107,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
     torch.manual_seed(recipe.seed)
     model, tokenizer = load_model(folder)
     arch = architecture(model.config)
-    plan = plan_for(recipe, model)
+    plan = plan_for(recipe, model, tokenizer)
     loaded = time.perf_counter()
 
     parameters = dict(model.named_parameters())
@@ -124,7 +129,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
         entry.unit.write({entry.unit.tensor: parameter.data}, result.dequantized)
         if isinstance(result.stored.get(""), Packed):
             packed_by_unit[entry.unit.name] = result.stored[""]
-        tensors, description = _packed_tensors(entry, result, recipe.groups[entry.group].format)
+        tensors, description = _packed_tensors(entry, result, entry.format_spec)
         stored.update(tensors)
         described[entry.unit.name] = description
         rows.append(_row(entry, original, result, description))
@@ -190,14 +195,14 @@ def _read_manifest(out: Path) -> dict | None:
 
 
 def _apply(recipe: Recipe, entry: PlanEntry, matrix: torch.Tensor) -> Quantized:
-    group = recipe.groups[entry.group]
-    params = check_method_params(group.method.name, group.method.params)
-    fmt = None if group.format.name == KEEP else get_format(group.format.name, **group.format.params)
-    if group.method.name == "rtn":
+    spec, method = entry.format_spec, entry.method_spec
+    params = check_method_params(method.name, method.params)
+    fmt = None if spec.name == KEEP else get_format(spec.name, **spec.params)
+    if method.name == "rtn":
         return rtn(matrix, fmt)
-    if group.method.name == "lowrank":
+    if method.name == "lowrank":
         return lowrank(matrix, fmt, params["rank_ratio"])
-    raise recipe.error(f"groups[{entry.group}].method", str(not_built(group.method.name)))
+    raise recipe.error(f"groups[{entry.group}].method", str(not_built(method.name)))
 
 
 def _exact_in(values: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from quantlab.formats import get_format
 from quantlab.methods import check_method_params
 from quantlab.models.units import WeightUnit
-from quantlab.recipe import KEEP, Recipe, Selector
+from quantlab.recipe import KEEP, Named, Recipe, Selector
 
 PROTECTED = ("router", "norms")  # stay in high precision unless a group names them
 
@@ -34,16 +34,18 @@ def selects(selector: Selector, unit: WeightUnit) -> bool:
 @dataclass
 class PlanEntry:
     unit: WeightUnit
-    group: int | None  # the index of the deciding group; None: the unit stays as the model stores it
+    group: int | None  # the index of the deciding group (None: a preset decided, or nothing did)
     format_name: str  # the format's full name, "keep" for none
     method: str  # "rtn", "lowrank(rank_ratio=0.25)", ... ; "" when kept
     bits_per_weight: float  # nominal bits per weight of the stored matrix (scales included)
     why: str  # how the rules decided, for the dry-run table
     fallback: str | None = None
+    format_spec: Named | None = None  # what build applies; None: the unit stays as the model stores it
+    method_spec: Named | None = None
 
     @property
     def quantized(self) -> bool:
-        return self.group is not None
+        return self.format_spec is not None
 
 
 @dataclass
@@ -90,9 +92,12 @@ def lowrank_rank(shape: tuple[int, int], rank_ratio: float) -> int:
     return max(1, math.ceil(rank_ratio * min(shape)))
 
 
-def resolve_plan(recipe: Recipe, units: list[WeightUnit], keep_bits: float, other_parameters: int) -> Plan:
+def resolve_plan(
+    recipe: Recipe, units: list[WeightUnit], keep_bits: float, other_parameters: int, preset: dict[str, str] | None = None
+) -> Plan:
     """The plan for ``units``; raises the recipe's one-line error for a group that selects nothing or a
-    format that cannot take a selected shape."""
+    format that cannot take a selected shape. ``preset`` (unit name -> format name, from ``quantlab.presets``)
+    decides first; the recipe's groups override it."""
     decided: dict[str, int] = {}
     for index, group in enumerate(recipe.groups):
         matched = 0
@@ -115,12 +120,26 @@ def resolve_plan(recipe: Recipe, units: list[WeightUnit], keep_bits: float, othe
         if ignored is not None and index is not None:
             entries.append(PlanEntry(unit, None, KEEP, "", keep_bits, f"ignore[{ignored}]"))
             continue
+        if index is None and preset and preset.get(unit.name, KEEP) != KEEP and ignored is None:
+            entries.append(_preset_entry(recipe, unit, preset[unit.name]))
+            continue
         if index is None:
             why = "router and norms stay unless named" if unit.component in PROTECTED else "no group selects it"
+            if preset and unit.name in preset:
+                why = f"preset {recipe.preset} keeps it"
             entries.append(PlanEntry(unit, None, KEEP, "", keep_bits, why))
             continue
         entries.append(_entry(recipe, index, unit, keep_bits))
     return Plan(recipe, entries, keep_bits, other_parameters)
+
+
+def _preset_entry(recipe: Recipe, unit: WeightUnit, format_name: str) -> PlanEntry:
+    fmt = get_format(format_name)
+    why = f"preset {recipe.preset} (llama.cpp's choice)"
+    problem = fmt.shape_problem(unit.shape)
+    if problem:
+        raise recipe.error("preset", f"{unit.name} of shape {unit.shape}: {problem}")
+    return PlanEntry(unit, None, fmt.describe(), "rtn", fmt.bits_per_weight, why, None, Named(name=format_name), Named(name="rtn"))
 
 
 def _entry(recipe: Recipe, index: int, unit: WeightUnit, keep_bits: float) -> PlanEntry:
@@ -132,8 +151,8 @@ def _entry(recipe: Recipe, index: int, unit: WeightUnit, keep_bits: float) -> Pl
         if group.method.name == "lowrank":
             rank = lowrank_rank(unit.shape, params["rank_ratio"])
             bits = keep_bits * rank * (unit.shape[0] + unit.shape[1]) / _numel(unit)
-            return PlanEntry(unit, index, KEEP, method, bits, why)
-        return PlanEntry(unit, None, KEEP, "", keep_bits, why)
+            return PlanEntry(unit, index, KEEP, method, bits, why, None, group.format, group.method)
+        return PlanEntry(unit, index, KEEP, "", keep_bits, why)
     fmt = get_format(group.format.name, **group.format.params)
     shapes = [unit.shape]
     bits = fmt.bits_per_weight
@@ -154,4 +173,4 @@ def _entry(recipe: Recipe, index: int, unit: WeightUnit, keep_bits: float) -> Pl
     if substitute is not None:
         fallback = f"{fmt.describe()} -> {substitute.describe()} (llama.cpp's substitution for rows of {unit.shape[1]})"
         bits = substitute.bits_per_weight
-    return PlanEntry(unit, index, fmt.describe(), method, bits, why, fallback)
+    return PlanEntry(unit, index, fmt.describe(), method, bits, why, fallback, group.format, group.method)

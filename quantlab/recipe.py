@@ -204,13 +204,29 @@ class Recipe(BaseModel):
     description: str = ""
     model: str
     seed: int = 0
-    groups: list[Group] = Field(min_length=1)
+    preset: str | None = None  # e.g. gguf-q4_k_m: llama.cpp's per-tensor choices, before the groups
+    groups: list[Group] = []
     ignore: list[Selector] = []
     calibration: Calibration | None = None
     exports: list[Literal["gguf", "native"]] = []
 
     _source: Path | None = PrivateAttr(default=None)
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value):
+        from quantlab.presets import LLAMA_CPP_PRESETS
+
+        if value is not None and value not in LLAMA_CPP_PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(LLAMA_CPP_PRESETS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _groups_or_preset(self):
+        if not self.groups and self.preset is None:
+            raise ValueError("a recipe needs groups (at least 1) or a preset")
+        return self
 
     @model_validator(mode="after")
     def _calibration_when_needed(self):

@@ -70,75 +70,83 @@ def _matrix_as_gguf(packed: Packed | None, dequantized: torch.Tensor):
 
 def export_gguf(model, tokenizer, packed_by_unit: dict[str, Packed], path: Path) -> ExportReport:
     """Writes the variant ``model`` (its parameters hold the dequantized values) as a GGUF file."""
-    arch = model.config.model_type
-    if arch not in GGUF_ARCH:
-        raise UserError(f"gguf export: architecture {arch!r} is not mapped yet (mapped: {', '.join(GGUF_ARCH)})")
-    tensors = _gpt_oss_tensors(model, packed_by_unit)
+    tensors = _gguf_tensors(model, packed_by_unit)
     _write(model, tokenizer, tensors, path)
     return ExportReport(path, [{"name": t.name, "type": t.ggml_type, "why": t.why} for t in tensors])
 
 
-def _gpt_oss_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
-    config = model.config
+@dataclass(frozen=True)
+class Slot:
+    """One GGUF tensor and where its values come from in the transformers model."""
+
+    gguf_name: str
+    hf_name: str  # the parameter
+    kind: str  # "matrix" (a 2-D unit), "experts" (a fused 3-D tensor, one unit per expert), "vector"
+    rows: slice | None = None  # for experts: the rows of each expert's (out, in) matrix (gate/up interleave)
+    columns: slice | None = None  # for vectors: the part of a fused bias
+
+    def units(self, experts: int) -> list[str]:
+        return [f"{self.hf_name}[{e}]" for e in range(experts)] if self.kind == "experts" else [self.hf_name]
+
+
+def gguf_layout(config) -> list[Slot]:
+    """Every tensor of the GGUF file of a ``config`` model, in file order."""
+    if config.model_type not in GGUF_ARCH:
+        raise UserError(f"gguf export: architecture {config.model_type!r} is not mapped yet (mapped: {', '.join(GGUF_ARCH)})")
+    slots = [Slot("token_embd.weight", "model.embed_tokens.weight", "matrix")]
+    for i in range(config.num_hidden_layers):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        slots += [Slot(b + "attn_norm.weight", p + "input_layernorm.weight", "vector"),
+                  Slot(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", "vector")]
+        for hf, gg in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")):
+            slots += [Slot(b + f"{gg}.weight", p + f"self_attn.{hf}.weight", "matrix"),
+                      Slot(b + f"{gg}.bias", p + f"self_attn.{hf}.bias", "vector")]
+        slots += [Slot(b + "attn_sinks.weight", p + "self_attn.sinks", "vector"),
+                  Slot(b + "ffn_gate_inp.weight", p + "mlp.router.weight", "matrix"),
+                  Slot(b + "ffn_gate_inp.bias", p + "mlp.router.bias", "vector"),
+                  # gpt-oss interleaves gate (even rows of the (out, in) gate_up matrix) and up (odd rows)
+                  Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, None, 2)),
+                  Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(1, None, 2)),
+                  Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None)),
+                  Slot(b + "ffn_gate_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(0, None, 2)),
+                  Slot(b + "ffn_up_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(1, None, 2)),
+                  Slot(b + "ffn_down_exps.bias", p + "mlp.experts.down_proj_bias", "vector")]
+    slots += [Slot("output_norm.weight", "model.norm.weight", "vector"), Slot("output.weight", "lm_head.weight", "matrix")]
+    return slots
+
+
+def _gguf_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
     params = {n: p.detach() for n, p in model.named_parameters()}
     out: list[GGUFTensor] = []
-
-    def matrix(gguf_name: str, hf_name: str):
-        packed = packed_by_unit.get(hf_name)
-        as_gguf = _matrix_as_gguf(packed, params[hf_name].float())
-        if as_gguf is not None:
-            blocks, qtype = as_gguf
-            out.append(GGUFTensor(gguf_name, blocks, qtype, "the plan's format"))
+    for slot in gguf_layout(model.config):
+        value = params[slot.hf_name]
+        if slot.kind == "vector":
+            value = value if slot.columns is None else value[..., slot.columns]
+            out.append(GGUFTensor(slot.gguf_name, value.float().numpy().astype(np.float32), "F32", "vector"))
+        elif slot.kind == "matrix":
+            packed = packed_by_unit.get(slot.hf_name)
+            as_gguf = _matrix_as_gguf(packed, value.float())
+            if as_gguf is not None:
+                out.append(GGUFTensor(slot.gguf_name, as_gguf[0], as_gguf[1], "the plan's format"))
+            else:
+                why = "kept" if packed is None else f"{packed.format} has no GGUF type: dequantized values"
+                out.append(_float_tensor(slot.gguf_name, value, why))
         else:
-            why = "kept" if packed is None else f"{packed.format} has no GGUF type: dequantized values"
-            out.append(_float_tensor(gguf_name, params[hf_name], why))
-
-    def vector(gguf_name: str, value: torch.Tensor):
-        out.append(GGUFTensor(gguf_name, value.float().numpy().astype(np.float32), "F32", "vector"))
-
-    matrix("token_embd.weight", "model.embed_tokens.weight")
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        vector(f"blk.{i}.attn_norm.weight", params[p + "input_layernorm.weight"])
-        vector(f"blk.{i}.post_attention_norm.weight", params[p + "post_attention_layernorm.weight"])
-        for hf, gg in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")):
-            matrix(f"blk.{i}.{gg}.weight", p + f"self_attn.{hf}.weight")
-            vector(f"blk.{i}.{gg}.bias", params[p + f"self_attn.{hf}.bias"])
-        vector(f"blk.{i}.attn_sinks.weight", params[p + "self_attn.sinks"])
-        matrix(f"blk.{i}.ffn_gate_inp.weight", p + "mlp.router.weight")
-        vector(f"blk.{i}.ffn_gate_inp.bias", params[p + "mlp.router.bias"])
-        out.extend(_experts(i, p, params, packed_by_unit))
-        bias = params[p + "mlp.experts.gate_up_proj_bias"]
-        vector(f"blk.{i}.ffn_gate_exps.bias", bias[:, 0::2])
-        vector(f"blk.{i}.ffn_up_exps.bias", bias[:, 1::2])
-        vector(f"blk.{i}.ffn_down_exps.bias", params[p + "mlp.experts.down_proj_bias"])
-    vector("output_norm.weight", params["model.norm.weight"])
-    matrix("output.weight", "lm_head.weight")
+            out.append(_expert_tensor(slot, value, packed_by_unit))
     return out
 
 
-def _experts(i: int, prefix: str, params, packed_by_unit) -> list[GGUFTensor]:
-    """ffn_gate_exps / ffn_up_exps / ffn_down_exps of layer ``i``: gpt-oss interleaves gate (even rows of the
-    (out, in) gate_up matrix) and up (odd rows); GGUF wants them apart, (experts, out, in)."""
-    result = []
-    for hf, parts in (("gate_up_proj", (("ffn_gate_exps", 0), ("ffn_up_exps", 1))), ("down_proj", (("ffn_down_exps", None),))):
-        name = prefix + f"mlp.experts.{hf}"
-        value = params[name]  # (experts, in, out)
-        experts = value.shape[0]
-        matrices = [value[e].T.float() for e in range(experts)]
-        encoded = [_matrix_as_gguf(packed_by_unit.get(f"{name}[{e}]"), matrices[e]) for e in range(experts)]
-        types = {None if x is None else x[1] for x in encoded}
-        for gguf_name, parity in parts:
-            rows = slice(None) if parity is None else slice(parity, None, 2)
-            if len(types) == 1 and None not in types:
-                blocks = np.stack([x[0][rows] for x in encoded])
-                result.append(GGUFTensor(f"blk.{i}.{gguf_name}.weight", blocks, next(iter(types)), "the plan's format"))
-            else:
-                quantized = any(f"{name}[{e}]" in packed_by_unit for e in range(experts))
-                why = "experts in different or non-GGUF formats: dequantized values" if quantized else "kept"
-                stacked = torch.stack([m[rows] for m in matrices])
-                result.append(_float_tensor(f"blk.{i}.{gguf_name}.weight", stacked, why))
-    return result
+def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit) -> GGUFTensor:
+    """A fused expert tensor (experts, out, in): one GGUF type if every expert has the same one."""
+    matrices = [value[e].T.float() for e in range(value.shape[0])]  # gpt-oss stores (experts, in, out)
+    names = slot.units(value.shape[0])
+    encoded = [_matrix_as_gguf(packed_by_unit.get(name), m) for name, m in zip(names, matrices)]
+    types = {None if x is None else x[1] for x in encoded}
+    if len(types) == 1 and None not in types:
+        return GGUFTensor(slot.gguf_name, np.stack([x[0][slot.rows] for x in encoded]), next(iter(types)), "the plan's format")
+    quantized = any(name in packed_by_unit for name in names)
+    why = "experts in different or non-GGUF formats: dequantized values" if quantized else "kept"
+    return _float_tensor(slot.gguf_name, torch.stack([m[slot.rows] for m in matrices]), why)
 
 
 def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
