@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from quantlab.formats import Packed, get_format
-from quantlab.methods import Quantized, check_method_params, lowrank, not_built, rtn
+from quantlab.methods import Quantized, check_method_params, lowrank, rtn
 from quantlab.models.loading import load_model, resolve_model, weights_sha256
 from quantlab.models.units import architecture, weight_units
 from quantlab.plan import Plan, PlanEntry, resolve_plan
@@ -110,6 +110,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
     plan = plan_for(recipe, model, tokenizer)
     loaded = time.perf_counter()
 
+    statistics = _input_statistics(recipe, model, tokenizer, plan)
     parameters = dict(model.named_parameters())
     stored: dict[str, torch.Tensor] = {}
     packed_by_unit: dict[str, Packed] = {}  # for exports: each matrix stored as one Packed
@@ -121,7 +122,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
         if progress:
             progress(i, len(todo), entry.unit.name)
         original = entry.unit.read(parameters)
-        result = _apply(recipe, entry, original)
+        result = _apply(recipe, entry, original, statistics.get(entry.unit.name))
         parameter = parameters[entry.unit.tensor]
         if parameter.dtype != torch.float32 and not _exact_in(result.dequantized, parameter.dtype):
             parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
@@ -194,7 +195,19 @@ def _read_manifest(out: Path) -> dict | None:
         return None
 
 
-def _apply(recipe: Recipe, entry: PlanEntry, matrix: torch.Tensor) -> Quantized:
+def _input_statistics(recipe: Recipe, model, tokenizer, plan: Plan) -> dict:
+    """Calibration statistics of the matrices a data-driven method quantizes (empty when none does)."""
+    units = [e.unit for e in plan.entries if e.quantized and e.method_spec.name in ("gptq", "imatrix")]
+    if not units:
+        return {}
+    from quantlab.calibration import calibration_tokens
+    from quantlab.methods.activations import collect_input_statistics
+
+    tokens = calibration_tokens(recipe.calibration, tokenizer)
+    return collect_input_statistics(model, [u for u in units if u.component != "embeddings"], tokens)
+
+
+def _apply(recipe: Recipe, entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:
     spec, method = entry.format_spec, entry.method_spec
     params = check_method_params(method.name, method.params)
     fmt = None if spec.name == KEEP else get_format(spec.name, **spec.params)
@@ -202,7 +215,20 @@ def _apply(recipe: Recipe, entry: PlanEntry, matrix: torch.Tensor) -> Quantized:
         return rtn(matrix, fmt)
     if method.name == "lowrank":
         return lowrank(matrix, fmt, params["rank_ratio"])
-    raise recipe.error(f"groups[{entry.group}].method", str(not_built(method.name)))
+    tokens = 0 if statistics is None else statistics.tokens
+    if tokens < params["min_tokens"]:  # an expert the router (almost) never chose, or an embedding
+        result = rtn(matrix, fmt)
+        seen = "an embedding has no input activations" if entry.unit.component == "embeddings" else f"saw {tokens} calibration tokens"
+        result.notes["method_fallback"] = f"rtn: {seen} (min_tokens {params['min_tokens']})"
+        result.notes["calibration_tokens"] = tokens
+        return result
+    if method.name == "gptq":
+        from quantlab.methods.gptq import gptq_quantize
+
+        packed = gptq_quantize(matrix, statistics.gram, tokens, fmt, damp=params["damp"], block_size=params["block_size"])
+    else:  # imatrix: ggml's importance-weighted quantizer, with the matrix's mean squared inputs
+        packed = fmt.quantize(matrix, importance=statistics.importance)
+    return Quantized({"": packed}, fmt.dequantize(packed).float(), {"calibration_tokens": tokens})
 
 
 def _exact_in(values: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -254,7 +280,7 @@ def _row(entry: PlanEntry, original: torch.Tensor, result: Quantized, descriptio
         "bits_per_weight": round(8 * stored_bytes / original.numel(), 4),
         "stored_bytes": stored_bytes,
         "error": error_summary(original, result.dequantized),
-    } | ({"rank": description["rank"]} if "rank" in description else {})
+    } | {key: result.notes[key] for key in ("rank", "calibration_tokens", "method_fallback") if key in result.notes}
 
 
 def _kept_row(entry: PlanEntry) -> dict:

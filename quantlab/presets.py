@@ -62,7 +62,6 @@ def preset_formats(model, tokenizer, preset: str) -> dict[str, str]:
     the one with more bits per weight wins (the unit is one matrix, quantized once).
     """
     from quantlab.export.gguf import gguf_layout
-    from quantlab.formats import get_format
 
     types = llama_cpp_tensor_types(model, tokenizer, preset)
     experts = getattr(model.config, "num_local_experts", 1)

@@ -185,6 +185,26 @@ class Group(BaseModel):
         check_method_params(value.name, value.params)
         return value
 
+    @model_validator(mode="after")
+    def _method_and_format(self):
+        try:
+            _method_fits_format(self)
+        except ValueError as error:  # reported on the method field, where the fix usually is
+            raise ValueError(f"method: {error}") from None
+        return self
+
+
+def _method_fits_format(group: "Group") -> None:
+    method, fmt = group.method.name, group.format.name
+    if method == "gptq" and not re.fullmatch(r"int[2-8]", fmt):
+        raise ValueError(f"method gptq works with the integer formats int2 ... int8, not {fmt!r}; use rtn for {fmt!r}")
+    if method == "imatrix":
+        from quantlab.formats.gguf import ACCEPTS_IMPORTANCE
+
+        if not (fmt.startswith("gguf:") and fmt[5:] in ACCEPTS_IMPORTANCE):
+            raise ValueError(f"method imatrix works with the GGUF types whose ggml quantizer reads importance "
+                             f"({', '.join('gguf:' + t for t in sorted(ACCEPTS_IMPORTANCE))}), not {fmt!r}")
+
 
 class Calibration(BaseModel):
     """Tokens a data-driven method (gptq, imatrix) runs through the model to see its activations."""

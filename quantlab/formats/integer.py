@@ -88,9 +88,8 @@ class IntegerRTN(Format):
         return _rtn_dequantize(data["codes"], data["scale"], data.get("zero"), self).reshape(packed.shape)
 
 
-@fused
-def _rtn_quantize(groups: torch.Tensor, fmt: IntegerRTN):
-    """Packed codes, float16 scales and zero points of ``groups`` (rows, groups, group size)."""
+def scale_and_zero(groups: torch.Tensor, fmt: IntegerRTN):
+    """GPTQ's grid for each group (last axis): float16 scale, that scale in float32, and the zero point."""
     low = groups.amin(-1).clamp(max=0)
     high = groups.amax(-1).clamp(min=0)
     if fmt.symmetric:
@@ -104,7 +103,19 @@ def _rtn_quantize(groups: torch.Tensor, fmt: IntegerRTN):
         zero = torch.full_like(scale32, (fmt.max_code + 1) // 2)
     else:
         zero = torch.round(-low / scale32)
-    codes = torch.clamp(torch.round(groups / scale32.unsqueeze(-1)) + zero.unsqueeze(-1), 0, fmt.max_code)
+    return scale, scale32, zero
+
+
+def codes_on_grid(values: torch.Tensor, scale32: torch.Tensor, zero: torch.Tensor, max_code: int) -> torch.Tensor:
+    """Round to nearest on the grid ``scale · (q - zero)``: the codes q (as floats)."""
+    return torch.clamp(torch.round(values / scale32) + zero, 0, max_code)
+
+
+@fused
+def _rtn_quantize(groups: torch.Tensor, fmt: IntegerRTN):
+    """Packed codes, float16 scales and zero points of ``groups`` (rows, groups, group size)."""
+    scale, scale32, zero = scale_and_zero(groups, fmt)
+    codes = codes_on_grid(groups, scale32.unsqueeze(-1), zero.unsqueeze(-1), fmt.max_code)
     return pack_bits(codes, fmt.bits), scale, zero
 
 

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from quantlab.errors import UserError
-
 # Parameters each method accepts, with their defaults.
 METHOD_PARAMS = {
     "rtn": {},
     "lowrank": {"rank_ratio": None},
-    "gptq": {"damp": 0.01, "block_size": 128, "min_tokens": 32, "act_order": False},
+    "gptq": {"damp": 0.01, "block_size": 128, "min_tokens": 32},
     "imatrix": {"min_tokens": 32},
 }
 
@@ -78,5 +76,3 @@ def lowrank(matrix: torch.Tensor, fmt, rank_ratio: float) -> Quantized:
     return Quantized({"a": packed_a, "b": packed_b}, a_hat @ b_hat, {"rank": rank})
 
 
-def not_built(name: str) -> UserError:
-    return UserError(f"method {name!r} is not built yet (rtn and lowrank are); choose method: rtn for this group")

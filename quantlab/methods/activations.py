@@ -1,0 +1,100 @@
+"""Input statistics of weight matrices on calibration tokens, per expert for MoE layers.
+
+For every selected unit: the sum of x xᵀ over the inputs x the matrix multiplies (its Hessian for GPTQ, whose
+diagonal is llama.cpp's importance matrix) and how many tokens it saw. An expert sees only the tokens the
+router sends it (those whose top-k includes it), so a rarely chosen expert can see few or none: the methods
+fall back to rtn below a minimum and say so per expert.
+
+Statistics come from the baseline model in one pass (not layer by layer through already-quantized layers,
+as GPTQ's "true sequential" mode does): simpler and the same for every group, at the cost of ignoring how the
+quantization of earlier layers shifts later inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from quantlab.models.units import WeightUnit
+
+
+@dataclass
+class InputStatistics:
+    gram: torch.Tensor  # Σ x xᵀ, (in, in), float64
+    tokens: int
+
+    @property
+    def importance(self) -> torch.Tensor:
+        """Mean squared input per column: llama.cpp's imatrix for this matrix."""
+        return (self.gram.diagonal() / max(self.tokens, 1)).float()
+
+
+def expert_intermediate(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """The input of expert ``expert``'s down projection for its inputs ``x``, by the module's own functions."""
+    if hasattr(experts, "_apply_gate"):  # gpt-oss: (experts, in, out) weights, biases, its clamped SwiGLU
+        return experts._apply_gate(x @ experts.gate_up_proj[expert] + experts.gate_up_proj_bias[expert])
+    gate, up = torch.nn.functional.linear(x, experts.gate_up_proj[expert]).chunk(2, dim=-1)
+    return experts.act_fn(gate) * up
+
+
+def collect_input_statistics(model, units: list[WeightUnit], tokens: torch.Tensor, batch_size: int = 16) -> dict[str, InputStatistics]:
+    """Unit name -> input statistics of that matrix over ``tokens`` (samples, length), from one pass."""
+    stats: dict[str, InputStatistics] = {}
+    by_module: dict[str, list[WeightUnit]] = {}
+    for unit in units:
+        module_name = unit.tensor.rsplit(".", 1)[0]
+        by_module.setdefault(module_name, []).append(unit)
+
+    def add(name: str, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        entry = stats.get(name)
+        gram = x.T @ x
+        if entry is None:
+            stats[name] = InputStatistics(gram, x.shape[0])
+        else:
+            entry.gram += gram
+            entry.tokens += x.shape[0]
+
+    handles = []
+    for module_name, module_units in by_module.items():
+        module = model.get_submodule(module_name)
+        fused = [u for u in module_units if u.expert is not None and u.tensor != u.name]
+        if fused:
+            handles.append(module.register_forward_pre_hook(_experts_hook(module, fused, add)))
+        else:
+            handles.append(module.register_forward_pre_hook(_linear_hook(module_units, add)))
+    try:
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], batch_size):
+                model(tokens[start : start + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for unit in units:  # units that never saw a token (an expert no token was routed to)
+        stats.setdefault(unit.name, InputStatistics(torch.zeros(unit.shape[1], unit.shape[1], dtype=torch.float64), 0))
+    return stats
+
+
+def _linear_hook(units: list[WeightUnit], add):
+    def hook(module, args):  # returns None: a pre-hook's return value would replace the module's inputs
+        for unit in units:
+            add(unit.name, args[0])
+
+    return hook
+
+
+def _experts_hook(experts, units: list[WeightUnit], add):
+    wanted = {(u.tensor.rsplit(".", 1)[1], u.expert): u.name for u in units}
+
+    def hook(module, args):
+        hidden, indices = args[0], args[1]
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        for expert in range(module.gate_up_proj.shape[0]):
+            rows = (indices == expert).any(dim=-1).nonzero().flatten()
+            if ("gate_up_proj", expert) in wanted:
+                add(wanted[("gate_up_proj", expert)], hidden[rows])
+            if ("down_proj", expert) in wanted:
+                add(wanted[("down_proj", expert)], expert_intermediate(module, expert, hidden[rows]))
+
+    return hook
