@@ -184,7 +184,9 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
             "logits_vs_variant": compare_logits(model, tokenizer, folder / "model.gguf"),
         }
     if "native" in recipe.exports:
-        raise recipe.error("exports", "the native export is not built yet (gguf is); remove it from exports")
+        from quantlab.export.native import export_native
+
+        exports["native"] = export_native(model, tokenizer, packed_by_unit, folder / "native")
     return exports
 
 

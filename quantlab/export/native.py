@@ -1,0 +1,51 @@
+"""The ``native`` export: gpt-oss with MXFP4 experts in the layout of OpenAI's released checkpoints.
+
+Each fused expert tensor is stored as ``<name>_blocks`` (experts, out, in/32, 16): two E2M1 codes per byte,
+the even element in the low nibble, and ``<name>_scales`` (experts, out, in/32): the E8M0 exponent bytes;
+``config.json`` carries ``quantization_config: {quant_method: mxfp4}``, so transformers' gpt-oss MXFP4 path
+loads it (on a CPU it dequantizes on load). These are exactly quantlab's packed ``mxfp4`` codes and scales,
+rearranged; every other tensor is the variant's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from quantlab.errors import UserError
+from quantlab.formats import Packed
+
+# As in the released gpt-oss configs: everything but the experts stays unquantized.
+NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+
+
+def export_native(model, tokenizer, packed_by_unit: dict[str, Packed], folder: Path) -> dict:
+    from safetensors.torch import save_file
+
+    config = model.config
+    if config.model_type != "gpt_oss":
+        raise UserError(f"native export: only gpt-oss has a native MXFP4 layout (this model is {config.model_type})")
+    state = {}
+    experts = config.num_local_experts
+    for name, parameter in model.named_parameters():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            packed = [packed_by_unit.get(f"{name}[{e}]") for e in range(experts)]
+            if any(p is None or not p.format.startswith("mxfp4(") for p in packed):
+                raise UserError(
+                    f"native export: {name} has experts not in mxfp4; the released gpt-oss layout holds every "
+                    "expert matrix in MXFP4 (use a recipe whose experts group is format: mxfp4, or drop 'native')"
+                )
+            out, inner = packed[0].shape
+            state[name + "_blocks"] = torch.stack([p.data["codes"].reshape(out, inner // 32, 16) for p in packed])
+            state[name + "_scales"] = torch.stack([p.data["scale_e8m0"].reshape(out, inner // 32) for p in packed])
+        else:
+            state[name] = parameter.detach().contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config_dict = config.to_dict()
+    config_dict["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": NOT_CONVERTED}
+    (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(folder)
+    return {"folder": folder.name, "bytes": (folder / "model.safetensors").stat().st_size}
