@@ -298,6 +298,33 @@ def bench_formats(
     console.print(table)
 
 
+@bench_app.command("build-memory")
+def bench_build_memory(
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    synthetic: bool = typer.Option(True, help="Also measure a synthetic ~100M-parameter gpt-oss (written to a temp folder)."),
+) -> None:
+    """Peak memory of quantlab build (mxfp4 experts) against the load-only floor, the model and the output."""
+    import tempfile
+
+    from quantlab.bench import memory
+
+    results = []
+    with _status("measuring build memory", as_json):
+        results.append(memory.measure_build("zoo:tiny-gpt-oss"))
+        if synthetic:
+            with tempfile.TemporaryDirectory(prefix="quantlab-synthetic-") as folder:
+                results.append(memory.measure_build(str(memory.synthetic_model(Path(folder) / "synthetic-gpt-oss-100m"))))
+                results[-1]["model"] = "synthetic gpt-oss (hidden 512, 8 layers, 16 experts)"
+    if as_json:
+        return _print_json(results)
+    table = Table("model", "model MB", "largest matrix MB", "packed MB", "load-only peak MB", "build peak MB", "build - load MB", "(build - load) / model")
+    for r in results:
+        table.add_row(r["model"], f"{r['model_bytes_in_memory'] / 1e6:.1f}", f"{r['largest_matrix_float32_bytes'] / 1e6:.1f}",
+                      f"{r['packed_bytes'] / 1e6:.1f}", f"{r['load_only_peak_bytes'] / 1e6:.0f}", f"{r['build_peak_bytes'] / 1e6:.0f}",
+                      f"{r['build_over_load_bytes'] / 1e6:.0f}", f"{r['build_over_load_vs_model']:.2f}")
+    console.print(table)
+
+
 def _given_value(param) -> str | None:
     """What the user typed for an option that failed to parse, read back from the command line."""
     for opt in getattr(param, "opts", None) or []:

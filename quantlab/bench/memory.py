@@ -1,0 +1,87 @@
+"""``quantlab bench build-memory``: peak memory of ``quantlab build`` against what it must hold.
+
+Each measurement runs in a fresh process (``ru_maxrss`` of the child), next to the peak of a process that only
+imports quantlab and loads the same model (the floor any build pays). A build should hold the model once,
+the packed output and one layer's temporaries, not the model twice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+LOAD_ONLY = """
+import sys, torch
+from pathlib import Path
+from quantlab.models.loading import load_model, resolve_model
+model, _ = load_model(resolve_model(sys.argv[1]))
+print(sum(p.numel() * p.element_size() for p in model.parameters()))
+"""
+
+
+_REPORT_PEAK = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: sys.stderr.write('PEAK_KIB %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+)
+
+
+def _peak_of(code: str, *args: str) -> tuple[int, str]:
+    """(peak resident bytes, stdout) of a fresh Python process running ``code`` with ``args``."""
+    done = subprocess.run([sys.executable, "-c", _REPORT_PEAK + code, *args], capture_output=True, text=True, check=False)
+    peaks = [line for line in done.stderr.splitlines() if line.startswith("PEAK_KIB ")]
+    if done.returncode != 0 or not peaks:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    return int(peaks[-1].split()[1]) * 1024, done.stdout
+
+
+BUILD = "import sys\nfrom quantlab.cli import main\nsys.argv = ['quantlab', *sys.argv[1:]]\nmain()\n"
+
+
+def synthetic_model(folder: Path, hidden: int = 512, layers: int = 8, experts: int = 16) -> Path:
+    """A randomly initialised gpt-oss of about 100M parameters (bf16), saved as a Hugging Face folder."""
+    import shutil
+
+    import torch
+    import transformers
+
+    from quantlab.zoo import SHIPPED_CHECKPOINT
+
+    torch.manual_seed(0)
+    config = transformers.GptOssConfig(
+        hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=64, num_local_experts=experts, num_experts_per_tok=2, vocab_size=53,
+        max_position_embeddings=128, sliding_window=64, tie_word_embeddings=False,
+        layer_types=["sliding_attention", "full_attention"] * (layers // 2),
+    )
+    config.dtype = "bfloat16"
+    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(SHIPPED_CHECKPOINT / name, folder / name)
+    return folder
+
+
+def measure_build(model_source: str, format_name: str = "mxfp4") -> dict:
+    """Peak memory of building ``format_name`` experts on ``model_source``, beside the load-only floor."""
+    with tempfile.TemporaryDirectory(prefix="quantlab-memory-") as folder:
+        recipe = Path(folder) / "memory.yaml"
+        recipe.write_text(f"name: memory\nmodel: {model_source}\ngroups:\n  - select: {{component: experts}}\n    format: {format_name}\n")
+        load_peak, out = _peak_of(LOAD_ONLY, model_source)
+        model_bytes = int(out.strip().splitlines()[-1])
+        build_peak, out = _peak_of(BUILD, "build", str(recipe), "--out", folder, "--json")
+        manifest = json.loads(out)
+    largest = max(r["shape"][0] * r["shape"][1] for r in manifest["tensors"]) * 4  # one matrix in float32
+    return {
+        "model": model_source,
+        "format": format_name,
+        "model_bytes_in_memory": model_bytes,
+        "largest_matrix_float32_bytes": largest,
+        "packed_bytes": manifest["sizes"]["packed_safetensors_bytes"],
+        "load_only_peak_bytes": load_peak,
+        "build_peak_bytes": build_peak,
+        "build_over_load_bytes": build_peak - load_peak,
+        "build_over_load_vs_model": round((build_peak - load_peak) / model_bytes, 3),
+    }
