@@ -23,7 +23,8 @@ import torch
 from quantlab.errors import UserError
 from quantlab.formats import Packed
 
-GGUF_ARCH = {"gpt_oss": "gpt-oss"}
+# transformers model_type -> llama.cpp architecture (Mixtral is llama.cpp's "llama" with experts)
+GGUF_ARCH = {"gpt_oss": "gpt-oss", "llama": "llama", "mixtral": "llama", "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}
 
 
 @dataclass
@@ -82,37 +83,80 @@ class Slot:
     gguf_name: str
     hf_name: str  # the parameter
     kind: str  # "matrix" (a 2-D unit), "experts" (a fused 3-D tensor, one unit per expert), "vector"
-    rows: slice | None = None  # for experts: the rows of each expert's (out, in) matrix (gate/up interleave)
+    rows: object = None  # a slice or index list of each matrix's rows (gate/up halves, llama's q/k permutation)
     columns: slice | None = None  # for vectors: the part of a fused bias
 
     def units(self, experts: int) -> list[str]:
         return [f"{self.hf_name}[{e}]" for e in range(experts)] if self.kind == "experts" else [self.hf_name]
 
 
+def _rope_permutation(rows: int, heads: int) -> list[int]:
+    """llama.cpp's "llama" architecture rotates interleaved pairs where transformers rotates halves: its
+    converter reorders q and k rows per head (half i of a head's rows goes to position 2i); same here."""
+    per_head = rows // heads
+    order = []
+    for head in range(heads):
+        base = head * per_head
+        for i in range(per_head // 2):
+            order += [base + i, base + per_head // 2 + i]
+    return order
+
+
 def gguf_layout(config) -> list[Slot]:
     """Every tensor of the GGUF file of a ``config`` model, in file order."""
-    if config.model_type not in GGUF_ARCH:
-        raise UserError(f"gguf export: architecture {config.model_type!r} is not mapped yet (mapped: {', '.join(GGUF_ARCH)})")
+    arch = config.model_type
+    if arch not in GGUF_ARCH:
+        raise UserError(f"gguf export: architecture {arch!r} is not mapped yet (mapped: {', '.join(GGUF_ARCH)})")
+    if arch == "olmoe" and config.num_key_value_heads != config.num_attention_heads:
+        raise UserError("gguf export: llama.cpp's OLMoE needs as many key/value heads as query heads (its k_norm spans "
+                        f"the hidden size); this model has {config.num_key_value_heads} and {config.num_attention_heads}")
     slots = [Slot("token_embd.weight", "model.embed_tokens.weight", "matrix")]
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     for i in range(config.num_hidden_layers):
         p, b = f"model.layers.{i}.", f"blk.{i}."
-        slots += [Slot(b + "attn_norm.weight", p + "input_layernorm.weight", "vector"),
-                  Slot(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", "vector")]
+        slots.append(Slot(b + "attn_norm.weight", p + "input_layernorm.weight", "vector"))
         for hf, gg in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")):
-            slots += [Slot(b + f"{gg}.weight", p + f"self_attn.{hf}.weight", "matrix"),
-                      Slot(b + f"{gg}.bias", p + f"self_attn.{hf}.bias", "vector")]
-        slots += [Slot(b + "attn_sinks.weight", p + "self_attn.sinks", "vector"),
-                  Slot(b + "ffn_gate_inp.weight", p + "mlp.router.weight", "matrix"),
-                  Slot(b + "ffn_gate_inp.bias", p + "mlp.router.bias", "vector"),
-                  # gpt-oss interleaves gate (even rows of the (out, in) gate_up matrix) and up (odd rows)
-                  Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, None, 2)),
-                  Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(1, None, 2)),
-                  Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None)),
-                  Slot(b + "ffn_gate_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(0, None, 2)),
-                  Slot(b + "ffn_up_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(1, None, 2)),
-                  Slot(b + "ffn_down_exps.bias", p + "mlp.experts.down_proj_bias", "vector")]
-    slots += [Slot("output_norm.weight", "model.norm.weight", "vector"), Slot("output.weight", "lm_head.weight", "matrix")]
+            rows = None
+            if GGUF_ARCH[arch] == "llama" and hf in ("q_proj", "k_proj"):
+                heads = config.num_attention_heads if hf == "q_proj" else config.num_key_value_heads
+                rows = _rope_permutation(heads * head_dim, heads)
+            slots.append(Slot(b + f"{gg}.weight", p + f"self_attn.{hf}.weight", "matrix", rows=rows))
+            if arch == "gpt_oss":
+                slots.append(Slot(b + f"{gg}.bias", p + f"self_attn.{hf}.bias", "vector"))
+        if arch in ("qwen3_moe", "olmoe"):
+            slots += [Slot(b + "attn_q_norm.weight", p + "self_attn.q_norm.weight", "vector"),
+                      Slot(b + "attn_k_norm.weight", p + "self_attn.k_norm.weight", "vector")]
+        if arch == "gpt_oss":
+            slots += _gpt_oss_feed_forward(p, b)
+            continue
+        slots.append(Slot(b + "ffn_norm.weight", p + "post_attention_layernorm.weight", "vector"))
+        if arch == "llama":
+            slots += [Slot(b + f"ffn_{part}.weight", p + f"mlp.{part}_proj.weight", "matrix") for part in ("gate", "up", "down")]
+            continue
+        # Mixtral, Qwen3-MoE, OLMoE: gate_up_proj (experts, 2I, H) holds gate in its first half, up in its second
+        half = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+        slots += [Slot(b + "ffn_gate_inp.weight", p + "mlp.gate.weight", "matrix"),
+                  Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, half)),
+                  Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(half, 2 * half)),
+                  Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None))]
+    slots.append(Slot("output_norm.weight", "model.norm.weight", "vector"))
+    if not getattr(config, "tie_word_embeddings", False):
+        slots.append(Slot("output.weight", "lm_head.weight", "matrix"))
     return slots
+
+
+def _gpt_oss_feed_forward(p: str, b: str) -> list[Slot]:
+    return [Slot(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", "vector"),
+            Slot(b + "attn_sinks.weight", p + "self_attn.sinks", "vector"),
+            Slot(b + "ffn_gate_inp.weight", p + "mlp.router.weight", "matrix"),
+            Slot(b + "ffn_gate_inp.bias", p + "mlp.router.bias", "vector"),
+            # gpt-oss interleaves gate (even rows of the (out, in) gate_up matrix) and up (odd rows)
+            Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, None, 2)),
+            Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(1, None, 2)),
+            Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None)),
+            Slot(b + "ffn_gate_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(0, None, 2)),
+            Slot(b + "ffn_up_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(1, None, 2)),
+            Slot(b + "ffn_down_exps.bias", p + "mlp.experts.down_proj_bias", "vector")]
 
 
 def _gguf_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
@@ -126,19 +170,20 @@ def _gguf_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
         elif slot.kind == "matrix":
             packed = packed_by_unit.get(slot.hf_name)
             as_gguf = _matrix_as_gguf(packed, value.float())
+            rows = slice(None) if slot.rows is None else slot.rows
             if as_gguf is not None:
-                out.append(GGUFTensor(slot.gguf_name, as_gguf[0], as_gguf[1], "the plan's format"))
+                out.append(GGUFTensor(slot.gguf_name, as_gguf[0][rows], as_gguf[1], "the plan's format"))
             else:
                 why = "kept" if packed is None else f"{packed.format} has no GGUF type: dequantized values"
-                out.append(_float_tensor(slot.gguf_name, value, why))
+                out.append(_float_tensor(slot.gguf_name, value[rows], why))
         else:
-            out.append(_expert_tensor(slot, value, packed_by_unit))
+            out.append(_expert_tensor(slot, value, packed_by_unit, model.config.model_type == "gpt_oss"))
     return out
 
 
-def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit) -> GGUFTensor:
+def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit, transposed: bool) -> GGUFTensor:
     """A fused expert tensor (experts, out, in): one GGUF type if every expert has the same one."""
-    matrices = [value[e].T.float() for e in range(value.shape[0])]  # gpt-oss stores (experts, in, out)
+    matrices = [(value[e].T if transposed else value[e]).float() for e in range(value.shape[0])]  # gpt-oss: (E, in, out)
     names = slot.units(value.shape[0])
     encoded = [_matrix_as_gguf(packed_by_unit.get(name), m) for name, m in zip(names, matrices)]
     types = {None if x is None else x[1] for x in encoded}
@@ -155,20 +200,32 @@ def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
     config = model.config
     writer = gguf.GGUFWriter(str(path), GGUF_ARCH[config.model_type])
     writer.add_name("quantlab variant")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(float(config.rope_parameters.get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_expert_count(config.num_local_experts)
-    writer.add_expert_used_count(config.num_experts_per_tok)
-    writer.add_expert_feed_forward_length(config.intermediate_size)
-    writer.add_sliding_window(config.sliding_window)
+    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    if experts and config.model_type != "llama":
+        writer.add_expert_count(experts)
+        writer.add_expert_used_count(config.num_experts_per_tok)
+        writer.add_expert_feed_forward_length(getattr(config, "moe_intermediate_size", None) or config.intermediate_size)
+    if config.model_type == "gpt_oss":
+        writer.add_sliding_window(config.sliding_window)
+    rope = config.rope_parameters or {}
+    if rope.get("rope_type", "default") == "yarn":  # gpt-oss's released configs use YaRN
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+    elif rope.get("rope_type", "default") != "default":
+        raise UserError(f"gguf export: rope_type {rope.get('rope_type')!r} is not mapped yet (default and yarn are)")
     _add_tokenizer(writer, tokenizer)
     for t in tensors:
         if t.ggml_type == "F32":
