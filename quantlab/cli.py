@@ -35,7 +35,6 @@ console = Console()
 
 # Commands of the lab that later issues build; each answers in one line and exits 2 until then.
 _PLANNED = {
-    "measure": ("Per-expert error, routing drift, perplexity and KL drift of variants.", "measurement"),
     "eval": ("Run lm-eval tasks on the baseline and variants, with repeats and intervals.", "evaluation"),
     "attribute": ("Attribute a recipe's accuracy loss to its choices.", "attribution"),
     "report": ("Write an HTML/markdown report from stored results.", "reports"),
@@ -231,6 +230,44 @@ def _print_plan(plan) -> None:
     s = plan.summary()
     console.print(f"{s['quantized_weights']:,} of {s['weights']:,} weights quantized; model size {s['size_bytes'] / 1e6:.3f} MB "
                   f"({s['average_bits_per_weight']:.3f} bits/weight on average; the model stores {s['baseline_bits_per_weight']})")
+
+
+@app.command("measure")
+def measure_command(
+    variants: list[str] = typer.Argument(..., help="Built variants: artifact folders or names under --artifacts."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Another built variant to compare against (default: the variant's source model)."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Evaluation text: a .txt or .jsonl file (default: the reference model's validation split)."),
+    tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many evaluation tokens."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where variants are looked up by name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON."),
+) -> None:
+    """Per-expert error, routing drift, perplexity and KL drift of variants against their baseline."""
+    from quantlab.measure.run import measure_variant
+
+    results = []
+    for variant in variants:
+        with _status(f"measuring {variant}", as_json):
+            results.append(measure_variant(variant, baseline, text, tokens, artifacts))
+    if as_json:
+        return _print_json(results)
+    table = Table("variant", "bits/w", "ppl ratio (all)", "ppl ratio (answers)", "mean KLD (answers)", "same top % (answers)",
+                  "top-1 router flip %", "worst expert (isolated err)",
+                  title=f"against {results[0]['baseline']}: {results[0]['tokens']:,} tokens of {results[0]['text']} "
+                        f"({results[0]['answer_tokens']:,} predicted answer tokens)")
+    for r in results:
+        whole, answers = r["logits"]["all_tokens"], r["logits"]["answer_tokens"]
+        flips = [layer["router"]["top1_flip_rate"] for layer in r["layers"]]
+        worst = r["worst_expert"]
+        table.add_row(
+            r["variant"], f"{r['bits_per_weight']:.3f}", f"{whole['perplexity_ratio']:.4f}",
+            f"{answers['perplexity_ratio']:.4f}" if answers.get("n") else "",
+            f"{answers['kl_divergence']['mean']:.5f} ± {answers['kl_divergence']['mean_stderr']:.5f}" if answers.get("n") else "",
+            f"{100 * answers['same_top']['rate']:.2f} ± {100 * answers['same_top']['stderr']:.2f}" if answers.get("n") else "",
+            f"{100 * sum(flips) / len(flips):.2f}" if flips else "",
+            f"L{worst['layer']} E{worst['expert']}: {worst['isolated_relative_error']:.3f}" if worst else "",
+        )
+    Console(width=max(console.width, 160)).print(table)
+    console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
 
 
 @app.command("demo")

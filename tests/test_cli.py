@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-PLANNED = ["measure", "eval", "attribute", "report"]
+PLANNED = ["eval", "attribute", "report"]
 
 
 def test_help_lists_every_command_of_the_lab(cli):

@@ -1,0 +1,286 @@
+"""One pass over an evaluation text, baseline and variant side by side, chunk by chunk.
+
+Per chunk both models run once with hooks that keep, per MoE layer, the MLP's input and the router's top-k
+choice. From them: router agreement and expert load; each expert's *isolated* output error (baseline and
+variant expert on the same baseline inputs, over the tokens the baseline routes to it); the per-layer drift of
+the hidden states (the *in-context* error, accumulated through the layers); and per predicted token the KL
+divergence, top-token agreement, Δp and both NLLs. Only per-token scalars and running sums outlive a chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from quantlab.measure.statistics import distribution, perplexity, rate
+from quantlab.measure.text import EvaluationText
+from quantlab.methods.activations import expert_intermediate
+
+
+def expert_output(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert ``expert``'s output for inputs ``x`` (before the routing weight), by the module's own functions."""
+    hidden = expert_intermediate(experts, expert, x)
+    if hasattr(experts, "down_proj_bias"):  # gpt-oss: (experts, in, out) and a bias
+        return hidden @ experts.down_proj[expert] + experts.down_proj_bias[expert]
+    return torch.nn.functional.linear(hidden, experts.down_proj[expert])
+
+
+def _moe_layers(model) -> list[tuple[int, object, object]]:
+    """(layer index, mlp module, router module) of every MoE layer."""
+    layers = []
+    for i, layer in enumerate(model.model.layers):
+        mlp = layer.mlp
+        router = getattr(mlp, "router", None) or getattr(mlp, "gate", None)
+        if hasattr(mlp, "experts") and router is not None and not isinstance(router, torch.nn.Linear):
+            layers.append((i, mlp, router))
+    return layers
+
+
+class _Capture:
+    """Forward hooks that keep each MoE layer's MLP input and router top-k indices for one chunk."""
+
+    def __init__(self, model):
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.indices: dict[int, torch.Tensor] = {}
+        self.handles = []
+        for i, mlp, router in _moe_layers(model):
+            self.handles.append(mlp.register_forward_pre_hook(self._keep_input(i)))
+            self.handles.append(router.register_forward_hook(self._keep_indices(i)))
+
+    def _keep_input(self, i):
+        def hook(module, args):
+            self.inputs[i] = args[0].detach().reshape(-1, args[0].shape[-1])
+
+        return hook
+
+    def _keep_indices(self, i):
+        def hook(module, args, output):
+            self.indices[i] = output[-1].detach().reshape(-1, output[-1].shape[-1])  # (tokens, top_k), best first
+
+        return hook
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@dataclass
+class _Accumulator:
+    experts: int
+    tokens_base: np.ndarray = None
+    tokens_variant: np.ndarray = None
+    error_squared: np.ndarray = None
+    reference_squared: np.ndarray = None
+    jaccard: list = field(default_factory=list)
+    exact: int = 0
+    top1_flips: int = 0
+    routed_tokens: int = 0
+    hidden_cosine: list = field(default_factory=list)
+    hidden_error_squared: float = 0.0
+    hidden_reference_squared: float = 0.0
+
+    def __post_init__(self):
+        self.tokens_base = np.zeros(self.experts, dtype=np.int64)
+        self.tokens_variant = np.zeros(self.experts, dtype=np.int64)
+        self.error_squared = np.zeros(self.experts)
+        self.reference_squared = np.zeros(self.experts)
+
+
+def _router_agreement(base: torch.Tensor, variant: torch.Tensor, experts: int, acc: _Accumulator) -> None:
+    one_hot_base = torch.nn.functional.one_hot(base, experts).sum(1).bool()
+    one_hot_variant = torch.nn.functional.one_hot(variant, experts).sum(1).bool()
+    intersection = (one_hot_base & one_hot_variant).sum(1).double()
+    union = (one_hot_base | one_hot_variant).sum(1).double()
+    acc.jaccard.append((intersection / union).numpy())
+    acc.exact += int((one_hot_base == one_hot_variant).all(1).sum())
+    acc.top1_flips += int((base[:, 0] != variant[:, 0]).sum())
+    acc.routed_tokens += base.shape[0]
+    acc.tokens_base += one_hot_base.sum(0).numpy()
+    acc.tokens_variant += one_hot_variant.sum(0).numpy()
+
+
+def token_statistics(base_logits: torch.Tensor, variant_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per predicted position: KL(base ‖ variant), same top token, Δp of the base's top token, both NLLs."""
+    log_p = torch.log_softmax(base_logits.double(), dim=-1)
+    log_q = torch.log_softmax(variant_logits.double(), dim=-1)
+    p = log_p.exp()
+    top = log_p.argmax(dim=-1, keepdim=True)
+    return {
+        "kl": (p * (log_p - log_q)).sum(-1).numpy(),
+        "same_top": (top.squeeze(-1) == log_q.argmax(dim=-1)).numpy(),
+        "delta_p": (log_q.gather(-1, top).exp() - p.gather(-1, top)).squeeze(-1).numpy(),
+        "nll_base": (-log_p.gather(-1, targets.unsqueeze(-1))).squeeze(-1).numpy(),
+        "nll_variant": (-log_q.gather(-1, targets.unsqueeze(-1))).squeeze(-1).numpy(),
+    }
+
+
+def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -> dict:
+    """Everything ``quantlab measure`` reports for one variant against one baseline."""
+    started = time.perf_counter()
+    layers = _moe_layers(baseline)
+    variant_layers = {i: mlp for i, mlp, _ in _moe_layers(variant)}
+    experts = {i: mlp.experts.gate_up_proj.shape[0] for i, mlp, _ in layers}
+    accumulators = {i: _Accumulator(experts[i]) for i, _, _ in layers}
+    per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer")}
+    capture_base, capture_variant = _Capture(baseline), _Capture(variant)
+    forward_s = 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, text.tokens.shape[0], batch_size):
+                tokens = text.tokens[start : start + batch_size]
+                attention = text.attention[start : start + batch_size]
+                t0 = time.perf_counter()
+                base_out = baseline(tokens, attention_mask=attention, output_hidden_states=True)
+                variant_out = variant(tokens, attention_mask=attention, output_hidden_states=True)
+                forward_s += time.perf_counter() - t0
+                predicted = attention[:, 1:].reshape(-1).bool()  # the target is a real token
+                vocab = base_out.logits.shape[-1]
+                stats = token_statistics(base_out.logits[:, :-1].reshape(-1, vocab)[predicted],
+                                         variant_out.logits[:, :-1].reshape(-1, vocab)[predicted],
+                                         tokens[:, 1:].reshape(-1)[predicted])
+                for key, value in stats.items():
+                    per_token[key].append(value)
+                per_token["answer"].append(text.answer_mask[start : start + batch_size, 1:].reshape(-1)[predicted].numpy())
+                real = attention.reshape(-1).bool()
+                for i, mlp, _ in layers:
+                    acc = accumulators[i]
+                    base_idx, variant_idx = capture_base.indices[i][real], capture_variant.indices[i][real]
+                    _router_agreement(base_idx, variant_idx, experts[i], acc)
+                    x = capture_base.inputs[i][real].float()
+                    for e in range(experts[i]):
+                        rows = (base_idx == e).any(dim=1)
+                        if rows.any():
+                            reference = expert_output(mlp.experts, e, x[rows].to(mlp.experts.gate_up_proj.dtype)).double()
+                            approx = expert_output(variant_layers[i].experts, e, x[rows].to(variant_layers[i].experts.gate_up_proj.dtype)).double()
+                            acc.error_squared[e] += float(((approx - reference) ** 2).sum())
+                            acc.reference_squared[e] += float((reference**2).sum())
+                    width = base_out.hidden_states[i + 1].shape[-1]
+                    h_base = base_out.hidden_states[i + 1].double().reshape(-1, width)[real]
+                    h_variant = variant_out.hidden_states[i + 1].double().reshape(-1, width)[real]
+                    acc.hidden_cosine.append(torch.nn.functional.cosine_similarity(h_base, h_variant, dim=-1).numpy())
+                    acc.hidden_error_squared += float(((h_variant - h_base) ** 2).sum())
+                    acc.hidden_reference_squared += float((h_base**2).sum())
+    finally:
+        capture_base.close()
+        capture_variant.close()
+    arrays = {k: np.concatenate(v) for k, v in per_token.items()}
+    result = {
+        "text": text.name,
+        "rows": int(text.tokens.shape[0]),
+        "tokens": int(text.attention.sum()),
+        "predicted_tokens": int(arrays["kl"].size),
+        "answer_tokens": int(arrays["answer"].sum()),
+        "logits": {"all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
+                   "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool))},
+        "layers": [_layer_summary(i, accumulators[i]) for i, _, _ in layers],
+        "seconds": {"total": round(time.perf_counter() - started, 3), "forward_passes": round(forward_s, 3)},
+    }
+    return result
+
+
+def _logit_summary(arrays: dict, mask: np.ndarray) -> dict:
+    if not mask.any():
+        return {"n": 0}
+    base, variant = perplexity(arrays["nll_base"][mask]), perplexity(arrays["nll_variant"][mask])
+    delta_p = arrays["delta_p"][mask]
+    return {
+        "n": int(mask.sum()),
+        "perplexity_baseline": base,
+        "perplexity_variant": variant,
+        "perplexity_ratio": variant["ppl"] / base["ppl"],
+        "kl_divergence": distribution(arrays["kl"][mask]),
+        "same_top": rate(int(arrays["same_top"][mask].sum()), int(mask.sum())),
+        "delta_p": distribution(delta_p) | {"rms": float(np.sqrt((delta_p**2).mean()))},
+    }
+
+
+def _layer_summary(index: int, acc: _Accumulator) -> dict:
+    jaccard = np.concatenate(acc.jaccard)
+    load_base = acc.tokens_base / acc.tokens_base.sum()
+    load_variant = acc.tokens_variant / acc.tokens_variant.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(load_base > 0, load_base * np.log(load_base / load_variant), 0.0)
+        isolated = np.where(acc.reference_squared > 0, np.sqrt(acc.error_squared / acc.reference_squared), np.nan)
+    cosine = np.concatenate(acc.hidden_cosine)
+    return {
+        "layer": index,
+        "router": {
+            "tokens": acc.routed_tokens,
+            "jaccard_mean": float(jaccard.mean()),
+            "exact_set_rate": acc.exact / acc.routed_tokens,
+            "top1_flip_rate": acc.top1_flips / acc.routed_tokens,
+            "load_kl": float(terms.sum()),
+        },
+        "hidden_state": {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
+                         "relative_error": float(np.sqrt(acc.hidden_error_squared / acc.hidden_reference_squared))},
+        "experts": [
+            {"expert": e, "tokens_baseline": int(acc.tokens_base[e]), "tokens_variant": int(acc.tokens_variant[e]),
+             "isolated_relative_error": None if np.isnan(isolated[e]) else float(isolated[e])}
+            for e in range(acc.experts)
+        ],
+    }
+
+
+def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file=None, max_tokens: int = 16384,
+                    artifacts=None, write: bool = True) -> dict:
+    """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from quantlab.errors import UserError
+    from quantlab.measure.outputs import expert_weight_errors, write_measurement
+    from quantlab.measure.text import evaluation_text
+    from quantlab.models.loading import load_model, resolve_model
+
+    folder = _artifact_folder(variant_ref, artifacts)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    variant, tokenizer = load_model(folder / "model", dtype=torch.float32)
+    if baseline_ref is None:
+        baseline_name = manifest["model"]["source"]
+        baseline, _ = load_model(resolve_model(baseline_name), dtype=torch.float32)
+    else:
+        baseline_folder = _artifact_folder(baseline_ref, artifacts)
+        baseline_name = baseline_folder.name
+        baseline, _ = load_model(baseline_folder / "model", dtype=torch.float32)
+    if baseline.config.model_type != variant.config.model_type:
+        raise UserError(f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ")
+    text = evaluation_text(tokenizer, Path(text_file) if text_file else None, max_tokens=max_tokens,
+                           length=min(128, baseline.config.max_position_embeddings))
+    result = {"variant": manifest["variant"], "baseline": baseline_name, "variant_cache_key": manifest["cache_key"],
+              "bits_per_weight": manifest["plan"]["average_bits_per_weight"]}
+    result |= measure_pair(baseline, variant, text)
+    weight_errors = expert_weight_errors(manifest)
+    for layer in result["layers"]:
+        for expert in layer["experts"]:
+            expert["weight_error"] = weight_errors.get((layer["layer"], expert["expert"]), {})
+    result["worst_expert"] = worst_expert(result)
+    result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
+    if write:
+        write_measurement(result, folder / "measure")
+    return result
+
+
+def worst_expert(result: dict) -> dict | None:
+    candidates = [(e["isolated_relative_error"], layer["layer"], e["expert"]) for layer in result["layers"]
+                  for e in layer["experts"] if e["isolated_relative_error"] is not None]
+    if not candidates:
+        return None
+    error, layer, expert = max(candidates)
+    return {"layer": layer, "expert": expert, "isolated_relative_error": error}
+
+
+def _artifact_folder(reference: str, artifacts=None):
+    from pathlib import Path
+
+    from quantlab.errors import UserError
+
+    path = Path(reference)
+    for candidate in (path, Path(artifacts or "artifacts") / reference):
+        if (candidate / "manifest.json").is_file() and (candidate / "model").is_dir():
+            return candidate
+    raise UserError(f"variant {reference!r}: no built artifact (looked for {path}/manifest.json and "
+                    f"{Path(artifacts or 'artifacts') / reference}/manifest.json); build it with quantlab build recipes/<name>.yaml")

@@ -1,0 +1,94 @@
+"""The evaluation text a measurement runs over, as token windows with an answer-token mask.
+
+Default: the reference model's own validation split (AIME-style at both effort levels), where the answer
+tokens are the solution's (everything after the question's ``A:``): on task text the question tokens are
+unpredictable by construction, and their loss would hide the damage done to the answers. Any UTF-8 text file
+(answer mask empty) or a JSONL file of ``{"question", "solution"}`` / ``{"text"}`` records can replace it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantlab.errors import UserError
+
+
+@dataclass
+class EvaluationText:
+    name: str
+    tokens: torch.Tensor  # (rows, length) token ids, right-padded
+    attention: torch.Tensor  # (rows, length) 1 for real tokens, 0 for padding
+    answer_mask: torch.Tensor  # (rows, length) bool: the token at this position is an answer token
+
+    @property
+    def predicted_positions(self) -> int:
+        return int(self.attention[:, 1:].sum())
+
+
+def _documents(text_file: Path | None, count: int) -> tuple[str, list[tuple[str, str]]]:
+    """(name, [(context, answer)]) pairs; plain text is one long context with no answer part."""
+    if text_file is None:
+        from quantlab.zoo import tasks
+
+        docs = []
+        for effort in ("high", "low"):
+            docs += [(d["question"], d["solution"]) for d in tasks.aime_style_docs("validation", count // 2, 0, effort)]
+        return "zoo:aime-style validation (high and low effort)", docs
+    path = Path(text_file)
+    if not path.is_file():
+        raise UserError(f"--text {path}: no such file")
+    if path.suffix == ".jsonl":
+        docs = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"--text {path}:{number}: not a JSON line") from None
+            if "question" in record and "solution" in record:
+                docs.append((record["question"], record["solution"]))
+            elif "text" in record:
+                docs.append((record["text"], ""))
+            else:
+                raise UserError(f"--text {path}:{number}: a record needs question and solution, or text")
+        return str(path), docs
+    return str(path), [(path.read_text(encoding="utf-8", errors="replace"), "")]
+
+
+def evaluation_text(tokenizer, text_file: Path | None = None, max_tokens: int = 16384, length: int = 128) -> EvaluationText:
+    """About ``max_tokens`` tokens: one document per row (task text: a model sees one problem at a time, as
+    in training and evaluation), or consecutive windows of ``length`` tokens of a plain text."""
+    name, docs = _documents(text_file, count=max(64, max_tokens // 20))
+    rows: list[tuple[list[int], list[bool]]] = []
+    total = 0
+    if all(solution for _, solution in docs):
+        for context, solution in docs:
+            context_ids = tokenizer(context)["input_ids"]
+            whole = tokenizer(context + solution)["input_ids"] + [tokenizer.eos_token_id]
+            whole = whole[:length]
+            rows.append((whole, [False] * len(context_ids) + [True] * (len(whole) - len(context_ids))))
+            total += len(whole)
+            if total >= max_tokens:
+                break
+    else:
+        ids: list[int] = []
+        for context, solution in docs:
+            ids += tokenizer(context + solution)["input_ids"] + [tokenizer.eos_token_id]
+        ids = ids[: max_tokens - max_tokens % length]
+        rows = [(ids[i : i + length], [False] * length) for i in range(0, len(ids) - length + 1, length)]
+    if not rows:
+        raise UserError(f"evaluation text {name}: fewer than {length} tokens")
+    width = max(len(ids) for ids, _ in rows)
+    tokens = torch.full((len(rows), width), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    answer = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, (ids, mask) in enumerate(rows):
+        tokens[r, : len(ids)] = torch.tensor(ids)
+        attention[r, : len(ids)] = 1
+        answer[r, : len(ids)] = torch.tensor(mask)
+    return EvaluationText(name, tokens, attention, answer)
