@@ -240,6 +240,7 @@ def measure_command(
     tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many evaluation tokens."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where variants are looked up by name."),
     as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the summary table as Markdown (docs/measure.md)."),
 ) -> None:
     """Per-expert error, routing drift, perplexity and KL drift of variants against their baseline."""
     from quantlab.measure.run import measure_variant
@@ -250,10 +251,11 @@ def measure_command(
             results.append(measure_variant(variant, baseline, text, tokens, artifacts))
     if as_json:
         return _print_json(results)
-    table = Table("variant", "bits/w", "ppl ratio (all)", "ppl ratio (answers)", "mean KLD (answers)", "same top % (answers)",
-                  "top-1 router flip %", "worst expert (isolated err)",
-                  title=f"against {results[0]['baseline']}: {results[0]['tokens']:,} tokens of {results[0]['text']} "
-                        f"({results[0]['answer_tokens']:,} predicted answer tokens)")
+    headers = ("variant", "bits/w", "ppl ratio (all)", "ppl ratio (answers)", "mean KLD (answers)", "same top % (answers)",
+               "top-1 router flip %", "worst expert (isolated err)")
+    title = (f"against {results[0]['baseline']}: {results[0]['tokens']:,} tokens of {results[0]['text']} "
+             f"({results[0]['answer_tokens']:,} predicted answer tokens)")
+    table = Table(*headers, title=title)
     for r in results:
         whole, answers = r["logits"]["all_tokens"], r["logits"]["answer_tokens"]
         flips = [layer["router"]["top1_flip_rate"] for layer in r["layers"]]
@@ -266,6 +268,10 @@ def measure_command(
             f"{100 * sum(flips) / len(flips):.2f}" if flips else "",
             f"L{worst['layer']} E{worst['expert']}: {worst['isolated_relative_error']:.3f}" if worst else "",
         )
+    if markdown:
+        lines = [f"| {' | '.join(headers)} |", "|---" * len(headers) + "|"]
+        lines += [f"| {' | '.join(str(c) for c in row)} |" for row in zip(*(col._cells for col in table.columns))]
+        return print(title + "\n\n" + "\n".join(lines))
     Console(width=max(console.width, 160)).print(table)
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
 
@@ -360,6 +366,35 @@ def bench_build_memory(
                       f"{r['packed_bytes'] / 1e6:.1f}", f"{r['load_only_peak_bytes'] / 1e6:.0f}", f"{r['build_peak_bytes'] / 1e6:.0f}",
                       f"{r['build_over_load_bytes'] / 1e6:.0f}", f"{r['build_over_load_vs_model']:.2f}")
     console.print(table)
+
+
+@bench_app.command("measure")
+def bench_measure(
+    variant: str = typer.Argument("mxfp4", help="A built variant (artifact folder or name under --artifacts)."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    tokens: int = typer.Option(16384, "--tokens"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Time of quantlab measure against two plain forward passes (baseline and variant) over the same tokens."""
+    import json as json_module
+
+    import torch
+
+    from quantlab.bench.measure_cost import measure_cost
+    from quantlab.measure.run import _artifact_folder
+    from quantlab.measure.text import evaluation_text
+    from quantlab.models.loading import load_model, resolve_model
+
+    folder = _artifact_folder(variant, artifacts)
+    manifest = json_module.loads((folder / "manifest.json").read_text())
+    with _status("timing", as_json):
+        baseline, tokenizer = load_model(resolve_model(manifest["model"]["source"]), dtype=torch.float32)
+        model, _ = load_model(folder / "model", dtype=torch.float32)
+        result = measure_cost(baseline, model, evaluation_text(tokenizer, max_tokens=tokens))
+    if as_json:
+        return _print_json(result)
+    console.print(f"{result['tokens']:,} tokens: two plain forward passes {result['two_forward_passes_s']:.2f} s, "
+                  f"quantlab measure {result['measure_s']:.2f} s: ratio {result['ratio']:.2f} (best of {result['repeats']})")
 
 
 def _given_value(param) -> str | None:

@@ -28,6 +28,26 @@ def expert_output(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(hidden, experts.down_proj[expert])
 
 
+def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
+    """(outputs, expert ids, order) of every (token, chosen expert) pair of ``indices`` (tokens, k), sorted by
+    expert (``order`` indexes the flattened pairs), in one grouped matrix multiplication per projection (as
+    transformers' own MoE forward does), not a loop over experts."""
+    n_experts = experts.gate_up_proj.shape[0]
+    expert_ids = indices.reshape(-1)
+    order = torch.argsort(expert_ids, stable=True)
+    expert_ids = expert_ids[order]
+    rows = x[torch.div(order, indices.shape[1], rounding_mode="floor")].to(experts.gate_up_proj.dtype)
+    offsets = torch.bincount(expert_ids, minlength=n_experts).cumsum(0).to(torch.int32)
+    grouped = torch.nn.functional.grouped_mm
+    if hasattr(experts, "_apply_gate"):  # gpt-oss: weights (experts, in, out), biases
+        gate_up = grouped(rows, experts.gate_up_proj, offs=offsets) + experts.gate_up_proj_bias[expert_ids]
+        hidden = experts._apply_gate(gate_up)
+        return grouped(hidden, experts.down_proj, offs=offsets) + experts.down_proj_bias[expert_ids], expert_ids, order
+    gate, up = grouped(rows, experts.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
+    hidden = experts.act_fn(gate) * up
+    return grouped(hidden, experts.down_proj.transpose(1, 2), offs=offsets), expert_ids, order
+
+
 def _moe_layers(model) -> list[tuple[int, object, object]]:
     """(layer index, mlp module, router module) of every MoE layer."""
     layers = []
@@ -40,15 +60,34 @@ def _moe_layers(model) -> list[tuple[int, object, object]]:
 
 
 class _Capture:
-    """Forward hooks that keep each MoE layer's MLP input and router top-k indices for one chunk."""
+    """Forward hooks that keep each MoE layer's MLP input and router top-k indices for one chunk; with
+    ``keep_expert_outputs`` the experts' forward is computed by ``routed_expert_outputs`` (the same
+    arithmetic as transformers' grouped path) and each routed pair's output is kept, so that the baseline's
+    own pass supplies the reference of the isolated error instead of a second computation."""
 
-    def __init__(self, model):
+    def __init__(self, model, keep_expert_outputs: bool = False):
         self.inputs: dict[int, torch.Tensor] = {}
         self.indices: dict[int, torch.Tensor] = {}
+        self.expert_outputs: dict[int, tuple] = {}
         self.handles = []
+        self.patched = []
         for i, mlp, router in _moe_layers(model):
             self.handles.append(mlp.register_forward_pre_hook(self._keep_input(i)))
             self.handles.append(router.register_forward_hook(self._keep_indices(i)))
+            if keep_expert_outputs:
+                self.patched.append(mlp.experts)
+                mlp.experts.forward = self._experts_forward(i, mlp.experts)
+
+    def _experts_forward(self, i, experts):
+        def forward(hidden_states, indices, weights):
+            outputs, ids, order = routed_expert_outputs(experts, hidden_states, indices)
+            self.expert_outputs[i] = (outputs, ids, order)
+            k = indices.shape[1]
+            tokens = torch.div(order, k, rounding_mode="floor")
+            weighted = outputs * weights.reshape(-1)[order].unsqueeze(-1).to(outputs.dtype)
+            return torch.zeros_like(hidden_states).index_add_(0, tokens, weighted.to(hidden_states.dtype))
+
+        return forward
 
     def _keep_input(self, i):
         def hook(module, args):
@@ -65,6 +104,8 @@ class _Capture:
     def close(self):
         for handle in self.handles:
             handle.remove()
+        for experts in self.patched:
+            del experts.forward  # back to the class's own forward
 
 
 @dataclass
@@ -125,7 +166,9 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
     experts = {i: mlp.experts.gate_up_proj.shape[0] for i, mlp, _ in layers}
     accumulators = {i: _Accumulator(experts[i]) for i, _, _ in layers}
     per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer")}
-    capture_base, capture_variant = _Capture(baseline), _Capture(variant)
+    # Both sides run their experts through the same grouped computation, so that an identical variant gives
+    # identical logits (transformers' own path sums in a different order).
+    capture_base, capture_variant = _Capture(baseline, keep_expert_outputs=True), _Capture(variant, keep_expert_outputs=True)
     forward_s = 0.0
     try:
         with torch.no_grad():
@@ -149,14 +192,16 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
                     acc = accumulators[i]
                     base_idx, variant_idx = capture_base.indices[i][real], capture_variant.indices[i][real]
                     _router_agreement(base_idx, variant_idx, experts[i], acc)
-                    x = capture_base.inputs[i][real].float()
-                    for e in range(experts[i]):
-                        rows = (base_idx == e).any(dim=1)
-                        if rows.any():
-                            reference = expert_output(mlp.experts, e, x[rows].to(mlp.experts.gate_up_proj.dtype)).double()
-                            approx = expert_output(variant_layers[i].experts, e, x[rows].to(variant_layers[i].experts.gate_up_proj.dtype)).double()
-                            acc.error_squared[e] += float(((approx - reference) ** 2).sum())
-                            acc.reference_squared[e] += float((reference**2).sum())
+                    # The variant's experts on the baseline's inputs and routing; the baseline's outputs for
+                    # the same pairs come from its own pass (padding tokens dropped from both).
+                    all_indices = capture_base.indices[i]
+                    approx, ids, order = routed_expert_outputs(variant_layers[i].experts, capture_base.inputs[i], all_indices)
+                    reference = capture_base.expert_outputs[i][0]
+                    keep = real[torch.div(order, all_indices.shape[1], rounding_mode="floor")]
+                    approx, reference, ids = approx[keep], reference[keep], ids[keep]
+                    error = ((approx.double() - reference.double()) ** 2).sum(-1)
+                    acc.error_squared += torch.zeros(experts[i], dtype=torch.float64).index_add_(0, ids, error).numpy()
+                    acc.reference_squared += torch.zeros(experts[i], dtype=torch.float64).index_add_(0, ids, (reference.double() ** 2).sum(-1)).numpy()
                     width = base_out.hidden_states[i + 1].shape[-1]
                     h_base = base_out.hidden_states[i + 1].double().reshape(-1, width)[real]
                     h_variant = variant_out.hidden_states[i + 1].double().reshape(-1, width)[real]

@@ -1,0 +1,37 @@
+"""``quantlab bench measure``: the cost of ``quantlab measure`` against two plain forward passes.
+
+The reference is what any comparison must pay: one forward pass of the baseline and one of the variant over
+the same token batches, without hooks or hidden states. The ratio says what the per-expert, router and
+hidden-state measurements add on top.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from quantlab.measure.run import measure_pair
+
+
+def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 3) -> dict:
+    def plain():
+        with torch.no_grad():
+            for start in range(0, text.tokens.shape[0], batch_size):
+                tokens, attention = text.tokens[start : start + batch_size], text.attention[start : start + batch_size]
+                baseline(tokens, attention_mask=attention)
+                variant(tokens, attention_mask=attention)
+
+    def best(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    plain_s = best(plain)
+    measure_s = best(lambda: measure_pair(baseline, variant, text, batch_size))
+    return {"tokens": int(text.attention.sum()), "two_forward_passes_s": round(plain_s, 3), "measure_s": round(measure_s, 3),
+            "ratio": round(measure_s / plain_s, 3), "repeats": repeats, "torch_threads": torch.get_num_threads()}

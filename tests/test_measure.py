@@ -1,0 +1,120 @@
+"""quantlab measure against independent computations on the embedded model."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from quantlab.measure.run import measure_pair
+from quantlab.measure.text import evaluation_text
+from quantlab.models.loading import load_model, resolve_model
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)
+    return model, tokenizer, evaluation_text(tokenizer, max_tokens=1500)
+
+
+def test_identical_variant_measures_zero(baseline):
+    model, _, text = baseline
+    result = measure_pair(model, copy.deepcopy(model), text)
+    for part in ("all_tokens", "answer_tokens"):
+        logits = result["logits"][part]
+        assert logits["perplexity_ratio"] == 1.0
+        assert logits["kl_divergence"]["max"] == 0.0 and logits["same_top"]["rate"] == 1.0
+    for layer in result["layers"]:
+        assert layer["router"]["jaccard_mean"] == 1.0 and layer["router"]["top1_flip_rate"] == 0.0
+        assert layer["hidden_state"]["relative_error"] == 0.0
+        assert all(e["isolated_relative_error"] in (0.0, None) for e in layer["experts"])
+
+
+def test_a_perturbed_expert_is_isolated_exactly(baseline):
+    """Scaling one expert's down projection and bias by 1.1 scales its output by 1.1: isolated error 0.1 for
+    that expert, exactly 0 for every other one; the hidden states drift only from that layer on."""
+    model, _, text = baseline
+    variant = copy.deepcopy(model)
+    layer, expert = 2, 5
+    with torch.no_grad():
+        variant.model.layers[layer].mlp.experts.down_proj[expert] *= 1.1
+        variant.model.layers[layer].mlp.experts.down_proj_bias[expert] *= 1.1
+    result = measure_pair(model, variant, text)
+    for summary in result["layers"]:
+        for e in summary["experts"]:
+            if (summary["layer"], e["expert"]) == (layer, expert):
+                assert e["isolated_relative_error"] == pytest.approx(0.1, rel=1e-6)
+            else:
+                assert e["isolated_relative_error"] in (0.0, None)
+        drift = summary["hidden_state"]["relative_error"]
+        assert (drift == 0.0) == (summary["layer"] < layer)
+
+
+def _router_choices(model, text):
+    """Top-k indices of every layer's router for the real tokens, computed directly from router logits."""
+    logits = {}
+    hooks = [layer.mlp.router.register_forward_hook(lambda m, a, out, i=i: logits.setdefault(i, []).append(out[0]))
+             for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model(text.tokens, attention_mask=text.attention)
+    for hook in hooks:
+        hook.remove()
+    real = text.attention.reshape(-1).bool()
+    k = model.config.num_experts_per_tok
+    return {i: torch.cat(v)[real].topk(k, dim=-1).indices.numpy() for i, v in logits.items()}
+
+
+def test_router_and_logit_statistics_equal_direct_computations(baseline):
+    model, _, text = baseline
+    variant = copy.deepcopy(model)
+    with torch.no_grad():  # nudge the routers and an attention matrix so that routing and logits change
+        for layer in variant.model.layers:
+            layer.mlp.router.weight += 0.02 * torch.randn(layer.mlp.router.weight.shape, generator=torch.Generator().manual_seed(1))
+        variant.model.layers[1].self_attn.o_proj.weight *= 1.05
+    result = measure_pair(model, variant, text)
+
+    base_choice, variant_choice = _router_choices(model, text), _router_choices(variant, text)
+    experts = model.config.num_local_experts
+    for summary in result["layers"]:
+        a, b = base_choice[summary["layer"]], variant_choice[summary["layer"]]
+        sets_a, sets_b = [set(r) for r in a], [set(r) for r in b]
+        jaccard = np.mean([len(x & y) / len(x | y) for x, y in zip(sets_a, sets_b)])
+        assert summary["router"]["jaccard_mean"] == pytest.approx(jaccard, abs=1e-12)
+        assert summary["router"]["exact_set_rate"] == pytest.approx(np.mean([x == y for x, y in zip(sets_a, sets_b)]))
+        assert summary["router"]["top1_flip_rate"] == pytest.approx(np.mean(a[:, 0] != b[:, 0]))
+        load_a = np.bincount(a.reshape(-1), minlength=experts) / a.size
+        load_b = np.bincount(b.reshape(-1), minlength=experts) / b.size
+        mask = load_a > 0
+        assert summary["router"]["load_kl"] == pytest.approx(float((load_a[mask] * np.log(load_a[mask] / load_b[mask])).sum()), rel=1e-9)
+        assert [e["tokens_baseline"] for e in summary["experts"]] == np.bincount(a.reshape(-1), minlength=experts).tolist()
+    assert any(s["router"]["top1_flip_rate"] > 0 for s in result["layers"])
+
+    # Logit statistics from the logits themselves, in numpy. One batch here, batches of 8 there: float32 logits
+    # agree to about 1e-7, hence the tolerances.
+    with torch.no_grad():
+        p_logits = model(text.tokens, attention_mask=text.attention).logits[:, :-1].double().numpy()
+        q_logits = variant(text.tokens, attention_mask=text.attention).logits[:, :-1].double().numpy()
+    valid = text.attention[:, 1:].numpy().astype(bool)
+    answer = text.answer_mask[:, 1:].numpy() & valid
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    log_p, log_q = log_softmax(p_logits), log_softmax(q_logits)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    targets = text.tokens[:, 1:].numpy()
+    nll_p = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+    nll_q = -np.take_along_axis(log_q, targets[..., None], -1)[..., 0]
+    for part, mask in (("all_tokens", valid), ("answer_tokens", answer)):
+        stats = result["logits"][part]
+        assert stats["n"] == mask.sum()
+        assert stats["kl_divergence"]["mean"] == pytest.approx(kl[mask].mean(), rel=1e-5)
+        for p in (99.9, 99.0, 90.0, 50.0, 1.0):
+            assert stats["kl_divergence"][f"p{p:g}"] == pytest.approx(np.percentile(kl[mask], p), rel=1e-3, abs=1e-9)
+        assert stats["kl_divergence"]["mean_stderr"] == pytest.approx(kl[mask].std(ddof=1) / np.sqrt(mask.sum()), rel=1e-5)
+        same = (log_p.argmax(-1) == log_q.argmax(-1))[mask]
+        assert stats["same_top"]["rate"] == pytest.approx(same.mean())
+        assert stats["same_top"]["stderr"] == pytest.approx(np.sqrt(same.mean() * (1 - same.mean()) / mask.sum()))
+        ratio = np.exp(nll_q[mask].mean()) / np.exp(nll_p[mask].mean())
+        assert stats["perplexity_ratio"] == pytest.approx(ratio, rel=1e-6)
