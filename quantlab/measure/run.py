@@ -315,6 +315,8 @@ def worst_expert(result: dict) -> dict | None:
     if not candidates:
         return None
     error, layer, expert = max(candidates)
+    if error == 0:
+        return None  # every expert identical to the baseline's
     return {"layer": layer, "expert": expert, "isolated_relative_error": error}
 
 
