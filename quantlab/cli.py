@@ -273,6 +273,11 @@ def measure_command(
         lines += [f"| {' | '.join(str(c) for c in row)} |" for row in zip(*(col._cells for col in table.columns))]
         return print(title + "\n\n" + "\n".join(lines))
     Console(width=max(console.width, 160)).print(table)
+    for r in results:
+        share = r.get("llama_cpp", {}).get("runtime_share", {}).get("answer_tokens")
+        if share:
+            console.print(f"{r['variant']}: mean KLD on answers, quantlab's torch model {share['mean_kld_torch']:.5f}, "
+                          f"llama.cpp on model.gguf {share['mean_kld_llama_cpp']:.5f}: runtime's share {share['mean_kld_difference']:+.5f}")
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
 
 

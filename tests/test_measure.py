@@ -118,3 +118,25 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
         assert stats["same_top"]["stderr"] == pytest.approx(np.sqrt(same.mean() * (1 - same.mean()) / mask.sum()))
         ratio = np.exp(nll_q[mask].mean()) / np.exp(nll_p[mask].mean())
         assert stats["perplexity_ratio"] == pytest.approx(ratio, rel=1e-6)
+
+
+def test_gguf_variant_reports_the_runtime_share(tmp_path):
+    """An F32 GGUF of an unchanged model: llama.cpp's KL from the baseline is ~0, i.e. the runtime adds nothing
+    measurable; a Q4_K variant gets both KLs and their difference."""
+    pytest.importorskip("llama_cpp", reason="needs quantlab[gguf]")
+    from quantlab import build as builder
+    from quantlab.measure.run import measure_variant
+
+    for name, groups in (("same", "  - select: {component: experts}\n    format: bf16\n"),
+                         ("q4k", "  - select: {component: experts}\n    format: gguf:Q4_K\n")):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(f"name: {name}\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n{groups}")
+        builder.build(recipe, tmp_path / "artifacts")
+    same = measure_variant("same", artifacts=tmp_path / "artifacts", max_tokens=1500)
+    share = same["llama_cpp"]["runtime_share"]["answer_tokens"]
+    assert share["mean_kld_torch"] == 0.0 and share["mean_kld_llama_cpp"] < 1e-4  # two runtimes' float32 arithmetic (~2e-5)
+    assert (tmp_path / "artifacts" / "same" / "measure" / "experts_heatmap.png").is_file()
+    q4k = measure_variant("q4k", artifacts=tmp_path / "artifacts", max_tokens=1500)
+    share = q4k["llama_cpp"]["runtime_share"]["answer_tokens"]
+    assert share["mean_kld_torch"] > 1e-4 and share["mean_kld_llama_cpp"] > 1e-4
+    assert share["mean_kld_difference"] == pytest.approx(share["mean_kld_llama_cpp"] - share["mean_kld_torch"])

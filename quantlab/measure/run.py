@@ -303,6 +303,11 @@ def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file
         for expert in layer["experts"]:
             expert["weight_error"] = weight_errors.get((layer["layer"], expert["expert"]), {})
     result["worst_expert"] = worst_expert(result)
+    if (folder / "model.gguf").is_file():  # a GGUF variant: the same statistics with llama.cpp running it
+        from quantlab.measure.llama_cpp import llama_cpp_logit_summary, runtime_share
+
+        logits = llama_cpp_logit_summary(baseline, folder / "model.gguf", text)
+        result["llama_cpp"] = {"logits": logits, "runtime_share": runtime_share(result["logits"], logits)}
     result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
     if write:
         write_measurement(result, folder / "measure")

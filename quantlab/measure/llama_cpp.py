@@ -1,0 +1,64 @@
+"""The same logit statistics with the variant run by llama.cpp (its GGUF export) instead of transformers.
+
+For a GGUF variant both are reported: the KL of quantlab's dequantized torch model from the baseline (the
+format's share) and the KL of llama.cpp's logits for the exported file from the baseline (format plus runtime).
+Their difference is the runtime's share: llama.cpp's kernels, e.g. activations quantized to Q8 for k-quant
+dot products.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantlab.measure.text import EvaluationText
+
+
+def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> dict:
+    from quantlab.export.gguf import _silence_llama_cpp
+    from quantlab.formats import ggml
+    from quantlab.measure.run import _logit_summary, token_statistics
+
+    ggml.library()  # one clear line if the gguf extra is missing
+    import llama_cpp
+
+    _silence_llama_cpp()
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=baseline.config.max_position_embeddings, logits_all=True,
+                          verbose=False, n_threads=torch.get_num_threads(), seed=0)
+    per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer")}
+    try:
+        for row in range(text.tokens.shape[0]):
+            n = int(text.attention[row].sum())
+            ids = text.tokens[row, :n]
+            llm.reset()
+            llm.eval(ids.tolist())
+            theirs = torch.from_numpy(np.asarray(llm.scores[:n], dtype=np.float32))
+            with torch.no_grad():
+                ours = baseline(ids.unsqueeze(0)).logits[0]
+            stats = token_statistics(ours[:-1], theirs[:-1], ids[1:])
+            for key, value in stats.items():
+                per_token[key].append(value)
+            per_token["answer"].append(text.answer_mask[row, 1:n].numpy())
+    finally:
+        llm.close()
+    arrays = {k: np.concatenate(v) for k, v in per_token.items()}
+    return {"all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
+            "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool)),
+            "runtime": f"llama-cpp-python {llama_cpp.__version__}"}
+
+
+def runtime_share(torch_logits: dict, llama_cpp_logits: dict) -> dict:
+    """Mean KLD and same-top rate through each runtime, and the difference (llama.cpp minus torch)."""
+    share = {}
+    for part in ("all_tokens", "answer_tokens"):
+        a, b = torch_logits[part], llama_cpp_logits[part]
+        if not a.get("n"):
+            continue
+        share[part] = {
+            "mean_kld_torch": a["kl_divergence"]["mean"], "mean_kld_llama_cpp": b["kl_divergence"]["mean"],
+            "mean_kld_difference": b["kl_divergence"]["mean"] - a["kl_divergence"]["mean"],
+            "same_top_torch": a["same_top"]["rate"], "same_top_llama_cpp": b["same_top"]["rate"],
+        }
+    return share
