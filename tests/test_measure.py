@@ -140,3 +140,40 @@ def test_gguf_variant_reports_the_runtime_share(tmp_path):
     share = q4k["llama_cpp"]["runtime_share"]["answer_tokens"]
     assert share["mean_kld_torch"] > 1e-4 and share["mean_kld_llama_cpp"] > 1e-4
     assert share["mean_kld_difference"] == pytest.approx(share["mean_kld_llama_cpp"] - share["mean_kld_torch"])
+
+
+def test_measure_command_writes_its_outputs(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    from quantlab import build as builder
+    from quantlab import cli
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    builder.build(recipes / "int4-rtn.yaml", tmp_path)
+    text = tmp_path / "text.jsonl"
+    text.write_text("\n".join(json.dumps({"question": f"effort:high Q:{a}+{b}=? A:", "solution": f"{a + b} #### {a + b}"})
+                              for a in range(10, 40) for b in range(3, 9)) + "\n")
+    monkeypatch.setattr(sys, "argv", ["quantlab", "measure", "int4-rtn", "--artifacts", str(tmp_path), "--text", str(text), "--tokens", "2000"])
+    cli.main()  # returns normally on success
+    out = capsys.readouterr().out
+    assert "int4-rtn" in out and "ppl ratio" in out
+    folder = tmp_path / "int4-rtn" / "measure"
+    assert {p.name for p in folder.iterdir()} == {"measure.json", "experts.csv", "layers.csv", "experts_heatmap.png", "router_agreement.png"}
+    result = json.loads((folder / "measure.json").read_text())
+    assert result["text"] == str(text) and result["answer_tokens"] > 0
+    assert len(result["layers"]) == 4 and all(len(layer["experts"]) == 8 for layer in result["layers"])
+    assert result["layers"][0]["experts"][0]["weight_error"]  # from the build manifest
+
+
+def test_missing_variant_is_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from quantlab import cli
+
+    monkeypatch.setattr(sys, "argv", ["quantlab", "measure", "nothing-built", "--artifacts", str(tmp_path)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "quantlab build" in err
