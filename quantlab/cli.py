@@ -35,7 +35,6 @@ console = Console()
 
 # Commands of the lab that later issues build; each answers in one line and exits 2 until then.
 _PLANNED = {
-    "eval": ("Run lm-eval tasks on the baseline and variants, with repeats and intervals.", "evaluation"),
     "attribute": ("Attribute a recipe's accuracy loss to its choices.", "attribution"),
     "report": ("Write an HTML/markdown report from stored results.", "reports"),
 }
@@ -279,6 +278,50 @@ def measure_command(
             console.print(f"{r['variant']}: mean KLD on answers, quantlab's torch model {share['mean_kld_torch']:.5f}, "
                           f"llama.cpp on model.gguf {share['mean_kld_llama_cpp']:.5f}: runtime's share {share['mean_kld_difference']:+.5f}")
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
+
+
+@app.command("eval")
+def eval_command(
+    subjects: list[str] = typer.Argument(..., help="Built variants (artifact folders or names under --artifacts) or a model source such as zoo:tiny-gpt-oss."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval task names, e.g. zoo_aime_style,zoo_gpqa_style."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task (as lm-eval's --limit)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task with seeds seed, seed+1, ... (sampling only; greedy runs once)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (the task's own settings)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the task's generation length."),
+    seed: int = typer.Option(0, "--seed"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Run lm-eval tasks on the baseline and variants, with repeats and intervals."""
+    from quantlab.evals.run import compare, evaluate
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    options = dict(limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                   seed=seed, artifacts=artifacts)
+    rows = []
+    for task in names:
+        reference = evaluate(baseline, task, **options) if baseline else None
+        for subject in subjects:
+            with _status(f"evaluating {subject} on {task}", as_json):
+                result = evaluate(subject, task, **options)
+            summary = {k: result[k] for k in ("subject", "task", "metric", "score", "ci95", "items", "repeats", "seeds", "settings", "cache_hit")}
+            if reference is not None:
+                summary["against"] = reference["subject"]
+                summary["flips"] = compare(reference, result)
+            rows.append(summary)
+    if as_json:
+        return _print_json(rows)
+    table = Table("subject", "task", "score", "95% CI", "items x repeats", "right->wrong", "wrong->right", "McNemar p", "cached",
+                  title=f"lm-eval, {'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}"
+                        + (f"; flips against {rows[0].get('against')}" if baseline else ""))
+    for r in rows:
+        f = r.get("flips", {})
+        table.add_row(r["subject"], r["task"], f"{r['score']:.3f}", f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}",
+                      f"{r['items']} x {r['repeats']}", str(f.get("right_to_wrong", "")), str(f.get("wrong_to_right", "")),
+                      f"{f['mcnemar_p']:.3g}" if f else "", "yes" if r["cache_hit"] else "")
+    Console(width=max(console.width, 150)).print(table)
 
 
 @app.command("demo")

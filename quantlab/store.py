@@ -46,6 +46,21 @@ def atomic_directory(path: Path, force: bool = False):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary sibling and renames it over ``path``: readers see all of it or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _remove_abandoned_temporaries(path: Path) -> None:
     """Removes temporary siblings of ``path`` left by a writer that was killed (its process no longer runs)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-PLANNED = ["eval", "attribute", "report"]
+PLANNED = ["attribute", "report"]
 
 
 def test_help_lists_every_command_of_the_lab(cli):

@@ -1,0 +1,131 @@
+"""Running lm-eval on a variant (or the baseline model) in-process, with repeats, and storing every answer.
+
+The model is quantlab's loaded variant handed to lm-eval's own ``HFLM``, so it is evaluated exactly as built;
+tasks are lm-eval YAML (the bundled ones in ``quantlab/evals/tasks``). Each repeat is one ``simple_evaluate``
+with its own seeds (sampling when temperature > 0; greedy decoding is deterministic, so it runs once). Results
+go to ``<variant>/eval/<task>-<settings hash>.json`` (lm-eval's results and configs per repeat, every sample's
+correctness, the aggregate) and are indexed in ``<artifacts>/evals.sqlite``; the same request again is a
+cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantlab.errors import UserError
+from quantlab.evals.statistics import bootstrap_interval, flips
+from quantlab.store import atomic_write_text
+
+BUNDLED_TASKS = Path(str(files("quantlab.evals") / "tasks"))
+METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
+
+
+def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
+    """(name, model folder, where results go, identity key) of a variant artifact or a model source."""
+    from quantlab.models.loading import resolve_model, weights_sha256
+
+    path = Path(reference)
+    for candidate in (path, artifacts / reference):
+        if (candidate / "manifest.json").is_file():
+            manifest = json.loads((candidate / "manifest.json").read_text())
+            return manifest["variant"], candidate / "model", candidate / "eval", manifest["cache_key"]
+    folder = resolve_model(reference)  # the baseline itself, e.g. zoo:tiny-gpt-oss
+    name = reference.replace(":", "-").replace("/", "_")
+    return name, folder, artifacts / "baselines" / name / "eval", weights_sha256(folder)
+
+
+def _settings(task: str, limit: int | None, repeats: int, temperature: float, top_p: float, max_new_tokens: int | None, seed: int) -> dict:
+    return {"task": task, "limit": limit, "repeats": repeats if temperature > 0 else 1, "temperature": temperature,
+            "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+
+
+def _index(artifacts: Path) -> sqlite3.Connection:
+    artifacts.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(artifacts / "evals.sqlite")
+    db.execute("CREATE TABLE IF NOT EXISTS runs (subject_key TEXT, task TEXT, settings_hash TEXT, seed INTEGER, "
+               "path TEXT, PRIMARY KEY (subject_key, task, settings_hash))")
+    return db
+
+
+def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
+             batch_size: int = 64) -> dict:
+    """The stored (or freshly computed) evaluation of one task on one variant."""
+    artifacts = Path(artifacts)
+    name, model_folder, out_root, key = _subject(reference, artifacts)
+    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed)
+    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    db = _index(artifacts)
+    row = db.execute("SELECT path FROM runs WHERE subject_key=? AND task=? AND settings_hash=?", (key, task, settings_hash)).fetchone()
+    if row and (artifacts / row[0]).is_file():
+        result = json.loads((artifacts / row[0]).read_text())
+        result["cache_hit"] = True
+        return result
+
+    per_repeat = [_run_once(model_folder, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
+    correct = np.array([[s["correct"] for s in repeat["samples"]] for repeat in per_repeat]).T  # (items, repeats)
+    low, high = bootstrap_interval(correct, seed=seed)
+    result = {
+        "subject": name, "subject_key": key, "task": task, "settings": settings, "settings_hash": settings_hash,
+        "items": int(correct.shape[0]), "repeats": int(correct.shape[1]), "seeds": [seed + r for r in range(correct.shape[1])],
+        "metric": per_repeat[0]["metric"], "score": float(correct.mean()), "ci95": [low, high],
+        "per_repeat_scores": [float(x) for x in correct.mean(axis=0)],
+        "correct": correct.tolist(), "doc_ids": [s["doc_id"] for s in per_repeat[0]["samples"]],
+        "lm_eval": [{"results": r["results"], "config": r["config"], "samples": r["samples"]} for r in per_repeat],
+    }
+    path = out_root / f"{task}-{settings_hash}.json"
+    atomic_write_text(path, json.dumps(result, indent=1, default=str) + "\n")
+    db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)", (key, task, settings_hash, seed, str(path.relative_to(artifacts))))
+    db.commit()
+    result["cache_hit"] = False
+    return result
+
+
+def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_size: int) -> dict:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from quantlab.models.loading import load_model
+
+    manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR")
+    if task not in manager.all_tasks:
+        raise UserError(f"unknown task {task!r}; bundled: {', '.join(sorted(n for n in manager.all_tasks if n.startswith('zoo_')))}")
+    model, tokenizer = load_model(model_folder, dtype=torch.float32)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
+    gen_kwargs = None
+    if settings["temperature"] > 0 or settings["max_new_tokens"]:
+        parts = {"do_sample": settings["temperature"] > 0}
+        if settings["temperature"] > 0:
+            parts |= {"temperature": settings["temperature"], "top_p": settings["top_p"]}
+        if settings["max_new_tokens"]:
+            parts["max_gen_toks"] = settings["max_new_tokens"]
+        gen_kwargs = ",".join(f"{k}={v}" for k, v in parts.items())
+    torch.manual_seed(seed)
+    output = lm_eval.simple_evaluate(
+        model=lm, tasks=[task], task_manager=manager, limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
+    )
+    samples = sorted(output["samples"][task], key=lambda s: s["doc_id"])
+    metric = next(m for m in METRICS if m in samples[0])
+    return {
+        "results": output["results"][task],
+        "config": output["configs"][task],
+        "metric": metric,
+        "samples": [{"doc_id": s["doc_id"], "correct": float(s[metric]), "target": s.get("target"),
+                     "response": (s.get("filtered_resps") or [None])[0]} for s in samples],
+    }
+
+
+def compare(baseline_result: dict, variant_result: dict) -> dict:
+    """Flips and McNemar's test of a variant against its baseline on the same task, items and settings."""
+    if baseline_result["doc_ids"] != variant_result["doc_ids"]:
+        raise UserError(f"{variant_result['task']}: baseline and variant were evaluated on different items")
+    return flips(np.array(baseline_result["correct"]), np.array(variant_result["correct"]))

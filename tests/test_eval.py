@@ -1,0 +1,91 @@
+"""quantlab eval: lm-eval in-process on the variant as built, repeats, flips and McNemar, the results cache."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quantlab.evals.run import BUNDLED_TASKS, compare, evaluate
+from quantlab.evals.statistics import bootstrap_interval, mcnemar_exact
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from quantlab import build as builder
+
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    builder.build(REPO / "recipes" / "mxfp4-all.yaml", artifacts)
+    return artifacts
+
+
+def test_scores_equal_lm_eval_on_the_saved_artifact(built):
+    """The same task YAML through lm-eval's own simple_evaluate, the model loaded by lm-eval from disk."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    for task in ("zoo_aime_style_low", "zoo_gpqa_style"):
+        ours = evaluate("mxfp4-all", task, limit=40, artifacts=built)
+        theirs = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={built / 'mxfp4-all' / 'model'},dtype=float32,max_length=128,device=cpu",
+            tasks=[task], task_manager=TaskManager(include_path=str(BUNDLED_TASKS)), limit=40, log_samples=True)
+        samples = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
+        metric = ours["metric"]
+        assert [float(s[metric]) for s in samples] == [row[0] for row in ours["correct"]]
+        assert ours["score"] == pytest.approx(np.mean([float(s[metric]) for s in samples]))
+
+
+def test_greedy_exact_match_equals_quantlab_own_scorer(built):
+    """An independent implementation (quantlab.zoo.score: generate, parse '#### n') agrees item by item."""
+    from quantlab.models.loading import load_model, resolve_model
+    from quantlab.zoo import tasks
+    from quantlab.zoo.score import exact_match
+
+    result = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=60, artifacts=built)
+    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)
+    _, per_item = exact_match(model, tokenizer, tasks.aime_style_docs("test", 60, 0, "high"))
+    assert [row[0] for row in result["correct"]] == [float(x) for x in per_item]
+
+
+def test_mcnemar_and_bootstrap_by_hand():
+    # 11 right->wrong, 5 wrong->right: p = 2 * sum_{i<=5} C(16, i) / 2^16 = 2 * 6885 / 65536
+    assert mcnemar_exact(11, 5) == 2 * (1 + 16 + 120 + 560 + 1820 + 4368) / 2**16
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    assert math.isclose(mcnemar_exact(10, 0), 2 / 2**10)
+    assert bootstrap_interval(np.ones((30, 4))) == (1.0, 1.0)
+    correct = (np.arange(200) % 4 == 0).astype(float).reshape(50, 4)
+    low, high = bootstrap_interval(correct, seed=3)
+    assert low < correct.mean() < high and bootstrap_interval(correct, seed=3) == (low, high)
+
+
+def test_flips_cache_and_sampled_repeats(built):
+    baseline = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style_low", limit=60, artifacts=built)
+    variant = evaluate("mxfp4-all", "zoo_aime_style_low", limit=60, artifacts=built)
+    flips = compare(baseline, variant)
+    base_right = np.array(baseline["correct"])[:, 0] == 1
+    variant_right = np.array(variant["correct"])[:, 0] == 1
+    assert flips["right_to_wrong"] == int((base_right & ~variant_right).sum())
+    assert flips["wrong_to_right"] == int((~base_right & variant_right).sum())
+    again = evaluate("mxfp4-all", "zoo_aime_style_low", limit=60, artifacts=built)
+    assert again["cache_hit"] and again["correct"] == variant["correct"]
+
+    sampled = evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)
+    assert sampled["seeds"] == [5, 6, 7] and np.array(sampled["correct"]).shape == (20, 3)
+    assert sampled["ci95"][0] <= sampled["score"] <= sampled["ci95"][1]
+    (built / "evals.sqlite").unlink()  # a fresh index: recomputed, and the same answers (seeded)
+    assert evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)["correct"] == sampled["correct"]
+
+
+def test_unknown_task_is_one_line(built, monkeypatch, capsys):
+    import sys
+
+    from quantlab import cli
+
+    monkeypatch.setattr(sys, "argv", ["quantlab", "eval", "mxfp4-all", "--tasks", "no_such_task", "--artifacts", str(built)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and len(err.splitlines()) == 1 and "unknown task 'no_such_task'" in err
