@@ -291,6 +291,7 @@ def eval_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the task's generation length."),
     seed: int = typer.Option(0, "--seed"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."),
+    data: list[str] = typer.Option([], "--data", help="A local copy of a real task's data: TASK=path.jsonl (repeatable)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -298,14 +299,20 @@ def eval_command(
     from quantlab.evals.run import compare, evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
+    files = {}
+    for item in data:
+        if "=" not in item:
+            raise UserError(f"--data {item!r}: give TASK=path, e.g. --data aime25=../shared/data/aime2025/test.jsonl")
+        task_name, path = item.split("=", 1)
+        files[task_name.strip()] = Path(path)
     options = dict(limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                    seed=seed, artifacts=artifacts)
     rows = []
     for task in names:
-        reference = evaluate(baseline, task, **options) if baseline else None
+        reference = evaluate(baseline, task, data_file=files.get(task), **options) if baseline else None
         for subject in subjects:
             with _status(f"evaluating {subject} on {task}", as_json):
-                result = evaluate(subject, task, **options)
+                result = evaluate(subject, task, data_file=files.get(task), **options)
             summary = {k: result[k] for k in ("subject", "task", "metric", "score", "ci95", "items", "repeats", "seeds", "settings", "cache_hit")}
             if reference is not None:
                 summary["against"] = reference["subject"]

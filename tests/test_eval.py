@@ -89,3 +89,24 @@ def test_unknown_task_is_one_line(built, monkeypatch, capsys):
         cli.main()
     err = capsys.readouterr().err.strip()
     assert done.value.code == 2 and len(err.splitlines()) == 1 and "unknown task 'no_such_task'" in err
+
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "aime2025" / "test.jsonl").is_file(), reason="../shared/data not present")
+def test_real_task_offline_with_the_shared_aime_file(built, monkeypatch, tmp_path):
+    """lm-eval's own aime25 (prompt, filters, scoring), its data from the local file."""
+    from quantlab.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = evaluate("mxfp4-all", "aime25", limit=3, max_new_tokens=8, artifacts=built, data_file=SHARED / "aime2025" / "test.jsonl")
+    assert result["items"] == 3 and result["settings"]["data_sha256"]
+    assert result["lm_eval"][0]["config"]["doc_to_text"].startswith("Question: {{problem}}")
+
+    with pytest.raises(UserError, match=r"--data aime25=path.jsonl"):
+        evaluate("mxfp4-all", "aime25", limit=3, artifacts=built)
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"question": "1+1?", "answer": 2}\n')
+    with pytest.raises(UserError, match=r"missing column 'problem'"):
+        evaluate("mxfp4-all", "aime25", limit=3, artifacts=built, data_file=wrong)

@@ -41,9 +41,49 @@ def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
     return name, folder, artifacts / "baselines" / name / "eval", weights_sha256(folder)
 
 
-def _settings(task: str, limit: int | None, repeats: int, temperature: float, top_p: float, max_new_tokens: int | None, seed: int) -> dict:
+def _settings(task: str, limit: int | None, repeats: int, temperature: float, top_p: float, max_new_tokens: int | None,
+              seed: int, data_file: Path | None) -> dict:
+    from quantlab.store import sha256_file
+
     return {"task": task, "limit": limit, "repeats": repeats if temperature > 0 else 1, "temperature": temperature,
-            "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+            "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
+            "data_file": str(data_file) if data_file else None, "data_sha256": sha256_file(data_file) if data_file else None}
+
+
+def _task_spec(manager, task: str, data_file: Path | None):
+    """The task as lm-eval takes it: its name, or (with a local data file) its own config with the dataset
+    replaced by the file, so that its prompts, filters and scoring stay lm-eval's."""
+    import os
+    import re as regex
+
+    if task not in manager.all_tasks:
+        bundled = ", ".join(sorted(n for n in manager.all_tasks if n.startswith("zoo_")))
+        raise UserError(f"unknown task {task!r}: not an lm-eval task name (bundled: {bundled})")
+    if task.startswith("zoo_"):
+        return task
+    config = dict(manager._get_config(task))
+    if data_file is None:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError(f"task {task}: its data ({config.get('dataset_path')}) is on the hub, which is unreachable "
+                            f"here; give a local copy: --data {task}=path.jsonl")
+        return task
+    if not data_file.is_file():
+        raise UserError(f"--data {task}={data_file}: no such file")
+    try:
+        import json as json_module
+
+        first = json_module.loads(data_file.read_text(encoding="utf-8").splitlines()[0])
+    except (ValueError, IndexError):
+        raise UserError(f"--data {task}={data_file}: not a JSON-lines file (one JSON object per line)") from None
+    templates = " ".join(str(config.get(key, "")) for key in ("doc_to_text", "doc_to_target", "doc_to_choice"))
+    for column in dict.fromkeys(regex.findall(r"\{\{\s*([A-Za-z_]\w*)", templates)):
+        if column not in first:
+            raise UserError(f"--data {task}={data_file}: missing column {column!r} (lm-eval's {task} reads it); "
+                            f"the file has {', '.join(sorted(first))}")
+    config.pop("dataset_name", None)
+    config["dataset_path"] = "json"
+    config["dataset_kwargs"] = {"data_files": {config.get("test_split") or "test": str(data_file)}}
+    return config
 
 
 def _index(artifacts: Path) -> sqlite3.Connection:
@@ -56,11 +96,11 @@ def _index(artifacts: Path) -> sqlite3.Connection:
 
 def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, data_file: Path | None = None) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant."""
     artifacts = Path(artifacts)
     name, model_folder, out_root, key = _subject(reference, artifacts)
-    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed)
+    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, Path(data_file) if data_file else None)
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     db = _index(artifacts)
     row = db.execute("SELECT path FROM runs WHERE subject_key=? AND task=? AND settings_hash=?", (key, task, settings_hash)).fetchone()
@@ -96,8 +136,7 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
     from quantlab.models.loading import load_model
 
     manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR")
-    if task not in manager.all_tasks:
-        raise UserError(f"unknown task {task!r}; bundled: {', '.join(sorted(n for n in manager.all_tasks if n.startswith('zoo_')))}")
+    spec = _task_spec(manager, task, Path(settings["data_file"]) if settings["data_file"] else None)
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
     gen_kwargs = None
@@ -110,7 +149,7 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
         gen_kwargs = ",".join(f"{k}={v}" for k, v in parts.items())
     torch.manual_seed(seed)
     output = lm_eval.simple_evaluate(
-        model=lm, tasks=[task], task_manager=manager, limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
+        model=lm, tasks=[spec], task_manager=manager, limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
     )
     samples = sorted(output["samples"][task], key=lambda s: s["doc_id"])
