@@ -292,6 +292,7 @@ def eval_command(
     seed: int = typer.Option(0, "--seed"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."),
     data: list[str] = typer.Option([], "--data", help="A local copy of a real task's data: TASK=path.jsonl (repeatable)."),
+    backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers) or llama.cpp (the variant's GGUF export)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -306,7 +307,7 @@ def eval_command(
         task_name, path = item.split("=", 1)
         files[task_name.strip()] = Path(path)
     options = dict(limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                   seed=seed, artifacts=artifacts)
+                   seed=seed, artifacts=artifacts, backend=backend)
     rows = []
     for task in names:
         reference = evaluate(baseline, task, data_file=files.get(task), **options) if baseline else None

@@ -110,3 +110,19 @@ def test_real_task_offline_with_the_shared_aime_file(built, monkeypatch, tmp_pat
     wrong.write_text('{"question": "1+1?", "answer": 2}\n')
     with pytest.raises(UserError, match=r"missing column 'problem'"):
         evaluate("mxfp4-all", "aime25", limit=3, artifacts=built, data_file=wrong)
+
+
+def test_llama_cpp_backend_agrees_with_hf_on_an_f32_export(tmp_path):
+    """The same bundled tasks through llama.cpp running an F32 GGUF of the unchanged model: item for item the
+    same answers as transformers (only the runtime differs, and on F32 it should not matter)."""
+    pytest.importorskip("llama_cpp", reason="needs quantlab[gguf]")
+    from quantlab import build as builder
+
+    recipe = tmp_path / "f32.yaml"
+    recipe.write_text("name: f32\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: bf16\n")
+    builder.build(recipe, tmp_path)
+    for task in ("zoo_aime_style", "zoo_gpqa_style"):
+        hf = evaluate("f32", task, limit=30, artifacts=tmp_path)
+        llama = evaluate("f32", task, limit=30, artifacts=tmp_path, backend="llama.cpp")
+        assert llama["settings"]["backend"] == "llama.cpp" and not llama["cache_hit"]
+        assert llama["correct"] == hf["correct"], task

@@ -41,11 +41,17 @@ def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
     return name, folder, artifacts / "baselines" / name / "eval", weights_sha256(folder)
 
 
+BACKENDS = ("hf", "llama.cpp")
+
+
 def _settings(task: str, limit: int | None, repeats: int, temperature: float, top_p: float, max_new_tokens: int | None,
-              seed: int, data_file: Path | None) -> dict:
+              seed: int, data_file: Path | None, backend: str = "hf") -> dict:
     from quantlab.store import sha256_file
 
-    return {"task": task, "limit": limit, "repeats": repeats if temperature > 0 else 1, "temperature": temperature,
+    if backend not in BACKENDS:
+        raise UserError(f"backend {backend!r} is not available; available: {', '.join(BACKENDS)} (vllm and OpenAI-compatible "
+                        "endpoints are planned)")
+    return {"task": task, "backend": backend, "limit": limit, "repeats": repeats if temperature > 0 else 1, "temperature": temperature,
             "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
             "data_file": str(data_file) if data_file else None, "data_sha256": sha256_file(data_file) if data_file else None}
 
@@ -96,11 +102,13 @@ def _index(artifacts: Path) -> sqlite3.Connection:
 
 def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
-             batch_size: int = 64, data_file: Path | None = None) -> dict:
+             batch_size: int = 64, data_file: Path | None = None, backend: str = "hf") -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant."""
     artifacts = Path(artifacts)
     name, model_folder, out_root, key = _subject(reference, artifacts)
-    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, Path(data_file) if data_file else None)
+    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, Path(data_file) if data_file else None, backend)
+    if backend == "llama.cpp" and not (model_folder.parent / "model.gguf").is_file():
+        raise UserError(f"backend llama.cpp: {name} has no GGUF export; build it with exports: [gguf] in its recipe")
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     db = _index(artifacts)
     row = db.execute("SELECT path FROM runs WHERE subject_key=? AND task=? AND settings_hash=?", (key, task, settings_hash)).fetchone()
@@ -138,7 +146,13 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
     manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR")
     spec = _task_spec(manager, task, Path(settings["data_file"]) if settings["data_file"] else None)
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
+    if settings["backend"] == "llama.cpp":
+        from quantlab.evals.llama_cpp_backend import LlamaCppLM
+
+        lm = LlamaCppLM(model_folder.parent / "model.gguf", tokenizer, model.config.max_position_embeddings, seed=seed,
+                        temperature=settings["temperature"], top_p=settings["top_p"])
+    else:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
     gen_kwargs = None
     if settings["temperature"] > 0 or settings["max_new_tokens"]:
         parts = {"do_sample": settings["temperature"] > 0}

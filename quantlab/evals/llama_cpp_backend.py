@@ -1,0 +1,80 @@
+"""The ``llama.cpp`` backend: lm-eval requests answered by llama.cpp (llama-cpp-python) running a variant's
+GGUF export, the runtime users of Ollama / LM Studio get.
+
+Prompts are tokenized by the variant's Hugging Face tokenizer and the token ids are handed to llama.cpp, so the
+comparison with the ``hf`` backend isolates the runtime (its kernels and its arithmetic) from tokenization.
+Generation is greedy or sampled with llama.cpp's own sampler (seeded); log-likelihoods come from its logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lm_eval.api.model import LM
+
+
+class LlamaCppLM(LM):
+    def __init__(self, gguf_path, tokenizer, n_ctx: int, seed: int = 0, temperature: float = 0.0, top_p: float = 1.0):
+        super().__init__()
+        from quantlab.export.gguf import _silence_llama_cpp
+        from quantlab.formats import ggml
+
+        ggml.library()  # one clear line if the gguf extra is missing
+        import llama_cpp
+
+        _silence_llama_cpp()
+        self.llm = llama_cpp.Llama(str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=seed)
+        self.tokenizer, self.n_ctx, self.temperature, self.top_p = tokenizer, n_ctx, temperature, top_p
+
+    def _logprobs(self, ids: list[int]) -> np.ndarray:
+        """Log-softmax of llama.cpp's logits at every position of ``ids``."""
+        self.llm.reset()
+        self.llm.eval(ids)
+        logits = np.asarray(self.llm.scores[: len(ids)], dtype=np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        results = []
+        for request in requests:
+            context, continuation = request.args
+            context_ids = self.tokenizer(context)["input_ids"]
+            full = self.tokenizer(context + continuation)["input_ids"]
+            whole = full[-self.n_ctx :]
+            start = max(1, len(whole) - (len(full) - len(context_ids)))  # the first continuation token
+            logprobs = self._logprobs(whole)
+            targets = whole[start:]
+            picked = logprobs[np.arange(start - 1, len(whole) - 1), targets]
+            greedy = bool((logprobs[start - 1 : len(whole) - 1].argmax(axis=-1) == np.array(targets)).all())
+            results.append((float(picked.sum()), greedy))
+        return results
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        results = []
+        for request in requests:
+            ids = self.tokenizer(request.args[0])["input_ids"][-self.n_ctx :]
+            logprobs = self._logprobs(ids)
+            results.append(float(logprobs[np.arange(len(ids) - 1), ids[1:]].sum()))
+        return results
+
+    def generate_until(self, requests) -> list[str]:
+        outputs = []
+        for request in requests:
+            context, kwargs = request.args
+            until = [u for u in kwargs.get("until", []) if u]
+            max_new = int(kwargs.get("max_gen_toks", 256))
+            ids = self.tokenizer(context)["input_ids"][-(self.n_ctx - max_new) :]
+            self.llm.reset()
+            generated: list[int] = []
+            temperature = float(kwargs.get("temperature", self.temperature)) if kwargs.get("do_sample") else 0.0
+            for token in self.llm.generate(ids, temp=temperature, top_p=float(kwargs.get("top_p", self.top_p)), reset=True):
+                if token == self.llm.token_eos() or token == self.tokenizer.eos_token_id or len(generated) >= max_new:
+                    break
+                generated.append(token)
+                text = self.tokenizer.decode(generated)
+                if any(stop in text for stop in until):
+                    break
+            text = self.tokenizer.decode(generated)
+            for stop in until:
+                text = text.split(stop)[0]
+            outputs.append(text)
+        return outputs
