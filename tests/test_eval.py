@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from quantlab.evals.run import BUNDLED_TASKS, compare, evaluate
-from quantlab.evals.statistics import bootstrap_interval, mcnemar_exact
+from quantlab.evals.statistics import bootstrap_interval, mcnemar_exact, pass_at_k
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,6 +56,10 @@ def test_mcnemar_and_bootstrap_by_hand():
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
     assert math.isclose(mcnemar_exact(10, 0), 2 / 2**10)
     assert bootstrap_interval(np.ones((30, 4))) == (1.0, 1.0)
+    # pass@k by hand: 4 samples; item A 1 correct: pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6; item B none: 0
+    two_items = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=float)
+    assert pass_at_k(two_items, 2) == pytest.approx((0.5 + 0.0) / 2)
+    assert pass_at_k(two_items, 1) == pytest.approx(0.125) and pass_at_k(two_items, 4) == pytest.approx(0.5)
     correct = (np.arange(200) % 4 == 0).astype(float).reshape(50, 4)
     low, high = bootstrap_interval(correct, seed=3)
     assert low < correct.mean() < high and bootstrap_interval(correct, seed=3) == (low, high)

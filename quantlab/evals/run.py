@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
-from quantlab.evals.statistics import bootstrap_interval, flips
+from quantlab.evals.statistics import bootstrap_interval, flips, pass_at_k
 from quantlab.store import atomic_write_text
 
 BUNDLED_TASKS = Path(str(files("quantlab.evals") / "tasks"))
@@ -125,6 +125,8 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
         "items": int(correct.shape[0]), "repeats": int(correct.shape[1]), "seeds": [seed + r for r in range(correct.shape[1])],
         "metric": per_repeat[0]["metric"], "score": float(correct.mean()), "ci95": [low, high],
         "per_repeat_scores": [float(x) for x in correct.mean(axis=0)],
+        # mean@k is the score itself (the mean over items and the k repeats); pass@k where repeats sample
+        "pass_at_k": {str(k): pass_at_k(correct, k) for k in sorted({1, correct.shape[1]})},
         "correct": correct.tolist(), "doc_ids": [s["doc_id"] for s in per_repeat[0]["samples"]],
         "lm_eval": [{"results": r["results"], "config": r["config"], "samples": r["samples"]} for r in per_repeat],
     }

@@ -38,3 +38,13 @@ def flips(baseline: np.ndarray, variant: np.ndarray) -> dict:
     wrong_to_right = int((~base_right & variant_right).sum())
     return {"items": int(baseline.shape[0]), "right_to_wrong": right_to_wrong, "wrong_to_right": wrong_to_right,
             "mcnemar_p": mcnemar_exact(right_to_wrong, wrong_to_right)}
+
+
+def pass_at_k(correct: np.ndarray, k: int) -> float:
+    """The unbiased pass@k (Chen et al., 2021) averaged over items: 1 - C(n-c, k) / C(n, k) per item, with n
+    samples of which c are correct (``correct``: (items, n))."""
+    n = correct.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= {n} samples, got k={k}")
+    c = (correct >= 0.5).sum(axis=1)
+    return float(np.mean([1.0 - math.comb(n - int(ci), k) / math.comb(n, k) for ci in c]))
