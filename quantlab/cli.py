@@ -291,7 +291,8 @@ def eval_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the task's generation length."),
     seed: int = typer.Option(0, "--seed"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."),
-    data: list[str] = typer.Option([], "--data", help="A local copy of a real task's data: TASK=path.jsonl (repeatable)."),
+    data: list[str] = typer.Option([], "--data", help="A local copy of a real task's data: TASK=path.jsonl, or TASK:SPLIT=path.jsonl for another split (repeatable)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Override the task's number of few-shot examples."),
     backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers) or llama.cpp (the variant's GGUF export)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
@@ -305,9 +306,10 @@ def eval_command(
         if "=" not in item:
             raise UserError(f"--data {item!r}: give TASK=path, e.g. --data aime25=../shared/data/aime2025/test.jsonl")
         task_name, path = item.split("=", 1)
-        files[task_name.strip()] = Path(path)
+        task_name, _, split = task_name.strip().partition(":")
+        files.setdefault(task_name, {})[split or "test"] = Path(path)
     options = dict(limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                   seed=seed, artifacts=artifacts, backend=backend)
+                   seed=seed, artifacts=artifacts, backend=backend, num_fewshot=num_fewshot)
     rows = []
     for task in names:
         reference = evaluate(baseline, task, data_file=files.get(task), **options) if baseline else None

@@ -130,3 +130,18 @@ def test_llama_cpp_backend_agrees_with_hf_on_an_f32_export(tmp_path):
         llama = evaluate("f32", task, limit=30, artifacts=tmp_path, backend="llama.cpp")
         assert llama["settings"]["backend"] == "llama.cpp" and not llama["cache_hit"]
         assert llama["correct"] == hf["correct"], task
+
+
+@pytest.mark.skipif(not (SHARED / "gsm8k" / "test.jsonl").is_file(), reason="../shared/data not present")
+def test_shared_gsm8k_and_math500_files_work_offline(built, monkeypatch):
+    from quantlab.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gsm8k = SHARED / "gsm8k" / "test.jsonl"
+    with pytest.raises(UserError, match=r"few-shot examples from its 'train' split.*--num-fewshot 0"):
+        evaluate("mxfp4-all", "gsm8k", limit=2, artifacts=built, data_file=gsm8k)
+    result = evaluate("mxfp4-all", "gsm8k", limit=2, max_new_tokens=8, num_fewshot=0, artifacts=built, data_file=gsm8k)
+    assert result["items"] == 2 and result["filter"] == "strict-match"
+    math = evaluate("mxfp4-all", "minerva_math500", limit=2, max_new_tokens=8, num_fewshot=0, artifacts=built,
+                    data_file=SHARED / "math500" / "test.jsonl")
+    assert math["items"] == 2

@@ -44,19 +44,32 @@ def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
 BACKENDS = ("hf", "llama.cpp")
 
 
+def _data_files(data) -> dict[str, Path]:
+    """``--data`` for one task as {split: file}: a single path is the test split."""
+    if not data:
+        return {}
+    if isinstance(data, (str, Path)):
+        return {"test": Path(data)}
+    return {split: Path(path) for split, path in data.items()}
+
+
 def _settings(task: str, limit: int | None, repeats: int, temperature: float, top_p: float, max_new_tokens: int | None,
-              seed: int, data_file: Path | None, backend: str = "hf") -> dict:
+              seed: int, data: dict[str, Path], backend: str = "hf", num_fewshot: int | None = None) -> dict:
     from quantlab.store import sha256_file
 
     if backend not in BACKENDS:
         raise UserError(f"backend {backend!r} is not available; available: {', '.join(BACKENDS)} (vllm and OpenAI-compatible "
                         "endpoints are planned)")
+    for split, path in data.items():
+        if not path.is_file():
+            raise UserError(f"--data {task}:{split}={path}: no such file")
     return {"task": task, "backend": backend, "limit": limit, "repeats": repeats if temperature > 0 else 1, "temperature": temperature,
-            "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
-            "data_file": str(data_file) if data_file else None, "data_sha256": sha256_file(data_file) if data_file else None}
+            "top_p": top_p, "max_new_tokens": max_new_tokens, "num_fewshot": num_fewshot, "seed": seed,
+            "data_files": {split: str(path) for split, path in data.items()} or None,
+            "data_sha256": {split: sha256_file(path) for split, path in data.items()} or None}
 
 
-def _task_spec(manager, task: str, data_file: Path | None):
+def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | None = None):
     """The task as lm-eval takes it: its name, or (with a local data file) its own config with the dataset
     replaced by the file, so that its prompts, filters and scoring stay lm-eval's."""
     import os
@@ -68,13 +81,19 @@ def _task_spec(manager, task: str, data_file: Path | None):
     if task.startswith("zoo_"):
         return task
     config = dict(manager._get_config(task))
-    if data_file is None:
+    if not data:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise UserError(f"task {task}: its data ({config.get('dataset_path')}) is on the hub, which is unreachable "
                             f"here; give a local copy: --data {task}=path.jsonl")
         return task
-    if not data_file.is_file():
-        raise UserError(f"--data {task}={data_file}: no such file")
+    test_split = config.get("test_split") or "test"
+    files = {test_split if split == "test" else split: path for split, path in data.items()}
+    shots = config.get("num_fewshot") or 0 if num_fewshot is None else num_fewshot
+    fewshot_split = config.get("fewshot_split") or config.get("training_split")
+    if shots and fewshot_split and fewshot_split not in files:
+        raise UserError(f"task {task} takes its {shots} few-shot examples from its {fewshot_split!r} split, which --data does "
+                        f"not give: add --data {task}:{fewshot_split}=path.jsonl, or --num-fewshot 0")
+    data_file = files[test_split]
     try:
         import json as json_module
 
@@ -88,7 +107,12 @@ def _task_spec(manager, task: str, data_file: Path | None):
                             f"the file has {', '.join(sorted(first))}")
     config.pop("dataset_name", None)
     config["dataset_path"] = "json"
-    config["dataset_kwargs"] = {"data_files": {config.get("test_split") or "test": str(data_file)}}
+    config["dataset_kwargs"] = {"data_files": {split: str(path) for split, path in files.items()}}
+    if not shots:  # no few-shot source needed: drop the splits the local files do not have
+        config["num_fewshot"] = 0
+        for key in ("training_split", "validation_split", "fewshot_split"):
+            if config.get(key) and config[key] not in files:
+                config[key] = None
     return config
 
 
@@ -102,11 +126,12 @@ def _index(artifacts: Path) -> sqlite3.Connection:
 
 def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
-             batch_size: int = 64, data_file: Path | None = None, backend: str = "hf") -> dict:
-    """The stored (or freshly computed) evaluation of one task on one variant."""
+             batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None) -> dict:
+    """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
+    task's test split, or {split: file}."""
     artifacts = Path(artifacts)
     name, model_folder, out_root, key = _subject(reference, artifacts)
-    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, Path(data_file) if data_file else None, backend)
+    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
     if backend == "llama.cpp" and not (model_folder.parent / "model.gguf").is_file():
         raise UserError(f"backend llama.cpp: {name} has no GGUF export; build it with exports: [gguf] in its recipe")
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -123,7 +148,7 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
     result = {
         "subject": name, "subject_key": key, "task": task, "settings": settings, "settings_hash": settings_hash,
         "items": int(correct.shape[0]), "repeats": int(correct.shape[1]), "seeds": [seed + r for r in range(correct.shape[1])],
-        "metric": per_repeat[0]["metric"], "score": float(correct.mean()), "ci95": [low, high],
+        "metric": per_repeat[0]["metric"], "filter": per_repeat[0]["filter"], "score": float(correct.mean()), "ci95": [low, high],
         "per_repeat_scores": [float(x) for x in correct.mean(axis=0)],
         # mean@k is the score itself (the mean over items and the k repeats); pass@k where repeats sample
         "pass_at_k": {str(k): pass_at_k(correct, k) for k in sorted({1, correct.shape[1]})},
@@ -146,7 +171,7 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
     from quantlab.models.loading import load_model
 
     manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR")
-    spec = _task_spec(manager, task, Path(settings["data_file"]) if settings["data_file"] else None)
+    spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
     if settings["backend"] == "llama.cpp":
         from quantlab.evals.llama_cpp_backend import LlamaCppLM
@@ -166,14 +191,20 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
     torch.manual_seed(seed)
     output = lm_eval.simple_evaluate(
         model=lm, tasks=[spec], task_manager=manager, limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
+        num_fewshot=settings["num_fewshot"],
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
     )
-    samples = sorted(output["samples"][task], key=lambda s: s["doc_id"])
+    samples = output["samples"][task]
+    # A task with several filters (gsm8k: strict-match, flexible-extract) logs one sample per doc and filter:
+    # score with its first filter, as lm-eval's results table lists it first.
+    first_filter = samples[0].get("filter")
+    samples = sorted((s for s in samples if s.get("filter") == first_filter), key=lambda s: s["doc_id"])
     metric = next(m for m in METRICS if m in samples[0])
     return {
         "results": output["results"][task],
         "config": output["configs"][task],
         "metric": metric,
+        "filter": first_filter,
         "samples": [{"doc_id": s["doc_id"], "correct": float(s[metric]), "target": s.get("target"),
                      "response": (s.get("filtered_resps") or [None])[0]} for s in samples],
     }
