@@ -335,18 +335,33 @@ def eval_command(
 
 
 @app.command("demo")
-def demo(count: int = typer.Option(500, help="Test items per task.")) -> None:
-    """Run the lab on the embedded default (for now: load the shipped reference model, show its card, score it)."""
-    from quantlab.zoo import load_reference_model
+def demo(
+    count: int = typer.Option(200, help="Test items per task in the evaluation."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where the variants and results go."),
+) -> None:
+    """The lab end to end on the embedded default: build variants from shipped recipes, measure them against the
+    baseline, evaluate them against bf16 (every step cached in artifacts/; a second run is fast)."""
+    from quantlab import build as builder
+    from quantlab.formats import ggml
     from quantlab.zoo.card import model_card
-    from quantlab.zoo.scoring import score_reference_tasks
 
     _print_card(model_card())
-    net, tokenizer = load_reference_model()
-    with console.status(f"scoring the shipped model on {count} test items per task"):
-        scores = score_reference_tasks(net, tokenizer, count=count)
-    console.print(f"[bold]Scored now[/bold] in {scores['elapsed_s']:.0f} s:")
-    _print_scores(scores)
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    names = ["bf16", "mxfp4", "int4-rtn", "int4-gptq"] + (["gguf-q4_k_m"] if ggml.available() else [])
+    console.print(f"\n[bold]1. Build[/bold] {len(names)} variants from {recipes}/")
+    for name in names:
+        with console.status(f"building {name}"):
+            result = builder.build(recipes / f"{name}.yaml", artifacts)
+        summary = result.manifest["plan"]
+        state = "cached" if result.cache_hit else f"built in {result.manifest['run']['seconds']['total']:.1f} s"
+        console.print(f"  {name:12s} {summary['average_bits_per_weight']:6.3f} bits/weight  {state}: {result.path}")
+    console.print("\n[bold]2. Measure[/bold] each variant against the baseline (answer tokens of the validation split)")
+    measure_command(names[1:], baseline=None, text=None, tokens=8192, artifacts=artifacts, as_json=False, markdown=False)
+    console.print(f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {count} test items per task, flips against bf16")
+    eval_command(names[1:], tasks="zoo_aime_style,zoo_aime_style_low,zoo_gpqa_style", limit=count, repeats=1, temperature=0.0,
+                 top_p=1.0, max_new_tokens=None, seed=0, baseline="bf16", data=[], num_fewshot=None, backend="hf",
+                 artifacts=artifacts, as_json=False)
+    console.print("\nNext: quantlab build recipes/<name>.yaml --dry-run; docs/recipes.md, docs/measure.md, docs/eval.md")
 
 
 @bench_app.command("formats")
