@@ -58,3 +58,22 @@ def test_quantized_export_carries_the_plan_types_and_bytes(tmp_path):
     assert np.isfinite(comparison["relative_l2"]) and comparison["relative_l2"] < 0.05
     manifest = json.loads((result.path / "manifest.json").read_text())
     assert manifest["exports"]["gguf"]["bytes"] == (result.path / "model.gguf").stat().st_size
+
+
+def test_llama_cpp_tokenizes_the_zoo_text_exactly_as_transformers(tmp_path):
+    """The zoo tokenizer, written as llama.cpp's SentencePiece-style tokenizer with merge-rank scores, gives the
+    Hugging Face token ids on every task text (so llama.cpp-based runtimes see the same prompts)."""
+    from quantlab.export.gguf import export_gguf
+    from quantlab.models.loading import load_model, resolve_model
+    from quantlab.zoo import tasks
+
+    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"))
+    export_gguf(model, tokenizer, {}, tmp_path / "vocab.gguf")
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False)
+    texts = [d["question"] + d["solution"] for e in ("high", "low") for d in tasks.aime_style_docs("test", 150, 0, e)]
+    texts += [d["question"] + c for d in tasks.gpqa_style_docs("test", 40, 0, "high") for c in d["choices"]]
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text)["input_ids"], text
+    assert llm.detokenize(tokenizer(texts[0])["input_ids"]).decode() == texts[0]

@@ -239,8 +239,25 @@ def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
     writer.close()
 
 
+def _is_space_split_bpe(data: dict) -> bool:
+    """Whether a tokenizers.json is the zoo's kind: character BPE pre-split at spaces (the space joining the next
+    piece) and into single digits, with no byte-level mapping."""
+    pre = data.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [(p.get("type"), p.get("behavior")) for p in parts]
+    return data["model"].get("type") == "BPE" and ("Split", "MergedWithNext") in kinds and not any(k == "ByteLevel" for k, _ in kinds)
+
+
 def _add_tokenizer(writer, tokenizer) -> None:
-    """The variant's BPE vocabulary as llama.cpp's "gpt2" tokenizer (ids are what matter for logits)."""
+    """The variant's vocabulary for llama.cpp.
+
+    The zoo's tokenizer (character BPE split at spaces and digits) is written as llama.cpp's SentencePiece-style
+    "llama" tokenizer: spaces as "▁", no added space prefix, each merged token scored by its merge rank (earlier
+    merges score higher). No learned merge crosses a space or a digit, so merging by score over the whole text
+    gives exactly the Hugging Face tokenization (tests/test_export_gguf.py compares them). Other tokenizers are
+    written as "gpt2" BPE with the default pre-tokenizer: llama.cpp then tokenizes them only approximately, and
+    quantlab's own comparisons pass token ids.
+    """
     data = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = data["model"]["vocab"]
     tokens = [None] * len(tokenizer)
@@ -249,12 +266,22 @@ def _add_tokenizer(writer, tokenizer) -> None:
     special = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
     for token, index in special.items():
         tokens[index] = token
-    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"].get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in special else 1 for t in tokens])
-    writer.add_token_merges(merges)
+    merges = [m if isinstance(m, list) else m.split(" ", 1) for m in data["model"].get("merges", [])]
+    if _is_space_split_bpe(data):
+        rank = {a + b: i for i, (a, b) in enumerate(merges)}
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list([t if t in special else t.replace(" ", "\u2581") for t in tokens])
+        writer.add_token_scores([-float(rank[t]) - 1.0 if t in rank else 0.0 for t in tokens])
+        writer.add_token_types([3 if t in special else 1 for t in tokens])
+        writer.add_add_space_prefix(False)
+        writer.add_add_bos_token(False)
+    else:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types([3 if t in special else 1 for t in tokens])
+        writer.add_token_merges([" ".join(m) for m in merges])
     if tokenizer.eos_token_id is not None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
     if tokenizer.pad_token_id is not None:
