@@ -293,7 +293,8 @@ def eval_command(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."),
     data: list[str] = typer.Option([], "--data", help="A local copy of a real task's data: TASK=path.jsonl, or TASK:SPLIT=path.jsonl for another split (repeatable)."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Override the task's number of few-shot examples."),
-    backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers) or llama.cpp (the variant's GGUF export)."),
+    backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers), llama.cpp (the variant's GGUF export) or endpoint (an OpenAI-compatible server)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend endpoint)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -309,7 +310,7 @@ def eval_command(
         task_name, _, split = task_name.strip().partition(":")
         files.setdefault(task_name, {})[split or "test"] = Path(path)
     options = dict(limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                   seed=seed, artifacts=artifacts, backend=backend, num_fewshot=num_fewshot)
+                   seed=seed, artifacts=artifacts, backend=backend, num_fewshot=num_fewshot, endpoint=endpoint)
     rows = []
     for task in names:
         reference = evaluate(baseline, task, data_file=files.get(task), **options) if baseline else None
@@ -360,7 +361,7 @@ def demo(
     console.print(f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {count} test items per task, flips against bf16")
     eval_command(names[1:], tasks="zoo_aime_style,zoo_aime_style_low,zoo_gpqa_style", limit=count, repeats=1, temperature=0.0,
                  top_p=1.0, max_new_tokens=None, seed=0, baseline="bf16", data=[], num_fewshot=None, backend="hf",
-                 artifacts=artifacts, as_json=False)
+                 endpoint=None, artifacts=artifacts, as_json=False)
     console.print("\nNext: quantlab build recipes/<name>.yaml --dry-run; docs/recipes.md, docs/measure.md, docs/eval.md")
 
 

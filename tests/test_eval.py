@@ -145,3 +145,43 @@ def test_shared_gsm8k_and_math500_files_work_offline(built, monkeypatch):
     math = evaluate("mxfp4-all", "minerva_math500", limit=2, max_new_tokens=8, num_fewshot=0, artifacts=built,
                     data_file=SHARED / "math500" / "test.jsonl")
     assert math["items"] == 2
+
+
+def test_endpoint_backend_against_a_real_local_server(tmp_path):
+    """lm-eval's OpenAI-compatible client against llama-cpp-python's server on 127.0.0.1 serving a GGUF export:
+    the same greedy answers, item for item, as the llama.cpp backend in-process."""
+    pytest.importorskip("llama_cpp.server.app", reason="needs quantlab[gguf] (llama-cpp-python[server])")
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from quantlab import build as builder
+
+    recipe = tmp_path / "served.yaml"
+    recipe.write_text("name: served\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: gguf:Q4_K\n")
+    builder.build(recipe, tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(tmp_path / "served" / "model.gguf"),
+                               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "128", "--n_threads", "2", "--seed", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+                time.sleep(0.25)
+        served = evaluate("served", "zoo_aime_style", limit=20, artifacts=tmp_path, backend="endpoint", endpoint=f"http://127.0.0.1:{port}/v1")
+        local = evaluate("served", "zoo_aime_style", limit=20, artifacts=tmp_path, backend="llama.cpp")
+        assert served["settings"]["endpoint"].endswith(f":{port}/v1")
+        assert served["correct"] == local["correct"]
+        assert [s["response"] for s in served["lm_eval"][0]["samples"]] == [s["response"] for s in local["lm_eval"][0]["samples"]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

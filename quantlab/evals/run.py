@@ -41,7 +41,7 @@ def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
     return name, folder, artifacts / "baselines" / name / "eval", weights_sha256(folder)
 
 
-BACKENDS = ("hf", "llama.cpp")
+BACKENDS = ("hf", "llama.cpp", "endpoint")
 
 
 def _data_files(data) -> dict[str, Path]:
@@ -58,8 +58,7 @@ def _settings(task: str, limit: int | None, repeats: int, temperature: float, to
     from quantlab.store import sha256_file
 
     if backend not in BACKENDS:
-        raise UserError(f"backend {backend!r} is not available; available: {', '.join(BACKENDS)} (vllm and OpenAI-compatible "
-                        "endpoints are planned)")
+        raise UserError(f"backend {backend!r} is not available; available: {', '.join(BACKENDS)} (vllm is planned)")
     for split, path in data.items():
         if not path.is_file():
             raise UserError(f"--data {task}:{split}={path}: no such file")
@@ -126,12 +125,17 @@ def _index(artifacts: Path) -> sqlite3.Connection:
 
 def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
-             batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None) -> dict:
+             batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None,
+             endpoint: str | None = None) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}."""
     artifacts = Path(artifacts)
     name, model_folder, out_root, key = _subject(reference, artifacts)
     settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
+    if backend == "endpoint":
+        if not endpoint:
+            raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
+        settings["endpoint"] = endpoint
     if backend == "llama.cpp" and not (model_folder.parent / "model.gguf").is_file():
         raise UserError(f"backend llama.cpp: {name} has no GGUF export; build it with exports: [gguf] in its recipe")
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -173,7 +177,15 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
     manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR")
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
-    if settings["backend"] == "llama.cpp":
+    if settings["backend"] == "endpoint":
+        # lm-eval's OpenAI-compatible completions client: text prompts (the server tokenizes), the variant's
+        # tokenizer for lm-eval's own bookkeeping; log-likelihoods through echo + logprobs.
+        from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+        lm = LocalCompletionsAPI(base_url=settings["endpoint"].rstrip("/") + "/completions", model=model_folder.parent.name,
+                                 tokenizer_backend="huggingface", tokenizer=str(model_folder), tokenized_requests=False,
+                                 max_length=model.config.max_position_embeddings, num_concurrent=1, max_retries=2)
+    elif settings["backend"] == "llama.cpp":
         from quantlab.evals.llama_cpp_backend import LlamaCppLM
 
         lm = LlamaCppLM(model_folder.parent / "model.gguf", tokenizer, model.config.max_position_embeddings, seed=seed,
