@@ -293,7 +293,7 @@ def eval_command(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."),
     data: list[str] = typer.Option([], "--data", help="A local copy of a real task's data: TASK=path.jsonl, or TASK:SPLIT=path.jsonl for another split (repeatable)."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Override the task's number of few-shot examples."),
-    backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers), llama.cpp (the variant's GGUF export) or endpoint (an OpenAI-compatible server)."),
+    backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers), llama.cpp (the variant's GGUF export), endpoint (an OpenAI-compatible server) or vllm (GPU machines)."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend endpoint)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),

@@ -41,7 +41,7 @@ def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
     return name, folder, artifacts / "baselines" / name / "eval", weights_sha256(folder)
 
 
-BACKENDS = ("hf", "llama.cpp", "endpoint")
+BACKENDS = ("hf", "llama.cpp", "endpoint", "vllm")
 
 
 def _data_files(data) -> dict[str, Path]:
@@ -58,7 +58,7 @@ def _settings(task: str, limit: int | None, repeats: int, temperature: float, to
     from quantlab.store import sha256_file
 
     if backend not in BACKENDS:
-        raise UserError(f"backend {backend!r} is not available; available: {', '.join(BACKENDS)} (vllm is planned)")
+        raise UserError(f"backend {backend!r} is not available; available: {', '.join(BACKENDS)}")
     for split, path in data.items():
         if not path.is_file():
             raise UserError(f"--data {task}:{split}={path}: no such file")
@@ -185,6 +185,15 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
         lm = LocalCompletionsAPI(base_url=settings["endpoint"].rstrip("/") + "/completions", model=model_folder.parent.name,
                                  tokenizer_backend="huggingface", tokenizer=str(model_folder), tokenized_requests=False,
                                  max_length=model.config.max_position_embeddings, num_concurrent=1, max_retries=2)
+    elif settings["backend"] == "vllm":
+        # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)") from None
+        from lm_eval.models.vllm_causallms import VLLM
+
+        lm = VLLM(pretrained=str(model_folder), dtype="float32", seed=seed, max_model_len=model.config.max_position_embeddings)
     elif settings["backend"] == "llama.cpp":
         from quantlab.evals.llama_cpp_backend import LlamaCppLM
 
