@@ -201,3 +201,36 @@ def test_backend_not_installed_is_one_line(built, monkeypatch, capsys):
         cli.main()
     err = capsys.readouterr().err.strip()
     assert done.value.code == 2 and len(err.splitlines()) == 1 and "pip install vllm" in err
+
+
+def _gpqa_csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_gpqa_offline_from_the_official_csv_layout_with_per_item_shuffles(tmp_path, monkeypatch):
+    """lm-eval's gpqa_diamond_zeroshot on a CSV in GPQA's own columns; each item's choice order is seeded by
+    the item (lm-eval shuffles with the global random state, so an item's order depended on its neighbours)."""
+    from quantlab.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = [{"Question": f"What is {a}+{a}?", "Correct Answer": f"{2 * a} apples", "Incorrect Answer 1": f"{2 * a + 1} apples",
+             "Incorrect Answer 2": f"{2 * a - 1} apples", "Incorrect Answer 3": f"{a} apples"} for a in range(3, 9)]
+    _gpqa_csv(tmp_path / "gpqa.csv", rows)
+    _gpqa_csv(tmp_path / "reversed.csv", rows[::-1])
+    forward = evaluate("zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "a", data_file=tmp_path / "gpqa.csv")
+    backward = evaluate("zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "b", data_file=tmp_path / "reversed.csv")
+    assert forward["items"] == 6
+    letters = {s["target"] for s in forward["lm_eval"][0]["samples"]}
+    assert len(letters) > 1  # the correct answer is not always in the same position
+    by_question = lambda result: {s["doc_id"]: s["target"] for s in result["lm_eval"][0]["samples"]}  # noqa: E731
+    f, b = by_question(forward), by_question(backward)
+    assert [f[i] for i in range(6)] == [b[5 - i] for i in range(6)]
+
+    _gpqa_csv(tmp_path / "wrong.csv", [{k.replace("Correct Answer", "Right Answer"): v for k, v in r.items()} for r in rows])
+    with pytest.raises(UserError, match=r"missing column 'Correct Answer'"):
+        evaluate("zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "c", data_file=tmp_path / "wrong.csv")

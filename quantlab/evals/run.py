@@ -44,6 +44,39 @@ def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
 BACKENDS = ("hf", "llama.cpp", "endpoint", "vllm")
 
 
+def _first_record(task: str, data_file: Path) -> dict:
+    """The first record of a JSON-lines or CSV (GPQA's official layout) data file."""
+    import csv
+    import json as json_module
+
+    try:
+        if data_file.suffix == ".csv":
+            with open(data_file, newline="", encoding="utf-8") as f:
+                return next(csv.DictReader(f))
+        return json_module.loads(data_file.read_text(encoding="utf-8").splitlines()[0])
+    except (ValueError, IndexError, StopIteration):
+        raise UserError(f"--data {task}={data_file}: not a JSON-lines or CSV file with at least one record") from None
+
+
+def _seeded_per_item(process_docs):
+    """GPQA's process_docs shuffles each item's choices with the global random state, so an item's answer
+    position depends on which items came before it (and on --limit). Seed the shuffle per item instead, from
+    its question: the same item always gets the same choice order."""
+    import hashlib as hash_module
+    import random
+
+    import datasets
+
+    def seeded(dataset):
+        rows = []
+        for row in dataset:
+            random.seed(int(hash_module.sha256(str(row.get("Question", row)).encode()).hexdigest()[:16], 16))
+            rows.append(process_docs(datasets.Dataset.from_list([row]))[0])
+        return datasets.Dataset.from_list(rows)
+
+    return seeded
+
+
 def _data_files(data) -> dict[str, Path]:
     """``--data`` for one task as {split: file}: a single path is the test split."""
     if not data:
@@ -85,27 +118,34 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
             raise UserError(f"task {task}: its data ({config.get('dataset_path')}) is on the hub, which is unreachable "
                             f"here; give a local copy: --data {task}=path.jsonl")
         return task
-    test_split = config.get("test_split") or "test"
-    files = {test_split if split == "test" else split: path for split, path in data.items()}
+    # The split lm-eval evaluates (GPQA's tasks have no test split and evaluate "train").
+    eval_split = config.get("test_split") or config.get("validation_split") or "test"
+    files = {eval_split if split == "test" else split: path for split, path in data.items()}
     shots = config.get("num_fewshot") or 0 if num_fewshot is None else num_fewshot
     fewshot_split = config.get("fewshot_split") or config.get("training_split")
     if shots and fewshot_split and fewshot_split not in files:
         raise UserError(f"task {task} takes its {shots} few-shot examples from its {fewshot_split!r} split, which --data does "
                         f"not give: add --data {task}:{fewshot_split}=path.jsonl, or --num-fewshot 0")
-    data_file = files[test_split]
-    try:
-        import json as json_module
+    data_file = files[eval_split]
+    first = _first_record(task, data_file)
+    if callable(config.get("process_docs")):
+        # Derived fields: run the task's own process_docs on the first record; a KeyError names a raw column.
+        import datasets
 
-        first = json_module.loads(data_file.read_text(encoding="utf-8").splitlines()[0])
-    except (ValueError, IndexError):
-        raise UserError(f"--data {task}={data_file}: not a JSON-lines file (one JSON object per line)") from None
+        try:
+            first = config["process_docs"](datasets.Dataset.from_list([first]))[0]
+        except KeyError as error:
+            raise UserError(f"--data {task}={data_file}: missing column {error.args[0]!r} (lm-eval's {task} reads it); "
+                            f"the file has {', '.join(sorted(first))}") from None
+        if task.startswith("gpqa"):
+            config["process_docs"] = _seeded_per_item(config["process_docs"])
     templates = " ".join(str(config.get(key, "")) for key in ("doc_to_text", "doc_to_target", "doc_to_choice"))
     for column in dict.fromkeys(regex.findall(r"\{\{\s*([A-Za-z_]\w*)", templates)):
         if column not in first:
             raise UserError(f"--data {task}={data_file}: missing column {column!r} (lm-eval's {task} reads it); "
                             f"the file has {', '.join(sorted(first))}")
     config.pop("dataset_name", None)
-    config["dataset_path"] = "json"
+    config["dataset_path"] = "csv" if data_file.suffix == ".csv" else "json"
     config["dataset_kwargs"] = {"data_files": {split: str(path) for split, path in files.items()}}
     if not shots:  # no few-shot source needed: drop the splits the local files do not have
         config["num_fewshot"] = 0
@@ -187,10 +227,10 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
                                  max_length=model.config.max_position_embeddings, num_concurrent=1, max_retries=2)
     elif settings["backend"] == "vllm":
         # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)") from None
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
         from lm_eval.models.vllm_causallms import VLLM
 
         lm = VLLM(pretrained=str(model_folder), dtype="float32", seed=seed, max_model_len=model.config.max_position_embeddings)
