@@ -295,6 +295,8 @@ def eval_command(
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Override the task's number of few-shot examples."),
     backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers), llama.cpp (the variant's GGUF export), endpoint (an OpenAI-compatible server) or vllm (GPU machines)."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend endpoint)."),
+    gen: list[str] = typer.Option([], "--gen", help="A generation setting, for all tasks (max_gen_toks=128) or one (zoo_aime_style:until=[\"####\"]); repeatable."),
+    apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Wrap prompts in the model's chat template (lm-eval's option)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -309,14 +311,28 @@ def eval_command(
         task_name, path = item.split("=", 1)
         task_name, _, split = task_name.strip().partition(":")
         files.setdefault(task_name, {})[split or "test"] = Path(path)
+    generation: dict[str, dict] = {}
+    for item in gen:
+        setting, equals, value = item.partition("=")
+        scope, _, key = setting.rpartition(":")
+        if not equals or not key:
+            raise UserError(f"--gen {item!r}: give key=value or TASK:key=value, e.g. --gen zoo_aime_style:max_gen_toks=128")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        for task_name in ([scope] if scope else names):
+            generation.setdefault(task_name, {})[key] = parsed
     options = dict(limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                   seed=seed, artifacts=artifacts, backend=backend, num_fewshot=num_fewshot, endpoint=endpoint)
+                   seed=seed, artifacts=artifacts, backend=backend, num_fewshot=num_fewshot, endpoint=endpoint,
+                   apply_chat_template=apply_chat_template)
     rows = []
     for task in names:
-        reference = evaluate(baseline, task, data_file=files.get(task), **options) if baseline else None
+        task_options = options | {"data_file": files.get(task), "generation": generation.get(task)}
+        reference = evaluate(baseline, task, **task_options) if baseline else None
         for subject in subjects:
             with _status(f"evaluating {subject} on {task}", as_json):
-                result = evaluate(subject, task, data_file=files.get(task), **options)
+                result = evaluate(subject, task, **task_options)
             summary = {k: result[k] for k in ("subject", "task", "metric", "score", "ci95", "items", "repeats", "seeds", "settings", "cache_hit")}
             if reference is not None:
                 summary["against"] = reference["subject"]
@@ -361,7 +377,7 @@ def demo(
     console.print(f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {count} test items per task, flips against bf16")
     eval_command(names[1:], tasks="zoo_aime_style,zoo_aime_style_low,zoo_gpqa_style", limit=count, repeats=1, temperature=0.0,
                  top_p=1.0, max_new_tokens=None, seed=0, baseline="bf16", data=[], num_fewshot=None, backend="hf",
-                 endpoint=None, artifacts=artifacts, as_json=False)
+                 endpoint=None, gen=[], apply_chat_template=False, artifacts=artifacts, as_json=False)
     console.print("\nNext: quantlab build recipes/<name>.yaml --dry-run; docs/recipes.md, docs/measure.md, docs/eval.md")
 
 

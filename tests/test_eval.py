@@ -234,3 +234,12 @@ def test_gpqa_offline_from_the_official_csv_layout_with_per_item_shuffles(tmp_pa
     _gpqa_csv(tmp_path / "wrong.csv", [{k.replace("Correct Answer", "Right Answer"): v for k, v in r.items()} for r in rows])
     with pytest.raises(UserError, match=r"missing column 'Correct Answer'"):
         evaluate("zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "c", data_file=tmp_path / "wrong.csv")
+
+
+def test_task_generation_settings_are_applied_and_recorded(built):
+    """--gen zoo_aime_style:max_gen_toks=4 cuts every chain before its answer: all wrong, and recorded."""
+    short = evaluate("mxfp4-all", "zoo_aime_style", limit=10, artifacts=built, generation={"max_gen_toks": 4})
+    assert short["settings"]["generation"] == {"max_gen_toks": 4}
+    assert short["score"] == 0.0 and all(len(s["response"] or "") <= 12 for s in short["lm_eval"][0]["samples"])
+    with pytest.raises(Exception, match="no chat template"):
+        evaluate("mxfp4-all", "zoo_aime_style", limit=2, artifacts=built, apply_chat_template=True)

@@ -166,12 +166,14 @@ def _index(artifacts: Path) -> sqlite3.Connection:
 def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
              batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None,
-             endpoint: str | None = None) -> dict:
+             endpoint: str | None = None, generation: dict | None = None, apply_chat_template: bool = False) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}."""
     artifacts = Path(artifacts)
     name, model_folder, out_root, key = _subject(reference, artifacts)
     settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
+    settings["generation"] = dict(sorted((generation or {}).items())) or None  # task-specific generation settings
+    settings["apply_chat_template"] = apply_chat_template
     if backend == "endpoint":
         if not endpoint:
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
@@ -241,18 +243,21 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
                         temperature=settings["temperature"], top_p=settings["top_p"])
     else:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
-    gen_kwargs = None
+    parts = {}
     if settings["temperature"] > 0 or settings["max_new_tokens"]:
         parts = {"do_sample": settings["temperature"] > 0}
         if settings["temperature"] > 0:
             parts |= {"temperature": settings["temperature"], "top_p": settings["top_p"]}
         if settings["max_new_tokens"]:
             parts["max_gen_toks"] = settings["max_new_tokens"]
-        gen_kwargs = ",".join(f"{k}={v}" for k, v in parts.items())
+    parts |= settings.get("generation") or {}  # --gen TASK:key=value wins over the global options
+    gen_kwargs = parts or None
+    if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"--apply-chat-template: {model_folder} has no chat template (the zoo model is not a chat model)")
     torch.manual_seed(seed)
     output = lm_eval.simple_evaluate(
         model=lm, tasks=[spec], task_manager=manager, limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
-        num_fewshot=settings["num_fewshot"],
+        num_fewshot=settings["num_fewshot"], apply_chat_template=bool(settings.get("apply_chat_template")),
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
     )
     samples = output["samples"][task]
