@@ -142,6 +142,9 @@ def test_shared_gsm8k_and_math500_files_work_offline(built, monkeypatch):
         evaluate("mxfp4-all", "gsm8k", limit=2, artifacts=built, data_file=gsm8k)
     result = evaluate("mxfp4-all", "gsm8k", limit=2, max_new_tokens=8, num_fewshot=0, artifacts=built, data_file=gsm8k)
     assert result["items"] == 2 and result["filter"] == "strict-match"
+    # gsm8k's YAML sets no generation length: not lm-eval's silent 256, half the context, recorded
+    default = evaluate("mxfp4-all", "gsm8k", limit=1, num_fewshot=0, artifacts=built, data_file=gsm8k)
+    assert default["settings"]["max_gen_toks_default"] == 128 // 2
     math = evaluate("mxfp4-all", "minerva_math500", limit=2, max_new_tokens=8, num_fewshot=0, artifacts=built,
                     data_file=SHARED / "math500" / "test.jsonl")
     assert math["items"] == 2

@@ -251,6 +251,12 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
         if settings["max_new_tokens"]:
             parts["max_gen_toks"] = settings["max_new_tokens"]
     parts |= settings.get("generation") or {}  # --gen TASK:key=value wins over the global options
+    config = spec if isinstance(spec, dict) else manager._get_config(task)
+    if config.get("output_type") == "generate_until" and "max_gen_toks" not in (config.get("generation_kwargs") or {}) \
+            and "max_gen_toks" not in parts:
+        # lm-eval's HFLM would silently cut every answer at 256 new tokens: give half the context instead, and say so.
+        parts["max_gen_toks"] = max(1, min(32768, model.config.max_position_embeddings // 2))
+        settings["max_gen_toks_default"] = parts["max_gen_toks"]
     gen_kwargs = parts or None
     if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):
         raise UserError(f"--apply-chat-template: {model_folder} has no chat template (the zoo model is not a chat model)")
