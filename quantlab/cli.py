@@ -297,6 +297,7 @@ def eval_command(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend endpoint)."),
     gen: list[str] = typer.Option([], "--gen", help="A generation setting, for all tasks (max_gen_toks=128) or one (zoo_aime_style:until=[\"####\"]); repeatable."),
     apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Wrap prompts in the model's chat template (lm-eval's option)."),
+    reasoning_effort: Optional[str] = typer.Option(None, "--reasoning-effort", help="low / medium / high, passed to the chat template (gpt-oss reads it); needs --apply-chat-template."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -325,7 +326,7 @@ def eval_command(
             generation.setdefault(task_name, {})[key] = parsed
     options = dict(limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                    seed=seed, artifacts=artifacts, backend=backend, num_fewshot=num_fewshot, endpoint=endpoint,
-                   apply_chat_template=apply_chat_template)
+                   apply_chat_template=apply_chat_template, reasoning_effort=reasoning_effort)
     rows = []
     for task in names:
         task_options = options | {"data_file": files.get(task), "generation": generation.get(task)}
@@ -377,7 +378,7 @@ def demo(
     console.print(f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {count} test items per task, flips against bf16")
     eval_command(names[1:], tasks="zoo_aime_style,zoo_aime_style_low,zoo_gpqa_style", limit=count, repeats=1, temperature=0.0,
                  top_p=1.0, max_new_tokens=None, seed=0, baseline="bf16", data=[], num_fewshot=None, backend="hf",
-                 endpoint=None, gen=[], apply_chat_template=False, artifacts=artifacts, as_json=False)
+                 endpoint=None, gen=[], apply_chat_template=False, reasoning_effort=None, artifacts=artifacts, as_json=False)
     console.print("\nNext: quantlab build recipes/<name>.yaml --dry-run; docs/recipes.md, docs/measure.md, docs/eval.md")
 
 

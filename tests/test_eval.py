@@ -246,3 +246,26 @@ def test_task_generation_settings_are_applied_and_recorded(built):
     assert short["score"] == 0.0 and all(len(s["response"] or "") <= 12 for s in short["lm_eval"][0]["samples"])
     with pytest.raises(Exception, match="no chat template"):
         evaluate("mxfp4-all", "zoo_aime_style", limit=2, artifacts=built, apply_chat_template=True)
+
+
+def test_reasoning_effort_reaches_the_chat_template(tmp_path):
+    """A copy of the reference model whose chat template writes the effort marker from ``reasoning_effort`` (as
+    gpt-oss's template does): the high-effort task run with --reasoning-effort low answers item for item as the
+    low-effort task does without a template."""
+    import json
+    import shutil
+
+    from quantlab.errors import UserError
+    from quantlab.zoo import SHIPPED_CHECKPOINT
+
+    folder = tmp_path / "chat-model"
+    shutil.copytree(SHIPPED_CHECKPOINT, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages[-1]['content'] | replace('effort:high', 'effort:' ~ reasoning_effort) }}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    low = evaluate(str(folder), "zoo_aime_style", limit=40, artifacts=tmp_path, apply_chat_template=True, reasoning_effort="low")
+    reference = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style_low", limit=40, artifacts=tmp_path)
+    assert low["settings"]["reasoning_effort"] == "low"
+    assert low["correct"] == reference["correct"]
+    with pytest.raises(UserError, match="--apply-chat-template"):
+        evaluate(str(folder), "zoo_aime_style", limit=2, artifacts=tmp_path, reasoning_effort="low")

@@ -166,7 +166,8 @@ def _index(artifacts: Path) -> sqlite3.Connection:
 def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
              batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None,
-             endpoint: str | None = None, generation: dict | None = None, apply_chat_template: bool = False) -> dict:
+             endpoint: str | None = None, generation: dict | None = None, apply_chat_template: bool = False,
+             reasoning_effort: str | None = None) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}."""
     artifacts = Path(artifacts)
@@ -174,6 +175,10 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
     settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
     settings["generation"] = dict(sorted((generation or {}).items())) or None  # task-specific generation settings
     settings["apply_chat_template"] = apply_chat_template
+    if reasoning_effort is not None:
+        if not apply_chat_template or backend != "hf":
+            raise UserError("--reasoning-effort goes through the model's chat template: add --apply-chat-template (hf backend)")
+        settings["reasoning_effort"] = reasoning_effort  # gpt-oss's chat templates read it
     if backend == "endpoint":
         if not endpoint:
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
@@ -242,7 +247,10 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
         lm = LlamaCppLM(model_folder.parent / "model.gguf", tokenizer, model.config.max_position_embeddings, seed=seed,
                         temperature=settings["temperature"], top_p=settings["top_p"])
     else:
+        template_args = {"reasoning_effort": settings["reasoning_effort"]} if settings.get("reasoning_effort") else None
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
+        if template_args:  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
+            lm.chat_template_args = template_args
     parts = {}
     if settings["temperature"] > 0 or settings["max_new_tokens"]:
         parts = {"do_sample": settings["temperature"] > 0}
