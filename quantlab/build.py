@@ -176,11 +176,11 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
     if "gguf" in recipe.exports:
         from quantlab.export.gguf import compare_logits, export_gguf
 
-        report = export_gguf(model, tokenizer, packed_by_unit, folder / "model.gguf")
+        tensor_types = export_gguf(model, tokenizer, packed_by_unit, folder / "model.gguf")
         exports["gguf"] = {
             "file": "model.gguf",
             "bytes": (folder / "model.gguf").stat().st_size,
-            "tensor_types": report.tensors,
+            "tensor_types": tensor_types,
             "logits_vs_variant": compare_logits(model, tokenizer, folder / "model.gguf"),
         }
     if "native" in recipe.exports:

@@ -14,7 +14,7 @@ import torch
 from quantlab.measure.run import measure_pair
 
 
-def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 3) -> dict:
+def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 5) -> dict:
     def plain():
         with torch.no_grad():
             for start in range(0, text.tokens.shape[0], batch_size):
@@ -22,16 +22,17 @@ def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 3)
                 baseline(tokens, attention_mask=attention)
                 variant(tokens, attention_mask=attention)
 
-    def best(fn):
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
+    # Interleaved (plain, measure, plain, ...) so that slow drift of this shared VM hits both alike; best of each.
+    plain()
+    measure_pair(baseline, variant, text, batch_size)  # warm-up
+    plain_times, measure_times = [], []
+    for _ in range(repeats):
+        for fn, times in ((plain, plain_times), (lambda: measure_pair(baseline, variant, text, batch_size), measure_times)):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-        return min(times)
-
-    plain_s = best(plain)
-    measure_s = best(lambda: measure_pair(baseline, variant, text, batch_size))
+    plain_s, measure_s = min(plain_times), min(measure_times)
+    ratios = sorted(m / p for m, p in zip(measure_times, plain_times))
     return {"tokens": int(text.attention.sum()), "two_forward_passes_s": round(plain_s, 3), "measure_s": round(measure_s, 3),
-            "ratio": round(measure_s / plain_s, 3), "repeats": repeats, "torch_threads": torch.get_num_threads()}
+            "ratio": round(measure_s / plain_s, 3), "ratio_per_pair_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
+            "repeats": repeats, "torch_threads": torch.get_num_threads()}

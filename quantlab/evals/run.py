@@ -10,6 +10,7 @@ cache hit.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sqlite3
@@ -193,7 +194,8 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
         result["cache_hit"] = True
         return result
 
-    per_repeat = [_run_once(model_folder, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
+    prepared = _prepare(model_folder, task, settings)  # once: task index, model, generation settings
+    per_repeat = [_run_once(prepared, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
     correct = np.array([[s["correct"] for s in repeat["samples"]] for repeat in per_repeat]).T  # (items, repeats)
     low, high = bootstrap_interval(correct, seed=seed)
     result = {
@@ -214,9 +216,8 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
     return result
 
 
-def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_size: int) -> dict:
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
+def _prepare(model_folder: Path, task: str, settings: dict) -> dict:
+    """What every repeat shares: lm-eval's task index and the task spec, the loaded model, the generation settings."""
     from lm_eval.tasks import TaskManager
 
     from quantlab.models.loading import load_model
@@ -224,33 +225,8 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
     manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR")
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
-    if settings["backend"] == "endpoint":
-        # lm-eval's OpenAI-compatible completions client: text prompts (the server tokenizes), the variant's
-        # tokenizer for lm-eval's own bookkeeping; log-likelihoods through echo + logprobs.
-        from lm_eval.models.openai_completions import LocalCompletionsAPI
-
-        lm = LocalCompletionsAPI(base_url=settings["endpoint"].rstrip("/") + "/completions", model=model_folder.parent.name,
-                                 tokenizer_backend="huggingface", tokenizer=str(model_folder), tokenized_requests=False,
-                                 max_length=model.config.max_position_embeddings, num_concurrent=1, max_retries=2)
-    elif settings["backend"] == "vllm":
-        # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
-        from lm_eval.models.vllm_causallms import VLLM
-
-        lm = VLLM(pretrained=str(model_folder), dtype="float32", seed=seed, max_model_len=model.config.max_position_embeddings)
-    elif settings["backend"] == "llama.cpp":
-        from quantlab.evals.llama_cpp_backend import LlamaCppLM
-
-        lm = LlamaCppLM(model_folder.parent / "model.gguf", tokenizer, model.config.max_position_embeddings, seed=seed,
-                        temperature=settings["temperature"], top_p=settings["top_p"])
-    else:
-        template_args = {"reasoning_effort": settings["reasoning_effort"]} if settings.get("reasoning_effort") else None
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
-        if template_args:  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
-            lm.chat_template_args = template_args
+    if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"--apply-chat-template: {model_folder} has no chat template (the zoo model is not a chat model)")
     parts = {}
     if settings["temperature"] > 0 or settings["max_new_tokens"]:
         parts = {"do_sample": settings["temperature"] > 0}
@@ -265,12 +241,52 @@ def _run_once(model_folder: Path, task: str, settings: dict, seed: int, batch_si
         # lm-eval's HFLM would silently cut every answer at 256 new tokens: give half the context instead, and say so.
         parts["max_gen_toks"] = max(1, min(32768, model.config.max_position_embeddings // 2))
         settings["max_gen_toks_default"] = parts["max_gen_toks"]
-    gen_kwargs = parts or None
-    if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"--apply-chat-template: {model_folder} has no chat template (the zoo model is not a chat model)")
+    return {"manager": manager, "spec": spec, "model": model, "tokenizer": tokenizer, "folder": model_folder,
+            "gen_kwargs": parts or None}
+
+
+def _model_for(prepared: dict, settings: dict, seed: int, batch_size: int):
+    """The lm-eval model of one repeat on the chosen backend (seeded where the backend samples itself)."""
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer, model_folder = prepared["model"], prepared["tokenizer"], prepared["folder"]
+    if settings["backend"] == "endpoint":
+        # lm-eval's OpenAI-compatible completions client: text prompts (the server tokenizes), the variant's
+        # tokenizer for lm-eval's own bookkeeping; log-likelihoods through echo + logprobs.
+        from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+        return LocalCompletionsAPI(base_url=settings["endpoint"].rstrip("/") + "/completions", model=model_folder.parent.name,
+                                   tokenizer_backend="huggingface", tokenizer=str(model_folder), tokenized_requests=False,
+                                   max_length=model.config.max_position_embeddings, num_concurrent=1, max_retries=2)
+    if settings["backend"] == "vllm":
+        # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
+        from lm_eval.models.vllm_causallms import VLLM
+
+        return VLLM(pretrained=str(model_folder), dtype="float32", seed=seed, max_model_len=model.config.max_position_embeddings)
+    if settings["backend"] == "llama.cpp":
+        from quantlab.evals.llama_cpp_backend import LlamaCppLM
+
+        return LlamaCppLM(model_folder.parent / "model.gguf", tokenizer, model.config.max_position_embeddings, seed=seed,
+                          temperature=settings["temperature"], top_p=settings["top_p"])
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
+    if settings.get("reasoning_effort"):  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
+        lm.chat_template_args = {"reasoning_effort": settings["reasoning_effort"]}
+    return lm
+
+
+def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: int) -> dict:
+    import lm_eval
+
+    lm = _model_for(prepared, settings, seed, batch_size)
+    # Copies: lm-eval may edit the task config and generation settings it is given, and they serve every repeat.
+    spec, gen_kwargs = copy.deepcopy(prepared["spec"]), copy.deepcopy(prepared["gen_kwargs"])
     torch.manual_seed(seed)
     output = lm_eval.simple_evaluate(
-        model=lm, tasks=[spec], task_manager=manager, limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
+        model=lm, tasks=[spec], task_manager=prepared["manager"], limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
         num_fewshot=settings["num_fewshot"], apply_chat_template=bool(settings.get("apply_chat_template")),
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
     )

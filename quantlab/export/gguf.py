@@ -3,10 +3,9 @@
 Tensor types follow the plan: a matrix quantized to a GGUF type is written as the exact ggml block bytes
 quantlab produced (so llama.cpp computes with the very values quantlab measured); OCP ``mxfp4`` is written as
 GGUF MXFP4, which holds the same values (same E2M1 grid, same E8M0 scale; only tie rounding differs, and the
-values are already on the grid); everything else is written as its dequantized values in the model's own
-float type when that holds them exactly, else F32. A fused expert tensor whose experts got different formats
-cannot be one GGUF tensor of one type, so it too is written as dequantized values; the export report lists
-every tensor's type and why.
+values are already on the grid); everything else is written as its dequantized values in F32 (exact). A fused
+expert tensor whose experts got different formats cannot be one GGUF tensor of one type, so it too is written
+as F32 values; ``export_gguf`` returns every tensor's type and why.
 
 Only the architectures llama.cpp and quantlab both know are mapped; gpt-oss is the embedded default's.
 """
@@ -14,7 +13,7 @@ Only the architectures llama.cpp and quantlab both know are mapped; gpt-oss is t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,8 @@ GGUF_ARCH = {"gpt_oss": "gpt-oss", "llama": "llama", "mixtral": "llama", "qwen3_
 class GGUFTensor:
     name: str
     data: np.ndarray  # float values, or uint8 block bytes with a trailing row-bytes axis
-    ggml_type: str  # "F32", "BF16", or a quantized ggml type name
+    ggml_type: str  # "F32" or a quantized ggml type name
     why: str
-
-
-@dataclass
-class ExportReport:
-    path: Path
-    tensors: list[dict] = field(default_factory=list)
 
 
 def _float_tensor(name: str, value: torch.Tensor, why: str) -> GGUFTensor:
@@ -46,19 +39,12 @@ def _float_tensor(name: str, value: torch.Tensor, why: str) -> GGUFTensor:
     return GGUFTensor(name, value.detach().float().numpy().astype(np.float32), "F32", why)
 
 
-def _blocks(packed: Packed) -> tuple[np.ndarray, str]:
-    """(block bytes (rows, row_bytes), ggml type name) of a matrix stored in a GGUF type or OCP MXFP4."""
-    if "blocks" in packed.data:
-        return packed.data["blocks"].numpy(), packed.notes.get("ggml_type") or packed.format.split(":")[1].split("(")[0]
-    raise ValueError(packed.format)
-
-
 def _matrix_as_gguf(packed: Packed | None, dequantized: torch.Tensor):
     """(uint8 block bytes (out, row_bytes), type) when the matrix can be written as a quantized GGUF type."""
     if packed is None:
         return None
-    if "blocks" in packed.data:
-        return _blocks(packed)
+    if "blocks" in packed.data:  # a GGUF type: its block bytes as stored (a fallback's type is in the notes)
+        return packed.data["blocks"].numpy(), packed.notes["ggml_type"]
     if packed.format.startswith("mxfp4("):
         from quantlab.formats import get_format
 
@@ -69,11 +55,12 @@ def _matrix_as_gguf(packed: Packed | None, dequantized: torch.Tensor):
     return None
 
 
-def export_gguf(model, tokenizer, packed_by_unit: dict[str, Packed], path: Path) -> ExportReport:
-    """Writes the variant ``model`` (its parameters hold the dequantized values) as a GGUF file."""
+def export_gguf(model, tokenizer, packed_by_unit: dict[str, Packed], path: Path) -> list[dict]:
+    """Writes the variant ``model`` (its parameters hold the dequantized values) as a GGUF file; returns each
+    tensor's name, type and why."""
     tensors = _gguf_tensors(model, packed_by_unit)
     _write(model, tokenizer, tensors, path)
-    return ExportReport(path, [{"name": t.name, "type": t.ggml_type, "why": t.why} for t in tensors])
+    return [{"name": t.name, "type": t.ggml_type, "why": t.why} for t in tensors]
 
 
 @dataclass(frozen=True)

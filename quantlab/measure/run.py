@@ -1,7 +1,7 @@
 """One pass over an evaluation text, baseline and variant side by side, chunk by chunk.
 
-Per chunk both models run once with hooks that keep, per MoE layer, the MLP's input and the router's top-k
-choice. From them: router agreement and expert load; each expert's *isolated* output error (baseline and
+Per chunk both models run once, their experts' forward replaced by one that keeps, per MoE layer, the
+experts' input, the router's top-k choice and each routed expert output. From them: router agreement and expert load; each expert's *isolated* output error (baseline and
 variant expert on the same baseline inputs, over the tokens the baseline routes to it); the per-layer drift of
 the hidden states (the *in-context* error, accumulated through the layers); and per predicted token the KL
 divergence, top-token agreement, Δp and both NLLs. Only per-token scalars and running sums outlive a chunk.
@@ -17,15 +17,7 @@ import torch
 
 from quantlab.measure.statistics import distribution, perplexity, rate
 from quantlab.measure.text import EvaluationText
-from quantlab.methods.activations import expert_intermediate
-
-
-def expert_output(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
-    """Expert ``expert``'s output for inputs ``x`` (before the routing weight), by the module's own functions."""
-    hidden = expert_intermediate(experts, expert, x)
-    if hasattr(experts, "down_proj_bias"):  # gpt-oss: (experts, in, out) and a bias
-        return hidden @ experts.down_proj[expert] + experts.down_proj_bias[expert]
-    return torch.nn.functional.linear(hidden, experts.down_proj[expert])
+from quantlab.methods.activations import activate
 
 
 def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
@@ -39,71 +31,52 @@ def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
     rows = x[torch.div(order, indices.shape[1], rounding_mode="floor")].to(experts.gate_up_proj.dtype)
     offsets = torch.bincount(expert_ids, minlength=n_experts).cumsum(0).to(torch.int32)
     grouped = torch.nn.functional.grouped_mm
-    if hasattr(experts, "_apply_gate"):  # gpt-oss: weights (experts, in, out), biases
-        gate_up = grouped(rows, experts.gate_up_proj, offs=offsets) + experts.gate_up_proj_bias[expert_ids]
-        hidden = experts._apply_gate(gate_up)
+    if hasattr(experts, "gate_up_proj_bias"):  # gpt-oss: weights (experts, in, out), biases
+        hidden = activate(experts, grouped(rows, experts.gate_up_proj, offs=offsets) + experts.gate_up_proj_bias[expert_ids])
         return grouped(hidden, experts.down_proj, offs=offsets) + experts.down_proj_bias[expert_ids], expert_ids, order
-    gate, up = grouped(rows, experts.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
-    hidden = experts.act_fn(gate) * up
+    hidden = activate(experts, grouped(rows, experts.gate_up_proj.transpose(1, 2), offs=offsets))
     return grouped(hidden, experts.down_proj.transpose(1, 2), offs=offsets), expert_ids, order
 
 
-def _moe_layers(model) -> list[tuple[int, object, object]]:
-    """(layer index, mlp module, router module) of every MoE layer."""
+def _moe_layers(model) -> list[tuple[int, object]]:
+    """(layer index, mlp module) of every MoE layer (one with experts and a top-k router, not a dense gate)."""
     layers = []
     for i, layer in enumerate(model.model.layers):
         mlp = layer.mlp
         router = getattr(mlp, "router", None) or getattr(mlp, "gate", None)
         if hasattr(mlp, "experts") and router is not None and not isinstance(router, torch.nn.Linear):
-            layers.append((i, mlp, router))
+            layers.append((i, mlp))
     return layers
 
 
 class _Capture:
-    """Forward hooks that keep each MoE layer's MLP input and router top-k indices for one chunk; with
-    ``keep_expert_outputs`` the experts' forward is computed by ``routed_expert_outputs`` (the same
-    arithmetic as transformers' grouped path) and each routed pair's output is kept, so that the baseline's
-    own pass supplies the reference of the isolated error instead of a second computation."""
+    """Replaces each MoE layer's experts forward, for one model, by ``routed_expert_outputs`` (the arithmetic of
+    transformers' grouped path) and keeps, per chunk, what it was given and what it computed: the experts'
+    inputs, the router's top-k indices, and each routed pair's output. The baseline's own pass thus supplies
+    the reference of the isolated error; the variant runs the same arithmetic, so an identical variant gives
+    identical logits (transformers' own path sums in a different order)."""
 
-    def __init__(self, model, keep_expert_outputs: bool = False):
+    def __init__(self, model):
         self.inputs: dict[int, torch.Tensor] = {}
         self.indices: dict[int, torch.Tensor] = {}
-        self.expert_outputs: dict[int, tuple] = {}
-        self.handles = []
+        self.expert_outputs: dict[int, torch.Tensor] = {}  # sorted by expert, as routed_expert_outputs orders them
         self.patched = []
-        for i, mlp, router in _moe_layers(model):
-            self.handles.append(mlp.register_forward_pre_hook(self._keep_input(i)))
-            self.handles.append(router.register_forward_hook(self._keep_indices(i)))
-            if keep_expert_outputs:
-                self.patched.append(mlp.experts)
-                mlp.experts.forward = self._experts_forward(i, mlp.experts)
+        for i, mlp in _moe_layers(model):
+            self.patched.append(mlp.experts)
+            mlp.experts.forward = self._experts_forward(i, mlp.experts)
 
     def _experts_forward(self, i, experts):
-        def forward(hidden_states, indices, weights):
+        def forward(hidden_states, indices, weights):  # hidden_states (tokens, hidden), indices best first
             outputs, ids, order = routed_expert_outputs(experts, hidden_states, indices)
-            self.expert_outputs[i] = (outputs, ids, order)
-            k = indices.shape[1]
-            tokens = torch.div(order, k, rounding_mode="floor")
+            self.inputs[i], self.indices[i] = hidden_states.detach(), indices.detach()
+            self.expert_outputs[i] = outputs
+            tokens = torch.div(order, indices.shape[1], rounding_mode="floor")
             weighted = outputs * weights.reshape(-1)[order].unsqueeze(-1).to(outputs.dtype)
             return torch.zeros_like(hidden_states).index_add_(0, tokens, weighted.to(hidden_states.dtype))
 
         return forward
 
-    def _keep_input(self, i):
-        def hook(module, args):
-            self.inputs[i] = args[0].detach().reshape(-1, args[0].shape[-1])
-
-        return hook
-
-    def _keep_indices(self, i):
-        def hook(module, args, output):
-            self.indices[i] = output[-1].detach().reshape(-1, output[-1].shape[-1])  # (tokens, top_k), best first
-
-        return hook
-
     def close(self):
-        for handle in self.handles:
-            handle.remove()
         for experts in self.patched:
             del experts.forward  # back to the class's own forward
 
@@ -162,13 +135,11 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
     """Everything ``quantlab measure`` reports for one variant against one baseline."""
     started = time.perf_counter()
     layers = _moe_layers(baseline)
-    variant_layers = {i: mlp for i, mlp, _ in _moe_layers(variant)}
-    experts = {i: mlp.experts.gate_up_proj.shape[0] for i, mlp, _ in layers}
-    accumulators = {i: _Accumulator(experts[i]) for i, _, _ in layers}
+    variant_layers = dict(_moe_layers(variant))
+    experts = {i: mlp.experts.gate_up_proj.shape[0] for i, mlp in layers}
+    accumulators = {i: _Accumulator(experts[i]) for i, _ in layers}
     per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer")}
-    # Both sides run their experts through the same grouped computation, so that an identical variant gives
-    # identical logits (transformers' own path sums in a different order).
-    capture_base, capture_variant = _Capture(baseline, keep_expert_outputs=True), _Capture(variant, keep_expert_outputs=True)
+    capture_base, capture_variant = _Capture(baseline), _Capture(variant)
     forward_s = 0.0
     try:
         with torch.no_grad():
@@ -188,7 +159,7 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
                     per_token[key].append(value)
                 per_token["answer"].append(text.answer_mask[start : start + batch_size, 1:].reshape(-1)[predicted].numpy())
                 real = attention.reshape(-1).bool()
-                for i, mlp, _ in layers:
+                for i, mlp in layers:
                     acc = accumulators[i]
                     base_idx, variant_idx = capture_base.indices[i][real], capture_variant.indices[i][real]
                     _router_agreement(base_idx, variant_idx, experts[i], acc)
@@ -196,7 +167,7 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
                     # the same pairs come from its own pass (padding tokens dropped from both).
                     all_indices = capture_base.indices[i]
                     approx, ids, order = routed_expert_outputs(variant_layers[i].experts, capture_base.inputs[i], all_indices)
-                    reference = capture_base.expert_outputs[i][0]
+                    reference = capture_base.expert_outputs[i]  # same indices, same (stable) order
                     keep = real[torch.div(order, all_indices.shape[1], rounding_mode="floor")]
                     approx, reference, ids = approx[keep], reference[keep], ids[keep]
                     error = ((approx.double() - reference.double()) ** 2).sum(-1)
@@ -220,7 +191,7 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
         "answer_tokens": int(arrays["answer"].sum()),
         "logits": {"all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
                    "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool))},
-        "layers": [_layer_summary(i, accumulators[i]) for i, _, _ in layers],
+        "layers": [_layer_summary(i, accumulators[i]) for i, _ in layers],
         "seconds": {"total": round(time.perf_counter() - started, 3), "forward_passes": round(forward_s, 3)},
     }
     return result

@@ -30,12 +30,20 @@ class InputStatistics:
         return (self.gram.diagonal() / max(self.tokens, 1)).float()
 
 
-def expert_intermediate(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
-    """The input of expert ``expert``'s down projection for its inputs ``x``, by the module's own functions."""
-    if hasattr(experts, "_apply_gate"):  # gpt-oss: (experts, in, out) weights, biases, its clamped SwiGLU
-        return experts._apply_gate(x @ experts.gate_up_proj[expert] + experts.gate_up_proj_bias[expert])
-    gate, up = torch.nn.functional.linear(x, experts.gate_up_proj[expert]).chunk(2, dim=-1)
+def activate(experts, gate_up: torch.Tensor) -> torch.Tensor:
+    """The down projection's input from the gate_up projection's output, by the experts module's own functions:
+    gpt-oss's clamped SwiGLU on interleaved gate/up, else act(gate) * up on the two halves."""
+    if hasattr(experts, "_apply_gate"):
+        return experts._apply_gate(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
     return experts.act_fn(gate) * up
+
+
+def expert_intermediate(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """The input of expert ``expert``'s down projection for its inputs ``x``."""
+    if hasattr(experts, "gate_up_proj_bias"):  # gpt-oss: (experts, in, out) weights and biases
+        return activate(experts, x @ experts.gate_up_proj[expert] + experts.gate_up_proj_bias[expert])
+    return activate(experts, torch.nn.functional.linear(x, experts.gate_up_proj[expert]))
 
 
 def collect_input_statistics(model, units: list[WeightUnit], tokens: torch.Tensor, batch_size: int = 16) -> dict[str, InputStatistics]:
