@@ -8,7 +8,9 @@ subset up to 6 factors, permutation-sampled beyond, with the sampling error stat
 to value(all) - value(none) (efficiency), which is the check a report prints.
 
 Pure functions of a ``value`` callable: quantlab's attribute command supplies one that builds, measures and
-evaluates the cell (cached); the tests supply known functions.
+evaluates the cell (cached); the tests supply known functions. A value may be a number or a numpy vector (one
+loss per evaluated item): every design is linear in the values, so a vector-valued share is the per-item
+contribution whose mean is the share, which is what lets ``quantlab.attribute`` bootstrap an interval over items.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import itertools
 import math
 import random
 from typing import Callable, Hashable, Sequence
+
+import numpy as np
 
 Value = Callable[[frozenset], float]
 EXACT_SHAPLEY_MAX = 6
@@ -85,9 +89,11 @@ def shapley(factors: Sequence[Hashable], value: Value, permutations: int = 2000,
                 before = after
         for f in factors:
             values = samples[f]
-            mean = sum(values) / len(values)
-            shares[f] = mean
-            stderr[f] = math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1) / len(values))
+            shares[f] = sum(values) / len(values)
+            # the sampling error of the share's scalar value (a vector value's mean over items)
+            points = [float(np.mean(x)) for x in values]
+            mean = sum(points) / len(points)
+            stderr[f] = math.sqrt(sum((x - mean) ** 2 for x in points) / (len(points) - 1) / len(points))
         method = f"{permutations} sampled permutations"
     total = v(frozenset(factors)) - v(frozenset())
     alone = one_at_a_time(factors, v)

@@ -62,7 +62,8 @@ def library_versions() -> dict[str, str]:
 
 
 def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
-    inputs = {"recipe": recipe.resolved(), "model_sha256": model_sha256, "versions": versions}
+    weights = {k: v for k, v in recipe.resolved().items() if k != "serve"}  # serving settings do not change the bytes
+    inputs = {"recipe": weights, "model_sha256": model_sha256, "versions": versions}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 

@@ -33,25 +33,6 @@ app.add_typer(bench_app, name="bench")
 
 console = Console()
 
-# Commands of the lab that later issues build; each answers in one line and exits 2 until then.
-_PLANNED = {
-    "attribute": ("Attribute a recipe's accuracy loss to its choices.", "attribution"),
-    "report": ("Write an HTML/markdown report from stored results.", "reports"),
-}
-
-
-def _planned_command(name: str, summary: str, part: str):
-    @app.command(name, help=f"{summary} (not built yet)", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _not_built(ctx: typer.Context):
-        raise UserError(f"quantlab {name}: not built yet (the {part} is planned; see README.md)")
-
-    return _not_built
-
-
-for _name, (_summary, _part) in _PLANNED.items():
-    _planned_command(_name, _summary, _part)
-
-
 def _status(message: str, quiet: bool):
     """A spinner on the terminal, or nothing when the output is JSON."""
     return contextlib.nullcontext() if quiet else console.status(message)
@@ -235,7 +216,7 @@ def _print_plan(plan) -> None:
 def measure_command(
     variants: list[str] = typer.Argument(..., help="Built variants: artifact folders or names under --artifacts."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Another built variant to compare against (default: the variant's source model)."),
-    text: Optional[Path] = typer.Option(None, "--text", help="Evaluation text: a .txt or .jsonl file (default: the reference model's validation split)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Evaluation text: a .txt or .jsonl file, or zoo:aime-style:SPLIT:EFFORT (default: the reference model's validation split, both efforts)."),
     tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many evaluation tokens."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where variants are looked up by name."),
     as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON."),
@@ -350,6 +331,82 @@ def eval_command(
                       f"{r['items']} x {r['repeats']}", str(f.get("right_to_wrong", "")), str(f.get("wrong_to_right", "")),
                       f"{f['mcnemar_p']:.3g}" if f else "", "yes" if r["cache_hit"] else "")
     Console(width=max(console.width, 150)).print(table)
+
+
+@app.command("attribute")
+def attribute_command(
+    recipe: Path = typer.Argument(..., help="The recipe whose choices are the factors, e.g. recipes/compactifai-like.yaml."),
+    tasks: str = typer.Option("zoo_aime_style", "--tasks", help="Comma-separated lm-eval tasks."),
+    design: str = typer.Option("shapley", "--design", help="shapley (exact up to 6 factors, sampled beyond), one-at-a-time, leave-one-out or factorial (up to 4 factors)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task (sampling only)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    seed: int = typer.Option(0, "--seed", help="Evaluation seeds, permutation sampling and the bootstrap."),
+    runtime: Optional[bool] = typer.Option(None, "--runtime/--no-runtime", help="llama.cpp running the GGUF export as a factor (default: when the recipe exports GGUF)."),
+    text: str = typer.Option("zoo:aime-style:test:high", "--text", help="Measurement text of the KL drift and perplexity (as quantlab measure --text)."),
+    tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many measurement tokens."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
+) -> None:
+    """Attribute a recipe's accuracy loss and KL drift to its choices (Shapley shares with 95% intervals)."""
+    from quantlab.attribute import attribute
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    with _status("attributing", as_json) as status:
+        say = (lambda message: status.update(message)) if status is not None else None
+        result = attribute(recipe, names, design, limit, repeats, temperature, top_p, seed, runtime, text, tokens, artifacts, say)
+    if as_json:
+        return _print_json(result)
+    print_attribution(result)
+    console.print(f"written: {Path(artifacts) / 'attribution' / result['recipe'] / 'attribution.json'}")
+
+
+def print_attribution(result: dict) -> None:
+    labels = {f["key"]: f["label"] for f in result["factors"]}
+    for task, r in result["tasks"].items():
+        sampled = bool(r.get("sampling_stderr")) and any(r["sampling_stderr"].values())
+        table = Table("factor", "share of the loss (points)", "95% CI", "alone (points)", *(["sampling s.e."] if sampled else []),
+                      title=f"{result['recipe']} on {task}: {100 * r['baseline']['score']:.1f}% -> {100 * r['full']['score']:.1f}% "
+                            f"({r['items']} items x {r['repeats']}; {r['method']})")
+        for key, share in r["shares_points"].items():
+            solo = r.get("solo_points", {}).get(key)
+            table.add_row(labels[key], f"{share['value']:+.1f}", f"{share['ci95'][0]:+.1f} .. {share['ci95'][1]:+.1f}",
+                          f"{solo['value']:+.1f}" if solo else "", *([f"{r['sampling_stderr'][key]:.2f}"] if sampled else []))
+        table.add_row("interaction (beyond solo effects)", f"{r['interaction_points']['value']:+.1f}",
+                      f"{r['interaction_points']['ci95'][0]:+.1f} .. {r['interaction_points']['ci95'][1]:+.1f}", "", *([""] if sampled else []))
+        table.add_row("[bold]total loss[/bold]", f"{r['loss_points']['value']:+.1f}",
+                      f"{r['loss_points']['ci95'][0]:+.1f} .. {r['loss_points']['ci95'][1]:+.1f}", "", *([""] if sampled else []))
+        console.print(table)
+        if r["efficiency_gap"] is not None:
+            console.print(f"efficiency: shares sum to the total loss (gap {r['efficiency_gap']:.2e} points)")
+    kl = result.get("kl")
+    if kl:
+        table = Table("factor", "share of mean KLD", "95% CI",
+                      title=f"KL drift on {kl['text']} ({kl['problems']} problems, {kl['answer_tokens']:,} answer tokens): "
+                            f"mean KLD {kl['kld_mean']['value']:.5f}, perplexity ratio {kl['perplexity_ratio']:.4f}")
+        for key, share in kl["shares"].items():
+            table.add_row(labels[key], f"{share['value']:.5f}", f"{share['ci95'][0]:.5f} .. {share['ci95'][1]:.5f}")
+        table.add_row("interaction", f"{kl['interaction']['value']:.5f}", f"{kl['interaction']['ci95'][0]:.5f} .. {kl['interaction']['ci95'][1]:.5f}")
+        console.print(table)
+
+
+@app.command("report")
+def report_command(
+    variants: list[str] = typer.Argument(None, help="Variants to show (default: every variant built in --artifacts)."),
+    out: Path = typer.Option(Path("artifacts/report"), "--out", help="Folder for report.html, report.md and figures/."),
+    baseline: str = typer.Option("bf16", "--baseline", help="The variant losses and flips are measured against."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="The store to read (nothing is recomputed)."),
+) -> None:
+    """Write a self-contained HTML report and its markdown twin from stored results (never recomputing)."""
+    import shlex
+
+    from quantlab.report import write_report
+
+    command = shlex.join(["quantlab", "report", *(variants or []), "--out", str(out), "--baseline", baseline, "--artifacts", str(artifacts)])
+    with _status("writing the report", False):
+        paths = write_report(artifacts, out, variants or None, baseline, command)
+    console.print(f"report: {paths['html']} (self-contained), {paths['markdown']} (markdown twin, figures in {paths['figures']})")
 
 
 @app.command("demo")

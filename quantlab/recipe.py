@@ -217,6 +217,24 @@ class Calibration(BaseModel):
     seed: int = 0
 
 
+class Serve(BaseModel):
+    """How a provider serves the variant, where that differs from what the user asked for: the requested
+    reasoning effort ignored (the stack runs at this effort instead), a chat template applied or not, other
+    sampling. Not part of the weights (the build ignores it); ``quantlab attribute`` makes each setting a factor,
+    so that a serving mistake is attributed separately from quantization."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    apply_chat_template: bool | None = None
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this section changes (those it sets)."""
+        return self.model_dump(exclude_none=True)
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -229,6 +247,7 @@ class Recipe(BaseModel):
     ignore: list[Selector] = []
     calibration: Calibration | None = None
     exports: list[Literal["gguf", "native"]] = []
+    serve: Serve | None = None
 
     _source: Path | None = PrivateAttr(default=None)
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
@@ -266,6 +285,33 @@ class Recipe(BaseModel):
     def resolved(self) -> dict:
         """The recipe with every default filled in, as the manifest records it."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+    def as_yaml(self) -> str:
+        """The recipe as a YAML file that loads back to an equal recipe (formats and methods in their
+        ``{name: ..., param: ...}`` shorthand); how derived recipes (attribution cells) are written down."""
+
+        def named(value: Named) -> dict | str:
+            return {"name": value.name, **value.params} if value.params else value.name
+
+        def selector(value: Selector) -> dict:
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in value.model_dump(by_alias=True, exclude_none=True).items()}
+
+        data: dict[str, Any] = {"name": self.name, "model": self.model, "seed": self.seed}
+        if self.description:
+            data["description"] = self.description
+        if self.preset:
+            data["preset"] = self.preset
+        data["groups"] = [{**({"name": g.name} if g.name else {}), "select": selector(g.select), "format": named(g.format),
+                           "method": named(g.method)} for g in self.groups]
+        if self.ignore:
+            data["ignore"] = [selector(s) for s in self.ignore]
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.model_dump()
+        if self.exports:
+            data["exports"] = list(self.exports)
+        if self.serve is not None and self.serve.settings():
+            data["serve"] = self.serve.settings()
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _line_of(lines: dict[str, int], field: str) -> int | None:
@@ -318,10 +364,15 @@ def load_recipe(path: Path | str) -> Recipe:
         raise UserError(f"{path}: no such recipe file; the shipped recipes are in recipes/")
     try:
         text = path.read_text()
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file; a recipe is YAML") from None
+    return _validated(text, path)
+
+
+def _validated(text: str, path: Path) -> Recipe:
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

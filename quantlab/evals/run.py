@@ -168,9 +168,10 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
              batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None,
              endpoint: str | None = None, generation: dict | None = None, apply_chat_template: bool = False,
-             reasoning_effort: str | None = None) -> dict:
+             reasoning_effort: str | None = None, task_metadata: dict | None = None) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
-    task's test split, or {split: file}."""
+    task's test split, or {split: file}. ``task_metadata``: merged into the task's metadata as lm-eval's
+    ``--metadata`` does (the bundled zoo tasks read ``effort`` from it)."""
     artifacts = Path(artifacts)
     name, model_folder, out_root, key = _subject(reference, artifacts)
     settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
@@ -180,6 +181,8 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
         if not apply_chat_template or backend != "hf":
             raise UserError("--reasoning-effort goes through the model's chat template: add --apply-chat-template (hf backend)")
         settings["reasoning_effort"] = reasoning_effort  # gpt-oss's chat templates read it
+    if task_metadata:
+        settings["task_metadata"] = dict(sorted(task_metadata.items()))
     if backend == "endpoint":
         if not endpoint:
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
@@ -222,7 +225,7 @@ def _prepare(model_folder: Path, task: str, settings: dict) -> dict:
 
     from quantlab.models.loading import load_model
 
-    manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR")
+    manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR", metadata=settings.get("task_metadata"))
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
     if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):

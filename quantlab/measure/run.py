@@ -138,7 +138,7 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
     variant_layers = dict(_moe_layers(variant))
     experts = {i: mlp.experts.gate_up_proj.shape[0] for i, mlp in layers}
     accumulators = {i: _Accumulator(experts[i]) for i, _ in layers}
-    per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer")}
+    per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer", "row")}
     capture_base, capture_variant = _Capture(baseline), _Capture(variant)
     forward_s = 0.0
     try:
@@ -158,6 +158,8 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
                 for key, value in stats.items():
                     per_token[key].append(value)
                 per_token["answer"].append(text.answer_mask[start : start + batch_size, 1:].reshape(-1)[predicted].numpy())
+                rows = torch.arange(start, start + tokens.shape[0]).repeat_interleave(tokens.shape[1] - 1)
+                per_token["row"].append(rows[predicted].numpy())
                 real = attention.reshape(-1).bool()
                 for i, mlp in layers:
                     acc = accumulators[i]
@@ -192,9 +194,23 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
         "logits": {"all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
                    "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool))},
         "layers": [_layer_summary(i, accumulators[i]) for i, _ in layers],
+        "answer_tokens_per_row": _per_row(arrays, int(text.tokens.shape[0])),
         "seconds": {"total": round(time.perf_counter() - started, 3), "forward_passes": round(forward_s, 3)},
     }
     return result
+
+
+def _per_row(arrays: dict, rows: int) -> dict[str, list]:
+    """Answer-token sums per row (one problem per row on task text): what attribution resamples to put an
+    interval on a share of the KL drift or of the NLL (rows, not tokens, are the independent units)."""
+    answer = arrays["answer"].astype(bool)
+    row = arrays["row"][answer]
+
+    def total(values):
+        return np.bincount(row, weights=values[answer], minlength=rows).tolist()
+
+    return {"tokens": np.bincount(row, minlength=rows).tolist(), "kl_sum": total(arrays["kl"]),
+            "nll_base_sum": total(arrays["nll_base"]), "nll_variant_sum": total(arrays["nll_variant"])}
 
 
 def _logit_summary(arrays: dict, mask: np.ndarray) -> dict:
@@ -264,10 +280,11 @@ def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file
         baseline, _ = load_model(baseline_folder / "model", dtype=torch.float32)
     if baseline.config.model_type != variant.config.model_type:
         raise UserError(f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ")
-    text = evaluation_text(tokenizer, Path(text_file) if text_file else None, max_tokens=max_tokens,
+    text = evaluation_text(tokenizer, text_file if text_file is None or str(text_file).startswith("zoo:") else Path(text_file), max_tokens=max_tokens,
                            length=min(128, baseline.config.max_position_embeddings))
     result = {"variant": manifest["variant"], "baseline": baseline_name, "variant_cache_key": manifest["cache_key"],
-              "bits_per_weight": manifest["plan"]["average_bits_per_weight"]}
+              "bits_per_weight": manifest["plan"]["average_bits_per_weight"],
+              "settings": {"baseline": baseline_ref, "text": None if text_file is None else str(text_file), "tokens": max_tokens}}
     result |= measure_pair(baseline, variant, text)
     weight_errors = expert_weight_errors(manifest)
     for layer in result["layers"]:

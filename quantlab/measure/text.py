@@ -3,7 +3,9 @@
 Default: the reference model's own validation split (AIME-style at both effort levels), where the answer
 tokens are the solution's (everything after the question's ``A:``): on task text the question tokens are
 unpredictable by construction, and their loss would hide the damage done to the answers. Any UTF-8 text file
-(answer mask empty) or a JSONL file of ``{"question", "solution"}`` / ``{"text"}`` records can replace it.
+(answer mask empty) or a JSONL file of ``{"question", "solution"}`` / ``{"text"}`` records can replace it,
+and ``zoo:aime-style:SPLIT:EFFORT`` names one split and effort of the task text (e.g. ``zoo:aime-style:test:high``,
+the text the AIME-style task is scored on, teacher-forced with the effort's own solution).
 """
 
 from __future__ import annotations
@@ -29,8 +31,26 @@ class EvaluationText:
         return int(self.attention[:, 1:].sum())
 
 
-def _documents(text_file: Path | None, count: int) -> tuple[str, list[tuple[str, str]]]:
+ZOO_TEXT = "zoo:aime-style"
+
+
+def _zoo_documents(spec: str, count: int) -> tuple[str, list[tuple[str, str]]]:
+    """``zoo:aime-style:SPLIT:EFFORT``: one split at one effort, each question with that effort's solution."""
+    from quantlab.zoo import tasks
+
+    parts = spec.split(":")
+    if len(parts) != 4 or parts[2] not in tasks.SPLITS or parts[3] not in tasks.EFFORTS:
+        raise UserError(f"--text {spec}: give {ZOO_TEXT}:SPLIT:EFFORT with SPLIT one of {', '.join(tasks.SPLITS)} "
+                        f"and EFFORT one of {', '.join(tasks.EFFORTS)}, e.g. {ZOO_TEXT}:test:high")
+    split, effort = parts[2], parts[3]
+    docs = [(tasks.question_text(p, effort), tasks.solution_text(p, effort)) for p in tasks.problems(split, count, 0)]
+    return f"{ZOO_TEXT} {split} ({effort} effort)", docs
+
+
+def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[tuple[str, str]]]:
     """(name, [(context, answer)]) pairs; plain text is one long context with no answer part."""
+    if text_file is not None and str(text_file).startswith(ZOO_TEXT):
+        return _zoo_documents(str(text_file), count)
     if text_file is None:
         from quantlab.zoo import tasks
 
@@ -60,7 +80,7 @@ def _documents(text_file: Path | None, count: int) -> tuple[str, list[tuple[str,
     return str(path), [(path.read_text(encoding="utf-8", errors="replace"), "")]
 
 
-def evaluation_text(tokenizer, text_file: Path | None = None, max_tokens: int = 16384, length: int = 128) -> EvaluationText:
+def evaluation_text(tokenizer, text_file: Path | str | None = None, max_tokens: int = 16384, length: int = 128) -> EvaluationText:
     """About ``max_tokens`` tokens: one document per row (task text: a model sees one problem at a time, as
     in training and evaluation), or consecutive windows of ``length`` tokens of a plain text."""
     name, docs = _documents(text_file, count=max(64, max_tokens // 20))

@@ -1,0 +1,328 @@
+"""``quantlab attribute``: which choice of a recipe cost how much accuracy (and KL drift), with 95% intervals.
+
+The recipe's choices are the *factors*: each group (split into its format and its method when the method is not
+plain rounding, e.g. "low rank 25%" and "int3 factors"), the llama.cpp preset, each setting of its ``serve:``
+section (a stack that ignores the requested reasoning effort, ...), and the runtime (llama.cpp running the GGUF
+export instead of quantlab's torch model) when the recipe exports GGUF. A *cell* is a subset of factors; its
+variant is the recipe with only those choices applied, written down as a recipe of its own, built, measured and
+evaluated through ``quantlab build`` / ``measure`` / ``eval`` (all cached: a cell is never built twice).
+
+Values are per item: ``loss(cell)[i]`` is 100 x (baseline correct - cell correct) on item ``i`` (mean over
+repeats). Every design (``quantlab.attribution``) is linear in the cell values, so each share is the mean of a
+per-item contribution, and resampling items (every cell saw the same items) gives a paired bootstrap interval
+for every share, the interaction remainder and the total at once. KL drift is attributed the same way from the
+per-problem answer-token KL sums of each cell's measurement, resampling problems.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from quantlab import attribution
+from quantlab.errors import UserError
+from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, load_recipe
+from quantlab.store import atomic_write_text
+
+DESIGNS = ("shapley", "one-at-a-time", "leave-one-out", "factorial")
+DEFAULT_TEXT = "zoo:aime-style:test:high"  # the AIME-style task's own test text, teacher-forced
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Factor:
+    key: str  # stable id: groups[0].format, groups[0].method, preset, serve.reasoning_effort, runtime
+    label: str  # what a reader sees
+    kind: str  # weights | serving | runtime
+
+
+def recipe_factors(recipe: Recipe, runtime: bool) -> list[Factor]:
+    factors = []
+    if recipe.preset:
+        factors.append(Factor("preset", f"llama.cpp preset {recipe.preset}", "weights"))
+    for i, group in enumerate(recipe.groups):
+        name = group.name or f"groups[{i}]"
+        if group.method.name == "rtn" or group.format.name == KEEP:
+            factors.append(Factor(f"groups[{i}]", f"{name}: {group.format.describe()}", "weights"))
+        else:
+            factors.append(Factor(f"groups[{i}].method", f"{name}: {_method_label(group.method)}", "weights"))
+            factors.append(Factor(f"groups[{i}].format", f"{name}: {group.format.describe()}"
+                                  + (" factors" if group.method.name == "lowrank" else ""), "weights"))
+    for key, value in (recipe.serve.settings() if recipe.serve else {}).items():
+        factors.append(Factor(f"serve.{key}", f"served with {key.replace('_', ' ')} {value}", "serving"))
+    if runtime:
+        factors.append(Factor("runtime", "llama.cpp runtime (model.gguf)", "runtime"))
+    return factors
+
+
+def _method_label(method: Named) -> str:
+    if method.name == "lowrank":
+        return f"low rank {100 * method.params['rank_ratio']:g}%"
+    return method.describe()
+
+
+def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool) -> Recipe | None:
+    """The recipe with only the weight factors in ``cell`` applied; None when that leaves the model unchanged
+    (and no GGUF is needed for the runtime)."""
+    groups = []
+    for i, group in enumerate(recipe.groups):
+        whole, method, fmt = f"groups[{i}]" in cell, f"groups[{i}].method" in cell, f"groups[{i}].format" in cell
+        if whole or (method and fmt):
+            groups.append(group)
+        elif fmt:  # the format alone: plain rounding to it
+            groups.append(group.model_copy(update={"method": Named(name="rtn")}))
+        elif method and group.method.name == "lowrank":  # the factorisation alone: factors kept as stored
+            groups.append(group.model_copy(update={"format": Named(name=KEEP)}))
+        # a data-driven method without its format changes nothing: the group is left out
+    preset = recipe.preset if "preset" in cell else None
+    if not groups and preset is None:
+        if not (runtime and "runtime" in cell):
+            return None
+        groups = [Group(select=Selector(regex=".*"), format=Named(name=KEEP))]  # the baseline, exported
+    exports = sorted(set(recipe.exports) | ({"gguf"} if runtime else set()))
+    return recipe.model_copy(update={"preset": preset, "groups": groups, "exports": exports, "serve": None})
+
+
+def _cell_code(factors: list[Factor], cell: frozenset[str]) -> str:
+    """'1.0.1': which weight factors a cell applies (the runtime needs the GGUF, so it is part of the build)."""
+    return ".".join("1" if f.key in cell else "0" for f in factors if f.kind == "weights")
+
+
+class CellRunner:
+    """Builds, measures and evaluates cells on demand, each once."""
+
+    def __init__(self, recipe: Recipe, factors: list[Factor], tasks: list[str], eval_options: dict, text: str, tokens: int,
+                 artifacts: Path, progress: Callable[[str], None] | None):
+        self.recipe, self.factors, self.tasks, self.eval_options = recipe, factors, tasks, eval_options
+        self.text, self.tokens, self.artifacts, self.progress = text, tokens, Path(artifacts), progress
+        self.runtime = any(f.kind == "runtime" for f in factors)
+        self.root = self.artifacts / "attribution" / recipe.name
+        self.scores: dict[tuple[frozenset, str], dict] = {}
+        self.measures: dict[frozenset, dict | None] = {}
+        self.subjects: dict[frozenset, str] = {}
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            self.progress(message)
+
+    def subject(self, cell: frozenset) -> str:
+        """The built cell's folder (or the baseline model's source), built if needed."""
+        weights = frozenset(k for k in cell if not k.startswith("serve."))
+        if self.runtime and "runtime" not in weights:
+            weights = weights | {"runtime"}  # same build either way: one GGUF-exporting build per weight cell
+        if weights in self.subjects:
+            return self.subjects[weights]
+        derived = cell_recipe(self.recipe, weights, self.runtime)
+        if derived is None:
+            subject = self.recipe.model
+        else:
+            from quantlab.build import build
+
+            code = _cell_code(self.factors, weights)
+            derived = derived.model_copy(update={"name": f"{self.recipe.name}.{code}"})
+            path = self.root / "cells" / f"{derived.name}.yaml"
+            atomic_write_text(path, f"# attribution cell of {self.recipe.name}: {self.describe(weights)}\n" + derived.as_yaml())
+            self._say(f"building cell {code}")
+            subject = str(build(path, self.root / "cells").path)
+        self.subjects[weights] = subject
+        return subject
+
+    def describe(self, cell: frozenset) -> str:
+        on = [f.label for f in self.factors if f.key in cell]
+        return " + ".join(on) if on else "baseline (no factor)"
+
+    def score(self, cell: frozenset, task: str) -> dict:
+        key = (cell, task)
+        if key not in self.scores:
+            from quantlab.evals.run import evaluate
+
+            options = dict(self.eval_options)
+            serve = self.recipe.serve.settings() if self.recipe.serve else {}
+            for setting, value in serve.items():
+                if f"serve.{setting}" not in cell:
+                    continue
+                if setting == "reasoning_effort" and task.startswith("zoo_"):
+                    options["task_metadata"] = {"effort": value}  # the zoo model's prompt marker
+                elif setting == "reasoning_effort":
+                    options |= {"reasoning_effort": value, "apply_chat_template": True}
+                else:
+                    options[setting] = value
+            if options["temperature"] == 0:
+                options["repeats"] = 1
+            if "runtime" in cell:
+                options["backend"] = "llama.cpp"
+            subject = self.subject(cell)
+            self._say(f"evaluating {self.describe(cell)} on {task}")
+            result = evaluate(subject, task, artifacts=self.artifacts, **options)
+            self.scores[key] = {"score": result["score"], "ci95": result["ci95"], "items": result["items"],
+                                "repeats": result["repeats"], "doc_ids": result["doc_ids"],
+                                "per_item": np.array(result["correct"], dtype=float).mean(axis=1)}
+        return self.scores[key]
+
+    def measure(self, cell: frozenset) -> dict | None:
+        """Answer-token KL and NLL per problem of the cell's weights (None: the baseline itself)."""
+        weights = frozenset(k for k in cell if self._kind(k) == "weights")
+        if weights not in self.measures:
+            subject = self.subject(weights)
+            self.measures[weights] = None if subject == self.recipe.model else self._measured(Path(subject))
+        return self.measures[weights]
+
+    def _kind(self, key: str) -> str:
+        return next(f.kind for f in self.factors if f.key == key)
+
+    def _measured(self, folder: Path) -> dict:
+        from quantlab.measure.run import measure_variant
+
+        manifest = json.loads((folder / "manifest.json").read_text())
+        cache = self.root / "measure" / f"{folder.name}.json"
+        wanted = {"variant_cache_key": manifest["cache_key"], "text": self.text, "tokens": self.tokens}
+        if cache.is_file():
+            stored = json.loads(cache.read_text())
+            if stored["settings"] == wanted:
+                return stored
+        self._say(f"measuring {folder.name}")
+        result = measure_variant(str(folder), None, self.text, self.tokens, self.artifacts, write=False)
+        stored = {"settings": wanted, "per_row": result["answer_tokens_per_row"],
+                  "answer_tokens": result["logits"]["answer_tokens"]}
+        atomic_write_text(cache, json.dumps(stored) + "\n")
+        return stored
+
+
+def _bootstrap(vectors: dict[str, np.ndarray], weights: np.ndarray | None, seed: int) -> dict[str, dict]:
+    """Point value and 95% percentile interval of each vector's mean (or, with ``weights``, sum / weights' sum),
+    all from the same resamples of items."""
+    n = len(next(iter(vectors.values())))
+    draws = np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
+    out = {}
+    for name, vector in vectors.items():
+        if weights is None:
+            point, resampled = float(vector.mean()), vector[draws].mean(axis=1)
+        else:
+            point, resampled = float(vector.sum() / weights.sum()), vector[draws].sum(axis=1) / weights[draws].sum(axis=1)
+        out[name] = {"value": point, "ci95": [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]}
+    return out
+
+
+def _design(design: str, keys: list[str], value, seed: int) -> dict:
+    """The design's per-factor vectors plus whatever else it defines (interaction, efficiency, total)."""
+    if design == "shapley":
+        result = attribution.shapley(keys, value, seed=seed)
+        vectors = {k: np.asarray(v, dtype=float) for k, v in result["shares"].items()}
+        vectors |= {"interaction": np.asarray(result["interaction"], dtype=float),
+                    "total": np.asarray(result["total"], dtype=float)}
+        # each factor applied alone (cells the exact design has already evaluated): what it costs by itself
+        vectors |= {f"solo:{k}": np.asarray(v, dtype=float) for k, v in attribution.one_at_a_time(keys, value).items()}
+        extra = {"method": result["method"], "sampling_stderr": result["stderr"], "cells": result["cells_evaluated"]}
+        return {"vectors": vectors, "extra": extra, "efficiency_gap": float(np.mean(result["efficiency_gap"]))}
+    if design == "one-at-a-time":
+        shares = attribution.one_at_a_time(keys, value)
+    elif design == "leave-one-out":
+        shares = attribution.leave_one_out(keys, value)
+    else:
+        table = attribution.full_factorial(keys, value)
+        shares = {k: table[frozenset([k])] - table[frozenset()] for k in keys}  # main effects from the table
+    total = value(frozenset(keys)) - value(frozenset())
+    vectors = {k: np.asarray(v, dtype=float) for k, v in shares.items()} | {"total": np.asarray(total, dtype=float)}
+    vectors["interaction"] = vectors["total"] - sum(vectors[k] for k in keys)
+    return {"vectors": vectors, "extra": {"method": design}, "efficiency_gap": None}
+
+
+def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limit: int | None = None, repeats: int = 1,
+              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, runtime: bool | None = None,
+              text: str = DEFAULT_TEXT, tokens: int = 16384, artifacts: Path = Path("artifacts"),
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
+    ``<artifacts>/attribution/<recipe>/attribution.json`` and returns it."""
+    if design not in DESIGNS:
+        raise UserError(f"--design {design!r}: choose one of {', '.join(DESIGNS)}")
+    recipe = load_recipe(recipe_path)
+    if runtime is None:  # by default whenever there is a GGUF to run and llama.cpp to run it
+        from quantlab.formats import ggml
+
+        runtime = "gguf" in recipe.exports and ggml.available()
+    elif runtime and "gguf" not in recipe.exports:
+        raise UserError(f"{recipe_path}: --runtime needs a GGUF export; add exports: [gguf] to the recipe")
+    factors = recipe_factors(recipe, runtime)
+    keys = [f.key for f in factors]
+    if design == "factorial" and len(keys) > attribution.FACTORIAL_MAX:
+        raise UserError(f"--design factorial: {recipe_path} has {len(keys)} factors, at most {attribution.FACTORIAL_MAX} "
+                        f"fit a full factorial; use --design shapley")
+    eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
+    runner = CellRunner(recipe, factors, tasks, eval_options, text, tokens, artifacts, progress)
+
+    result = {"recipe": recipe.name, "recipe_file": str(recipe_path), "design": design,
+              "factors": [f.__dict__ for f in factors], "settings": eval_options | {"text": text, "tokens": tokens},
+              "resamples": RESAMPLES, "seed": seed, "tasks": {}}
+    for task in tasks:
+        base = runner.score(frozenset(), task)
+
+        def loss(cell: frozenset, task=task, base=base):
+            scored = runner.score(cell, task)
+            if scored["doc_ids"] != base["doc_ids"]:
+                raise UserError(f"{task}: cells were evaluated on different items; re-run with the same --limit")
+            return 100.0 * (base["per_item"] - scored["per_item"])
+
+        designed = _design(design, keys, loss, seed)
+        intervals = _bootstrap(designed["vectors"], None, seed)
+        full = runner.score(frozenset(keys), task)
+        result["tasks"][task] = {
+            "items": base["items"], "repeats": full["repeats"],
+            "baseline": {k: base[k] for k in ("score", "ci95")}, "full": {k: full[k] for k in ("score", "ci95")},
+            "loss_points": intervals.pop("total"), "interaction_points": intervals.pop("interaction"),
+            "solo_points": _pop_solo(intervals), "shares_points": intervals, "efficiency_gap": designed["efficiency_gap"], **designed["extra"],
+        }
+    result["kl"] = _kl_attribution(runner, design, [f.key for f in factors if f.kind == "weights"], seed)
+    result["cells"] = _cell_table(runner)
+    result["command"] = "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
+    atomic_write_text(runner.root / "attribution.json", json.dumps(result, indent=1, default=_plain) + "\n")
+    return result
+
+
+def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int) -> dict | None:
+    """Shares of the mean answer-token KL(baseline ‖ cell) on the measurement text, per problem resampled."""
+    if not keys:
+        return None
+    full = runner.measure(frozenset(keys))
+    tokens = np.array(full["per_row"]["tokens"], dtype=float)
+
+    def kl_sum(cell: frozenset):
+        measured = runner.measure(cell)
+        return np.zeros_like(tokens) if measured is None else np.array(measured["per_row"]["kl_sum"])
+
+    designed = _design(design, keys, kl_sum, seed)
+    intervals = _bootstrap(designed["vectors"], tokens, seed)
+    answers = full["answer_tokens"]
+    return {"text": runner.text, "problems": int(len(tokens)), "answer_tokens": int(tokens.sum()),
+            "kld_mean": intervals.pop("total"), "interaction": intervals.pop("interaction"), "solo": _pop_solo(intervals),
+            "shares": intervals,
+            "perplexity_ratio": answers["perplexity_ratio"], "efficiency_gap": designed["efficiency_gap"]}
+
+
+def _pop_solo(intervals: dict) -> dict:
+    return {key.removeprefix("solo:"): intervals.pop(key) for key in [k for k in intervals if k.startswith("solo:")]}
+
+
+def _cell_table(runner: CellRunner) -> list[dict]:
+    rows = {}
+    for (cell, task), scored in sorted(runner.scores.items(), key=lambda item: (len(item[0][0]), sorted(item[0][0]), item[0][1])):
+        row = rows.setdefault(cell, {"factors": sorted(cell), "label": runner.describe(cell), "subject": runner.subject(cell), "tasks": {}})
+        row["tasks"][task] = {k: scored[k] for k in ("score", "ci95", "items", "repeats")}
+        measured = runner.measures.get(frozenset(k for k in cell if runner._kind(k) == "weights"))
+        if measured is not None:
+            row["answer_tokens"] = {"perplexity_ratio": measured["answer_tokens"]["perplexity_ratio"],
+                                    "kld_mean": measured["answer_tokens"]["kl_divergence"]["mean"]}
+    return list(rows.values())
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, frozenset):
+        return sorted(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

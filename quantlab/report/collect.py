@@ -1,0 +1,159 @@
+"""What a report shows, read from the store only (manifests, measure.json, eval results, attribution.json).
+
+Nothing here computes a model output: a report is a view of what ``build``, ``measure``, ``eval`` and
+``attribute`` stored, so re-running it on the same store gives the same numbers, and every number has the
+command that stored it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantlab.errors import UserError
+from quantlab.evals.statistics import flips
+
+
+@dataclass
+class Variant:
+    name: str
+    folder: Path
+    manifest: dict
+    measure: dict | None
+    evals: list[dict] = field(default_factory=list)
+
+    @property
+    def bits(self) -> float:
+        return self.manifest["plan"]["average_bits_per_weight"]
+
+
+@dataclass
+class Comparison:
+    """Every variant evaluated on one task with identical settings (the same items, seeds and decoding)."""
+
+    task: str
+    settings: dict
+    results: dict[str, dict]  # variant -> stored evaluation
+
+    @property
+    def items(self) -> int:
+        return next(iter(self.results.values()))["items"]
+
+    @property
+    def repeats(self) -> int:
+        return next(iter(self.results.values()))["repeats"]
+
+    def decoding(self) -> str:
+        s = self.settings
+        how = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}"
+        extra = [f"{k} {s[k]}" for k in ("backend",) if s.get(k) not in (None, "hf")]
+        extra += [f"served effort {s['task_metadata']['effort']}"] if s.get("task_metadata", {}).get("effort") else []
+        return ", ".join([how] + extra)
+
+
+@dataclass
+class Store:
+    artifacts: Path
+    variants: list[Variant]
+    comparisons: list[Comparison]
+    attributions: list[dict]
+    baseline: str | None
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: unreadable ({error}); re-run the command that wrote it") from None
+
+
+def collect(artifacts: Path, names: list[str] | None = None, baseline: str | None = "bf16") -> Store:
+    artifacts = Path(artifacts)
+    if not artifacts.is_dir():
+        raise UserError(f"{artifacts}: no such store; build and evaluate variants first (quantlab demo)")
+    available = sorted(p.parent.name for p in artifacts.glob("*/manifest.json"))
+    if names:
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise UserError(f"{', '.join(missing)}: not built in {artifacts} (built: {', '.join(available) or 'none'})")
+    variants = []
+    for name in names or available:
+        folder = artifacts / name
+        measure = folder / "measure" / "measure.json"
+        variant = Variant(name, folder, _json(folder / "manifest.json"), _json(measure) if measure.is_file() else None)
+        variant.evals = [_json(p) for p in sorted((folder / "eval").glob("*.json"))]
+        variants.append(variant)
+    if not names:  # highest precision first, the way a provider table lists the reference first
+        variants.sort(key=lambda v: (-v.bits, v.name))
+    if baseline not in {v.name for v in variants}:
+        baseline = None
+    attributions = [_json(p) for p in sorted(artifacts.glob("attribution/*/attribution.json"))]
+    return Store(artifacts, variants, _comparisons(variants), attributions, baseline)
+
+
+def _comparisons(variants: list[Variant]) -> list[Comparison]:
+    groups: dict[tuple[str, str], Comparison] = {}
+    for variant in variants:
+        for result in variant.evals:
+            key = (result["task"], result["settings_hash"])
+            groups.setdefault(key, Comparison(result["task"], result["settings"], {})).results[variant.name] = result
+    # the comparisons with the most variants first, then by task name: the report's headline charts lead
+    return sorted(groups.values(), key=lambda c: (-len(c.results), c.task, -c.items, json.dumps(c.settings, sort_keys=True)))
+
+
+def flips_against(comparison: Comparison, baseline: str | None, variant: str) -> dict | None:
+    if baseline is None or baseline == variant or baseline not in comparison.results:
+        return None
+    import numpy as np
+
+    return flips(np.array(comparison.results[baseline]["correct"]), np.array(comparison.results[variant]["correct"]))
+
+
+def eval_command(comparison: Comparison, baseline: str | None) -> str:
+    """The ``quantlab eval`` line that regenerates a comparison (cache hits where the store has it)."""
+    s = comparison.settings
+    parts = ["quantlab", "eval", *comparison.results, "--tasks", comparison.task]
+    options = {"--limit": s.get("limit"), "--repeats": s["repeats"] if s["repeats"] > 1 else None,
+               "--temperature": s["temperature"] or None, "--top-p": s["top_p"] if s["temperature"] and s["top_p"] != 1 else None,
+               "--max-new-tokens": s.get("max_new_tokens"), "--num-fewshot": s.get("num_fewshot"),
+               "--backend": s.get("backend") if s.get("backend") not in (None, "hf") else None, "--seed": s["seed"] or None,
+               "--reasoning-effort": s.get("reasoning_effort")}
+    for flag, value in options.items():
+        if value is not None:
+            parts += [flag, str(value)]
+    if s.get("apply_chat_template"):
+        parts.append("--apply-chat-template")
+    for split, path in (s.get("data_files") or {}).items():
+        parts += ["--data", f"{comparison.task}{'' if split == 'test' else ':' + split}={path}"]
+    if baseline and baseline in comparison.results:
+        parts += ["--baseline", baseline]
+    command = shlex.join(parts)
+    if s.get("task_metadata"):
+        command += f"   # served with task metadata {json.dumps(s['task_metadata'])} (quantlab attribute's serve factor)"
+    return command
+
+
+def measure_command(variants: list[Variant]) -> str:
+    measured = [v for v in variants if v.measure]
+    settings = measured[0].measure.get("settings", {}) if measured else {}
+    parts = ["quantlab", "measure", *(v.name for v in measured)]
+    if settings.get("text"):
+        parts += ["--text", settings["text"]]
+    if settings.get("tokens"):
+        parts += ["--tokens", str(settings["tokens"])]
+    if settings.get("baseline"):
+        parts += ["--baseline", settings["baseline"]]
+    return shlex.join(parts)
+
+
+def attribute_command(result: dict) -> str:
+    s = result["settings"]
+    parts = ["quantlab", "attribute", result["recipe_file"], "--tasks", ",".join(result["tasks"]), "--design", result["design"]]
+    for flag, value in (("--limit", s.get("limit")), ("--repeats", s["repeats"] if s["repeats"] > 1 else None),
+                        ("--temperature", s["temperature"] or None), ("--seed", s["seed"] or None),
+                        ("--text", s["text"]), ("--tokens", s["tokens"])):
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
