@@ -5,22 +5,39 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-PLANNED = ["attribute", "report"]
+COMMANDS = ["build", "measure", "eval", "attribute", "report", "demo", "zoo", "bench"]
 
 
 def test_help_lists_every_command_of_the_lab(cli):
     result = cli("--help")
     assert result.returncode == 0
-    for command in PLANNED + ["demo", "zoo"]:
+    for command in COMMANDS:
         assert f" {command} " in result.stdout
 
 
-@pytest.mark.parametrize("command", PLANNED)
-def test_commands_not_built_yet_say_so_in_one_line(cli, command):
-    result = cli(command, "recipes/anything.yaml", "--some-flag")
+def test_attribute_of_a_missing_recipe_is_one_line(cli, tmp_path):
+    result = cli("attribute", tmp_path / "nope.yaml", "--artifacts", tmp_path / "store")
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "not built yet" in result.stderr
-    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "nope.yaml" in result.stderr and result.stdout == ""
+    assert not (tmp_path / "store").exists()
+
+
+def test_report_of_a_missing_store_or_variant_is_one_line(cli, tmp_path):
+    result = cli("report", "--artifacts", tmp_path / "store", "--out", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "store" in result.stderr
+    (tmp_path / "store").mkdir()
+    result = cli("report", "int4-rtn", "--artifacts", tmp_path / "store", "--out", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "int4-rtn" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_never_replaces_a_folder_that_holds_something_else(cli, tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    result = cli("report", "--artifacts", tmp_path / "store", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "--out" in result.stderr
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
 def test_non_numeric_seed_is_one_line_and_writes_nothing(cli, tmp_path):

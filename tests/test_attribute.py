@@ -1,0 +1,153 @@
+"""quantlab attribute end to end on the reference model: factors, cells, Shapley shares against a hand computation
+from the stored cell evaluations, the serving factor against the low-effort task, intervals, KL shares."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantlab.attribute import Factor, attribute, cell_recipe, recipe_factors
+from quantlab.evals.run import evaluate
+from quantlab.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+LIMIT = 24
+
+RECIPE = """\
+name: two-choices
+model: zoo:tiny-gpt-oss
+groups:
+  - name: experts
+    select: {component: experts}
+    format: {name: int3, group_size: 32, symmetric: true}
+    method: {name: lowrank, rank_ratio: 0.25}
+serve:
+  reasoning_effort: low
+"""
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_written_as_yaml_loads_back_equal(path, tmp_path):
+    recipe = load_recipe(path)
+    copy = tmp_path / path.name
+    copy.write_text(recipe.as_yaml())
+    assert load_recipe(copy).resolved() == recipe.resolved()
+
+
+def test_factors_and_cells_of_a_low_rank_group(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    recipe = load_recipe(path)
+    factors = recipe_factors(recipe, runtime=False)
+    assert [f.key for f in factors] == ["groups[0].method", "groups[0].format", "serve.reasoning_effort"]
+    assert [f.kind for f in factors] == ["weights", "weights", "serving"]
+    both = cell_recipe(recipe, frozenset({"groups[0].method", "groups[0].format"}), runtime=False)
+    assert both.groups == recipe.groups and both.serve is None
+    format_only = cell_recipe(recipe, frozenset({"groups[0].format"}), runtime=False).groups[0]
+    assert (format_only.method.name, format_only.format.name) == ("rtn", "int3")
+    rank_only = cell_recipe(recipe, frozenset({"groups[0].method"}), runtime=False).groups[0]
+    assert (rank_only.method.name, rank_only.format.name) == ("lowrank", "keep")
+    assert cell_recipe(recipe, frozenset({"serve.reasoning_effort"}), runtime=False) is None  # the baseline's weights
+
+
+def test_a_data_driven_method_without_its_format_is_the_baseline():
+    recipe = load_recipe(REPO / "recipes" / "int4-gptq.yaml")
+    keys = [f.key for f in recipe_factors(recipe, runtime=False)]
+    assert keys == ["groups[0].method", "groups[0].format"]
+    assert cell_recipe(recipe, frozenset({"groups[0].method"}), runtime=False) is None
+    assert cell_recipe(recipe, frozenset({"groups[0].format"}), runtime=False).groups[0].method.name == "rtn"
+
+
+def test_a_gguf_recipe_has_the_preset_and_the_runtime_as_factors():
+    recipe = load_recipe(REPO / "recipes" / "gguf-q4_k_m.yaml")
+    factors = recipe_factors(recipe, runtime=True)
+    assert factors[0] == Factor("preset", "llama.cpp preset gguf-q4_k_m", "weights")
+    assert factors[-1].kind == "runtime"
+    baseline_exported = cell_recipe(recipe, frozenset({"runtime"}), runtime=True)
+    assert baseline_exported.preset is None and baseline_exported.groups[0].format.name == "keep"
+    assert "gguf" in baseline_exported.exports
+
+
+@pytest.fixture(scope="module")
+def attributed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attribute")
+    path = root / "two-choices.yaml"
+    path.write_text(RECIPE)
+    store = root / "artifacts"
+    result = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store)
+    return result, store
+
+
+def _correct(subject: str, store: Path, task="zoo_aime_style", **options) -> np.ndarray:
+    return np.array(evaluate(subject, task, limit=LIMIT, artifacts=store, **options)["correct"], dtype=float).mean(axis=1)
+
+
+def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
+    """Exact Shapley for three factors, weights 1/3 (alone), 1/6 (with one other), 1/3 (last), computed from each
+    cell's own stored evaluation, read back through quantlab eval's store."""
+    result, store = attributed
+    cells = store / "attribution" / "two-choices" / "cells"
+    rank, fmt, serve = "groups[0].method", "groups[0].format", "serve.reasoning_effort"
+    folders = {frozenset(): "zoo:tiny-gpt-oss", frozenset({rank}): cells / "two-choices.1.0",
+               frozenset({fmt}): cells / "two-choices.0.1", frozenset({rank, fmt}): cells / "two-choices.1.1"}
+    accuracy = {}
+    for weights, subject in folders.items():
+        accuracy[weights] = 100 * _correct(str(subject), store).mean()
+        accuracy[weights | {serve}] = 100 * _correct(str(subject), store, task_metadata={"effort": "low"}).mean()
+    loss = {cell: accuracy[frozenset()] - value for cell, value in accuracy.items()}
+
+    def shapley(factor):
+        others = [f for f in (rank, fmt, serve) if f != factor]
+        alone = loss[frozenset({factor})] - loss[frozenset()]
+        last = loss[frozenset({rank, fmt, serve})] - loss[frozenset(others)]
+        middle = sum(loss[frozenset({o, factor})] - loss[frozenset({o})] for o in others)
+        return alone / 3 + middle / 6 + last / 3
+
+    task = result["tasks"]["zoo_aime_style"]
+    for factor in (rank, fmt, serve):
+        assert task["shares_points"][factor]["value"] == pytest.approx(shapley(factor), abs=1e-9)
+    assert task["loss_points"]["value"] == pytest.approx(loss[frozenset({rank, fmt, serve})], abs=1e-9)
+    assert sum(s["value"] for s in task["shares_points"].values()) == pytest.approx(task["loss_points"]["value"], abs=1e-9)
+    assert abs(task["efficiency_gap"]) < 1e-9
+    assert task["items"] == LIMIT and task["method"] == "exact"
+
+
+def test_the_serving_factor_is_the_low_effort_task(attributed):
+    """A stack that ignores the requested effort: the serve-only cell answers item for item as the bundled
+    low-effort task (its own YAML) does on the baseline."""
+    _, store = attributed
+    served = _correct("zoo:tiny-gpt-oss", store, task_metadata={"effort": "low"})
+    low = _correct("zoo:tiny-gpt-oss", store, task="zoo_aime_style_low")
+    assert np.array_equal(served, low)
+    assert served.mean() < _correct("zoo:tiny-gpt-oss", store).mean()  # low effort costs accuracy on this model
+
+
+def test_intervals_contain_their_point_and_the_cells_are_recorded(attributed):
+    result, store = attributed
+    task = result["tasks"]["zoo_aime_style"]
+    for entry in [*task["shares_points"].values(), task["loss_points"], task["interaction_points"]]:
+        assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
+    assert task["loss_points"]["ci95"][1] > task["loss_points"]["ci95"][0]  # items disagree: a real interval
+    assert len(result["cells"]) == 8
+    stored = json.loads((store / "attribution" / "two-choices" / "attribution.json").read_text())
+    assert stored["tasks"]["zoo_aime_style"]["shares_points"] == task["shares_points"]
+    for yaml_file in (store / "attribution" / "two-choices" / "cells").glob("*.yaml"):
+        assert load_recipe(yaml_file).name == yaml_file.stem
+
+
+def test_kl_shares_add_up_to_the_full_recipes_measured_kl(attributed):
+    """The per-problem KL sums reproduce measure's own mean KLD of the full cell (computed from its token array)."""
+    result, store = attributed
+    kl = result["kl"]
+    measured = json.loads((store / "attribution" / "two-choices" / "measure" / "two-choices.1.1.json").read_text())
+    assert kl["kld_mean"]["value"] == pytest.approx(measured["answer_tokens"]["kl_divergence"]["mean"], rel=1e-9)
+    assert sum(s["value"] for s in kl["shares"].values()) == pytest.approx(kl["kld_mean"]["value"], rel=1e-9)
+    assert set(kl["shares"]) == {"groups[0].method", "groups[0].format"}  # serving does not change the weights
+
+
+def test_a_second_attribution_is_served_from_the_cache(attributed, tmp_path):
+    result, store = attributed
+    path = Path(result["recipe_file"])
+    again = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store)
+    assert again["tasks"] == result["tasks"] and again["kl"] == result["kl"]
