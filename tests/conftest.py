@@ -24,3 +24,30 @@ def run_cli(*args, cwd=None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+ATTRIBUTED_LIMIT = 24
+ATTRIBUTED_RECIPE = """\
+name: two-choices
+model: zoo:tiny-gpt-oss
+groups:
+  - name: experts
+    select: {component: experts}
+    format: {name: int3, group_size: 32, symmetric: true}
+    method: {name: lowrank, rank_ratio: 0.25}
+serve:
+  reasoning_effort: low
+"""
+
+
+@pytest.fixture(scope="session")
+def attributed_store(tmp_path_factory):
+    """A store with one attribution (three factors, 24 items): shared by the attribution and report tests."""
+    from quantlab.attribute import attribute
+
+    root = tmp_path_factory.mktemp("attribute")
+    path = root / "two-choices.yaml"
+    path.write_text(ATTRIBUTED_RECIPE)
+    store = root / "artifacts"
+    result = attribute(path, ["zoo_aime_style"], limit=ATTRIBUTED_LIMIT, tokens=1024, artifacts=store)
+    return result, store

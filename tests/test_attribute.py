@@ -11,20 +11,10 @@ from quantlab.attribute import Factor, attribute, cell_recipe, recipe_factors
 from quantlab.evals.run import evaluate
 from quantlab.recipe import load_recipe
 
-REPO = Path(__file__).resolve().parent.parent
-LIMIT = 24
+from conftest import ATTRIBUTED_LIMIT as LIMIT
+from conftest import ATTRIBUTED_RECIPE as RECIPE
 
-RECIPE = """\
-name: two-choices
-model: zoo:tiny-gpt-oss
-groups:
-  - name: experts
-    select: {component: experts}
-    format: {name: int3, group_size: 32, symmetric: true}
-    method: {name: lowrank, rank_ratio: 0.25}
-serve:
-  reasoning_effort: low
-"""
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
@@ -70,13 +60,8 @@ def test_a_gguf_recipe_has_the_preset_and_the_runtime_as_factors():
 
 
 @pytest.fixture(scope="module")
-def attributed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("attribute")
-    path = root / "two-choices.yaml"
-    path.write_text(RECIPE)
-    store = root / "artifacts"
-    result = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store)
-    return result, store
+def attributed(attributed_store):
+    return attributed_store
 
 
 def _correct(subject: str, store: Path, task="zoo_aime_style", **options) -> np.ndarray:

@@ -97,8 +97,7 @@ def expert_heatmaps(variants: list[Variant]) -> bytes:
     fig, axes = _figure(2.6 * columns + 1, 1.9 * rows + 0.4, rows, columns)
     image = None
     for ax, v, grid in zip(axes.flat, measured, grids):
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("#dddddd")  # an expert that received no token: no error to show
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: an expert that received no token
         image = ax.imshow(np.where(grid > 0, grid, np.nan), aspect="auto", cmap=cmap, norm=norm)
         ax.set_title(v.name, fontsize=8)
         ax.set_xlabel("expert", fontsize=7)
