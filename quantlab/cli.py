@@ -411,32 +411,52 @@ def report_command(
 
 @app.command("demo")
 def demo(
-    count: int = typer.Option(200, help="Test items per task in the evaluation."),
+    count: int = typer.Option(500, help="Test items per task in the evaluation (and in the attribution)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where the variants and results go."),
 ) -> None:
-    """The lab end to end on the embedded default: build variants from shipped recipes, measure them against the
-    baseline, evaluate them against bf16 (every step cached in artifacts/; a second run is fast)."""
+    """The lab end to end on the embedded default: build the shipped recipes, measure them against the baseline,
+    evaluate them against bf16, attribute the compactifai-like recipe's loss, write the report (every step
+    cached in artifacts/; a second run is fast)."""
+    import time
+
     from quantlab import build as builder
+    from quantlab import demo as plan
+    from quantlab.attribute import attribute
+    from quantlab.evals.run import evaluate
     from quantlab.formats import ggml
+    from quantlab.report import write_report
     from quantlab.zoo.card import model_card
 
+    started = time.perf_counter()
     _print_card(model_card())
     recipes = Path(__file__).resolve().parent.parent / "recipes"
-    names = ["bf16", "mxfp4", "int4-rtn", "int4-gptq"] + (["gguf-q4_k_m"] if ggml.available() else [])
+    names = [n for n in plan.VARIANTS if ggml.available() or not n.startswith("gguf-")]
     console.print(f"\n[bold]1. Build[/bold] {len(names)} variants from {recipes}/")
     for name in names:
         with console.status(f"building {name}"):
             result = builder.build(recipes / f"{name}.yaml", artifacts)
         summary = result.manifest["plan"]
         state = "cached" if result.cache_hit else f"built in {result.manifest['run']['seconds']['total']:.1f} s"
-        console.print(f"  {name:12s} {summary['average_bits_per_weight']:6.3f} bits/weight  {state}: {result.path}")
-    console.print("\n[bold]2. Measure[/bold] each variant against the baseline (answer tokens of the validation split)")
-    measure_command(names[1:], baseline=None, text=None, tokens=8192, artifacts=artifacts, as_json=False, markdown=False)
+        console.print(f"  {name:17s} {summary['average_bits_per_weight']:6.3f} bits/weight  {state}: {result.path}")
+    console.print(f"\n[bold]2. Measure[/bold] each variant against the baseline on {plan.MEASURE_TEXT} (the AIME-style task's test text)")
+    measure_command(names[1:], baseline=None, text=plan.MEASURE_TEXT, tokens=8192, artifacts=artifacts, as_json=False, markdown=False)
     console.print(f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {count} test items per task, flips against bf16")
-    eval_command(names[1:], tasks="zoo_aime_style,zoo_aime_style_low,zoo_gpqa_style", limit=count, repeats=1, temperature=0.0,
+    eval_command(names, tasks=",".join(plan.TASKS), limit=count, repeats=1, temperature=0.0,
                  top_p=1.0, max_new_tokens=None, seed=0, baseline="bf16", data=[], num_fewshot=None, backend="hf",
                  endpoint=None, gen=[], apply_chat_template=False, reasoning_effort=None, artifacts=artifacts, as_json=False)
-    console.print("\nNext: quantlab build recipes/<name>.yaml --dry-run; docs/recipes.md, docs/measure.md, docs/eval.md")
+    console.print(f"\n[bold]4. Attribute[/bold] the {plan.ATTRIBUTED} recipe's loss on {plan.HEADLINE_TASK} to its choices")
+    with console.status("attributing") as status:
+        attribution = attribute(recipes / f"{plan.ATTRIBUTED}.yaml", [plan.HEADLINE_TASK], limit=count, text=plan.MEASURE_TEXT,
+                                tokens=8192, artifacts=artifacts, progress=status.update)
+    print_attribution(attribution)
+    report = Path(artifacts) / "report"
+    console.print(f"\n[bold]5. Report[/bold] from the store: {report}/")
+    with console.status("writing the report"):
+        write_report(artifacts, report, names, "bf16", f"quantlab report {' '.join(names)} --out {report} --artifacts {artifacts}")
+    headline = {n: evaluate(n, plan.HEADLINE_TASK, limit=count, artifacts=artifacts) for n in names}  # cache hits
+    console.print(f"\n[bold]Summary[/bold] ({time.perf_counter() - started:.0f} s)")
+    for line in plan.summary(artifacts, headline, report):
+        console.print("  " + line, highlight=False)
 
 
 @bench_app.command("formats")

@@ -136,3 +136,26 @@ def test_a_second_attribution_is_served_from_the_cache(attributed, tmp_path):
     path = Path(result["recipe_file"])
     again = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store)
     assert again["tasks"] == result["tasks"] and again["kl"] == result["kl"]
+
+
+def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path):
+    """Preset x runtime: the runtime's Shapley share is the mean of llama.cpp-minus-torch on the baseline's own
+    GGUF export and on the quantized GGUF, each evaluated here through quantlab eval's two backends."""
+    from quantlab.formats import ggml
+
+    if not ggml.available():
+        pytest.skip("needs llama-cpp-python (the gguf extra)")
+    store = tmp_path / "artifacts"
+    recipe_path = REPO / "recipes" / "gguf-q4_k_m.yaml"
+    result = attribute(recipe_path, ["zoo_aime_style"], limit=16, tokens=512, artifacts=store)
+    assert [f["key"] for f in result["factors"]] == ["preset", "runtime"]
+    cells = store / "attribution" / "gguf-q4_k_m" / "cells"
+    quantized, exported = str(cells / "gguf-q4_k_m.1"), str(cells / "gguf-q4_k_m.0")
+    score = {}
+    for name, subject in (("baseline", exported), ("preset", quantized)):
+        score[name] = 100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store)["score"]
+        score[name + "+runtime"] = 100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store, backend="llama.cpp")["score"]
+    runtime = ((score["baseline"] - score["baseline+runtime"]) + (score["preset"] - score["preset+runtime"])) / 2
+    task = result["tasks"]["zoo_aime_style"]
+    assert task["shares_points"]["runtime"]["value"] == pytest.approx(runtime, abs=1e-9)
+    assert task["loss_points"]["value"] == pytest.approx(score["baseline"] - score["preset+runtime"], abs=1e-9)

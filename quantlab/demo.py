@@ -1,0 +1,41 @@
+"""What ``quantlab demo`` runs and the five-line summary it ends with (read back from the store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+VARIANTS = ["bf16", "mxfp4", "int4-rtn", "int4-gptq", "gguf-q4_k_m", "compactifai-like"]
+TASKS = ["zoo_aime_style", "zoo_aime_style_low", "zoo_gpqa_style"]
+HEADLINE_TASK = "zoo_aime_style"
+ATTRIBUTED = "compactifai-like"
+MEASURE_TEXT = "zoo:aime-style:test:high"  # the headline task's own test text, teacher-forced
+
+
+def _interval(result: dict) -> str:
+    return f"{100 * result['score']:.1f}% [{100 * result['ci95'][0]:.1f}, {100 * result['ci95'][1]:.1f}]"
+
+
+def summary(artifacts: Path, results: dict[str, dict], report: Path) -> list[str]:
+    """Five lines: the variants, the headline accuracies, the compressed recipe's perplexity against its accuracy,
+    the attribution, and where the report is. ``results``: the headline task's stored evaluation per variant."""
+    artifacts = Path(artifacts)
+    base, native, compressed = results["bf16"], results["mxfp4"], results[ATTRIBUTED]
+    within = base["ci95"][0] <= native["score"] <= base["ci95"][1]
+    measure = json.loads((artifacts / ATTRIBUTED / "measure" / "measure.json").read_text())["logits"]["answer_tokens"]
+    attribution = json.loads((artifacts / "attribution" / ATTRIBUTED / "attribution.json").read_text())
+    task = attribution["tasks"][HEADLINE_TASK]
+    labels = {f["key"]: f["label"] for f in attribution["factors"]}
+    shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])
+    named = "; ".join(f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}]" for k, s in shares)
+    loss = 100 * (base["score"] - compressed["score"])
+    return [
+        f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, greedy).",
+        f"{HEADLINE_TASK}: bf16 {_interval(base)}; gpt-oss-native mxfp4 {_interval(native)} "
+        f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",
+        f"{ATTRIBUTED}: perplexity ratio {measure['perplexity_ratio']:.3f} on the task's test text (teacher-forced) while accuracy "
+        f"falls {loss:.1f} points: errors compound over the chain, perplexity hides it.",
+        f"Attribution of the {task['loss_points']['value']:.1f}-point loss (Shapley, 95% CI): {named}; "
+        f"interaction {task['interaction_points']['value']:+.1f}.",
+        f"Report: {report / 'report.html'} (markdown twin {report / 'report.md'}).",
+    ]
