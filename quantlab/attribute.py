@@ -42,23 +42,39 @@ class Factor:
     kind: str  # weights | serving | runtime
 
 
-def recipe_factors(recipe: Recipe, runtime: bool) -> list[Factor]:
+GRANULARITIES = ("choices", "groups")
+
+
+def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") -> list[Factor]:
+    """The factors of a recipe; ``granularity="groups"`` keeps each group whole (2^n cells grow fast)."""
     factors = []
     if recipe.preset:
         factors.append(Factor("preset", f"llama.cpp preset {recipe.preset}", "weights"))
     for i, group in enumerate(recipe.groups):
         name = group.name or f"groups[{i}]"
-        if group.method.name == "rtn" or group.format.name == KEEP:
-            factors.append(Factor(f"groups[{i}]", f"{name}: {group.format.describe()}", "weights"))
+        if granularity == "groups" and group.method.name != "rtn":
+            factors.append(Factor(f"groups[{i}]", f"{name}: {_method_label(group.method)}, {_format_label(group.format)}", "weights"))
+        elif group.method.name == "rtn" or group.format.name == KEEP:
+            factors.append(Factor(f"groups[{i}]", f"{name}: {_format_label(group.format)}", "weights"))
         else:
             factors.append(Factor(f"groups[{i}].method", f"{name}: {_method_label(group.method)}", "weights"))
-            factors.append(Factor(f"groups[{i}].format", f"{name}: {group.format.describe()}"
+            factors.append(Factor(f"groups[{i}].format", f"{name}: {_format_label(group.format)}"
                                   + (" factors" if group.method.name == "lowrank" else ""), "weights"))
     for key, value in (recipe.serve.settings() if recipe.serve else {}).items():
         factors.append(Factor(f"serve.{key}", f"served with {key.replace('_', ' ')} {value}", "serving"))
     if runtime:
         factors.append(Factor("runtime", "llama.cpp runtime (model.gguf)", "runtime"))
     return factors
+
+
+def _format_label(fmt: Named) -> str:
+    """int3(group_size=32, symmetric=True) -> 'int3 g32' (the parameters a reader needs)."""
+    params = dict(fmt.params)
+    parts = [fmt.name] + ([f"g{params.pop('group_size')}"] if "group_size" in params else [])
+    if params.pop("symmetric", True) is False:
+        parts.append("asymmetric")
+    parts += [f"{k}={v}" for k, v in params.items()]
+    return " ".join(parts)
 
 
 def _method_label(method: Named) -> str:
@@ -236,11 +252,13 @@ def _design(design: str, keys: list[str], value, seed: int) -> dict:
 def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limit: int | None = None, repeats: int = 1,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, runtime: bool | None = None,
               text: str = DEFAULT_TEXT, tokens: int = 16384, artifacts: Path = Path("artifacts"),
-              progress: Callable[[str], None] | None = None) -> dict:
+              progress: Callable[[str], None] | None = None, granularity: str = "choices") -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution.json`` and returns it."""
     if design not in DESIGNS:
         raise UserError(f"--design {design!r}: choose one of {', '.join(DESIGNS)}")
+    if granularity not in GRANULARITIES:
+        raise UserError(f"--factors {granularity!r}: choose one of {', '.join(GRANULARITIES)}")
     recipe = load_recipe(recipe_path)
     if runtime is None:  # by default whenever there is a GGUF to run and llama.cpp to run it
         from quantlab.formats import ggml
@@ -248,7 +266,7 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
         runtime = "gguf" in recipe.exports and ggml.available()
     elif runtime and "gguf" not in recipe.exports:
         raise UserError(f"{recipe_path}: --runtime needs a GGUF export; add exports: [gguf] to the recipe")
-    factors = recipe_factors(recipe, runtime)
+    factors = recipe_factors(recipe, runtime, granularity)
     keys = [f.key for f in factors]
     if design == "factorial" and len(keys) > attribution.FACTORIAL_MAX:
         raise UserError(f"--design factorial: {recipe_path} has {len(keys)} factors, at most {attribution.FACTORIAL_MAX} "
@@ -256,7 +274,7 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
     eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
     runner = CellRunner(recipe, factors, tasks, eval_options, text, tokens, artifacts, progress)
 
-    result = {"recipe": recipe.name, "recipe_file": str(recipe_path), "design": design,
+    result = {"recipe": recipe.name, "recipe_file": str(recipe_path), "design": design, "factor_granularity": granularity,
               "factors": [f.__dict__ for f in factors], "settings": eval_options | {"text": text, "tokens": tokens},
               "resamples": RESAMPLES, "seed": seed, "tasks": {}}
     for task in tasks:

@@ -338,6 +338,7 @@ def attribute_command(
     recipe: Path = typer.Argument(..., help="The recipe whose choices are the factors, e.g. recipes/compactifai-like.yaml."),
     tasks: str = typer.Option("zoo_aime_style", "--tasks", help="Comma-separated lm-eval tasks."),
     design: str = typer.Option("shapley", "--design", help="shapley (exact up to 6 factors, sampled beyond), one-at-a-time, leave-one-out or factorial (up to 4 factors)."),
+    factors: str = typer.Option("choices", "--factors", help="choices: a group's method and format are separate factors; groups: each group is one factor."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task (sampling only)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
@@ -355,7 +356,7 @@ def attribute_command(
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     with _status("attributing", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
-        result = attribute(recipe, names, design, limit, repeats, temperature, top_p, seed, runtime, text, tokens, artifacts, say)
+        result = attribute(recipe, names, design, limit, repeats, temperature, top_p, seed, runtime, text, tokens, artifacts, say, factors)
     if as_json:
         return _print_json(result)
     print_attribution(result)
@@ -447,7 +448,7 @@ def demo(
     console.print(f"\n[bold]4. Attribute[/bold] the {plan.ATTRIBUTED} recipe's loss on {plan.HEADLINE_TASK} to its choices")
     with console.status("attributing") as status:
         attribution = attribute(recipes / f"{plan.ATTRIBUTED}.yaml", [plan.HEADLINE_TASK], limit=count, text=plan.MEASURE_TEXT,
-                                tokens=8192, artifacts=artifacts, progress=status.update)
+                                tokens=8192, artifacts=artifacts, progress=status.update, granularity="groups")
     print_attribution(attribution)
     report = Path(artifacts) / "report"
     console.print(f"\n[bold]5. Report[/bold] from the store: {report}/")

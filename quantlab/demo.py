@@ -26,8 +26,9 @@ def summary(artifacts: Path, results: dict[str, dict], report: Path) -> list[str
     attribution = json.loads((artifacts / "attribution" / ATTRIBUTED / "attribution.json").read_text())
     task = attribution["tasks"][HEADLINE_TASK]
     labels = {f["key"]: f["label"] for f in attribution["factors"]}
-    shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])
-    named = "; ".join(f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}]" for k, s in shares)
+    shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])[:2]  # the two largest
+    named = "; ".join(f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}] "
+                      f"(alone {task['solo_points'][k]['value']:+.1f})" for k, s in shares)
     loss = 100 * (base["score"] - compressed["score"])
     return [
         f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, greedy).",
@@ -35,7 +36,8 @@ def summary(artifacts: Path, results: dict[str, dict], report: Path) -> list[str
         f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",
         f"{ATTRIBUTED}: perplexity ratio {measure['perplexity_ratio']:.3f} on the task's test text (teacher-forced) while accuracy "
         f"falls {loss:.1f} points: errors compound over the chain, perplexity hides it.",
-        f"Attribution of the {task['loss_points']['value']:.1f}-point loss (Shapley, 95% CI): {named}; "
-        f"interaction {task['interaction_points']['value']:+.1f}.",
+        f"Attribution of the {task['loss_points']['value']:.1f}-point loss ({task['items']} items; Shapley shares, 95% CI): {named}; "
+        f"beyond the choices' solo effects (interaction): {task['interaction_points']['value']:+.1f} "
+        f"[{task['interaction_points']['ci95'][0]:+.1f}, {task['interaction_points']['ci95'][1]:+.1f}].",
         f"Report: {report / 'report.html'} (markdown twin {report / 'report.md'}).",
     ]

@@ -159,3 +159,11 @@ def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path)
     task = result["tasks"]["zoo_aime_style"]
     assert task["shares_points"]["runtime"]["value"] == pytest.approx(runtime, abs=1e-9)
     assert task["loss_points"]["value"] == pytest.approx(score["baseline"] - score["preset+runtime"], abs=1e-9)
+
+
+def test_group_granularity_keeps_each_group_whole():
+    recipe = load_recipe(REPO / "recipes" / "compactifai-like.yaml")
+    assert [f.key for f in recipe_factors(recipe, False, "groups")] == ["groups[0]", "groups[1]", "groups[2]"]
+    assert len(recipe_factors(recipe, False, "choices")) == 6
+    only_experts = cell_recipe(recipe, frozenset({"groups[0]"}), runtime=False)
+    assert only_experts.groups == recipe.groups[:1]

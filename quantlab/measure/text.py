@@ -51,13 +51,10 @@ def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[tupl
     """(name, [(context, answer)]) pairs; plain text is one long context with no answer part."""
     if text_file is not None and str(text_file).startswith(ZOO_TEXT):
         return _zoo_documents(str(text_file), count)
-    if text_file is None:
-        from quantlab.zoo import tasks
-
-        docs = []
-        for effort in ("high", "low"):
-            docs += [(d["question"], d["solution"]) for d in tasks.aime_style_docs("validation", count // 2, 0, effort)]
-        return "zoo:aime-style validation (high and low effort)", docs
+    if text_file is None:  # both efforts, each question followed by its own effort's solution, as in training
+        high = _zoo_documents(f"{ZOO_TEXT}:validation:high", count // 2)[1]
+        low = _zoo_documents(f"{ZOO_TEXT}:validation:low", count // 2)[1]
+        return "zoo:aime-style validation (high and low effort)", high + low
     path = Path(text_file)
     if not path.is_file():
         raise UserError(f"--text {path}: no such file")

@@ -63,17 +63,18 @@ def drift_vs_accuracy(variants: list[Variant], comparison: Comparison, baseline:
               if v.measure and v.name in comparison.results and v.measure["logits"]["answer_tokens"].get("n")]
     for ax, key, label in ((axes[0], "perplexity_ratio", "perplexity ratio (answer tokens, teacher-forced)"),
                            (axes[1], "kl_divergence", "mean KL(baseline ‖ variant), answer tokens")):
-        for v, logits in points:
-            x = logits[key] if key == "perplexity_ratio" else logits[key]["mean"]
+        for n, (v, logits) in enumerate(points):
+            x = logits[key] if key == "perplexity_ratio" else max(logits[key]["mean"], 1e-7)
             r = comparison.results[v.name]
             loss = base - 100 * r["score"]
             err = [[100 * (r["ci95"][1] - r["score"])], [100 * (r["score"] - r["ci95"][0])]]
             ax.errorbar([x], [loss], yerr=err, fmt="o", color=BAR, ecolor="black", capsize=2, ms=4, lw=1)
-            ax.annotate(v.name, (x, loss), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            # staggered labels: variants that barely differ sit on top of each other
+            ax.annotate(v.name, (x, loss), fontsize=7, xytext=(4, 3 + 9 * (n % 4)), textcoords="offset points")
         ax.axhline(0, color=REFERENCE, lw=0.8)
         ax.set_xlabel(label)
         if key == "kl_divergence":
-            ax.set_xscale("symlog", linthresh=1e-4)
+            ax.set_xscale("log")
     axes[0].axvline(1.0, color=REFERENCE, lw=0.8, ls=":")
     axes[0].set_ylabel(f"{comparison.task} loss vs {baseline}, points")
     fig.tight_layout()
@@ -103,6 +104,8 @@ def expert_heatmaps(variants: list[Variant]) -> bytes:
         ax.set_xlabel("expert", fontsize=7)
         ax.set_ylabel("layer", fontsize=7)
         ax.tick_params(labelsize=6)
+        ax.set_yticks(range(grid.shape[0]))
+        ax.set_xticks(range(0, grid.shape[1], max(1, grid.shape[1] // 8)))
     for ax in list(axes.flat)[len(measured):]:
         ax.axis("off")
     if image is not None:

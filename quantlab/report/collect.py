@@ -150,7 +150,8 @@ def measure_command(variants: list[Variant]) -> str:
 
 def attribute_command(result: dict) -> str:
     s = result["settings"]
-    parts = ["quantlab", "attribute", result["recipe_file"], "--tasks", ",".join(result["tasks"]), "--design", result["design"]]
+    parts = ["quantlab", "attribute", result["recipe_file"], "--tasks", ",".join(result["tasks"]), "--design", result["design"],
+             "--factors", result.get("factor_granularity", "choices")]
     for flag, value in (("--limit", s.get("limit")), ("--repeats", s["repeats"] if s["repeats"] > 1 else None),
                         ("--temperature", s["temperature"] or None), ("--seed", s["seed"] or None),
                         ("--text", s["text"]), ("--tokens", s["tokens"])):

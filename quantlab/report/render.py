@@ -213,7 +213,7 @@ def to_markdown(report: Report) -> str:
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
-th{background:#f3f3f3}pre{background:#f6f6f6;padding:0.6em;overflow-x:auto;font-size:0.8em}
+th{background:#f3f3f3}pre{background:#f6f6f6;padding:0.6em;white-space:pre-wrap;overflow-wrap:anywhere;font-size:0.8em}
 figure{margin:1em 0}figcaption{font-size:0.85em;color:#444}img{max-width:100%}"""
 
 
