@@ -167,3 +167,12 @@ def test_group_granularity_keeps_each_group_whole():
     assert len(recipe_factors(recipe, False, "choices")) == 6
     only_experts = cell_recipe(recipe, frozenset({"groups[0]"}), runtime=False)
     assert only_experts.groups == recipe.groups[:1]
+
+
+def test_the_serve_section_does_not_enter_the_build(tmp_path):
+    from quantlab.build import cache_key
+
+    served = load_recipe(REPO / "recipes" / "mxfp4-effort-ignored.yaml")
+    plain = served.model_copy(update={"serve": None})
+    assert served.serve.settings() == {"reasoning_effort": "low"}
+    assert cache_key(served, "model", {"v": "1"}) == cache_key(plain, "model", {"v": "1"})
