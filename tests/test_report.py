@@ -72,6 +72,9 @@ def test_report_numbers_are_the_stored_ones(report, store):
     assert f"| total loss | {total:+.1f} |" in markdown
     manifest = json.loads((store / "int4-rtn" / "manifest.json").read_text())
     assert manifest["cache_key"][:16] in markdown and manifest["model"]["sha256"][:16] in markdown
+    from importlib import metadata
+
+    assert f"lm-eval {metadata.version('lm_eval')}" in markdown
 
 
 def test_every_figure_names_the_command_that_regenerates_it(report):

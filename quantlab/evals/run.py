@@ -210,6 +210,7 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
         "pass_at_k": {str(k): pass_at_k(correct, k) for k in sorted({1, correct.shape[1]})},
         "correct": correct.tolist(), "doc_ids": [s["doc_id"] for s in per_repeat[0]["samples"]],
         "lm_eval": [{"results": r["results"], "config": r["config"], "samples": r["samples"]} for r in per_repeat],
+        "versions": _versions(),
     }
     path = out_root / f"{task}-{settings_hash}.json"
     atomic_write_text(path, json.dumps(result, indent=1, default=str) + "\n")
@@ -217,6 +218,14 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
     db.commit()
     result["cache_hit"] = False
     return result
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from quantlab.build import library_versions
+
+    return library_versions() | {"lm_eval": metadata.version("lm_eval")}
 
 
 def _prepare(model_folder: Path, task: str, settings: dict) -> dict:

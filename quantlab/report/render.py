@@ -184,6 +184,9 @@ def _reproducibility(report: Report, store: Store, command: str) -> None:
         versions = ", ".join(f"{k} {m['versions'][k]}" for k in ("quantlab", "torch", "transformers", "gguf") if k in m["versions"])
         rows.append([v.name, m.get("recipe_file") or "", m["cache_key"][:16], m["model"]["sha256"][:16], str(m["seed"]), versions])
     report.table(["variant", "recipe", "cache key", "model sha256", "seed", "versions"], rows)
+    evaluated = sorted({f"lm-eval {r['versions']['lm_eval']}" for c in store.comparisons for r in c.results.values() if r.get("versions")})
+    report.text(f"Evaluations: {', '.join(evaluated) or 'lm-eval version not recorded (results stored before versions were)'}; "
+                f"the seeds of each evaluation are in its stored result (artifacts/<variant>/eval/*.json).")
     commands = [b.content[2] for b in report.blocks if b.kind == "figure"]
     report.text("Commands behind the figures, in order (each is a cache hit on this store):")
     report.code("\n".join(dict.fromkeys(line for c in commands for line in c.splitlines())) + "\n" + command)
