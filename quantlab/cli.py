@@ -158,7 +158,7 @@ def build_command(
     recipe: Path = typer.Argument(..., help="The recipe (YAML), e.g. recipes/mxfp4.yaml."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan (every tensor's format, method and bits) and stop."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the artifact on disk matches (a cache hit)."),
-    out: Path = typer.Option(Path("artifacts"), "--out", help="Where variants go: <out>/<recipe name>/."),
+    out: Path = typer.Option(Path("artifacts"), "--out", "--artifacts", help="Where variants go: <out>/<recipe name>/ (the store the other commands read with --artifacts)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan (--dry-run) or the manifest as JSON."),
 ) -> None:
     """Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml."""
