@@ -42,29 +42,51 @@ class Factor:
     kind: str  # weights | serving | runtime
 
 
-GRANULARITIES = ("choices", "groups")
+GRANULARITIES = ("choices", "groups", "all")
 
 
 def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") -> list[Factor]:
-    """The factors of a recipe; ``granularity="groups"`` keeps each group whole (2^n cells grow fast)."""
+    """The factors of a recipe. ``choices``: a group's method and its format are separate factors (when the
+    method is not plain rounding); ``all``: also its granularity (groups of N values against one scale per row,
+    for the formats that have both); ``groups``: each group whole (2^n cells grow fast)."""
     factors = []
     if recipe.preset:
         factors.append(Factor("preset", f"llama.cpp preset {recipe.preset}", "weights"))
     for i, group in enumerate(recipe.groups):
         name = group.name or f"groups[{i}]"
-        if granularity == "groups" and group.method.name != "rtn":
-            factors.append(Factor(f"groups[{i}]", f"{name}: {_method_label(group.method)}, {_format_label(group.format)}", "weights"))
-        elif group.method.name == "rtn" or group.format.name == KEEP:
-            factors.append(Factor(f"groups[{i}]", f"{name}: {_format_label(group.format)}", "weights"))
-        else:
+        split_method = granularity != "groups" and group.method.name != "rtn" and group.format.name != KEEP
+        split_granularity = granularity == "all" and _per_row_possible(group.format)
+        if not (split_method or split_granularity):
+            what = f"{_method_label(group.method)}, " if group.method.name != "rtn" else ""
+            factors.append(Factor(f"groups[{i}]", f"{name}: {what}{_format_label(group.format)}", "weights"))
+            continue
+        if split_method:
             factors.append(Factor(f"groups[{i}].method", f"{name}: {_method_label(group.method)}", "weights"))
-            factors.append(Factor(f"groups[{i}].format", f"{name}: {_format_label(group.format)}"
-                                  + (" factors" if group.method.name == "lowrank" else ""), "weights"))
+        shown = group.format.model_copy(update={"params": {k: v for k, v in group.format.params.items() if k != "group_size"}}) \
+            if split_granularity else group.format
+        factors.append(Factor(f"groups[{i}].format", f"{name}: {_format_label(shown)}"
+                              + (" factors" if group.method.name == "lowrank" else ""), "weights"))
+        if split_granularity:
+            factors.append(Factor(f"groups[{i}].granularity", f"{name}: groups of {group.format.params['group_size']} "
+                                  f"(against one scale per row)", "weights"))
     for key, value in (recipe.serve.settings() if recipe.serve else {}).items():
         factors.append(Factor(f"serve.{key}", f"served with {key.replace('_', ' ')} {value}", "serving"))
     if runtime:
         factors.append(Factor("runtime", "llama.cpp runtime (model.gguf)", "runtime"))
     return factors
+
+
+def _per_row_possible(fmt: Named) -> bool:
+    """A format given a group size that also takes one scale per row (group_size None: the integer formats)."""
+    if fmt.params.get("group_size") is None:
+        return False
+    from quantlab.formats import get_format
+
+    try:
+        get_format(fmt.name, **(fmt.params | {"group_size": None}))
+    except (UserError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _format_label(fmt: Named) -> str:
@@ -83,19 +105,31 @@ def _method_label(method: Named) -> str:
     return method.describe()
 
 
-def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool) -> Recipe | None:
-    """The recipe with only the weight factors in ``cell`` applied; None when that leaves the model unchanged
-    (and no GGUF is needed for the runtime)."""
+def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool, keys: set[str] | None = None) -> Recipe | None:
+    """The recipe with only the weight factors in ``cell`` applied (``keys``: all the factors, by default the
+    ``choices`` ones); None when that leaves the model unchanged (and no GGUF is needed for the runtime).
+
+    A group's format alone is plain rounding to it; a low-rank method alone keeps the factors as stored; a
+    data-driven method (gptq, imatrix) without its format changes nothing; the format without its granularity
+    takes one scale per row; a group left out leaves its tensors to the groups before it."""
+    keys = {f.key for f in recipe_factors(recipe, runtime)} if keys is None else keys
     groups = []
     for i, group in enumerate(recipe.groups):
-        whole, method, fmt = f"groups[{i}]" in cell, f"groups[{i}].method" in cell, f"groups[{i}].format" in cell
-        if whole or (method and fmt):
-            groups.append(group)
-        elif fmt:  # the format alone: plain rounding to it
-            groups.append(group.model_copy(update={"method": Named(name="rtn")}))
-        elif method and group.method.name == "lowrank":  # the factorisation alone: factors kept as stored
+        if f"groups[{i}]" in keys:
+            if f"groups[{i}]" in cell:
+                groups.append(group)
+            continue
+
+        def applied(choice: str) -> bool:  # a choice that is not a factor of its own goes with the group
+            return f"groups[{i}].{choice}" not in keys or f"groups[{i}].{choice}" in cell
+
+        if f"groups[{i}].format" in cell:
+            update = {} if applied("method") else {"method": Named(name="rtn")}
+            if not applied("granularity"):
+                update["format"] = group.format.model_copy(update={"params": group.format.params | {"group_size": None}})
+            groups.append(group.model_copy(update=update))
+        elif f"groups[{i}].method" in cell and group.method.name == "lowrank":
             groups.append(group.model_copy(update={"format": Named(name=KEEP)}))
-        # a data-driven method without its format changes nothing: the group is left out
     preset = recipe.preset if "preset" in cell else None
     if not groups and preset is None:
         if not (runtime and "runtime" in cell):
@@ -114,11 +148,12 @@ class CellRunner:
     """Builds, measures and evaluates cells on demand, each once."""
 
     def __init__(self, recipe: Recipe, factors: list[Factor], tasks: list[str], eval_options: dict, text: str, tokens: int,
-                 artifacts: Path, progress: Callable[[str], None] | None):
+                 artifacts: Path, progress: Callable[[str], None] | None, granularity: str = "choices"):
         self.recipe, self.factors, self.tasks, self.eval_options = recipe, factors, tasks, eval_options
         self.text, self.tokens, self.artifacts, self.progress = text, tokens, Path(artifacts), progress
         self.runtime = any(f.kind == "runtime" for f in factors)
         self.root = self.artifacts / "attribution" / recipe.name
+        self.cells = self.root / "cells" / granularity  # a cell's code means different factors per granularity
         self.scores: dict[tuple[frozenset, str], dict] = {}
         self.measures: dict[frozenset, dict | None] = {}
         self.subjects: dict[frozenset, str] = {}
@@ -134,7 +169,7 @@ class CellRunner:
             weights = weights | {"runtime"}  # same build either way: one GGUF-exporting build per weight cell
         if weights in self.subjects:
             return self.subjects[weights]
-        derived = cell_recipe(self.recipe, weights, self.runtime)
+        derived = cell_recipe(self.recipe, weights, self.runtime, {f.key for f in self.factors})
         if derived is None:
             subject = self.recipe.model
         else:
@@ -142,10 +177,10 @@ class CellRunner:
 
             code = _cell_code(self.factors, weights)
             derived = derived.model_copy(update={"name": f"{self.recipe.name}.{code}"})
-            path = self.root / "cells" / f"{derived.name}.yaml"
+            path = self.cells / f"{derived.name}.yaml"
             atomic_write_text(path, f"# attribution cell of {self.recipe.name}: {self.describe(weights)}\n" + derived.as_yaml())
             self._say(f"building cell {code}")
-            subject = str(build(path, self.root / "cells").path)
+            subject = str(build(path, self.cells).path)
         self.subjects[weights] = subject
         return subject
 
@@ -196,7 +231,7 @@ class CellRunner:
         from quantlab.measure.run import measure_variant
 
         manifest = json.loads((folder / "manifest.json").read_text())
-        cache = self.root / "measure" / f"{folder.name}.json"
+        cache = self.cells / "measure" / f"{folder.name}.json"
         wanted = {"variant_cache_key": manifest["cache_key"], "text": self.text, "tokens": self.tokens}
         if cache.is_file():
             stored = json.loads(cache.read_text())
@@ -272,7 +307,7 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
         raise UserError(f"--design factorial: {recipe_path} has {len(keys)} factors, at most {attribution.FACTORIAL_MAX} "
                         f"fit a full factorial; use --design shapley")
     eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
-    runner = CellRunner(recipe, factors, tasks, eval_options, text, tokens, artifacts, progress)
+    runner = CellRunner(recipe, factors, tasks, eval_options, text, tokens, artifacts, progress, granularity)
 
     result = {"recipe": recipe.name, "recipe_file": str(recipe_path), "design": design, "factor_granularity": granularity,
               "factors": [f.__dict__ for f in factors], "settings": eval_options | {"text": text, "tokens": tokens},

@@ -338,7 +338,7 @@ def attribute_command(
     recipe: Path = typer.Argument(..., help="The recipe whose choices are the factors, e.g. recipes/compactifai-like.yaml."),
     tasks: str = typer.Option("zoo_aime_style", "--tasks", help="Comma-separated lm-eval tasks."),
     design: str = typer.Option("shapley", "--design", help="shapley (exact up to 6 factors, sampled beyond), one-at-a-time, leave-one-out or factorial (up to 4 factors)."),
-    factors: str = typer.Option("choices", "--factors", help="choices: a group's method and format are separate factors; groups: each group is one factor."),
+    factors: str = typer.Option("choices", "--factors", help="choices: a group's method and format are separate factors; all: also its granularity (groups of N vs one scale per row); groups: each group is one factor."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task (sampling only)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),

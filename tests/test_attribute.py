@@ -72,7 +72,7 @@ def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
     """Exact Shapley for three factors, weights 1/3 (alone), 1/6 (with one other), 1/3 (last), computed from each
     cell's own stored evaluation, read back through quantlab eval's store."""
     result, store = attributed
-    cells = store / "attribution" / "two-choices" / "cells"
+    cells = store / "attribution" / "two-choices" / "cells" / "choices"
     rank, fmt, serve = "groups[0].method", "groups[0].format", "serve.reasoning_effort"
     folders = {frozenset(): "zoo:tiny-gpt-oss", frozenset({rank}): cells / "two-choices.1.0",
                frozenset({fmt}): cells / "two-choices.0.1", frozenset({rank, fmt}): cells / "two-choices.1.1"}
@@ -117,7 +117,7 @@ def test_intervals_contain_their_point_and_the_cells_are_recorded(attributed):
     assert len(result["cells"]) == 8
     stored = json.loads((store / "attribution" / "two-choices" / "attribution.json").read_text())
     assert stored["tasks"]["zoo_aime_style"]["shares_points"] == task["shares_points"]
-    for yaml_file in (store / "attribution" / "two-choices" / "cells").glob("*.yaml"):
+    for yaml_file in (store / "attribution" / "two-choices" / "cells" / "choices").glob("*.yaml"):
         assert load_recipe(yaml_file).name == yaml_file.stem
 
 
@@ -125,7 +125,7 @@ def test_kl_shares_add_up_to_the_full_recipes_measured_kl(attributed):
     """The per-problem KL sums reproduce measure's own mean KLD of the full cell (computed from its token array)."""
     result, store = attributed
     kl = result["kl"]
-    measured = json.loads((store / "attribution" / "two-choices" / "measure" / "two-choices.1.1.json").read_text())
+    measured = json.loads((store / "attribution" / "two-choices" / "cells" / "choices" / "measure" / "two-choices.1.1.json").read_text())
     assert kl["kld_mean"]["value"] == pytest.approx(measured["answer_tokens"]["kl_divergence"]["mean"], rel=1e-9)
     assert sum(s["value"] for s in kl["shares"].values()) == pytest.approx(kl["kld_mean"]["value"], rel=1e-9)
     assert set(kl["shares"]) == {"groups[0].method", "groups[0].format"}  # serving does not change the weights
@@ -149,7 +149,7 @@ def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path)
     recipe_path = REPO / "recipes" / "gguf-q4_k_m.yaml"
     result = attribute(recipe_path, ["zoo_aime_style"], limit=16, tokens=512, artifacts=store)
     assert [f["key"] for f in result["factors"]] == ["preset", "runtime"]
-    cells = store / "attribution" / "gguf-q4_k_m" / "cells"
+    cells = store / "attribution" / "gguf-q4_k_m" / "cells" / "choices"
     quantized, exported = str(cells / "gguf-q4_k_m.1"), str(cells / "gguf-q4_k_m.0")
     score = {}
     for name, subject in (("baseline", exported), ("preset", quantized)):
@@ -165,7 +165,8 @@ def test_group_granularity_keeps_each_group_whole():
     recipe = load_recipe(REPO / "recipes" / "compactifai-like.yaml")
     assert [f.key for f in recipe_factors(recipe, False, "groups")] == ["groups[0]", "groups[1]", "groups[2]"]
     assert len(recipe_factors(recipe, False, "choices")) == 6
-    only_experts = cell_recipe(recipe, frozenset({"groups[0]"}), runtime=False)
+    keys = {f.key for f in recipe_factors(recipe, False, "groups")}
+    only_experts = cell_recipe(recipe, frozenset({"groups[0]"}), False, keys)
     assert only_experts.groups == recipe.groups[:1]
 
 
@@ -176,3 +177,18 @@ def test_the_serve_section_does_not_enter_the_build(tmp_path):
     plain = served.model_copy(update={"serve": None})
     assert served.serve.settings() == {"reasoning_effort": "low"}
     assert cache_key(served, "model", {"v": "1"}) == cache_key(plain, "model", {"v": "1"})
+
+
+def test_all_granularity_splits_a_group_size_from_its_format():
+    """int4 g128 (int4-rtn): the format (one scale per row) and the granularity (groups of 128) are two factors;
+    the format alone quantizes per row, both give the recipe back."""
+    recipe = load_recipe(REPO / "recipes" / "int4-rtn.yaml")
+    factors = recipe_factors(recipe, False, "all")
+    keys = {f.key for f in factors}
+    assert [f.key for f in factors] == ["groups[0].format", "groups[0].granularity"]
+    per_row = cell_recipe(recipe, frozenset({"groups[0].format"}), False, keys).groups[0]
+    assert per_row.format.params["group_size"] is None and per_row.format.name == "int4"
+    assert cell_recipe(recipe, frozenset(keys), False, keys).groups == recipe.groups
+    assert cell_recipe(recipe, frozenset({"groups[0].granularity"}), False, keys) is None
+    # formats without a per-row form (mxfp4's fixed blocks) keep one factor
+    assert [f.key for f in recipe_factors(load_recipe(REPO / "recipes" / "mxfp4.yaml"), False, "all")] == ["groups[0]"]
