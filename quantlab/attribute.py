@@ -260,10 +260,10 @@ def _bootstrap(vectors: dict[str, np.ndarray], weights: np.ndarray | None, seed:
     return out
 
 
-def _design(design: str, keys: list[str], value, seed: int) -> dict:
+def _design(design: str, keys: list[str], value, seed: int, permutations: int = 200) -> dict:
     """The design's per-factor vectors plus whatever else it defines (interaction, efficiency, total)."""
     if design == "shapley":
-        result = attribution.shapley(keys, value, seed=seed)
+        result = attribution.shapley(keys, value, permutations=permutations, seed=seed)
         vectors = {k: np.asarray(v, dtype=float) for k, v in result["shares"].items()}
         vectors |= {"interaction": np.asarray(result["interaction"], dtype=float),
                     "total": np.asarray(result["total"], dtype=float)}
@@ -287,7 +287,7 @@ def _design(design: str, keys: list[str], value, seed: int) -> dict:
 def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limit: int | None = None, repeats: int = 1,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, runtime: bool | None = None,
               text: str = DEFAULT_TEXT, tokens: int = 16384, artifacts: Path = Path("artifacts"),
-              progress: Callable[[str], None] | None = None, granularity: str = "choices") -> dict:
+              progress: Callable[[str], None] | None = None, granularity: str = "choices", permutations: int = 200) -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution.json`` and returns it."""
     if design not in DESIGNS:
@@ -311,7 +311,7 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
 
     result = {"recipe": recipe.name, "recipe_file": str(recipe_path), "design": design, "factor_granularity": granularity,
               "factors": [f.__dict__ for f in factors], "settings": eval_options | {"text": text, "tokens": tokens},
-              "resamples": RESAMPLES, "seed": seed, "tasks": {}}
+              "resamples": RESAMPLES, "seed": seed, "permutations": permutations, "tasks": {}}
     for task in tasks:
         base = runner.score(frozenset(), task)
 
@@ -321,7 +321,7 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
                 raise UserError(f"{task}: cells were evaluated on different items; re-run with the same --limit")
             return 100.0 * (base["per_item"] - scored["per_item"])
 
-        designed = _design(design, keys, loss, seed)
+        designed = _design(design, keys, loss, seed, permutations)
         intervals = _bootstrap(designed["vectors"], None, seed)
         full = runner.score(frozenset(keys), task)
         result["tasks"][task] = {
@@ -330,14 +330,14 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
             "loss_points": intervals.pop("total"), "interaction_points": intervals.pop("interaction"),
             "solo_points": _pop_solo(intervals), "shares_points": intervals, "efficiency_gap": designed["efficiency_gap"], **designed["extra"],
         }
-    result["kl"] = _kl_attribution(runner, design, [f.key for f in factors if f.kind == "weights"], seed)
+    result["kl"] = _kl_attribution(runner, design, [f.key for f in factors if f.kind == "weights"], seed, permutations)
     result["cells"] = _cell_table(runner)
     result["command"] = "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
     atomic_write_text(runner.root / "attribution.json", json.dumps(result, indent=1, default=_plain) + "\n")
     return result
 
 
-def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int) -> dict | None:
+def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int, permutations: int) -> dict | None:
     """Shares of the mean answer-token KL(baseline ‖ cell) on the measurement text, per problem resampled."""
     if not keys:
         return None
@@ -348,7 +348,7 @@ def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int)
         measured = runner.measure(cell)
         return np.zeros_like(tokens) if measured is None else np.array(measured["per_row"]["kl_sum"])
 
-    designed = _design(design, keys, kl_sum, seed)
+    designed = _design(design, keys, kl_sum, seed, permutations)
     intervals = _bootstrap(designed["vectors"], tokens, seed)
     answers = full["answer_tokens"]
     return {"text": runner.text, "problems": int(len(tokens)), "answer_tokens": int(tokens.sum()),

@@ -338,6 +338,7 @@ def attribute_command(
     recipe: Path = typer.Argument(..., help="The recipe whose choices are the factors, e.g. recipes/compactifai-like.yaml."),
     tasks: str = typer.Option("zoo_aime_style", "--tasks", help="Comma-separated lm-eval tasks."),
     design: str = typer.Option("shapley", "--design", help="shapley (exact up to 6 factors, sampled beyond), one-at-a-time, leave-one-out or factorial (up to 4 factors)."),
+    permutations: int = typer.Option(200, "--permutations", min=2, help="Shapley beyond 6 factors: random orders sampled (its error is printed per factor)."),
     factors: str = typer.Option("choices", "--factors", help="choices: a group's method and format are separate factors; all: also its granularity (groups of N vs one scale per row); groups: each group is one factor."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task (sampling only)."),
@@ -356,7 +357,8 @@ def attribute_command(
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     with _status("attributing", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
-        result = attribute(recipe, names, design, limit, repeats, temperature, top_p, seed, runtime, text, tokens, artifacts, say, factors)
+        result = attribute(recipe, names, design, limit, repeats, temperature, top_p, seed, runtime, text, tokens, artifacts, say, factors,
+                           permutations)
     if as_json:
         return _print_json(result)
     print_attribution(result)
