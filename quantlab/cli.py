@@ -433,6 +433,8 @@ def demo(
     started = time.perf_counter()
     _print_card(model_card())
     recipes = Path(__file__).resolve().parent.parent / "recipes"
+    if recipes.is_relative_to(Path.cwd()):  # manifests and the report's commands then name recipes/<name>.yaml
+        recipes = recipes.relative_to(Path.cwd())
     names = [n for n in plan.VARIANTS if ggml.available() or not n.startswith("gguf-")]
     console.print(f"\n[bold]1. Build[/bold] {len(names)} variants from {recipes}/")
     for name in names:

@@ -125,6 +125,7 @@ def router_agreement(variants: list[Variant]) -> bytes:
     axes[1].set_ylabel("Jaccard overlap of routed sets")
     for ax in axes:
         ax.set_xlabel("layer")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[1].legend(fontsize=7, frameon=False, loc="lower left")
     fig.tight_layout()
     return _png(fig)
