@@ -147,9 +147,9 @@ def _cell_code(factors: list[Factor], cell: frozenset[str]) -> str:
 class CellRunner:
     """Builds, measures and evaluates cells on demand, each once."""
 
-    def __init__(self, recipe: Recipe, factors: list[Factor], tasks: list[str], eval_options: dict, text: str, tokens: int,
+    def __init__(self, recipe: Recipe, factors: list[Factor], eval_options: dict, text: str, tokens: int,
                  artifacts: Path, progress: Callable[[str], None] | None, granularity: str = "choices"):
-        self.recipe, self.factors, self.tasks, self.eval_options = recipe, factors, tasks, eval_options
+        self.recipe, self.factors, self.eval_options = recipe, factors, eval_options
         self.text, self.tokens, self.artifacts, self.progress = text, tokens, Path(artifacts), progress
         self.runtime = any(f.kind == "runtime" for f in factors)
         self.root = self.artifacts / "attribution" / recipe.name
@@ -178,7 +178,8 @@ class CellRunner:
             code = _cell_code(self.factors, weights)
             derived = derived.model_copy(update={"name": f"{self.recipe.name}.{code}"})
             path = self.cells / f"{derived.name}.yaml"
-            atomic_write_text(path, f"# attribution cell of {self.recipe.name}: {self.describe(weights)}\n" + derived.as_yaml())
+            applied = frozenset(k for k in weights if self._kind(k) == "weights")
+            atomic_write_text(path, f"# attribution cell of {self.recipe.name}: {self.describe(applied)}\n" + derived.as_yaml())
             self._say(f"building cell {code}")
             subject = str(build(path, self.cells).path)
         self.subjects[weights] = subject
@@ -307,7 +308,7 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
         raise UserError(f"--design factorial: {recipe_path} has {len(keys)} factors, at most {attribution.FACTORIAL_MAX} "
                         f"fit a full factorial; use --design shapley")
     eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
-    runner = CellRunner(recipe, factors, tasks, eval_options, text, tokens, artifacts, progress, granularity)
+    runner = CellRunner(recipe, factors, eval_options, text, tokens, artifacts, progress, granularity)
 
     result = {"recipe": recipe.name, "recipe_file": str(recipe_path), "design": design, "factor_granularity": granularity,
               "factors": [f.__dict__ for f in factors], "settings": eval_options | {"text": text, "tokens": tokens},
