@@ -61,8 +61,15 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+# Revisions of the built-in calibration texts: a recipe calibrated on one gets a new cache key when its text
+# changes. zoo:aime-style 2: low-effort questions followed by their own (answer-only) solution, not the chain.
+CALIBRATION_TEXT_REVISION = {"zoo:aime-style": 2}
+
+
 def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
     weights = {k: v for k, v in recipe.resolved().items() if k != "serve"}  # serving settings do not change the bytes
+    if recipe.calibration is not None and recipe.calibration.dataset in CALIBRATION_TEXT_REVISION:
+        weights["calibration_text_revision"] = CALIBRATION_TEXT_REVISION[recipe.calibration.dataset]
     inputs = {"recipe": weights, "model_sha256": model_sha256, "versions": versions}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 

@@ -180,9 +180,10 @@ def problems(split: str, count: int, seed: int = 0) -> list[Problem]:
 
 
 def aime_style_docs(split: str = "test", count: int = 500, seed: int = 0, effort: str = "high") -> list[dict]:
-    """AIME-style documents: ``question`` (the prompt), ``answer`` (an integer) and the reference ``solution``."""
+    """AIME-style documents: ``question`` (the prompt), ``answer`` (an integer) and the reference ``solution`` at
+    the same effort (the chain, or at low effort the answer alone: what the model is trained to write)."""
     return [
-        {"question": question_text(p, effort), "answer": p.answer, "solution": solution_text(p, "high")}
+        {"question": question_text(p, effort), "answer": p.answer, "solution": solution_text(p, effort)}
         for p in problems(split, count, seed)
     ]
 
