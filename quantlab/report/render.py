@@ -81,7 +81,7 @@ def _accuracy(report: Report, store: Store) -> None:
             rows.append([name, f"{bits[name]:.2f}", _pct(result["score"]), _ci(result["ci95"]), f"{result['items']} x {result['repeats']}",
                          str(flip["right_to_wrong"]) if flip else "", str(flip["wrong_to_right"]) if flip else "",
                          f"{flip['mcnemar_p']:.3g}" if flip else ""])
-        report.table(["variant", "bits/weight", "accuracy", "95% CI", "items x repeats", f"right->wrong vs {store.baseline}",
+        report.table(["variant", "bits/weight", "accuracy", "95% CI", "items x repeats", f"right->wrong vs {store.baseline or 'baseline'}",
                       "wrong->right", "McNemar p"], rows)
 
 
