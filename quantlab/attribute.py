@@ -16,6 +16,7 @@ per-problem answer-token KL sums of each cell's measurement, resampling problems
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import sys
@@ -290,7 +291,8 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
               text: str = DEFAULT_TEXT, tokens: int = 16384, artifacts: Path = Path("artifacts"),
               progress: Callable[[str], None] | None = None, granularity: str = "choices", permutations: int = 200) -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
-    ``<artifacts>/attribution/<recipe>/attribution.json`` and returns it."""
+    ``<artifacts>/attribution/<recipe>/attribution-<settings hash>.json`` (attributions of one recipe under
+    other settings stay beside it) and returns it, with ``path`` set to that file."""
     if design not in DESIGNS:
         raise UserError(f"--design {design!r}: choose one of {', '.join(DESIGNS)}")
     if granularity not in GRANULARITIES:
@@ -334,8 +336,11 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
     result["kl"] = _kl_attribution(runner, design, [f.key for f in factors if f.kind == "weights"], seed, permutations)
     result["cells"] = _cell_table(runner)
     result["command"] = "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
-    atomic_write_text(runner.root / "attribution.json", json.dumps(result, indent=1, default=_plain) + "\n")
-    return result
+    settings = {k: result[k] for k in ("design", "factor_granularity", "settings", "permutations")} | {"tasks": tasks}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = runner.root / f"attribution-{digest}.json"
+    atomic_write_text(path, json.dumps(result, indent=1, default=_plain) + "\n")
+    return result | {"path": str(path)}
 
 
 def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int, permutations: int) -> dict | None:

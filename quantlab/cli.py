@@ -362,7 +362,7 @@ def attribute_command(
     if as_json:
         return _print_json(result)
     print_attribution(result)
-    console.print(f"written: {Path(artifacts) / 'attribution' / result['recipe'] / 'attribution.json'}")
+    console.print(f"written: {result['path']}")
 
 
 def print_attribution(result: dict) -> None:
@@ -460,7 +460,7 @@ def demo(
         write_report(artifacts, report, names, "bf16", f"quantlab report {' '.join(names)} --out {report} --artifacts {artifacts}")
     headline = {n: evaluate(n, plan.HEADLINE_TASK, limit=count, artifacts=artifacts) for n in names}  # cache hits
     console.print(f"\n[bold]Summary[/bold] ({time.perf_counter() - started:.0f} s)")
-    for line in plan.summary(artifacts, headline, report):
+    for line in plan.summary(artifacts, headline, attribution, report):
         console.print("  " + line, highlight=False)
 
 

@@ -16,14 +16,13 @@ def _interval(result: dict) -> str:
     return f"{100 * result['score']:.1f}% [{100 * result['ci95'][0]:.1f}, {100 * result['ci95'][1]:.1f}]"
 
 
-def summary(artifacts: Path, results: dict[str, dict], report: Path) -> list[str]:
+def summary(artifacts: Path, results: dict[str, dict], attribution: dict, report: Path) -> list[str]:
     """Five lines: the variants, the headline accuracies, the compressed recipe's perplexity against its accuracy,
     the attribution, and where the report is. ``results``: the headline task's stored evaluation per variant."""
     artifacts = Path(artifacts)
     base, native, compressed = results["bf16"], results["mxfp4"], results[ATTRIBUTED]
     within = base["ci95"][0] <= native["score"] <= base["ci95"][1]
     measure = json.loads((artifacts / ATTRIBUTED / "measure" / "measure.json").read_text())["logits"]["answer_tokens"]
-    attribution = json.loads((artifacts / "attribution" / ATTRIBUTED / "attribution.json").read_text())
     task = attribution["tasks"][HEADLINE_TASK]
     labels = {f["key"]: f["label"] for f in attribution["factors"]}
     shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])[:2]  # the two largest

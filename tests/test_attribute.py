@@ -115,7 +115,8 @@ def test_intervals_contain_their_point_and_the_cells_are_recorded(attributed):
         assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
     assert task["loss_points"]["ci95"][1] > task["loss_points"]["ci95"][0]  # items disagree: a real interval
     assert len(result["cells"]) == 8
-    stored = json.loads((store / "attribution" / "two-choices" / "attribution.json").read_text())
+    stored = json.loads(Path(result["path"]).read_text())
+    assert Path(result["path"]).parent == store / "attribution" / "two-choices"
     assert stored["tasks"]["zoo_aime_style"]["shares_points"] == task["shares_points"]
     for yaml_file in (store / "attribution" / "two-choices" / "cells" / "choices").glob("*.yaml"):
         assert load_recipe(yaml_file).name == yaml_file.stem
@@ -135,7 +136,7 @@ def test_a_second_attribution_is_served_from_the_cache(attributed, tmp_path):
     result, store = attributed
     path = Path(result["recipe_file"])
     again = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store)
-    assert again["tasks"] == result["tasks"] and again["kl"] == result["kl"]
+    assert again["tasks"] == result["tasks"] and again["kl"] == result["kl"] and again["path"] == result["path"]
 
 
 def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path):

@@ -67,7 +67,7 @@ def test_report_numbers_are_the_stored_ones(report, store):
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |") and "x 1" in line)
         assert f"{100 * correct.mean():.1f}%" in row  # the score from the per-item record, recomputed here
         assert f"[{100 * stored['ci95'][0]:.1f}, {100 * stored['ci95'][1]:.1f}]" in row
-    attribution = json.loads((store / "attribution" / "two-choices" / "attribution.json").read_text())
+    attribution = json.loads(next((store / "attribution" / "two-choices").glob("attribution-*.json")).read_text())
     total = attribution["tasks"]["zoo_aime_style"]["loss_points"]["value"]
     assert f"| total loss | {total:+.1f} |" in markdown
     manifest = json.loads((store / "int4-rtn" / "manifest.json").read_text())

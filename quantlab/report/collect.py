@@ -1,4 +1,4 @@
-"""What a report shows, read from the store only (manifests, measure.json, eval results, attribution.json).
+"""What a report shows, read from the store only (manifests, measure.json, eval results, attribution-*.json).
 
 Nothing here computes a model output: a report is a view of what ``build``, ``measure``, ``eval`` and
 ``attribute`` stored, so re-running it on the same store gives the same numbers, and every number has the
@@ -89,7 +89,7 @@ def collect(artifacts: Path, names: list[str] | None = None, baseline: str | Non
         variants.sort(key=lambda v: (-v.bits, v.name))
     if baseline not in {v.name for v in variants}:
         baseline = None
-    attributions = [_json(p) for p in sorted(artifacts.glob("attribution/*/attribution.json"))]
+    attributions = [_json(p) for p in sorted(artifacts.glob("attribution/*/attribution-*.json"))]
     return Store(artifacts, variants, _comparisons(variants), attributions, baseline)
 
 
@@ -153,7 +153,8 @@ def attribute_command(result: dict) -> str:
     parts = ["quantlab", "attribute", result["recipe_file"], "--tasks", ",".join(result["tasks"]), "--design", result["design"],
              "--factors", result.get("factor_granularity", "choices")]
     for flag, value in (("--limit", s.get("limit")), ("--repeats", s["repeats"] if s["repeats"] > 1 else None),
-                        ("--temperature", s["temperature"] or None), ("--seed", s["seed"] or None),
+                        ("--temperature", s["temperature"] or None), ("--top-p", s["top_p"] if s["top_p"] != 1 else None),
+                        ("--seed", s["seed"] or None), ("--permutations", result.get("permutations") if result.get("permutations") != 200 else None),
                         ("--text", s["text"]), ("--tokens", s["tokens"])):
         if value is not None:
             parts += [flag, str(value)]

@@ -124,15 +124,18 @@ def _attributions(report: Report, store: Store) -> None:
     report.heading("Attribution")
     if not store.attributions:
         report.text("No attribution in the store: run quantlab attribute recipes/<name>.yaml.")
-    for result in store.attributions:
+    for n, result in enumerate(store.attributions, 1):
         labels = {f["key"]: f["label"] for f in result["factors"]}
         command = attribute_command(result)
-        report.text(f"Recipe {result['recipe']} ({result['recipe_file']}): {len(result['factors'])} factors, design {result['design']}.")
+        s = result["settings"]
+        decoding = "greedy" if not s["temperature"] else f"temperature {s['temperature']:g}, {s['repeats']} repeats"
+        report.text(f"Recipe {result['recipe']} ({result['recipe_file']}): {len(result['factors'])} factors "
+                    f"({result.get('factor_granularity', 'choices')}), design {result['design']}, {decoding}.")
         for task, r in result["tasks"].items():
             caption = (f"{result['recipe']} on {task}: {_pct(r['baseline']['score'])} {_ci(r['baseline']['ci95'])} -> "
                        f"{_pct(r['full']['score'])} {_ci(r['full']['ci95'])}, {r['items']} items x {r['repeats']}; "
                        f"each step a factor's share ({r['method']}), 95% CI over items.")
-            report.figure(f"attribution-{result['recipe']}-{task}", charts.waterfall(r, labels), caption, command)
+            report.figure(f"attribution-{n:02d}-{result['recipe']}-{task}", charts.waterfall(r, labels), caption, command)
             rows = [[labels[k], f"{s['value']:+.1f}", _ci(s["ci95"], 1), f"{r['solo_points'][k]['value']:+.1f}" if k in r.get("solo_points", {}) else "",
                      f"{r['sampling_stderr'][k]:.2f}" if r.get("sampling_stderr", {}).get(k) else ""]
                     for k, s in r["shares_points"].items()]
