@@ -221,6 +221,7 @@ def measure_command(
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where variants are looked up by name."),
     as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the summary table as Markdown (docs/measure.md)."),
+    force: bool = typer.Option(False, "--force", help="Measure again even when the stored measurement matches."),
 ) -> None:
     """Per-expert error, routing drift, perplexity and KL drift of variants against their baseline."""
     from quantlab.measure.run import measure_variant
@@ -228,7 +229,7 @@ def measure_command(
     results = []
     for variant in variants:
         with _status(f"measuring {variant}", as_json):
-            results.append(measure_variant(variant, baseline, text, tokens, artifacts))
+            results.append(measure_variant(variant, baseline, text, tokens, artifacts, force=force))
     if as_json:
         return _print_json(results)
     headers = ("variant", "bits/w", "ppl ratio (all)", "ppl ratio (answers)", "mean KLD (answers)", "same top % (answers)",
@@ -444,7 +445,8 @@ def demo(
         state = "cached" if result.cache_hit else f"built in {result.manifest['run']['seconds']['total']:.1f} s"
         console.print(f"  {name:17s} {summary['average_bits_per_weight']:6.3f} bits/weight  {state}: {result.path}")
     console.print(f"\n[bold]2. Measure[/bold] each variant against the baseline on {plan.MEASURE_TEXT} (the AIME-style task's test text)")
-    measure_command(names[1:], baseline=None, text=plan.MEASURE_TEXT, tokens=8192, artifacts=artifacts, as_json=False, markdown=False)
+    measure_command(names[1:], baseline=None, text=plan.MEASURE_TEXT, tokens=8192, artifacts=artifacts, as_json=False, markdown=False,
+                    force=False)
     console.print(f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {count} test items per task, flips against bf16")
     eval_command(names, tasks=",".join(plan.TASKS), limit=count, repeats=1, temperature=0.0,
                  top_p=1.0, max_new_tokens=None, seed=0, baseline="bf16", data=[], num_fewshot=None, backend="hf",

@@ -166,6 +166,16 @@ def test_measure_command_writes_its_outputs(tmp_path, monkeypatch, capsys):
     assert len(result["layers"]) == 4 and all(len(layer["experts"]) == 8 for layer in result["layers"])
     assert result["layers"][0]["experts"][0]["weight_error"]  # from the build manifest
 
+    # the same measurement again is the stored one; another length, an edited text or --force measure again
+    from quantlab.measure.run import measure_variant
+
+    again = measure_variant("int4-rtn", None, str(text), 2000, tmp_path)
+    assert again.pop("cache_hit") is True and again == result
+    assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path)
+    text.write_text(text.read_text() + json.dumps({"question": "effort:high Q:9+9=? A:", "solution": "18 #### 18"}) + "\n")
+    assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path)
+    assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path, force=True)
+
 
 def test_missing_variant_is_one_line(tmp_path, monkeypatch, capsys):
     import sys

@@ -257,8 +257,9 @@ def _layer_summary(index: int, acc: _Accumulator) -> dict:
 
 
 def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file=None, max_tokens: int = 16384,
-                    artifacts=None, write: bool = True) -> dict:
-    """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs."""
+                    artifacts=None, write: bool = True, force: bool = False) -> dict:
+    """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs. The stored
+    measurement is returned instead (``cache_hit``) when variant, baseline, text and length are the same."""
     import json
     import sys
     from pathlib import Path
@@ -270,6 +271,12 @@ def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file
 
     folder = _artifact_folder(variant_ref, artifacts)
     manifest = json.loads((folder / "manifest.json").read_text())
+    settings = _settings(manifest, baseline_ref, text_file, max_tokens, artifacts)
+    stored = folder / "measure" / "measure.json"
+    if write and not force and stored.is_file():
+        previous = json.loads(stored.read_text())
+        if previous.get("variant_cache_key") == manifest["cache_key"] and previous.get("settings") == settings:
+            return previous | {"cache_hit": True}
     variant, tokenizer = load_model(folder / "model", dtype=torch.float32)
     if baseline_ref is None:
         baseline_name = manifest["model"]["source"]
@@ -284,7 +291,7 @@ def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file
                            length=min(128, baseline.config.max_position_embeddings))
     result = {"variant": manifest["variant"], "baseline": baseline_name, "variant_cache_key": manifest["cache_key"],
               "bits_per_weight": manifest["plan"]["average_bits_per_weight"],
-              "settings": {"baseline": baseline_ref, "text": None if text_file is None else str(text_file), "tokens": max_tokens}}
+              "settings": settings}
     result |= measure_pair(baseline, variant, text)
     weight_errors = expert_weight_errors(manifest)
     for layer in result["layers"]:
@@ -300,6 +307,23 @@ def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file
     if write:
         write_measurement(result, folder / "measure")
     return result
+
+
+def _settings(manifest: dict, baseline_ref, text_file, max_tokens: int, artifacts) -> dict:
+    """What a measurement depends on besides the variant: the baseline's identity, the text (with its file's
+    hash), the length."""
+    import json
+    from pathlib import Path
+
+    from quantlab.store import sha256_file
+
+    if baseline_ref is None:
+        baseline_key = manifest["model"]["sha256"]
+    else:
+        baseline_key = json.loads((_artifact_folder(baseline_ref, artifacts) / "manifest.json").read_text())["cache_key"]
+    text = None if text_file is None else str(text_file)
+    text_sha256 = sha256_file(Path(text)) if text and not text.startswith("zoo:") and Path(text).is_file() else None
+    return {"baseline": baseline_ref, "baseline_key": baseline_key, "text": text, "text_sha256": text_sha256, "tokens": max_tokens}
 
 
 def worst_expert(result: dict) -> dict | None:
