@@ -206,8 +206,6 @@ class CellRunner:
                     options |= {"reasoning_effort": value, "apply_chat_template": True}
                 else:
                     options[setting] = value
-            if options["temperature"] == 0:
-                options["repeats"] = 1
             if "runtime" in cell:
                 options["backend"] = "llama.cpp"
             subject = self.subject(cell)
@@ -219,32 +217,22 @@ class CellRunner:
         return self.scores[key]
 
     def measure(self, cell: frozenset) -> dict | None:
-        """Answer-token KL and NLL per problem of the cell's weights (None: the baseline itself)."""
+        """The measurement of the cell's weights against the baseline (quantlab measure's, stored in the cell's
+        folder and reused when it matches); None for the baseline itself."""
         weights = frozenset(k for k in cell if self._kind(k) == "weights")
         if weights not in self.measures:
             subject = self.subject(weights)
-            self.measures[weights] = None if subject == self.recipe.model else self._measured(Path(subject))
+            if subject == self.recipe.model:
+                self.measures[weights] = None
+            else:
+                from quantlab.measure.run import measure_variant
+
+                self._say(f"measuring {Path(subject).name}")
+                self.measures[weights] = measure_variant(subject, None, self.text, self.tokens, self.artifacts)
         return self.measures[weights]
 
     def _kind(self, key: str) -> str:
         return next(f.kind for f in self.factors if f.key == key)
-
-    def _measured(self, folder: Path) -> dict:
-        from quantlab.measure.run import measure_variant
-
-        manifest = json.loads((folder / "manifest.json").read_text())
-        cache = self.cells / "measure" / f"{folder.name}.json"
-        wanted = {"variant_cache_key": manifest["cache_key"], "text": self.text, "tokens": self.tokens}
-        if cache.is_file():
-            stored = json.loads(cache.read_text())
-            if stored["settings"] == wanted:
-                return stored
-        self._say(f"measuring {folder.name}")
-        result = measure_variant(str(folder), None, self.text, self.tokens, self.artifacts, write=False)
-        stored = {"settings": wanted, "per_row": result["answer_tokens_per_row"],
-                  "answer_tokens": result["logits"]["answer_tokens"]}
-        atomic_write_text(cache, json.dumps(stored) + "\n")
-        return stored
 
 
 def _bootstrap(vectors: dict[str, np.ndarray], weights: np.ndarray | None, seed: int) -> dict[str, dict]:
@@ -348,15 +336,15 @@ def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int,
     if not keys:
         return None
     full = runner.measure(frozenset(keys))
-    tokens = np.array(full["per_row"]["tokens"], dtype=float)
+    tokens = np.array(full["answer_tokens_per_row"]["tokens"], dtype=float)
 
     def kl_sum(cell: frozenset):
         measured = runner.measure(cell)
-        return np.zeros_like(tokens) if measured is None else np.array(measured["per_row"]["kl_sum"])
+        return np.zeros_like(tokens) if measured is None else np.array(measured["answer_tokens_per_row"]["kl_sum"])
 
     designed = _design(design, keys, kl_sum, seed, permutations)
     intervals = _bootstrap(designed["vectors"], tokens, seed)
-    answers = full["answer_tokens"]
+    answers = full["logits"]["answer_tokens"]
     return {"text": runner.text, "problems": int(len(tokens)), "answer_tokens": int(tokens.sum()),
             "kld_mean": intervals.pop("total"), "interaction": intervals.pop("interaction"), "solo": _pop_solo(intervals),
             "shares": intervals,
@@ -374,8 +362,8 @@ def _cell_table(runner: CellRunner) -> list[dict]:
         row["tasks"][task] = {k: scored[k] for k in ("score", "ci95", "items", "repeats")}
         measured = runner.measures.get(frozenset(k for k in cell if runner._kind(k) == "weights"))
         if measured is not None:
-            row["answer_tokens"] = {"perplexity_ratio": measured["answer_tokens"]["perplexity_ratio"],
-                                    "kld_mean": measured["answer_tokens"]["kl_divergence"]["mean"]}
+            answers = measured["logits"]["answer_tokens"]
+            row["answer_tokens"] = {"perplexity_ratio": answers["perplexity_ratio"], "kld_mean": answers["kl_divergence"]["mean"]}
     return list(rows.values())
 
 

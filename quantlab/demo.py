@@ -1,8 +1,7 @@
-"""What ``quantlab demo`` runs and the five-line summary it ends with (read back from the store)."""
+"""What ``quantlab demo`` runs and the five-line summary it ends with."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 VARIANTS = ["bf16", "mxfp4", "int4-rtn", "int4-gptq", "gguf-q4_k_m", "compactifai-like"]
@@ -22,7 +21,6 @@ def summary(artifacts: Path, results: dict[str, dict], attribution: dict, report
     artifacts = Path(artifacts)
     base, native, compressed = results["bf16"], results["mxfp4"], results[ATTRIBUTED]
     within = base["ci95"][0] <= native["score"] <= base["ci95"][1]
-    measure = json.loads((artifacts / ATTRIBUTED / "measure" / "measure.json").read_text())["logits"]["answer_tokens"]
     task = attribution["tasks"][HEADLINE_TASK]
     labels = {f["key"]: f["label"] for f in attribution["factors"]}
     shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])[:2]  # the two largest
@@ -33,7 +31,7 @@ def summary(artifacts: Path, results: dict[str, dict], attribution: dict, report
         f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, greedy).",
         f"{HEADLINE_TASK}: bf16 {_interval(base)}; gpt-oss-native mxfp4 {_interval(native)} "
         f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",
-        f"{ATTRIBUTED}: perplexity ratio {measure['perplexity_ratio']:.3f} on the task's test text (teacher-forced) while accuracy "
+        f"{ATTRIBUTED}: perplexity ratio {attribution['kl']['perplexity_ratio']:.3f} on the task's test text (teacher-forced) while accuracy "
         f"falls {loss:.1f} points: errors compound over the chain, perplexity hides it.",
         f"Attribution of the {task['loss_points']['value']:.1f}-point loss ({task['items']} items; Shapley shares, 95% CI): {named}; "
         f"beyond the choices' solo effects (interaction): {task['interaction_points']['value']:+.1f} "

@@ -126,8 +126,8 @@ def test_kl_shares_add_up_to_the_full_recipes_measured_kl(attributed):
     """The per-problem KL sums reproduce measure's own mean KLD of the full cell (computed from its token array)."""
     result, store = attributed
     kl = result["kl"]
-    measured = json.loads((store / "attribution" / "two-choices" / "cells" / "choices" / "measure" / "two-choices.1.1.json").read_text())
-    assert kl["kld_mean"]["value"] == pytest.approx(measured["answer_tokens"]["kl_divergence"]["mean"], rel=1e-9)
+    measured = json.loads((store / "attribution" / "two-choices" / "cells" / "choices" / "two-choices.1.1" / "measure" / "measure.json").read_text())
+    assert kl["kld_mean"]["value"] == pytest.approx(measured["logits"]["answer_tokens"]["kl_divergence"]["mean"], rel=1e-9)
     assert sum(s["value"] for s in kl["shares"].values()) == pytest.approx(kl["kld_mean"]["value"], rel=1e-9)
     assert set(kl["shares"]) == {"groups[0].method", "groups[0].format"}  # serving does not change the weights
 

@@ -43,7 +43,7 @@ def _zoo_documents(spec: str, count: int) -> tuple[str, list[tuple[str, str]]]:
         raise UserError(f"--text {spec}: give {ZOO_TEXT}:SPLIT:EFFORT with SPLIT one of {', '.join(tasks.SPLITS)} "
                         f"and EFFORT one of {', '.join(tasks.EFFORTS)}, e.g. {ZOO_TEXT}:test:high")
     split, effort = parts[2], parts[3]
-    docs = [(tasks.question_text(p, effort), tasks.solution_text(p, effort)) for p in tasks.problems(split, count, 0)]
+    docs = [(d["question"], d["solution"]) for d in tasks.aime_style_docs(split, count, 0, effort)]
     return f"{ZOO_TEXT} {split} ({effort} effort)", docs
 
 
