@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from quantlab.formats import get_format
-from quantlab.methods import check_method_params
+from quantlab.methods import DEFAULT_METHOD, get_method
 from quantlab.models.units import WeightUnit
 from quantlab.recipe import KEEP, Named, Recipe, Selector
 
@@ -86,12 +86,6 @@ def _numel(unit: WeightUnit) -> int:
     return unit.shape[0] * unit.shape[1]
 
 
-def lowrank_rank(shape: tuple[int, int], rank_ratio: float) -> int:
-    import math
-
-    return max(1, math.ceil(rank_ratio * min(shape)))
-
-
 def resolve_plan(
     recipe: Recipe, units: list[WeightUnit], keep_bits: float, other_parameters: int, preset: dict[str, str] | None = None
 ) -> Plan:
@@ -139,27 +133,23 @@ def _preset_entry(recipe: Recipe, unit: WeightUnit, format_name: str) -> PlanEnt
     problem = fmt.shape_problem(unit.shape)
     if problem:
         raise recipe.error("preset", f"{unit.name} of shape {unit.shape}: {problem}")
-    return PlanEntry(unit, None, fmt.describe(), "rtn", fmt.bits_per_weight, why, None, Named(name=format_name), Named(name="rtn"))
+    return PlanEntry(unit, None, fmt.describe(), DEFAULT_METHOD, fmt.bits_per_weight, why, None, Named(name=format_name), Named(name=DEFAULT_METHOD))
 
 
 def _entry(recipe: Recipe, index: int, unit: WeightUnit, keep_bits: float) -> PlanEntry:
     group = recipe.groups[index]
     why = f"groups[{index}]" + (f" ({group.name})" if group.name else "")
-    params = check_method_params(group.method.name, group.method.params)
+    method_type = get_method(group.method.name)
+    params = method_type.params(group.method.params)
     method = group.method.describe()
+    shapes = method_type.stored_shapes(unit.shape, params)
+    stored_values = sum(rows * columns for rows, columns in shapes)  # low rank: r (out + in) values for out x in
     if group.format.name == KEEP:
-        if group.method.name == "lowrank":
-            rank = lowrank_rank(unit.shape, params["rank_ratio"])
-            bits = keep_bits * rank * (unit.shape[0] + unit.shape[1]) / _numel(unit)
-            return PlanEntry(unit, index, KEEP, method, bits, why, None, group.format, group.method)
+        if method_type.changes_weights_alone:
+            return PlanEntry(unit, index, KEEP, method, keep_bits * stored_values / _numel(unit), why, None, group.format, group.method)
         return PlanEntry(unit, index, KEEP, "", keep_bits, why)
     fmt = get_format(group.format.name, **group.format.params)
-    shapes = [unit.shape]
-    bits = fmt.bits_per_weight
-    if group.method.name == "lowrank":
-        rank = lowrank_rank(unit.shape, params["rank_ratio"])
-        shapes = [(unit.shape[0], rank), (rank, unit.shape[1])]  # the factors A (out x r) and B (r x in)
-        bits = fmt.bits_per_weight * rank * (unit.shape[0] + unit.shape[1]) / _numel(unit)
+    bits = fmt.bits_per_weight * stored_values / _numel(unit)
     for shape in shapes:
         problem = fmt.shape_problem(shape)
         if problem:

@@ -36,13 +36,10 @@ def llama_cpp_tensor_types(model, tokenizer, preset: str) -> dict[str, str]:
     """GGUF tensor name -> the ggml type llama.cpp's quantizer gives it under ``preset``."""
     import gguf
 
-    from quantlab.export.gguf import _silence_llama_cpp, export_gguf
-    from quantlab.formats import ggml
+    from quantlab.export.gguf import export_gguf
+    from quantlab.runtimes.llama_cpp import llama_cpp_module
 
-    ggml.library()  # one clear line if the gguf extra is missing
-    import llama_cpp
-
-    _silence_llama_cpp()
+    llama_cpp = llama_cpp_module()
     with tempfile.TemporaryDirectory(prefix="quantlab-preset-") as folder:
         source, target = Path(folder) / "f32.gguf", Path(folder) / "quantized.gguf"
         export_gguf(model, tokenizer, {}, source)

@@ -26,9 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from quantlab.errors import UserError
+from quantlab.methods.base import DEFAULT_METHOD
 from quantlab.models import COMPONENTS
 
-METHODS = ("rtn", "gptq", "imatrix", "lowrank")
 EXPORTS = ("gguf", "native")
 KEEP = "keep"  # the format name that leaves a tensor as the model stores it
 
@@ -158,7 +158,7 @@ class Group(BaseModel):
     name: str | None = None
     select: Selector
     format: Named
-    method: Named = Named(name="rtn")
+    method: Named = Named(name=DEFAULT_METHOD)
 
     @field_validator("format")
     @classmethod
@@ -178,11 +178,13 @@ class Group(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: Named):
-        if value.name not in METHODS:
-            raise ValueError(f"unknown method {value.name!r}; known: {', '.join(METHODS)}")
-        from quantlab.methods import check_method_params
+        from quantlab.methods import get_method
 
-        check_method_params(value.name, value.params)
+        try:
+            method = get_method(value.name)
+        except UserError as error:
+            raise ValueError(str(error)) from None
+        method.params(value.params)
         return value
 
     @model_validator(mode="after")
@@ -195,15 +197,11 @@ class Group(BaseModel):
 
 
 def _method_fits_format(group: "Group") -> None:
-    method, fmt = group.method.name, group.format.name
-    if method == "gptq" and not re.fullmatch(r"int[2-8]", fmt):
-        raise ValueError(f"method gptq works with the integer formats int2 ... int8, not {fmt!r}; use rtn for {fmt!r}")
-    if method == "imatrix":
-        from quantlab.formats.gguf import ACCEPTS_IMPORTANCE
+    from quantlab.methods import get_method
 
-        if not (fmt.startswith("gguf:") and fmt[5:] in ACCEPTS_IMPORTANCE):
-            raise ValueError(f"method imatrix works with the GGUF types whose ggml quantizer reads importance "
-                             f"({', '.join('gguf:' + t for t in sorted(ACCEPTS_IMPORTANCE))}), not {fmt!r}")
+    problem = get_method(group.method.name).format_problem(group.format.name)
+    if problem:
+        raise ValueError(problem)
 
 
 class Calibration(BaseModel):
@@ -269,8 +267,9 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _calibration_when_needed(self):
-        needs = [g.method.name for g in self.groups if g.method.name in ("gptq", "imatrix")]
-        if needs and self.calibration is None:
+        from quantlab.methods import get_method
+
+        if any(get_method(g.method.name).needs_calibration for g in self.groups) and self.calibration is None:
             self.calibration = Calibration()  # the default: the embedded model's own task text
         return self
 
@@ -357,11 +356,33 @@ def _node_lines(node, prefix: str = "", lines: dict | None = None) -> dict[str, 
     return lines
 
 
+SHIPPED_RECIPES = Path(__file__).resolve().parent / "recipes"  # package data: found after `pip install .` too
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes that ship with quantlab (``quantlab build mxfp4`` builds recipes/mxfp4.yaml)."""
+    return sorted(p.stem for p in SHIPPED_RECIPES.glob("*.yaml"))
+
+
+def find_recipe(reference: Path | str) -> Path:
+    """The recipe file a reference names: a path to a file, or the name of a shipped recipe (``mxfp4``). The
+    shipped one is named relative to the working directory where it is below it, as manifests then show it."""
+    path = Path(reference)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or "/" in str(reference):
+        return path
+    shipped = SHIPPED_RECIPES / f"{reference}.yaml"
+    if not shipped.is_file():
+        raise UserError(f"recipe {str(reference)!r}: no such file, nor a shipped recipe (shipped: {', '.join(shipped_recipes())})")
+    return shipped
+
+
 def load_recipe(path: Path | str) -> Recipe:
-    """The recipe in a YAML file, validated; any problem is one ``UserError`` line with file, field and line."""
-    path = Path(path)
+    """The recipe in a YAML file (or a shipped recipe's name), validated; any problem is one ``UserError`` line
+    with file, field and line."""
+    path = find_recipe(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such recipe file; the shipped recipes are in recipes/")
+        raise UserError(f"{path}: no such recipe file; the shipped recipes: {', '.join(shipped_recipes())} "
+                        "(quantlab build NAME or quantlab build recipes/NAME.yaml)")
     try:
         text = path.read_text()
     except UnicodeDecodeError:

@@ -43,7 +43,7 @@ serve:
 @pytest.fixture(scope="session")
 def attributed_store(tmp_path_factory):
     """A store with one attribution (three factors, 24 items): shared by the attribution and report tests."""
-    from quantlab.attribute import attribute
+    from quantlab.stages.attribute import attribute
 
     root = tmp_path_factory.mktemp("attribute")
     path = root / "two-choices.yaml"

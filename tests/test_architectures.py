@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from quantlab import build as builder
+from quantlab.stages import build as builder
 from quantlab.models.loading import load_model
 from quantlab.models.units import weight_units
 from quantlab.zoo import SHIPPED_CHECKPOINT

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantlab.attribute import Factor, attribute, cell_recipe, recipe_factors
-from quantlab.evals.run import evaluate
+from quantlab.stages.attribute import Factor, attribute, cell_recipe, recipe_factors
+from quantlab.stages.evaluate.run import evaluate
 from quantlab.recipe import load_recipe
 
 from conftest import ATTRIBUTED_LIMIT as LIMIT
@@ -172,7 +172,7 @@ def test_group_granularity_keeps_each_group_whole():
 
 
 def test_the_serve_section_does_not_enter_the_build(tmp_path):
-    from quantlab.build import cache_key
+    from quantlab.stages.build import cache_key
 
     served = load_recipe(REPO / "recipes" / "mxfp4-effort-ignored.yaml")
     plain = served.model_copy(update={"serve": None})

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from quantlab.attribution import full_factorial, leave_one_out, one_at_a_time, shapley
+from quantlab.stages.factor_designs import full_factorial, leave_one_out, one_at_a_time, shapley
 
 EFFECTS = {"experts": 20.0, "attention": 5.0, "router": 1.0, "embeddings": 0.5}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quantlab import build as builder
+from quantlab.stages import build as builder
 from quantlab.formats import Packed, get_format
 from quantlab.models.loading import load_model, resolve_model
 from quantlab.recipe import load_recipe

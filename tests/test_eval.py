@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.evals.run import BUNDLED_TASKS, compare, evaluate
-from quantlab.evals.statistics import bootstrap_interval, mcnemar_exact, pass_at_k
+from quantlab.stages.evaluate.run import BUNDLED_TASKS, compare, evaluate
+from quantlab.statistics import bootstrap_interval, mcnemar_exact, pass_at_k
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from quantlab import build as builder
+    from quantlab.stages import build as builder
 
     artifacts = tmp_path_factory.mktemp("artifacts")
     builder.build(REPO / "recipes" / "mxfp4-all.yaml", artifacts)
@@ -120,7 +120,7 @@ def test_llama_cpp_backend_agrees_with_hf_on_an_f32_export(tmp_path):
     """The same bundled tasks through llama.cpp running an F32 GGUF of the unchanged model: item for item the
     same answers as transformers (only the runtime differs, and on F32 it should not matter)."""
     pytest.importorskip("llama_cpp", reason="needs quantlab[gguf]")
-    from quantlab import build as builder
+    from quantlab.stages import build as builder
 
     recipe = tmp_path / "f32.yaml"
     recipe.write_text("name: f32\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: bf16\n")
@@ -160,7 +160,7 @@ def test_endpoint_backend_against_a_real_local_server(tmp_path):
     import time
     import urllib.request
 
-    from quantlab import build as builder
+    from quantlab.stages import build as builder
 
     recipe = tmp_path / "served.yaml"
     recipe.write_text("name: served\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: gguf:Q4_K\n")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab import build as builder
+from quantlab.stages import build as builder
 
 pytest.importorskip("llama_cpp", reason="the gguf export's runtime check needs quantlab[gguf]")
 gguf = pytest.importorskip("gguf")

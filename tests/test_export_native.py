@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from quantlab import build as builder
+from quantlab.stages import build as builder
 from quantlab.models.loading import load_model
 
 REPO_RECIPES = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes"

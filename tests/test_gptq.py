@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from quantlab import build as builder
+from quantlab.stages import build as builder
 from quantlab.formats import get_format
 from quantlab.methods.gptq import gptq_quantize
 

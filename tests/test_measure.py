@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.measure.run import measure_pair
-from quantlab.measure.text import evaluation_text
+from quantlab.stages.measure.run import measure_pair
+from quantlab.stages.measure.text import evaluation_text
 from quantlab.models.loading import load_model, resolve_model
 
 
@@ -124,8 +124,8 @@ def test_gguf_variant_reports_the_runtime_share(tmp_path):
     """An F32 GGUF of an unchanged model: llama.cpp's KL from the baseline is ~0, i.e. the runtime adds nothing
     measurable; a Q4_K variant gets both KLs and their difference."""
     pytest.importorskip("llama_cpp", reason="needs quantlab[gguf]")
-    from quantlab import build as builder
-    from quantlab.measure.run import measure_variant
+    from quantlab.stages import build as builder
+    from quantlab.stages.measure.run import measure_variant
 
     for name, groups in (("same", "  - select: {component: experts}\n    format: bf16\n"),
                          ("q4k", "  - select: {component: experts}\n    format: gguf:Q4_K\n")):
@@ -147,7 +147,7 @@ def test_measure_command_writes_its_outputs(tmp_path, monkeypatch, capsys):
     import sys
     from pathlib import Path
 
-    from quantlab import build as builder
+    from quantlab.stages import build as builder
     from quantlab import cli
 
     recipes = Path(__file__).resolve().parent.parent / "recipes"
@@ -167,7 +167,7 @@ def test_measure_command_writes_its_outputs(tmp_path, monkeypatch, capsys):
     assert result["layers"][0]["experts"][0]["weight_error"]  # from the build manifest
 
     # the same measurement again is the stored one; another length, an edited text or --force measure again
-    from quantlab.measure.run import measure_variant
+    from quantlab.stages.measure.run import measure_variant
 
     again = measure_variant("int4-rtn", None, str(text), 2000, tmp_path)
     assert again.pop("cache_hit") is True and again == result

@@ -3,7 +3,7 @@ gate_up 512x256 and down 256x256 per expert, q/o 256x256, k/v 128x256, router 8x
 
 import pytest
 
-from quantlab.build import plan_for
+from quantlab.stages.build import plan_for
 from quantlab.methods import lowrank
 from quantlab.models.loading import load_model, resolve_model
 from quantlab.recipe import load_recipe

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab import build as builder
+from quantlab.stages import build as builder
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="presets need quantlab[gguf]")
 gguf = pytest.importorskip("gguf")

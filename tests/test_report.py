@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def store(attributed_store):
     """The attribution store plus two variants built, measured and evaluated on the same items."""
-    from quantlab.build import build
-    from quantlab.evals.run import evaluate
-    from quantlab.measure.run import measure_variant
+    from quantlab.stages.build import build
+    from quantlab.stages.evaluate.run import evaluate
+    from quantlab.stages.measure.run import measure_variant
 
     _, artifacts = attributed_store
     for name in ("bf16", "int4-rtn"):
@@ -38,7 +38,7 @@ def _files(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory):
-    from quantlab.report import write_report
+    from quantlab.stages.report import write_report
 
     out = tmp_path_factory.mktemp("report") / "report"
     write_report(store, out)
@@ -88,7 +88,7 @@ def test_every_figure_names_the_command_that_regenerates_it(report):
 
 
 def test_a_second_report_on_the_same_store_is_identical(report, store, tmp_path):
-    from quantlab.report import write_report
+    from quantlab.stages.report import write_report
 
     again = tmp_path / "again"
     write_report(store, again)

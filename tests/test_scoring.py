@@ -2,7 +2,7 @@
 
 import pytest
 
-from quantlab.zoo.scoring import wilson_interval
+from quantlab.statistics import wilson_interval
 
 
 def test_wilson_interval_worked_by_hand():

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from quantlab.measure.run import measure_pair
+from quantlab.stages.measure.run import measure_pair
 
 
 def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 5) -> dict:
@@ -36,3 +36,16 @@ def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 5)
     return {"tokens": int(text.attention.sum()), "two_forward_passes_s": round(plain_s, 3), "measure_s": round(measure_s, 3),
             "ratio": round(measure_s / plain_s, 3), "ratio_per_pair_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
             "repeats": repeats, "torch_threads": torch.get_num_threads()}
+
+
+def measure_variant_cost(variant: str, artifacts, tokens: int = 16384) -> dict:
+    """``measure_cost`` of a built variant against its source model, on measure's default text."""
+    from quantlab.stages.measure.text import evaluation_text
+    from quantlab.models.loading import load_model, resolve_model
+    from quantlab.store import MODEL, as_store
+
+    store = as_store(artifacts)
+    folder = store.variant(variant)
+    baseline, tokenizer = load_model(resolve_model(store.manifest(folder)["model"]["source"]), dtype=torch.float32)
+    model, _ = load_model(folder / MODEL, dtype=torch.float32)
+    return measure_cost(baseline, model, evaluation_text(tokenizer, max_tokens=tokens))

@@ -285,20 +285,13 @@ def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> 
     For an F32 export this is the two runtimes' arithmetic alone; for quantized tensors it adds llama.cpp's
     kernels (which may quantize activations, e.g. to Q8 for k-quant dot products): the runtime's share.
     """
-    from quantlab.formats import ggml
+    from quantlab.runtimes.llama_cpp import logits, open_gguf, version
 
-    ggml.library()  # one clear line if the gguf extra is missing
-    import llama_cpp
-
-    _silence_llama_cpp()
-    llm = llama_cpp.Llama(str(path), n_ctx=model.config.max_position_embeddings, logits_all=True,
-                          verbose=False, n_threads=torch.get_num_threads(), seed=0)
+    llm = open_gguf(path, model.config.max_position_embeddings, seed=0, n_threads=torch.get_num_threads())
     worst, squared_error, squared_norm, count = 0.0, 0.0, 0.0, 0
     for prompt in prompts:
         ids = tokenizer(prompt)["input_ids"]
-        llm.reset()
-        llm.eval(ids)
-        theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        theirs = logits(llm, ids).astype(np.float64)
         with torch.no_grad():
             ours = model.float()(torch.tensor([ids])).logits[0].double().numpy()
         worst = max(worst, float(np.abs(theirs - ours).max()))
@@ -307,21 +300,4 @@ def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> 
         count += len(ids)
     llm.close()
     return {"tokens": count, "relative_l2": squared_error**0.5 / squared_norm**0.5, "max_abs": worst,
-            "runtime": f"llama-cpp-python {llama_cpp.__version__}"}
-
-
-_QUIET = []  # keeps the ctypes callback alive for as long as llama.cpp may call it
-
-
-def _silence_llama_cpp() -> None:
-    """llama.cpp logs every load to stderr, even with verbose=False; quantlab reports what matters itself."""
-    if _QUIET:
-        return
-    import llama_cpp
-
-    @llama_cpp.llama_log_callback
-    def quiet(level, text, user_data):
-        return None
-
-    _QUIET.append(quiet)
-    llama_cpp.llama_log_set(quiet, None)
+            "runtime": version()}

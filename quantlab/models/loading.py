@@ -9,6 +9,7 @@ from pathlib import Path
 from quantlab.errors import UserError
 
 ZOO_PREFIX = "zoo:"
+DEFAULT_MODEL = "zoo:tiny-gpt-oss"  # what a command evaluates when given no model
 
 
 def resolve_model(source: str) -> Path:

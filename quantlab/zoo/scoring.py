@@ -9,20 +9,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantlab.statistics import wilson_interval
 from quantlab.zoo import tasks
 from quantlab.zoo.score import exact_match, multiple_choice_accuracy
 
 SCORES_FILE = "scores.json"
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The 95% Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _entry(correct: list[bool]) -> dict:

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantlab.report import charts
-from quantlab.report.collect import Store, attribute_command, eval_command, flips_against, measure_command
+from quantlab.stages.report import charts
+from quantlab.stages.report.collect import Store, attribute_command, eval_command, flips_against, measure_command
 
 
 @dataclass

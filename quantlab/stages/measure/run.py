@@ -4,19 +4,27 @@ Per chunk both models run once, their experts' forward replaced by one that keep
 experts' input, the router's top-k choice and each routed expert output. From them: router agreement and expert load; each expert's *isolated* output error (baseline and
 variant expert on the same baseline inputs, over the tokens the baseline routes to it); the per-layer drift of
 the hidden states (the *in-context* error, accumulated through the layers); and per predicted token the KL
-divergence, top-token agreement, Δp and both NLLs. Only per-token scalars and running sums outlive a chunk.
+divergence, top-token agreement, llama.cpp's Δp (of the target token), the change in the probability of the
+baseline's top token, and both NLLs. Only per-token scalars and running sums outlive a chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from quantlab.measure.statistics import distribution, perplexity, rate
-from quantlab.measure.text import EvaluationText
+from quantlab.errors import UserError
+from quantlab.stages.measure.outputs import expert_weight_errors, write_measurement
+from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, sha256_file
+
+from quantlab.statistics import distribution, perplexity, rate
+from quantlab.stages.measure.text import EvaluationText
 from quantlab.methods.activations import activate
 
 
@@ -116,18 +124,25 @@ def _router_agreement(base: torch.Tensor, variant: torch.Tensor, experts: int, a
     acc.tokens_variant += one_hot_variant.sum(0).numpy()
 
 
+TOKEN_STATISTICS = ("kl", "same_top", "delta_p", "delta_p_top", "nll_base", "nll_variant")
+
+
 def token_statistics(base_logits: torch.Tensor, variant_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per predicted position: KL(base ‖ variant), same top token, Δp of the base's top token, both NLLs."""
+    """Per predicted position: KL(base ‖ variant), same top token, both NLLs, and two probability changes:
+    ``delta_p`` as llama-perplexity defines Δp (the *target* token's probability, variant minus baseline) and
+    ``delta_p_top`` (the baseline's top token's probability, variant minus baseline)."""
     log_p = torch.log_softmax(base_logits.double(), dim=-1)
     log_q = torch.log_softmax(variant_logits.double(), dim=-1)
     p = log_p.exp()
     top = log_p.argmax(dim=-1, keepdim=True)
+    target = targets.unsqueeze(-1)
     return {
         "kl": (p * (log_p - log_q)).sum(-1).numpy(),
         "same_top": (top.squeeze(-1) == log_q.argmax(dim=-1)).numpy(),
-        "delta_p": (log_q.gather(-1, top).exp() - p.gather(-1, top)).squeeze(-1).numpy(),
-        "nll_base": (-log_p.gather(-1, targets.unsqueeze(-1))).squeeze(-1).numpy(),
-        "nll_variant": (-log_q.gather(-1, targets.unsqueeze(-1))).squeeze(-1).numpy(),
+        "delta_p": (log_q.gather(-1, target).exp() - log_p.gather(-1, target).exp()).squeeze(-1).numpy(),
+        "delta_p_top": (log_q.gather(-1, top).exp() - p.gather(-1, top)).squeeze(-1).numpy(),
+        "nll_base": (-log_p.gather(-1, target)).squeeze(-1).numpy(),
+        "nll_variant": (-log_q.gather(-1, target)).squeeze(-1).numpy(),
     }
 
 
@@ -138,7 +153,7 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
     variant_layers = dict(_moe_layers(variant))
     experts = {i: mlp.experts.gate_up_proj.shape[0] for i, mlp in layers}
     accumulators = {i: _Accumulator(experts[i]) for i, _ in layers}
-    per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer", "row")}
+    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer", "row")}
     capture_base, capture_variant = _Capture(baseline), _Capture(variant)
     forward_s = 0.0
     try:
@@ -217,7 +232,7 @@ def _logit_summary(arrays: dict, mask: np.ndarray) -> dict:
     if not mask.any():
         return {"n": 0}
     base, variant = perplexity(arrays["nll_base"][mask]), perplexity(arrays["nll_variant"][mask])
-    delta_p = arrays["delta_p"][mask]
+    delta_p, delta_p_top = arrays["delta_p"][mask], arrays["delta_p_top"][mask]
     return {
         "n": int(mask.sum()),
         "perplexity_baseline": base,
@@ -225,7 +240,8 @@ def _logit_summary(arrays: dict, mask: np.ndarray) -> dict:
         "perplexity_ratio": variant["ppl"] / base["ppl"],
         "kl_divergence": distribution(arrays["kl"][mask]),
         "same_top": rate(int(arrays["same_top"][mask].sum()), int(mask.sum())),
-        "delta_p": distribution(delta_p) | {"rms": float(np.sqrt((delta_p**2).mean()))},
+        "delta_p": distribution(delta_p) | {"rms": float(np.sqrt((delta_p**2).mean()))},  # llama-perplexity's Δp
+        "delta_p_top": distribution(delta_p_top) | {"rms": float(np.sqrt((delta_p_top**2).mean()))},
     }
 
 
@@ -256,71 +272,70 @@ def _layer_summary(index: int, acc: _Accumulator) -> dict:
     }
 
 
+SCHEMA_VERSION = 1
+
+
 def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file=None, max_tokens: int = 16384,
                     artifacts=None, write: bool = True, force: bool = False) -> dict:
     """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs. The stored
     measurement is returned instead (``cache_hit``) when variant, baseline, text and length are the same."""
-    import json
-    import sys
-    from pathlib import Path
+    store = as_store(artifacts)
+    folder = store.variant(variant_ref)
+    manifest = store.manifest(folder)
+    settings = _settings(store, manifest, baseline_ref, text_file, max_tokens)
+    key = content_key({"variant": manifest["cache_key"], "settings": settings})
+    stored = ArtifactStore.measurement_path(folder)
+    with ArtifactStore.lock(stored) if write else contextlib.nullcontext():
+        previous = ArtifactStore.cached(stored, key) if write and not force else None
+        if previous is not None:
+            return previous | {"cache_hit": True}
+        result = _measure(store, folder, manifest, baseline_ref, text_file, max_tokens)
+        result = {"schema_version": SCHEMA_VERSION, "cache_key": key, "variant": manifest["variant"], "baseline": result.pop("baseline"),
+                  "variant_cache_key": manifest["cache_key"], "bits_per_weight": manifest["plan"]["average_bits_per_weight"],
+                  "settings": settings} | result
+        result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
+        if write:
+            write_measurement(result, stored.parent)
+    return result
 
-    from quantlab.errors import UserError
-    from quantlab.measure.outputs import expert_weight_errors, write_measurement
-    from quantlab.measure.text import evaluation_text
+
+def _measure(store: ArtifactStore, folder: Path, manifest: dict, baseline_ref: str | None, text_file, max_tokens: int) -> dict:
+    from quantlab.stages.measure.text import evaluation_text
     from quantlab.models.loading import load_model, resolve_model
 
-    folder = _artifact_folder(variant_ref, artifacts)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    settings = _settings(manifest, baseline_ref, text_file, max_tokens, artifacts)
-    stored = folder / "measure" / "measure.json"
-    if write and not force and stored.is_file():
-        previous = json.loads(stored.read_text())
-        if previous.get("variant_cache_key") == manifest["cache_key"] and previous.get("settings") == settings:
-            return previous | {"cache_hit": True}
-    variant, tokenizer = load_model(folder / "model", dtype=torch.float32)
+    variant, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
     if baseline_ref is None:
         baseline_name = manifest["model"]["source"]
         baseline, _ = load_model(resolve_model(baseline_name), dtype=torch.float32)
     else:
-        baseline_folder = _artifact_folder(baseline_ref, artifacts)
+        baseline_folder = store.variant(baseline_ref)
         baseline_name = baseline_folder.name
-        baseline, _ = load_model(baseline_folder / "model", dtype=torch.float32)
+        baseline, _ = load_model(baseline_folder / MODEL, dtype=torch.float32)
     if baseline.config.model_type != variant.config.model_type:
         raise UserError(f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ")
     text = evaluation_text(tokenizer, text_file if text_file is None or str(text_file).startswith("zoo:") else Path(text_file), max_tokens=max_tokens,
                            length=min(128, baseline.config.max_position_embeddings))
-    result = {"variant": manifest["variant"], "baseline": baseline_name, "variant_cache_key": manifest["cache_key"],
-              "bits_per_weight": manifest["plan"]["average_bits_per_weight"],
-              "settings": settings}
-    result |= measure_pair(baseline, variant, text)
+    result = {"baseline": baseline_name} | measure_pair(baseline, variant, text)
     weight_errors = expert_weight_errors(manifest)
     for layer in result["layers"]:
         for expert in layer["experts"]:
             expert["weight_error"] = weight_errors.get((layer["layer"], expert["expert"]), {})
     result["worst_expert"] = worst_expert(result)
-    if (folder / "model.gguf").is_file():  # a GGUF variant: the same statistics with llama.cpp running it
-        from quantlab.measure.llama_cpp import llama_cpp_logit_summary, runtime_share
+    if (folder / GGUF).is_file():  # a GGUF variant: the same statistics with llama.cpp running it
+        from quantlab.stages.measure.llama_cpp import llama_cpp_logit_summary, runtime_share
 
-        logits = llama_cpp_logit_summary(baseline, folder / "model.gguf", text)
+        logits = llama_cpp_logit_summary(baseline, folder / GGUF, text)
         result["llama_cpp"] = {"logits": logits, "runtime_share": runtime_share(result["logits"], logits)}
-    result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
-    if write:
-        write_measurement(result, folder / "measure")
     return result
 
 
-def _settings(manifest: dict, baseline_ref, text_file, max_tokens: int, artifacts) -> dict:
+def _settings(store: ArtifactStore, manifest: dict, baseline_ref, text_file, max_tokens: int) -> dict:
     """What a measurement depends on besides the variant: the baseline's identity, the text (with its file's
     hash), the length."""
-    import json
-    from pathlib import Path
-
-    from quantlab.store import sha256_file
-
     if baseline_ref is None:
         baseline_key = manifest["model"]["sha256"]
     else:
-        baseline_key = json.loads((_artifact_folder(baseline_ref, artifacts) / "manifest.json").read_text())["cache_key"]
+        baseline_key = store.manifest(store.variant(baseline_ref))["cache_key"]
     text = None if text_file is None else str(text_file)
     text_sha256 = sha256_file(Path(text)) if text and not text.startswith("zoo:") and Path(text).is_file() else None
     return {"baseline": baseline_ref, "baseline_key": baseline_key, "text": text, "text_sha256": text_sha256, "tokens": max_tokens}
@@ -335,16 +350,3 @@ def worst_expert(result: dict) -> dict | None:
     if error == 0:
         return None  # every expert identical to the baseline's
     return {"layer": layer, "expert": expert, "isolated_relative_error": error}
-
-
-def _artifact_folder(reference: str, artifacts=None):
-    from pathlib import Path
-
-    from quantlab.errors import UserError
-
-    path = Path(reference)
-    for candidate in (path, Path(artifacts or "artifacts") / reference):
-        if (candidate / "manifest.json").is_file() and (candidate / "model").is_dir():
-            return candidate
-    raise UserError(f"variant {reference!r}: no built artifact (looked for {path}/manifest.json and "
-                    f"{Path(artifacts or 'artifacts') / reference}/manifest.json); build it with quantlab build recipes/<name>.yaml")

@@ -1,19 +1,16 @@
 """Running lm-eval on a variant (or the baseline model) in-process, with repeats, and storing every answer.
 
 The model is quantlab's loaded variant handed to lm-eval's own ``HFLM``, so it is evaluated exactly as built;
-tasks are lm-eval YAML (the bundled ones in ``quantlab/evals/tasks``). Each repeat is one ``simple_evaluate``
+tasks are lm-eval YAML (the bundled ones in ``quantlab/stages/evaluate/tasks``). Each repeat is one ``simple_evaluate``
 with its own seeds (sampling when temperature > 0; greedy decoding is deterministic, so it runs once). Results
-go to ``<variant>/eval/<task>-<settings hash>.json`` (lm-eval's results and configs per repeat, every sample's
-correctness, the aggregate) and are indexed in ``<artifacts>/evals.sqlite``; the same request again is a
-cache hit.
+go where the store says (``<variant>/eval/<task>-<settings hash>.json``: lm-eval's results and configs per
+repeat, every sample's correctness, the aggregate), keyed by the subject's identity and the settings; the
+same request again is a cache hit.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import sqlite3
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,28 +18,15 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
-from quantlab.evals.statistics import bootstrap_interval, flips, pass_at_k
-from quantlab.store import atomic_write_text
+from quantlab.runtimes import Loaded, get_runtime
+from quantlab.statistics import bootstrap_interval, flips, pass_at_k
+from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key, record_json
 
-BUNDLED_TASKS = Path(str(files("quantlab.evals") / "tasks"))
+BUNDLED_TASKS = Path(str(files("quantlab.stages.evaluate") / "tasks"))
 METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
 
 
-def _subject(reference: str, artifacts: Path) -> tuple[str, Path, Path, str]:
-    """(name, model folder, where results go, identity key) of a variant artifact or a model source."""
-    from quantlab.models.loading import resolve_model, weights_sha256
-
-    path = Path(reference)
-    for candidate in (path, artifacts / reference):
-        if (candidate / "manifest.json").is_file():
-            manifest = json.loads((candidate / "manifest.json").read_text())
-            return manifest["variant"], candidate / "model", candidate / "eval", manifest["cache_key"]
-    folder = resolve_model(reference)  # the baseline itself, e.g. zoo:tiny-gpt-oss
-    name = reference.replace(":", "-").replace("/", "_")
-    return name, folder, artifacts / "baselines" / name / "eval", weights_sha256(folder)
-
-
-BACKENDS = ("hf", "llama.cpp", "endpoint", "vllm")
+SCHEMA_VERSION = 1
 
 
 def _first_record(task: str, data_file: Path) -> dict:
@@ -91,8 +75,7 @@ def _settings(task: str, limit: int | None, repeats: int, temperature: float, to
               seed: int, data: dict[str, Path], backend: str = "hf", num_fewshot: int | None = None) -> dict:
     from quantlab.store import sha256_file
 
-    if backend not in BACKENDS:
-        raise UserError(f"backend {backend!r} is not available; available: {', '.join(BACKENDS)}")
+    get_runtime(backend)  # one line naming the available ones
     for split, path in data.items():
         if not path.is_file():
             raise UserError(f"--data {task}:{split}={path}: no such file")
@@ -156,14 +139,6 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
     return config
 
 
-def _index(artifacts: Path) -> sqlite3.Connection:
-    artifacts.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(artifacts / "evals.sqlite")
-    db.execute("CREATE TABLE IF NOT EXISTS runs (subject_key TEXT, task TEXT, settings_hash TEXT, seed INTEGER, "
-               "path TEXT, PRIMARY KEY (subject_key, task, settings_hash))")
-    return db
-
-
 def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
              batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None,
@@ -172,8 +147,8 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}. ``task_metadata``: merged into the task's metadata as lm-eval's
     ``--metadata`` does (the bundled zoo tasks read ``effort`` from it)."""
-    artifacts = Path(artifacts)
-    name, model_folder, out_root, key = _subject(reference, artifacts)
+    store = as_store(artifacts)
+    subject = store.subject(reference)
     settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
     settings["generation"] = dict(sorted((generation or {}).items())) or None  # task-specific generation settings
     settings["apply_chat_template"] = apply_chat_template
@@ -183,26 +158,30 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
         settings["reasoning_effort"] = reasoning_effort  # gpt-oss's chat templates read it
     if task_metadata:
         settings["task_metadata"] = dict(sorted(task_metadata.items()))
-    if backend == "endpoint":
-        if not endpoint:
-            raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
+    if backend == "endpoint" and endpoint:
         settings["endpoint"] = endpoint
-    if backend == "llama.cpp" and not (model_folder.parent / "model.gguf").is_file():
-        raise UserError(f"backend llama.cpp: {name} has no GGUF export; build it with exports: [gguf] in its recipe")
-    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    db = _index(artifacts)
-    row = db.execute("SELECT path FROM runs WHERE subject_key=? AND task=? AND settings_hash=?", (key, task, settings_hash)).fetchone()
-    if row and (artifacts / row[0]).is_file():
-        result = json.loads((artifacts / row[0]).read_text())
-        result["cache_hit"] = True
-        return result
+    get_runtime(backend).check(subject.model_folder, settings)
+    settings_hash = content_key(settings, 16)
+    key = content_key({"subject_key": subject.key, "settings": settings})
+    path = ArtifactStore.evaluation_path(subject, task, settings_hash)
+    with ArtifactStore.lock(path):
+        stored = ArtifactStore.cached(path, key)
+        if stored is not None:
+            return stored | {"cache_hit": True}
+        result = _evaluate(subject.model_folder, task, settings, seed, batch_size)
+        result = {"schema_version": SCHEMA_VERSION, "cache_key": key, "subject": subject.name, "subject_key": subject.key,
+                  "task": task, "settings": settings, "settings_hash": settings_hash} | result
+        atomic_write_text(path, record_json(result, indent=1, default=str))
+    return result | {"cache_hit": False}
 
+
+def _evaluate(model_folder: Path, task: str, settings: dict, seed: int, batch_size: int) -> dict:
+    """Every repeat of one task on one model: per-item correctness, the score with its interval, pass@k."""
     prepared = _prepare(model_folder, task, settings)  # once: task index, model, generation settings
     per_repeat = [_run_once(prepared, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
     correct = np.array([[s["correct"] for s in repeat["samples"]] for repeat in per_repeat]).T  # (items, repeats)
     low, high = bootstrap_interval(correct, seed=seed)
-    result = {
-        "subject": name, "subject_key": key, "task": task, "settings": settings, "settings_hash": settings_hash,
+    return {
         "items": int(correct.shape[0]), "repeats": int(correct.shape[1]), "seeds": [seed + r for r in range(correct.shape[1])],
         "metric": per_repeat[0]["metric"], "filter": per_repeat[0]["filter"], "score": float(correct.mean()), "ci95": [low, high],
         "per_repeat_scores": [float(x) for x in correct.mean(axis=0)],
@@ -212,18 +191,12 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
         "lm_eval": [{"results": r["results"], "config": r["config"], "samples": r["samples"]} for r in per_repeat],
         "versions": _versions(),
     }
-    path = out_root / f"{task}-{settings_hash}.json"
-    atomic_write_text(path, json.dumps(result, indent=1, default=str) + "\n")
-    db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)", (key, task, settings_hash, seed, str(path.relative_to(artifacts))))
-    db.commit()
-    result["cache_hit"] = False
-    return result
 
 
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
-    from quantlab.build import library_versions
+    from quantlab.stages.build import library_versions
 
     return library_versions() | {"lm_eval": metadata.version("lm_eval")}
 
@@ -248,52 +221,25 @@ def _prepare(model_folder: Path, task: str, settings: dict) -> dict:
             parts["max_gen_toks"] = settings["max_new_tokens"]
     parts |= settings.get("generation") or {}  # --gen TASK:key=value wins over the global options
     config = spec if isinstance(spec, dict) else manager._get_config(task)
-    if config.get("output_type") == "generate_until" and "max_gen_toks" not in (config.get("generation_kwargs") or {}) \
-            and "max_gen_toks" not in parts:
-        # lm-eval's HFLM would silently cut every answer at 256 new tokens: give half the context instead, and say so.
-        parts["max_gen_toks"] = max(1, min(32768, model.config.max_position_embeddings // 2))
-        settings["max_gen_toks_default"] = parts["max_gen_toks"]
-    return {"manager": manager, "spec": spec, "model": model, "tokenizer": tokenizer, "folder": model_folder,
-            "gen_kwargs": parts or None}
-
-
-def _model_for(prepared: dict, settings: dict, seed: int, batch_size: int):
-    """The lm-eval model of one repeat on the chosen backend (seeded where the backend samples itself)."""
-    from lm_eval.models.huggingface import HFLM
-
-    model, tokenizer, model_folder = prepared["model"], prepared["tokenizer"], prepared["folder"]
-    if settings["backend"] == "endpoint":
-        # lm-eval's OpenAI-compatible completions client: text prompts (the server tokenizes), the variant's
-        # tokenizer for lm-eval's own bookkeeping; log-likelihoods through echo + logprobs.
-        from lm_eval.models.openai_completions import LocalCompletionsAPI
-
-        return LocalCompletionsAPI(base_url=settings["endpoint"].rstrip("/") + "/completions", model=model_folder.parent.name,
-                                   tokenizer_backend="huggingface", tokenizer=str(model_folder), tokenized_requests=False,
-                                   max_length=model.config.max_position_embeddings, num_concurrent=1, max_retries=2)
-    if settings["backend"] == "vllm":
-        # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
-        from lm_eval.models.vllm_causallms import VLLM
-
-        return VLLM(pretrained=str(model_folder), dtype="float32", seed=seed, max_model_len=model.config.max_position_embeddings)
-    if settings["backend"] == "llama.cpp":
-        from quantlab.evals.llama_cpp_backend import LlamaCppLM
-
-        return LlamaCppLM(model_folder.parent / "model.gguf", tokenizer, model.config.max_position_embeddings, seed=seed,
-                          temperature=settings["temperature"], top_p=settings["top_p"])
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=model.config.max_position_embeddings)
-    if settings.get("reasoning_effort"):  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
-        lm.chat_template_args = {"reasoning_effort": settings["reasoning_effort"]}
-    return lm
+    context = model.config.max_position_embeddings
+    if config.get("output_type") == "generate_until":
+        asked = parts.get("max_gen_toks", (config.get("generation_kwargs") or {}).get("max_gen_toks"))
+        if asked is None:
+            # lm-eval's HFLM would silently cut every answer at 256 new tokens: give half the context instead, and say so.
+            parts["max_gen_toks"] = max(1, min(32768, context // 2))
+            settings["max_gen_toks_default"] = parts["max_gen_toks"]
+        elif int(asked) >= context:
+            # A task written for a long-context model (aime25 asks for 32768 new tokens): lm-eval refuses a length
+            # the model cannot hold. Keep half the context for the prompt and say so in the stored settings.
+            parts["max_gen_toks"] = max(1, context // 2)
+            settings["max_gen_toks_clamped"] = {"requested": int(asked), "used": parts["max_gen_toks"], "context": context}
+    return {"manager": manager, "spec": spec, "loaded": Loaded(model_folder, model, tokenizer), "gen_kwargs": parts or None}
 
 
 def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: int) -> dict:
     import lm_eval
 
-    lm = _model_for(prepared, settings, seed, batch_size)
+    lm = get_runtime(settings["backend"]).language_model(prepared["loaded"], settings, seed, batch_size)
     # Copies: lm-eval may edit the task config and generation settings it is given, and they serve every repeat.
     spec, gen_kwargs = copy.deepcopy(prepared["spec"]), copy.deepcopy(prepared["gen_kwargs"])
     torch.manual_seed(seed)
@@ -323,3 +269,23 @@ def compare(baseline_result: dict, variant_result: dict) -> dict:
     if baseline_result["doc_ids"] != variant_result["doc_ids"]:
         raise UserError(f"{variant_result['task']}: baseline and variant were evaluated on different items")
     return flips(np.array(baseline_result["correct"]), np.array(variant_result["correct"]))
+
+
+def evaluate_tasks(subjects: list[str], tasks: list[str], baseline: str | None = None, data_files: dict | None = None,
+                   generation: dict | None = None, progress=None, **options) -> list[dict]:
+    """Each subject on each task (``evaluate``'s options), summarised; with ``baseline``, each row also has the
+    flips against it and McNemar's p. ``data_files`` / ``generation``: per task, as ``evaluate`` takes them."""
+    rows = []
+    for task in tasks:
+        task_options = options | {"data_file": (data_files or {}).get(task), "generation": (generation or {}).get(task)}
+        reference = evaluate(baseline, task, **task_options) if baseline else None
+        for subject in subjects:
+            if progress:
+                progress(f"evaluating {subject} on {task}")
+            result = evaluate(subject, task, **task_options)
+            summary = {k: result[k] for k in ("subject", "task", "metric", "score", "ci95", "items", "repeats", "seeds", "settings", "cache_hit")}
+            if reference is not None:
+                summary["against"] = reference["subject"]
+                summary["flips"] = compare(reference, result)
+            rows.append(summary)
+    return rows

@@ -17,7 +17,6 @@ representable in it (MXFP4 in bfloat16 is), otherwise it is stored in float32 an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -31,15 +30,13 @@ from pathlib import Path
 import torch
 
 from quantlab.formats import Packed, get_format
-from quantlab.methods import Quantized, check_method_params, lowrank, rtn
+from quantlab.methods import Quantized, get_method
 from quantlab.models.loading import load_model, resolve_model, weights_sha256
 from quantlab.models.units import architecture, weight_units
 from quantlab.plan import Plan, PlanEntry, resolve_plan
-from quantlab.recipe import KEEP, Recipe, load_recipe
-from quantlab.store import atomic_directory
+from quantlab.recipe import KEEP, Recipe, find_recipe, load_recipe
+from quantlab.store import MANIFEST, PACKED, ArtifactStore, as_store, atomic_directory, content_key
 
-MANIFEST = "manifest.json"
-PACKED = "packed.safetensors"
 DTYPE_BITS = {torch.float32: 32, torch.bfloat16: 16, torch.float16: 16}
 
 
@@ -70,8 +67,7 @@ def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
     weights = {k: v for k, v in recipe.resolved().items() if k != "serve"}  # serving settings do not change the bytes
     if recipe.calibration is not None and recipe.calibration.dataset in CALIBRATION_TEXT_REVISION:
         weights["calibration_text_revision"] = CALIBRATION_TEXT_REVISION[recipe.calibration.dataset]
-    inputs = {"recipe": weights, "model_sha256": model_sha256, "versions": versions}
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return content_key({"recipe": weights, "model_sha256": model_sha256, "versions": versions})
 
 
 def plan_for(recipe: Recipe, model, tokenizer=None) -> Plan:
@@ -99,19 +95,27 @@ def dry_run(recipe_path: Path) -> Plan:
     return plan_for(recipe, model, tokenizer)
 
 
-def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = False, progress=None) -> BuildResult:
-    """Builds (or finds in the cache) the variant a recipe describes; returns where it is."""
+def build(recipe_path: Path | str, artifacts: ArtifactStore | Path | str = Path("artifacts"), force: bool = False,
+          progress=None) -> BuildResult:
+    """Builds (or finds in the cache) the variant a recipe describes; returns where it is. ``recipe_path``: a
+    recipe file or the name of a shipped recipe."""
     started = time.perf_counter()
+    recipe_path = find_recipe(recipe_path)
     recipe = load_recipe(recipe_path)
     folder = resolve_model(recipe.model)
     model_sha256 = weights_sha256(folder)
     versions = library_versions()
     key = cache_key(recipe, model_sha256, versions)
-    out = Path(artifacts) / recipe.name
-    existing = _read_manifest(out)
-    if existing and existing.get("cache_key") == key and not force:
-        return BuildResult(out, True, existing)
+    out = as_store(artifacts).variant_folder(recipe.name)
+    with ArtifactStore.lock(out):
+        existing = ArtifactStore.cached(out / MANIFEST, key)
+        if existing is not None and not force:
+            return BuildResult(out, True, existing)
+        return _build(recipe, recipe_path, folder, model_sha256, versions, key, out, started, progress)
 
+
+def _build(recipe: Recipe, recipe_path: Path, folder: Path, model_sha256: str, versions: dict, key: str, out: Path,
+           started: float, progress) -> BuildResult:
     torch.manual_seed(recipe.seed)
     model, tokenizer = load_model(folder)
     arch = architecture(model.config)
@@ -130,7 +134,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
         if progress:
             progress(i, len(todo), entry.unit.name)
         original = entry.unit.read(parameters)
-        result = _apply(recipe, entry, original, statistics.get(entry.unit.name))
+        result = _apply(entry, original, statistics.get(entry.unit.name))
         parameter = parameters[entry.unit.tensor]
         if parameter.dtype != torch.float32 and not _exact_in(result.dequantized, parameter.dtype):
             parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
@@ -159,7 +163,7 @@ def build(recipe_path: Path, artifacts: Path = Path("artifacts"), force: bool = 
         "stored_float32": upcast,
         "tensors": rows + [_kept_row(e) for e in plan.entries if not e.quantized],
     }
-    with atomic_directory(out, force=True) as tmp:
+    with atomic_directory(out, force=True, needed_bytes=_needed_bytes(model, plan)) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         _save_packed(stored, described, tmp / PACKED)
@@ -198,16 +202,15 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
     return exports
 
 
-def _read_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
+def _needed_bytes(model, plan: Plan) -> int:
+    """A lower bound of the disk the artifact takes: the model as held in memory and the packed matrices (the
+    exports come on top), so that a disk too small for even that is refused before anything is written."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + int(plan.summary()["size_bytes"])
 
 
 def _input_statistics(recipe: Recipe, model, tokenizer, plan: Plan) -> dict:
     """Calibration statistics of the matrices a data-driven method quantizes (empty when none does)."""
-    units = [e.unit for e in plan.entries if e.quantized and e.method_spec.name in ("gptq", "imatrix")]
+    units = [e.unit for e in plan.entries if e.quantized and get_method(e.method_spec.name).needs_calibration]
     if not units:
         return {}
     from quantlab.calibration import calibration_tokens
@@ -217,28 +220,11 @@ def _input_statistics(recipe: Recipe, model, tokenizer, plan: Plan) -> dict:
     return collect_input_statistics(model, [u for u in units if u.component != "embeddings"], tokens)
 
 
-def _apply(recipe: Recipe, entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:
-    spec, method = entry.format_spec, entry.method_spec
-    params = check_method_params(method.name, method.params)
+def _apply(entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:
+    spec, method_spec = entry.format_spec, entry.method_spec
+    method = get_method(method_spec.name)
     fmt = None if spec.name == KEEP else get_format(spec.name, **spec.params)
-    if method.name == "rtn":
-        return rtn(matrix, fmt)
-    if method.name == "lowrank":
-        return lowrank(matrix, fmt, params["rank_ratio"])
-    tokens = 0 if statistics is None else statistics.tokens
-    if tokens < params["min_tokens"]:  # an expert the router (almost) never chose, or an embedding
-        result = rtn(matrix, fmt)
-        seen = "an embedding has no input activations" if entry.unit.component == "embeddings" else f"saw {tokens} calibration tokens"
-        result.notes["method_fallback"] = f"rtn: {seen} (min_tokens {params['min_tokens']})"
-        result.notes["calibration_tokens"] = tokens
-        return result
-    if method.name == "gptq":
-        from quantlab.methods.gptq import gptq_quantize
-
-        packed = gptq_quantize(matrix, statistics.gram, tokens, fmt, damp=params["damp"], block_size=params["block_size"])
-    else:  # imatrix: ggml's importance-weighted quantizer, with the matrix's mean squared inputs
-        packed = fmt.quantize(matrix, importance=statistics.importance)
-    return Quantized({"": packed}, fmt.dequantize(packed).float(), {"calibration_tokens": tokens})
+    return method.apply(matrix, fmt, method.params(method_spec.params), statistics, entry.unit.component)
 
 
 def _exact_in(values: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -8,7 +8,7 @@ variant is the recipe with only those choices applied, written down as a recipe 
 evaluated through ``quantlab build`` / ``measure`` / ``eval`` (all cached: a cell is never built twice).
 
 Values are per item: ``loss(cell)[i]`` is 100 x (baseline correct - cell correct) on item ``i`` (mean over
-repeats). Every design (``quantlab.attribution``) is linear in the cell values, so each share is the mean of a
+repeats). Every design (``quantlab.stages.factor_designs``) is linear in the cell values, so each share is the mean of a
 per-item contribution, and resampling items (every cell saw the same items) gives a paired bootstrap interval
 for every share, the interaction remainder and the total at once. KL drift is attributed the same way from the
 per-problem answer-token KL sums of each cell's measurement, resampling problems.
@@ -16,8 +16,6 @@ per-problem answer-token KL sums of each cell's measurement, resampling problems
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -26,14 +24,16 @@ from typing import Callable
 
 import numpy as np
 
-from quantlab import attribution
+from quantlab.stages import factor_designs as attribution
 from quantlab.errors import UserError
+from quantlab.methods import DEFAULT_METHOD, get_method
 from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, load_recipe
-from quantlab.store import atomic_write_text
+from quantlab.statistics import RESAMPLES, paired_bootstrap
+from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key, record_json
 
 DESIGNS = ("shapley", "one-at-a-time", "leave-one-out", "factorial")
+SCHEMA_VERSION = 1
 DEFAULT_TEXT = "zoo:aime-style:test:high"  # the AIME-style task's own test text, teacher-forced
-RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,11 @@ def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") 
         factors.append(Factor("preset", f"llama.cpp preset {recipe.preset}", "weights"))
     for i, group in enumerate(recipe.groups):
         name = group.name or f"groups[{i}]"
-        split_method = granularity != "groups" and group.method.name != "rtn" and group.format.name != KEEP
+        method = get_method(group.method.name)
+        split_method = granularity != "groups" and not method.plain_rounding and group.format.name != KEEP
         split_granularity = granularity == "all" and _per_row_possible(group.format)
         if not (split_method or split_granularity):
-            what = f"{_method_label(group.method)}, " if group.method.name != "rtn" else ""
+            what = "" if method.plain_rounding else f"{_method_label(group.method)}, "
             factors.append(Factor(f"groups[{i}]", f"{name}: {what}{_format_label(group.format)}", "weights"))
             continue
         if split_method:
@@ -66,7 +67,7 @@ def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") 
         shown = group.format.model_copy(update={"params": {k: v for k, v in group.format.params.items() if k != "group_size"}}) \
             if split_granularity else group.format
         factors.append(Factor(f"groups[{i}].format", f"{name}: {_format_label(shown)}"
-                              + (" factors" if group.method.name == "lowrank" else ""), "weights"))
+                              + (" factors" if method.stores_factors else ""), "weights"))
         if split_granularity:
             factors.append(Factor(f"groups[{i}].granularity", f"{name}: groups of {group.format.params['group_size']} "
                                   f"(against one scale per row)", "weights"))
@@ -101,9 +102,7 @@ def _format_label(fmt: Named) -> str:
 
 
 def _method_label(method: Named) -> str:
-    if method.name == "lowrank":
-        return f"low rank {100 * method.params['rank_ratio']:g}%"
-    return method.describe()
+    return get_method(method.name).label(method.params)
 
 
 def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool, keys: set[str] | None = None) -> Recipe | None:
@@ -125,11 +124,11 @@ def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool, keys: set[s
             return f"groups[{i}].{choice}" not in keys or f"groups[{i}].{choice}" in cell
 
         if f"groups[{i}].format" in cell:
-            update = {} if applied("method") else {"method": Named(name="rtn")}
+            update = {} if applied("method") else {"method": Named(name=DEFAULT_METHOD)}
             if not applied("granularity"):
                 update["format"] = group.format.model_copy(update={"params": group.format.params | {"group_size": None}})
             groups.append(group.model_copy(update=update))
-        elif f"groups[{i}].method" in cell and group.method.name == "lowrank":
+        elif f"groups[{i}].method" in cell and get_method(group.method.name).changes_weights_alone:
             groups.append(group.model_copy(update={"format": Named(name=KEEP)}))
     preset = recipe.preset if "preset" in cell else None
     if not groups and preset is None:
@@ -151,10 +150,9 @@ class CellRunner:
     def __init__(self, recipe: Recipe, factors: list[Factor], eval_options: dict, text: str, tokens: int,
                  artifacts: Path, progress: Callable[[str], None] | None, granularity: str = "choices"):
         self.recipe, self.factors, self.eval_options = recipe, factors, eval_options
-        self.text, self.tokens, self.artifacts, self.progress = text, tokens, Path(artifacts), progress
+        self.text, self.tokens, self.store, self.progress = text, tokens, as_store(artifacts), progress
         self.runtime = any(f.kind == "runtime" for f in factors)
-        self.root = self.artifacts / "attribution" / recipe.name
-        self.cells = self.root / "cells" / granularity  # a cell's code means different factors per granularity
+        self.cells = self.store.cells_folder(recipe.name, granularity)
         self.scores: dict[tuple[frozenset, str], dict] = {}
         self.measures: dict[frozenset, dict | None] = {}
         self.subjects: dict[frozenset, str] = {}
@@ -174,7 +172,7 @@ class CellRunner:
         if derived is None:
             subject = self.recipe.model
         else:
-            from quantlab.build import build
+            from quantlab.stages.build import build
 
             code = _cell_code(self.factors, weights)
             derived = derived.model_copy(update={"name": f"{self.recipe.name}.{code}"})
@@ -193,7 +191,7 @@ class CellRunner:
     def score(self, cell: frozenset, task: str) -> dict:
         key = (cell, task)
         if key not in self.scores:
-            from quantlab.evals.run import evaluate
+            from quantlab.stages.evaluate.run import evaluate
 
             options = dict(self.eval_options)
             serve = self.recipe.serve.settings() if self.recipe.serve else {}
@@ -210,7 +208,7 @@ class CellRunner:
                 options["backend"] = "llama.cpp"
             subject = self.subject(cell)
             self._say(f"evaluating {self.describe(cell)} on {task}")
-            result = evaluate(subject, task, artifacts=self.artifacts, **options)
+            result = evaluate(subject, task, artifacts=self.store, **options)
             self.scores[key] = {"score": result["score"], "ci95": result["ci95"], "items": result["items"],
                                 "repeats": result["repeats"], "doc_ids": result["doc_ids"],
                                 "per_item": np.array(result["correct"], dtype=float).mean(axis=1)}
@@ -225,29 +223,14 @@ class CellRunner:
             if subject == self.recipe.model:
                 self.measures[weights] = None
             else:
-                from quantlab.measure.run import measure_variant
+                from quantlab.stages.measure.run import measure_variant
 
                 self._say(f"measuring {Path(subject).name}")
-                self.measures[weights] = measure_variant(subject, None, self.text, self.tokens, self.artifacts)
+                self.measures[weights] = measure_variant(subject, None, self.text, self.tokens, self.store)
         return self.measures[weights]
 
     def _kind(self, key: str) -> str:
         return next(f.kind for f in self.factors if f.key == key)
-
-
-def _bootstrap(vectors: dict[str, np.ndarray], weights: np.ndarray | None, seed: int) -> dict[str, dict]:
-    """Point value and 95% percentile interval of each vector's mean (or, with ``weights``, sum / weights' sum),
-    all from the same resamples of items."""
-    n = len(next(iter(vectors.values())))
-    draws = np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
-    out = {}
-    for name, vector in vectors.items():
-        if weights is None:
-            point, resampled = float(vector.mean()), vector[draws].mean(axis=1)
-        else:
-            point, resampled = float(vector.sum() / weights.sum()), vector[draws].sum(axis=1) / weights[draws].sum(axis=1)
-        out[name] = {"value": point, "ci95": [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]}
-    return out
 
 
 def _design(design: str, keys: list[str], value, seed: int, permutations: int = 200) -> dict:
@@ -276,7 +259,7 @@ def _design(design: str, keys: list[str], value, seed: int, permutations: int = 
 
 def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limit: int | None = None, repeats: int = 1,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, runtime: bool | None = None,
-              text: str = DEFAULT_TEXT, tokens: int = 16384, artifacts: Path = Path("artifacts"),
+              text: str = DEFAULT_TEXT, tokens: int = 16384, artifacts: ArtifactStore | Path = Path("artifacts"),
               progress: Callable[[str], None] | None = None, granularity: str = "choices", permutations: int = 200) -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution-<settings hash>.json`` (attributions of one recipe under
@@ -313,7 +296,7 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
             return 100.0 * (base["per_item"] - scored["per_item"])
 
         designed = _design(design, keys, loss, seed, permutations)
-        intervals = _bootstrap(designed["vectors"], None, seed)
+        intervals = paired_bootstrap(designed["vectors"], None, seed)
         full = runner.score(frozenset(keys), task)
         result["tasks"][task] = {
             "items": base["items"], "repeats": full["repeats"],
@@ -325,9 +308,10 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
     result["cells"] = _cell_table(runner)
     result["command"] = "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
     settings = {k: result[k] for k in ("design", "factor_granularity", "settings", "permutations")} | {"tasks": tasks}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = runner.root / f"attribution-{digest}.json"
-    atomic_write_text(path, json.dumps(result, indent=1, default=_plain) + "\n")
+    key = content_key(settings)
+    path = runner.store.attribution_path(recipe.name, key[:12])
+    result = {"schema_version": SCHEMA_VERSION, "cache_key": key} | result
+    atomic_write_text(path, record_json(result, indent=1))
     return result | {"path": str(path)}
 
 
@@ -343,7 +327,7 @@ def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int,
         return np.zeros_like(tokens) if measured is None else np.array(measured["answer_tokens_per_row"]["kl_sum"])
 
     designed = _design(design, keys, kl_sum, seed, permutations)
-    intervals = _bootstrap(designed["vectors"], tokens, seed)
+    intervals = paired_bootstrap(designed["vectors"], tokens, seed)
     answers = full["logits"]["answer_tokens"]
     return {"text": runner.text, "problems": int(len(tokens)), "answer_tokens": int(tokens.sum()),
             "kld_mean": intervals.pop("total"), "interaction": intervals.pop("interaction"), "solo": _pop_solo(intervals),
@@ -365,11 +349,3 @@ def _cell_table(runner: CellRunner) -> list[dict]:
             answers = measured["logits"]["answer_tokens"]
             row["answer_tokens"] = {"perplexity_ratio": answers["perplexity_ratio"], "kld_mean": answers["kl_divergence"]["mean"]}
     return list(rows.values())
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, frozenset):
-        return sorted(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

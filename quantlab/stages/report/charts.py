@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from quantlab.report.collect import Comparison, Variant
+from quantlab.stages.report.collect import Comparison, Variant
 
 BAR = "#1f77b4"  # one colour for accuracy bars (the report's browser test looks for it)
 REFERENCE = "#7f7f7f"
@@ -96,6 +96,7 @@ def expert_heatmaps(variants: list[Variant]) -> bytes:
     columns = min(4, len(measured))
     rows = -(-len(measured) // columns)
     fig, axes = _figure(2.6 * columns + 1, 1.9 * rows + 0.4, rows, columns)
+    axes = np.atleast_1d(axes)  # one measured variant: a single panel, still iterated as a grid
     image = None
     for ax, v, grid in zip(axes.flat, measured, grids):
         cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: an expert that received no token

@@ -12,8 +12,8 @@ from quantlab.errors import UserError
 
 def write_report(artifacts: Path, out: Path, variants: list[str] | None = None, baseline: str | None = "bf16",
                  command: str = "quantlab report") -> dict[str, Path]:
-    from quantlab.report.collect import collect
-    from quantlab.report.render import build_report, write
+    from quantlab.stages.report.collect import collect
+    from quantlab.stages.report.render import build_report, write
 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "report.html").is_file():

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantlab.errors import UserError
-from quantlab.evals.statistics import flips
+from quantlab.statistics import flips
+from quantlab.store import ArtifactStore, as_store, read_json
 
 
 @dataclass
@@ -62,35 +63,30 @@ class Store:
     baseline: str | None
 
 
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: unreadable ({error}); re-run the command that wrote it") from None
-
-
-def collect(artifacts: Path, names: list[str] | None = None, baseline: str | None = "bf16") -> Store:
-    artifacts = Path(artifacts)
-    if not artifacts.is_dir():
-        raise UserError(f"{artifacts}: no such store; build and evaluate variants first (quantlab demo)")
-    available = sorted(p.parent.name for p in artifacts.glob("*/manifest.json"))
+def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, baseline: str | None = "bf16") -> Store:
+    store = as_store(artifacts)
+    if not store.root.is_dir():
+        raise UserError(f"{store.root}: no such store; build and evaluate variants first (quantlab demo)")
+    available = store.built()
     if names:
         missing = [n for n in names if n not in available]
         if missing:
-            raise UserError(f"{', '.join(missing)}: not built in {artifacts} (built: {', '.join(available) or 'none'})")
+            raise UserError(f"{', '.join(missing)}: not built in {store.root} (built: {', '.join(available) or 'none'})")
+    if not (names or available):
+        raise UserError(f"{store.root}: no variant built there yet; build one first (quantlab build mxfp4, or quantlab demo)")
     variants = []
     for name in names or available:
-        folder = artifacts / name
-        measure = folder / "measure" / "measure.json"
-        variant = Variant(name, folder, _json(folder / "manifest.json"), _json(measure) if measure.is_file() else None)
-        variant.evals = [_json(p) for p in sorted((folder / "eval").glob("*.json"))]
+        folder = store.variant_folder(name)
+        measure = ArtifactStore.measurement_path(folder)
+        variant = Variant(name, folder, store.manifest(folder), read_json(measure) if measure.is_file() else None)
+        variant.evals = [read_json(p) for p in ArtifactStore.evaluations(folder)]
         variants.append(variant)
     if not names:  # highest precision first, the way a provider table lists the reference first
         variants.sort(key=lambda v: (-v.bits, v.name))
     if baseline not in {v.name for v in variants}:
         baseline = None
-    attributions = [_json(p) for p in sorted(artifacts.glob("attribution/*/attribution-*.json"))]
-    return Store(artifacts, variants, _comparisons(variants), attributions, baseline)
+    attributions = [read_json(p) for p in store.attributions()]
+    return Store(store.root, variants, _comparisons(variants), attributions, baseline)
 
 
 def _comparisons(variants: list[Variant]) -> list[Comparison]:

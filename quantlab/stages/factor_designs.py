@@ -10,7 +10,7 @@ to value(all) - value(none) (efficiency), which is the check a report prints.
 Pure functions of a ``value`` callable: quantlab's attribute command supplies one that builds, measures and
 evaluates the cell (cached); the tests supply known functions. A value may be a number or a numpy vector (one
 loss per evaluated item): every design is linear in the values, so a vector-valued share is the per-item
-contribution whose mean is the share, which is what lets ``quantlab.attribute`` bootstrap an interval over items.
+contribution whose mean is the share, which is what lets ``quantlab.stages.attribute`` bootstrap an interval over items.
 """
 
 from __future__ import annotations

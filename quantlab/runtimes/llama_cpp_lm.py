@@ -1,8 +1,8 @@
-"""The ``llama.cpp`` backend: lm-eval requests answered by llama.cpp (llama-cpp-python) running a variant's
-GGUF export, the runtime users of Ollama / LM Studio get.
+"""lm-eval requests answered by llama.cpp running a variant's GGUF export: the runtime users of Ollama / LM
+Studio get.
 
 Prompts are tokenized by the variant's Hugging Face tokenizer and the token ids are handed to llama.cpp, so the
-comparison with the ``hf`` backend isolates the runtime (its kernels and its arithmetic) from tokenization.
+comparison with the ``hf`` runtime isolates the runtime (its kernels and its arithmetic) from tokenization.
 Generation is greedy or sampled with llama.cpp's own sampler (seeded); log-likelihoods come from its logits.
 """
 
@@ -11,27 +11,20 @@ from __future__ import annotations
 import numpy as np
 from lm_eval.api.model import LM
 
+from quantlab.runtimes.llama_cpp import logits, open_gguf
+
 
 class LlamaCppLM(LM):
     def __init__(self, gguf_path, tokenizer, n_ctx: int, seed: int = 0, temperature: float = 0.0, top_p: float = 1.0):
         super().__init__()
-        from quantlab.export.gguf import _silence_llama_cpp
-        from quantlab.formats import ggml
-
-        ggml.library()  # one clear line if the gguf extra is missing
-        import llama_cpp
-
-        _silence_llama_cpp()
-        self.llm = llama_cpp.Llama(str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=seed)
+        self.llm = open_gguf(gguf_path, n_ctx, seed=seed)
         self.tokenizer, self.n_ctx, self.temperature, self.top_p = tokenizer, n_ctx, temperature, top_p
 
     def _logprobs(self, ids: list[int]) -> np.ndarray:
         """Log-softmax of llama.cpp's logits at every position of ``ids``."""
-        self.llm.reset()
-        self.llm.eval(ids)
-        logits = np.asarray(self.llm.scores[: len(ids)], dtype=np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        values = logits(self.llm, ids).astype(np.float64)
+        values -= values.max(axis=-1, keepdims=True)
+        return values - np.log(np.exp(values).sum(axis=-1, keepdims=True))
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         results = []

@@ -13,28 +13,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantlab.measure.text import EvaluationText
+from quantlab.stages.measure.text import EvaluationText
 
 
 def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> dict:
-    from quantlab.export.gguf import _silence_llama_cpp
-    from quantlab.formats import ggml
-    from quantlab.measure.run import _logit_summary, token_statistics
+    from quantlab.stages.measure.run import TOKEN_STATISTICS, _logit_summary, token_statistics
+    from quantlab.runtimes.llama_cpp import logits, open_gguf, version
 
-    ggml.library()  # one clear line if the gguf extra is missing
-    import llama_cpp
-
-    _silence_llama_cpp()
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=baseline.config.max_position_embeddings, logits_all=True,
-                          verbose=False, n_threads=torch.get_num_threads(), seed=0)
-    per_token: dict[str, list] = {k: [] for k in ("kl", "same_top", "delta_p", "nll_base", "nll_variant", "answer")}
+    llm = open_gguf(gguf_path, baseline.config.max_position_embeddings, seed=0, n_threads=torch.get_num_threads())
+    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer")}
     try:
         for row in range(text.tokens.shape[0]):
             n = int(text.attention[row].sum())
             ids = text.tokens[row, :n]
-            llm.reset()
-            llm.eval(ids.tolist())
-            theirs = torch.from_numpy(np.asarray(llm.scores[:n], dtype=np.float32))
+            theirs = torch.from_numpy(logits(llm, ids.tolist()))
             with torch.no_grad():
                 ours = baseline(ids.unsqueeze(0)).logits[0]
             stats = token_statistics(ours[:-1], theirs[:-1], ids[1:])
@@ -46,7 +38,7 @@ def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> 
     arrays = {k: np.concatenate(v) for k, v in per_token.items()}
     return {"all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
             "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool)),
-            "runtime": f"llama-cpp-python {llama_cpp.__version__}"}
+            "runtime": version()}
 
 
 def runtime_share(torch_logits: dict, llama_cpp_logits: dict) -> dict:

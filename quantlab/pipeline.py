@@ -1,0 +1,137 @@
+"""The lab end to end, as library code: what ``quantlab demo`` runs, stage by stage, and its five-line summary.
+
+``run_demo`` builds the shipped recipes, measures each variant against the baseline, evaluates them all with
+lm-eval, attributes the compressed recipe's loss to its choices, and writes the report; every stage goes
+through the store's cache, so a second run is all cache hits. It reports each stage as it ends to ``on_stage``
+(the CLI renders them); it prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantlab.store import ArtifactStore, as_store
+
+VARIANTS = ["bf16", "mxfp4", "int4-rtn", "int4-gptq", "gguf-q4_k_m", "compactifai-like"]
+TASKS = ["zoo_aime_style", "zoo_aime_style_low", "zoo_gpqa_style"]
+HEADLINE_TASK = "zoo_aime_style"
+ATTRIBUTED = "compactifai-like"
+MEASURE_TEXT = "zoo:aime-style:test:high"  # the headline task's own test text, teacher-forced
+MEASURE_TOKENS = 8192
+BASELINE = "bf16"
+
+
+@dataclass
+class DemoRun:
+    """What the demo produced, stage by stage (each a stage's own result)."""
+
+    store: ArtifactStore
+    count: int
+    recipes: Path
+    builds: list[Any] = field(default_factory=list)  # BuildResult per variant
+    measurements: list[dict] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)  # evaluate_tasks rows
+    attribution: dict = field(default_factory=dict)
+    report: Path | None = None
+    headline: dict[str, dict] = field(default_factory=dict)  # the headline task's stored evaluation per variant
+    seconds: float = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        return [b.manifest["variant"] for b in self.builds]
+
+
+def demo_variants() -> list[str]:
+    """The shipped recipes the demo builds: the GGUF ones only where llama.cpp's ggml is installed."""
+    from quantlab.formats import ggml
+
+    return [n for n in VARIANTS if ggml.available() or not n.startswith("gguf-")]
+
+
+def shipped_recipes_folder() -> Path:
+    """The shipped recipes, named as a user in the repository types them (recipes/, a link to the package's
+    folder) when that is where they are; manifests and the report's commands then say recipes/<name>.yaml."""
+    from quantlab.recipe import SHIPPED_RECIPES
+
+    if Path("recipes").is_dir() and Path("recipes").resolve() == SHIPPED_RECIPES:
+        return Path("recipes")
+    return SHIPPED_RECIPES.relative_to(Path.cwd()) if SHIPPED_RECIPES.is_relative_to(Path.cwd()) else SHIPPED_RECIPES
+
+
+def run_demo(artifacts: ArtifactStore | Path | str = Path("artifacts"), count: int = 500,
+             on_stage: Callable[[str, DemoRun], None] | None = None, progress: Callable[[str], None] | None = None) -> DemoRun:
+    """Runs the demo into ``artifacts``; ``on_stage(stage, run)`` after each of build, measure, evaluate,
+    attribute, report; ``progress(message)`` for what is running now."""
+    from quantlab.stages.attribute import attribute
+    from quantlab.stages.build import build
+    from quantlab.stages.evaluate.run import evaluate, evaluate_tasks
+    from quantlab.stages.measure.run import measure_variant
+    from quantlab.stages.report import write_report
+
+    started = time.perf_counter()
+    store = as_store(artifacts)
+    run = DemoRun(store, count, shipped_recipes_folder())
+
+    def stage(name: str) -> None:
+        if on_stage:
+            on_stage(name, run)
+
+    def say(message: str) -> None:
+        if progress:
+            progress(message)
+
+    names = demo_variants()
+    for name in names:
+        say(f"building {name}")
+        run.builds.append(build(run.recipes / f"{name}.yaml", store))
+    stage("build")
+    for name in names[1:]:
+        say(f"measuring {name}")
+        run.measurements.append(measure_variant(name, None, MEASURE_TEXT, MEASURE_TOKENS, store))
+    stage("measure")
+    run.evaluations = evaluate_tasks(names, TASKS, baseline=BASELINE, limit=count, artifacts=store, progress=say)
+    stage("evaluate")
+    run.attribution = attribute(run.recipes / f"{ATTRIBUTED}.yaml", [HEADLINE_TASK], limit=count, text=MEASURE_TEXT,
+                                tokens=MEASURE_TOKENS, artifacts=store, progress=say, granularity="groups")
+    stage("attribute")
+    run.report = store.report_folder
+    say("writing the report")
+    write_report(store, run.report, names, BASELINE, f"quantlab report {' '.join(names)} --out {run.report} --artifacts {store.root}")
+    stage("report")
+    run.headline = {n: evaluate(n, HEADLINE_TASK, limit=count, artifacts=store) for n in names}  # cache hits
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _interval(result: dict) -> str:
+    return f"{100 * result['score']:.1f}% [{100 * result['ci95'][0]:.1f}, {100 * result['ci95'][1]:.1f}]"
+
+
+def summary(run: DemoRun) -> list[str]:
+    """Five lines: the variants, the headline accuracies, the compressed recipe's perplexity against its accuracy,
+    the attribution, and where the report is."""
+    artifacts, results, attribution, report = run.store.root, run.headline, run.attribution, run.report
+    assert report is not None, "the summary of a finished run"
+    base, native, compressed = results["bf16"], results["mxfp4"], results[ATTRIBUTED]
+    within = base["ci95"][0] <= native["score"] <= base["ci95"][1]
+    task = attribution["tasks"][HEADLINE_TASK]
+    labels = {f["key"]: f["label"] for f in attribution["factors"]}
+    shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])[:2]  # the two largest
+    named = "; ".join(f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}] "
+                      f"(alone {task['solo_points'][k]['value']:+.1f})" for k, s in shares)
+    loss = 100 * (base["score"] - compressed["score"])
+    return [
+        f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, greedy).",
+        f"{HEADLINE_TASK}: bf16 {_interval(base)}; gpt-oss-native mxfp4 {_interval(native)} "
+        f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",
+        f"{ATTRIBUTED}: perplexity ratio {attribution['kl']['perplexity_ratio']:.3f} on the task's test text (teacher-forced) while accuracy "
+        f"falls {loss:.1f} points: errors compound over the chain, perplexity hides it.",
+        f"Attribution of the {task['loss_points']['value']:.1f}-point loss ({task['items']} items; Shapley shares, 95% CI): {named}; "
+        f"beyond the choices' solo effects (interaction): {task['interaction_points']['value']:+.1f} "
+        f"[{task['interaction_points']['ci95'][0]:+.1f}, {task['interaction_points']['ci95'][1]:+.1f}].",
+        f"Report: {report / 'report.html'} (markdown twin {report / 'report.md'}).",
+    ]

@@ -1,0 +1,113 @@
+"""Runtimes: the engines that run a variant, each registered under the name ``--backend`` takes.
+
+A runtime answers lm-eval's requests (log-likelihoods, generation) for one subject, seeded per repeat:
+
+* ``hf``: the variant's Hugging Face model in-process (transformers), as built;
+* ``llama.cpp``: llama-cpp-python on the variant's GGUF export (``quantlab.runtimes.llama_cpp``);
+* ``endpoint``: an OpenAI-compatible server (lm-eval's completions client);
+* ``vllm``: lm-eval's own vLLM model on the variant's Hugging Face folder (GPU machines).
+
+Adding an engine is one ``Runtime`` subclass here; nothing else names the engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from quantlab.errors import UserError
+
+
+@dataclass
+class Loaded:
+    """What every repeat of an evaluation shares: the subject's folder, its model and tokenizer (loaded once)."""
+
+    folder: Path  # the Hugging Face model folder
+    model: Any
+    tokenizer: Any
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+
+class Runtime:
+    name: ClassVar[str]
+    _registry: ClassVar[dict[str, Runtime]] = {}
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            Runtime._registry[name] = cls()
+
+    def check(self, model_folder: Path, settings: dict) -> None:
+        """A one-line error when this runtime cannot run the subject with these settings."""
+
+    def language_model(self, loaded: Loaded, settings: dict, seed: int, batch_size: int):
+        """The lm-eval model of one repeat."""
+        raise NotImplementedError
+
+
+class Transformers(Runtime, name="hf"):
+    def language_model(self, loaded, settings, seed, batch_size):
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, max_length=loaded.context_length)
+        if settings.get("reasoning_effort"):  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
+            lm.chat_template_args = {"reasoning_effort": settings["reasoning_effort"]}
+        return lm
+
+
+class LlamaCpp(Runtime, name="llama.cpp"):
+    def check(self, model_folder, settings):
+        if not (model_folder.parent / "model.gguf").is_file():
+            raise UserError(f"backend llama.cpp: {model_folder.parent.name} has no GGUF export; build it with exports: [gguf] in its recipe")
+
+    def language_model(self, loaded, settings, seed, batch_size):
+        from quantlab.runtimes.llama_cpp_lm import LlamaCppLM
+
+        return LlamaCppLM(loaded.folder.parent / "model.gguf", loaded.tokenizer, loaded.context_length, seed=seed,
+                          temperature=settings["temperature"], top_p=settings["top_p"])
+
+
+class Endpoint(Runtime, name="endpoint"):
+    def check(self, model_folder, settings):
+        if not settings.get("endpoint"):
+            raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
+
+    def language_model(self, loaded, settings, seed, batch_size):
+        # lm-eval's OpenAI-compatible completions client: text prompts (the server tokenizes), the variant's
+        # tokenizer for lm-eval's own bookkeeping; log-likelihoods through echo + logprobs.
+        from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+        return LocalCompletionsAPI(base_url=settings["endpoint"].rstrip("/") + "/completions", model=loaded.folder.parent.name,
+                                   tokenizer_backend="huggingface", tokenizer=str(loaded.folder), tokenized_requests=False,
+                                   max_length=loaded.context_length, num_concurrent=1, max_retries=2)
+
+
+class VLLM(Runtime, name="vllm"):
+    def check(self, model_folder, settings):
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
+
+    def language_model(self, loaded, settings, seed, batch_size):
+        # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
+        from lm_eval.models.vllm_causallms import VLLM as LMEvalVLLM
+
+        return LMEvalVLLM(pretrained=str(loaded.folder), dtype="float32", seed=seed, max_model_len=loaded.context_length)
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime ``--backend`` names; a one-line error listing the available ones otherwise."""
+    try:
+        return Runtime._registry[name]
+    except KeyError:
+        raise UserError(f"backend {name!r} is not available; available: {', '.join(runtime_names())}") from None
+
+
+def runtime_names() -> list[str]:
+    return list(Runtime._registry)

@@ -1,0 +1,50 @@
+"""llama.cpp (llama-cpp-python) as a runtime: the one place it is started, for every stage that runs a GGUF.
+
+``open_gguf`` loads a file (llama.cpp's logging silenced, one clear line if the ``gguf`` extra is missing);
+``logits`` runs token ids through it. ``quantlab.runtimes.llama_cpp_lm`` answers lm-eval's requests with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_QUIET: list[Any] = []  # keeps the ctypes log callback alive for as long as llama.cpp may call it
+
+
+def llama_cpp_module():
+    """The ``llama_cpp`` module, its logging silenced (llama.cpp logs every load to stderr, even with
+    verbose=False; quantlab reports what matters itself); a one-line error when the gguf extra is missing."""
+    from quantlab.formats import ggml
+
+    ggml.library()
+    import llama_cpp
+
+    if not _QUIET:
+        @llama_cpp.llama_log_callback
+        def quiet(level, text, user_data):
+            return None
+
+        _QUIET.append(quiet)
+        llama_cpp.llama_log_set(quiet, None)
+    return llama_cpp
+
+
+def open_gguf(path: Path, n_ctx: int, seed: int = 0, n_threads: int | None = None):
+    """A ``llama_cpp.Llama`` on ``path`` keeping the logits of every position (close it when done)."""
+    llama_cpp = llama_cpp_module()
+    threads = {} if n_threads is None else {"n_threads": n_threads}
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=seed, **threads)
+
+
+def logits(llm, ids: list[int]) -> np.ndarray:
+    """llama.cpp's float32 logits (positions, vocabulary) for ``ids``, from a fresh context."""
+    llm.reset()
+    llm.eval(ids)
+    return np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def version() -> str:
+    return f"llama-cpp-python {llama_cpp_module().__version__}"

@@ -1,0 +1,28 @@
+"""The store: where every variant and result lives (``ArtifactStore``), its content keys, and atomic writes."""
+
+from quantlab.store.artifacts import (
+    EVAL,
+    GGUF,
+    MANIFEST,
+    MEASURE,
+    MODEL,
+    PACKED,
+    ArtifactStore,
+    Subject,
+    as_store,
+    read_json,
+    record_json,
+)
+from quantlab.store.atomic import (
+    atomic_directory,
+    atomic_write_text,
+    check_free_space,
+    check_output_directory,
+    sha256_file,
+)
+from quantlab.store.keys import content_key
+
+__all__ = [
+    "EVAL", "GGUF", "MANIFEST", "MEASURE", "MODEL", "PACKED", "ArtifactStore", "Subject", "as_store", "atomic_directory",
+    "atomic_write_text", "check_free_space", "check_output_directory", "content_key", "read_json", "record_json", "sha256_file",
+]
