@@ -7,7 +7,7 @@ The public API, one function per stage (each imports its stage on first use, so 
     variant = quantlab.stages.build("mxfp4", "artifacts")        # -> BuildResult(path, cache_hit, manifest)
     drift = quantlab.stages.measure("mxfp4", artifacts="artifacts")
     result = quantlab.evaluate("mxfp4", "zoo_aime_style", limit=100, artifacts="artifacts")
-    shares = quantlab.stages.attribute("compactifai-like", ["zoo_aime_style"], limit=100, artifacts="artifacts")
+    shares = quantlab.attribute("compactifai-like", ["zoo_aime_style"], limit=100, artifacts="artifacts")
     quantlab.stages.report("artifacts", "artifacts/report")
 """
 

@@ -1,7 +1,7 @@
 """Calibration tokens for data-driven methods (gptq, imatrix): ``samples`` windows of ``sequence_length``.
 
-Datasets: ``zoo:aime-style`` / ``zoo:gpqa-style`` (the embedded model's own task text, validation split, both
-effort levels), or ``file:<path>`` (any UTF-8 text file, e.g. ../shared/data/wikitext2/wiki.test.raw). The
+Datasets: a plugin's text (``zoo:aime-style`` / ``zoo:gpqa-style``: the embedded model's own task text,
+validation split, both effort levels), or ``file:<path>`` (any UTF-8 text file, e.g. ../shared/data/wikitext2/wiki.test.raw). The
 text is tokenized once, cut into consecutive windows, and ``samples`` of them are drawn with ``seed``.
 """
 
@@ -16,23 +16,25 @@ from quantlab.errors import UserError
 
 
 def calibration_text(dataset: str, approx_chars: int) -> str:
-    if dataset in ("zoo:aime-style", "zoo:gpqa-style"):
-        from quantlab.zoo import tasks
+    from quantlab.plugins import registry
 
-        count = max(64, approx_chars // 40)
-        texts = []
-        for effort in ("high", "low"):
-            if dataset == "zoo:aime-style":
-                texts += [d["question"] + d["solution"] for d in tasks.aime_style_docs("validation", count, 0, effort)]
-            else:
-                texts += [d["question"] + d["choices"][d["answer"]] for d in tasks.gpqa_style_docs("validation", count, 0, effort)]
-        return "<eos>".join(texts)
+    texts = registry().calibration_texts
+    if dataset in texts:
+        return texts[dataset].text(approx_chars)
     if dataset.startswith("file:"):
         path = Path(dataset[5:]).expanduser()
         if not path.is_file():
             raise UserError(f"calibration dataset {dataset!r}: no such file")
         return path.read_text(encoding="utf-8", errors="replace")
-    raise UserError(f"calibration dataset {dataset!r} is unknown; use zoo:aime-style, zoo:gpqa-style or file:<path>")
+    raise UserError(f"calibration dataset {dataset!r} is unknown; use {', '.join(texts)} or file:<path>")
+
+
+def calibration_revision(dataset: str) -> int | None:
+    """The revision of a built-in calibration text (part of a calibrated build's cache key), None for files."""
+    from quantlab.plugins import registry
+
+    text = registry().calibration_texts.get(dataset)
+    return None if text is None else text.revision
 
 
 def calibration_tokens(calibration, tokenizer) -> torch.Tensor:

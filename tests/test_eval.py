@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.stages.evaluate.run import BUNDLED_TASKS, compare, evaluate
+from quantlab.stages.evaluate.run import compare, evaluate, task_folders
 from quantlab.statistics import bootstrap_interval, mcnemar_exact, pass_at_k
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def test_scores_equal_lm_eval_on_the_saved_artifact(built):
         ours = evaluate("mxfp4-all", task, limit=40, artifacts=built)
         theirs = lm_eval.simple_evaluate(
             model="hf", model_args=f"pretrained={built / 'mxfp4-all' / 'model'},dtype=float32,max_length=128,device=cpu",
-            tasks=[task], task_manager=TaskManager(include_path=str(BUNDLED_TASKS)), limit=40, log_samples=True)
+            tasks=[task], task_manager=TaskManager(include_path=[str(f) for f in task_folders()]), limit=40, log_samples=True)
         samples = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
         metric = ours["metric"]
         assert [float(s[metric]) for s in samples] == [row[0] for row in ours["correct"]]

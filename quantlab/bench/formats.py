@@ -163,9 +163,11 @@ def sqnr_db(weight: torch.Tensor, approx: torch.Tensor) -> float:
 
 def reference_model_matrices() -> list[tuple[str, torch.Tensor]]:
     """The shipped reference model's weight matrices, as (out, in) rows the way runtimes quantize them."""
-    from quantlab.zoo import load_reference_model
+    import torch
 
-    model, _ = load_reference_model()
+    from quantlab.models.loading import default_model, load_model, resolve_model
+
+    model, _ = load_model(resolve_model(default_model()), dtype=torch.float32)
     matrices = []
     for name, p in model.named_parameters():
         if p.dim() == 3:  # fused experts, stored (experts, in, out): one (out, in) matrix per expert

@@ -47,7 +47,9 @@ def synthetic_model(folder: Path, hidden: int = 512, layers: int = 8, experts: i
     import torch
     import transformers
 
-    from quantlab.zoo import SHIPPED_CHECKPOINT
+    from quantlab.models.loading import default_model, resolve_model
+
+    tokenizer_source = resolve_model(default_model())  # its tokenizer files serve the synthetic model
 
     torch.manual_seed(0)
     config = transformers.GptOssConfig(
@@ -60,7 +62,7 @@ def synthetic_model(folder: Path, hidden: int = 512, layers: int = 8, experts: i
     model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(SHIPPED_CHECKPOINT / name, folder / name)
+        shutil.copy(tokenizer_source / name, folder / name)
     return folder
 
 

@@ -14,7 +14,6 @@ from rich.console import Console
 from quantlab.cli import render
 from quantlab.cli.render import console
 from quantlab.errors import UserError
-from quantlab.zoo.settings import DEFAULT_MINUTES, TrainSettings
 
 try:  # typer >= 0.26 vendors its own click; older releases use the click package
     from typer._click import exceptions as click_exceptions
@@ -27,84 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-zoo_app = typer.Typer(help="The embedded reference MoE (tiny-gpt-oss): train, score, info.", no_args_is_help=True)
-app.add_typer(zoo_app, name="zoo")
 bench_app = typer.Typer(help="Benchmarks (speed and quality), as ratios against references timed in the same run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-
-@zoo_app.command("train")
-def zoo_train(
-    out: Path = typer.Option(Path("artifacts/zoo/tiny-gpt-oss"), help="Checkpoint directory to write."),
-    seed: int = typer.Option(0, help="Seed of the data stream, tokenizer and initial weights."),
-    minutes: Optional[float] = typer.Option(None, help=f"Time budget (default {DEFAULT_MINUTES:g} min); the step count it gives is recorded."),
-    steps: Optional[int] = typer.Option(None, help="Exact step count (reproducible bytes)."),
-    batch_size: int = typer.Option(TrainSettings.batch_size, help="Sequences per optimizer step."),
-    learning_rate: float = typer.Option(TrainSettings.learning_rate, help="Peak learning rate (linear warm-up, cosine decay to 5%)."),
-    warmup_steps: int = typer.Option(TrainSettings.warmup_steps, help="Linear warm-up steps."),
-    low_effort_fraction: float = typer.Option(TrainSettings.low_effort_fraction, help="Share of training texts with the effort:low marker."),
-    score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
-    force: bool = typer.Option(False, help="Replace a non-empty --out."),
-) -> None:
-    """Train tiny-gpt-oss from scratch on the synthetic tasks."""
-    from quantlab.store import check_output_directory
-
-    if minutes is not None and steps is not None:
-        raise UserError("quantlab zoo train: give --minutes or --steps, not both")
-    if steps is not None and steps < 1 or minutes is not None and minutes <= 0:
-        raise UserError("quantlab zoo train: --steps and --minutes must be positive")
-    if batch_size < 1 or learning_rate <= 0 or warmup_steps < 1 or not 0 <= low_effort_fraction <= 1:
-        raise UserError("quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
-                        "--low-effort-fraction within [0, 1]")
-    check_output_directory(out, force)  # fail before training (and before the heavy imports), not after
-    from quantlab.zoo.train import train
-
-    settings = TrainSettings(
-        seed=seed,
-        steps=steps,
-        minutes=None if steps is not None else (minutes or DEFAULT_MINUTES),
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        low_effort_fraction=low_effort_fraction,
-    )
-    result = train(out, settings, log=console.print, force=force, score_items=score_items)
-    console.print(f"wrote {out}: {result.steps} steps, {result.wall_time_s:.0f} s, {result.tokens_per_s} tokens/s")
-
-
-@zoo_app.command("score")
-def zoo_score(
-    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the shipped one)."),
-    count: int = typer.Option(500, help="Test items per task."),
-    seed: int = typer.Option(0, help="Seed of the task generator."),
-    record: bool = typer.Option(False, help="Save the scores into the checkpoint's scores.json."),
-    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
-) -> None:
-    """Greedy AIME-style exact match (high and low effort) and GPQA-style accuracy on the test split."""
-    from quantlab.zoo import load_reference_model, resolve_checkpoint
-    from quantlab.zoo.scoring import record_scores, score_reference_tasks
-
-    if count < 1:
-        raise UserError("quantlab zoo score: --count must be at least 1")
-    path = resolve_checkpoint(model)
-    net, tokenizer = load_reference_model(path)
-    with render.status(f"scoring {count} items per task", as_json):
-        scores = score_reference_tasks(net, tokenizer, count=count, seed=seed)
-    if record:
-        record_scores(path, scores)
-    render.print_json(scores) if as_json else render.reference_scores(scores)
-
-
-@zoo_app.command("info")
-def zoo_info(
-    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the shipped one)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
-) -> None:
-    """Print the model card: config, parameters per component, training record and scores."""
-    from quantlab.zoo.card import model_card
-
-    card = model_card(model)
-    render.print_json(card) if as_json else render.model_card(card)
-
 
 @app.command("build")
 def build_command(
@@ -198,12 +121,12 @@ def eval_command(
 def _default_subjects(artifacts: Path, quiet: bool) -> list[str]:
     """What ``quantlab eval`` without a subject evaluates: every variant built in the store, or, in an empty
     store, the default model; said on stderr so that --json output stays clean."""
-    from quantlab.models.loading import DEFAULT_MODEL
+    from quantlab.models.loading import default_model
     from quantlab.store import ArtifactStore
 
     built = ArtifactStore(artifacts).built()
-    subjects = built or [DEFAULT_MODEL]
-    what = f"every variant built in {artifacts}/ ({', '.join(built)})" if built else f"the default model {DEFAULT_MODEL} ({artifacts}/ holds no variant)"
+    subjects = built or [default_model()]
+    what = f"every variant built in {artifacts}/ ({', '.join(built)})" if built else f"the default model {subjects[0]} ({artifacts}/ holds no variant)"
     Console(stderr=True).print(f"no subject given: evaluating {what}", highlight=False)
     return subjects
 
@@ -296,9 +219,10 @@ def demo(
     evaluate them against bf16, attribute the compactifai-like recipe's loss, write the report (every step
     cached in artifacts/; a second run is fast)."""
     from quantlab.pipeline import run_demo, summary
-    from quantlab.zoo.card import model_card
+    from quantlab.plugins import registry
 
-    render.model_card(model_card())
+    if registry().model_card is not None:
+        render.model_card(registry().model_card())
     with console.status("starting") as spinner:
         run = run_demo(artifacts, count, on_stage=lambda stage, run: _demo_stage(stage, run, spinner), progress=spinner.update)
     console.print(f"\n[bold]Summary[/bold] ({run.seconds:.0f} s)")
@@ -365,10 +289,11 @@ def bench_build_memory(
     import tempfile
 
     from quantlab.bench import memory
+    from quantlab.models.loading import default_model
 
     results = []
     with render.status("measuring build memory", as_json):
-        results.append(memory.measure_build("zoo:tiny-gpt-oss"))
+        results.append(memory.measure_build(default_model()))
         if synthetic:
             with tempfile.TemporaryDirectory(prefix="quantlab-synthetic-") as folder:
                 results.append(memory.measure_build(str(memory.synthetic_model(Path(folder) / "synthetic-gpt-oss-100m"))))
@@ -393,6 +318,16 @@ def bench_measure(
     if as_json:
         return render.print_json(result)
     render.bench_measure(result)
+
+
+def _add_plugin_commands() -> None:
+    from quantlab.plugins import registry
+
+    for name, commands in registry().commands:
+        app.add_typer(commands, name=name)
+
+
+_add_plugin_commands()
 
 
 def _given_value(param) -> str | None:

@@ -1,4 +1,5 @@
-"""Finding and loading the model a recipe names: ``zoo:<name>``, a local Hugging Face folder, or a hub id."""
+"""Finding and loading the model a recipe names: a plugin's source (``zoo:<name>``), a local Hugging Face
+folder, or a hub id."""
 
 from __future__ import annotations
 
@@ -8,19 +9,15 @@ from pathlib import Path
 
 from quantlab.errors import UserError
 
-ZOO_PREFIX = "zoo:"
-DEFAULT_MODEL = "zoo:tiny-gpt-oss"  # what a command evaluates when given no model
 
 
 def resolve_model(source: str) -> Path:
     """The local folder holding the model ``source`` names (checked for a config and safetensors weights)."""
-    if source.startswith(ZOO_PREFIX):
-        from quantlab.zoo import SHIPPED_CHECKPOINT, resolve_checkpoint
+    from quantlab.plugins import registry
 
-        name = source[len(ZOO_PREFIX) :]
-        if name != SHIPPED_CHECKPOINT.name:
-            raise UserError(f"model {source!r}: the zoo has only zoo:{SHIPPED_CHECKPOINT.name}")
-        return resolve_checkpoint(None)
+    plugin_source = registry().model_source(source)  # e.g. zoo:tiny-gpt-oss, the embedded reference model
+    if plugin_source is not None:
+        return plugin_source(source)
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -85,3 +82,13 @@ def load_model(folder: Path, dtype=None):
         raise UserError(f"{folder}: model does not load ({first_line}); check or re-download it") from None
     model.eval()
     return model, tokenizer
+
+
+def default_model() -> str:
+    """The model a command runs when given none (a plugin's: the embedded reference model)."""
+    from quantlab.plugins import registry
+
+    model = registry().default_model
+    if model is None:
+        raise UserError("no default model is registered; name a model or a built variant")
+    return model

@@ -28,6 +28,7 @@ from quantlab.stages import factor_designs as attribution
 from quantlab.errors import UserError
 from quantlab.methods import DEFAULT_METHOD, get_method
 from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, load_recipe
+from quantlab.plugins import registry
 from quantlab.statistics import RESAMPLES, paired_bootstrap
 from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key, record_json
 
@@ -198,8 +199,8 @@ class CellRunner:
             for setting, value in serve.items():
                 if f"serve.{setting}" not in cell:
                     continue
-                if setting == "reasoning_effort" and task.startswith("zoo_"):
-                    options["task_metadata"] = {"effort": value}  # the zoo model's prompt marker
+                if setting == "reasoning_effort" and task in registry().effort_metadata_tasks:
+                    options["task_metadata"] = {"effort": value}  # the embedded model's prompt marker
                 elif setting == "reasoning_effort":
                     options |= {"reasoning_effort": value, "apply_chat_template": True}
                 else:

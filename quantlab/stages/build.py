@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from quantlab.calibration import calibration_revision
 from quantlab.formats import Packed, get_format
 from quantlab.methods import Quantized, get_method
 from quantlab.models.loading import load_model, resolve_model, weights_sha256
@@ -58,15 +59,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-# Revisions of the built-in calibration texts: a recipe calibrated on one gets a new cache key when its text
-# changes. zoo:aime-style 2: low-effort questions followed by their own (answer-only) solution, not the chain.
-CALIBRATION_TEXT_REVISION = {"zoo:aime-style": 2}
-
-
 def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
     weights = {k: v for k, v in recipe.resolved().items() if k != "serve"}  # serving settings do not change the bytes
-    if recipe.calibration is not None and recipe.calibration.dataset in CALIBRATION_TEXT_REVISION:
-        weights["calibration_text_revision"] = CALIBRATION_TEXT_REVISION[recipe.calibration.dataset]
+    # a recipe calibrated on a built-in text gets a new cache key when the text changes (its revision)
+    revision = None if recipe.calibration is None else calibration_revision(recipe.calibration.dataset)
+    if revision is not None:
+        weights["calibration_text_revision"] = revision
     return content_key({"recipe": weights, "model_sha256": model_sha256, "versions": versions})
 
 

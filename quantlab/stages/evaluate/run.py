@@ -11,7 +11,6 @@ same request again is a cache hit.
 from __future__ import annotations
 
 import copy
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from quantlab.runtimes import Loaded, get_runtime
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
 from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key, record_json
 
-BUNDLED_TASKS = Path(str(files("quantlab.stages.evaluate") / "tasks"))
 METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
 
 
@@ -85,6 +83,25 @@ def _settings(task: str, limit: int | None, repeats: int, temperature: float, to
             "data_sha256": {split: sha256_file(path) for split, path in data.items()} or None}
 
 
+def task_folders() -> list[Path]:
+    """The lm-eval task folders the plugins bring (the embedded model's tasks), searched besides lm-eval's own."""
+    from quantlab.plugins import registry
+
+    return registry().task_folders
+
+
+def _bundled_tasks(manager) -> set[str]:
+    folders = [str(folder) for folder in task_folders()]
+    return {name for name, entry in manager.task_index.items()
+            if str(entry.get("yaml_path", "")).startswith(tuple(folders)) and entry.get("type") == "task"}
+
+
+def _task_manager(metadata: dict | None = None):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(folder) for folder in task_folders()], verbosity="ERROR", metadata=metadata)
+
+
 def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | None = None):
     """The task as lm-eval takes it: its name, or (with a local data file) its own config with the dataset
     replaced by the file, so that its prompts, filters and scoring stay lm-eval's."""
@@ -92,9 +109,9 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
     import re as regex
 
     if task not in manager.all_tasks:
-        bundled = ", ".join(sorted(n for n in manager.all_tasks if n.startswith("zoo_")))
+        bundled = ", ".join(sorted(_bundled_tasks(manager)))
         raise UserError(f"unknown task {task!r}: not an lm-eval task name (bundled: {bundled})")
-    if task.startswith("zoo_"):
+    if task in _bundled_tasks(manager):  # its data ships with it
         return task
     config = dict(manager._get_config(task))
     if not data:
@@ -146,7 +163,7 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
              reasoning_effort: str | None = None, task_metadata: dict | None = None) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}. ``task_metadata``: merged into the task's metadata as lm-eval's
-    ``--metadata`` does (the bundled zoo tasks read ``effort`` from it)."""
+    ``--metadata`` does (the embedded model's tasks read ``effort`` from it)."""
     store = as_store(artifacts)
     subject = store.subject(reference)
     settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
@@ -203,15 +220,13 @@ def _versions() -> dict[str, str]:
 
 def _prepare(model_folder: Path, task: str, settings: dict) -> dict:
     """What every repeat shares: lm-eval's task index and the task spec, the loaded model, the generation settings."""
-    from lm_eval.tasks import TaskManager
-
     from quantlab.models.loading import load_model
 
-    manager = TaskManager(include_path=str(BUNDLED_TASKS), verbosity="ERROR", metadata=settings.get("task_metadata"))
+    manager = _task_manager(settings.get("task_metadata"))
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
     if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"--apply-chat-template: {model_folder} has no chat template (the zoo model is not a chat model)")
+        raise UserError(f"--apply-chat-template: {model_folder} has no chat template (it is not a chat model)")
     parts = {}
     if settings["temperature"] > 0 or settings["max_new_tokens"]:
         parts = {"do_sample": settings["temperature"] > 0}

@@ -313,7 +313,7 @@ def _measure(store: ArtifactStore, folder: Path, manifest: dict, baseline_ref: s
         baseline, _ = load_model(baseline_folder / MODEL, dtype=torch.float32)
     if baseline.config.model_type != variant.config.model_type:
         raise UserError(f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ")
-    text = evaluation_text(tokenizer, text_file if text_file is None or str(text_file).startswith("zoo:") else Path(text_file), max_tokens=max_tokens,
+    text = evaluation_text(tokenizer, text_file, max_tokens=max_tokens,
                            length=min(128, baseline.config.max_position_embeddings))
     result = {"baseline": baseline_name} | measure_pair(baseline, variant, text)
     weight_errors = expert_weight_errors(manifest)
@@ -337,7 +337,7 @@ def _settings(store: ArtifactStore, manifest: dict, baseline_ref, text_file, max
     else:
         baseline_key = store.manifest(store.variant(baseline_ref))["cache_key"]
     text = None if text_file is None else str(text_file)
-    text_sha256 = sha256_file(Path(text)) if text and not text.startswith("zoo:") and Path(text).is_file() else None
+    text_sha256 = sha256_file(Path(text)) if text and Path(text).is_file() else None
     return {"baseline": baseline_ref, "baseline_key": baseline_key, "text": text, "text_sha256": text_sha256, "tokens": max_tokens}
 
 

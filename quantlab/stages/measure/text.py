@@ -31,30 +31,16 @@ class EvaluationText:
         return int(self.attention[:, 1:].sum())
 
 
-ZOO_TEXT = "zoo:aime-style"
-
-
-def _zoo_documents(spec: str, count: int) -> tuple[str, list[tuple[str, str]]]:
-    """``zoo:aime-style:SPLIT:EFFORT``: one split at one effort, each question with that effort's solution."""
-    from quantlab.zoo import tasks
-
-    parts = spec.split(":")
-    if len(parts) != 4 or parts[2] not in tasks.SPLITS or parts[3] not in tasks.EFFORTS:
-        raise UserError(f"--text {spec}: give {ZOO_TEXT}:SPLIT:EFFORT with SPLIT one of {', '.join(tasks.SPLITS)} "
-                        f"and EFFORT one of {', '.join(tasks.EFFORTS)}, e.g. {ZOO_TEXT}:test:high")
-    split, effort = parts[2], parts[3]
-    docs = [(d["question"], d["solution"]) for d in tasks.aime_style_docs(split, count, 0, effort)]
-    return f"{ZOO_TEXT} {split} ({effort} effort)", docs
-
-
 def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[tuple[str, str]]]:
     """(name, [(context, answer)]) pairs; plain text is one long context with no answer part."""
-    if text_file is not None and str(text_file).startswith(ZOO_TEXT):
-        return _zoo_documents(str(text_file), count)
-    if text_file is None:  # both efforts, each question followed by its own effort's solution, as in training
-        high = _zoo_documents(f"{ZOO_TEXT}:validation:high", count // 2)[1]
-        low = _zoo_documents(f"{ZOO_TEXT}:validation:low", count // 2)[1]
-        return "zoo:aime-style validation (high and low effort)", high + low
+    from quantlab.plugins import registry
+
+    spec = None if text_file is None else str(text_file)
+    plugin_text = registry().measure_text(spec)  # zoo:aime-style:SPLIT:EFFORT, or the default text
+    if plugin_text is not None:
+        return plugin_text.documents(spec, count)
+    if text_file is None:
+        raise UserError("--text: no default measurement text is registered; give a .txt or .jsonl file")
     path = Path(text_file)
     if not path.is_file():
         raise UserError(f"--text {path}: no such file")

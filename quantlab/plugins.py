@@ -1,0 +1,65 @@
+"""Plugins: what a model family brings to the lab besides its weights (model sources, texts, tasks, commands),
+registered here so that the core never names it.
+
+A plugin is a ``register(registry)`` function, found through the ``quantlab.plugins`` entry-point group or
+listed in ``BUILTIN`` (the embedded reference model ships as one). Each entry is looked up by what a user
+typed: a model source by its prefix (``zoo:``), a calibration or measurement text by its name, a task by its
+lm-eval name.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BUILTIN = ("quantlab.zoo.plugin:register",)  # the embedded reference model
+
+Documents = list[tuple[str, str]]  # (context, answer) pairs: a measurement text's rows
+
+
+@dataclass(frozen=True)
+class CalibrationText:
+    text: Callable[[int], str]  # about this many characters -> the text
+    revision: int | None = None  # raised when the text changes, so that calibrated variants get a new cache key
+
+
+@dataclass(frozen=True)
+class MeasureText:
+    documents: Callable[[str | None, int], tuple[str, Documents]]  # (the spec, None for the default; rows) -> (name, rows)
+    default: bool = False  # measure's text when none is given
+
+
+@dataclass
+class Registry:
+    model_sources: dict[str, Callable[[str], Path]] = field(default_factory=dict)  # prefix -> resolver
+    calibration_texts: dict[str, CalibrationText] = field(default_factory=dict)
+    measure_texts: dict[str, MeasureText] = field(default_factory=dict)  # prefix of the spec -> text
+    task_folders: list[Path] = field(default_factory=list)  # lm-eval YAML folders (their data ships with them)
+    effort_metadata_tasks: set[str] = field(default_factory=set)  # tasks that take the effort as task metadata
+    commands: list[tuple[str, Any]] = field(default_factory=list)  # (name, typer app) added to the CLI
+    default_model: str | None = None  # what a command runs when given no model
+    model_card: Callable[[], dict] | None = None  # the default model's card (printed by the demo)
+
+    def model_source(self, source: str) -> Callable[[str], Path] | None:
+        return next((resolve for prefix, resolve in self.model_sources.items() if source.startswith(prefix)), None)
+
+    def measure_text(self, spec: str | None) -> MeasureText | None:
+        if spec is None:
+            return next((t for t in self.measure_texts.values() if t.default), None)
+        return next((t for prefix, t in self.measure_texts.items() if spec == prefix or spec.startswith(prefix + ":")), None)
+
+
+@functools.cache
+def registry() -> Registry:
+    """The registry, every plugin registered (once per process)."""
+    found = Registry()
+    targets = list(BUILTIN) + [entry.value for entry in metadata.entry_points(group="quantlab.plugins") if entry.value not in BUILTIN]
+    for target in targets:
+        module, _, function = target.partition(":")
+        getattr(importlib.import_module(module), function)(found)
+    return found

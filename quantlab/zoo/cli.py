@@ -1,0 +1,89 @@
+"""``quantlab zoo``: the embedded reference MoE's commands (train, score, info), added to the CLI by the plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from quantlab.cli import render
+from quantlab.cli.render import console
+from quantlab.errors import UserError
+from quantlab.zoo.settings import DEFAULT_MINUTES, TrainSettings
+
+zoo_app = typer.Typer(help="The embedded reference MoE (tiny-gpt-oss): train, score, info.", no_args_is_help=True)
+
+
+@zoo_app.command("train")
+def zoo_train(
+    out: Path = typer.Option(Path("artifacts/zoo/tiny-gpt-oss"), help="Checkpoint directory to write."),
+    seed: int = typer.Option(0, help="Seed of the data stream, tokenizer and initial weights."),
+    minutes: Optional[float] = typer.Option(None, help=f"Time budget (default {DEFAULT_MINUTES:g} min); the step count it gives is recorded."),
+    steps: Optional[int] = typer.Option(None, help="Exact step count (reproducible bytes)."),
+    batch_size: int = typer.Option(TrainSettings.batch_size, help="Sequences per optimizer step."),
+    learning_rate: float = typer.Option(TrainSettings.learning_rate, help="Peak learning rate (linear warm-up, cosine decay to 5%)."),
+    warmup_steps: int = typer.Option(TrainSettings.warmup_steps, help="Linear warm-up steps."),
+    low_effort_fraction: float = typer.Option(TrainSettings.low_effort_fraction, help="Share of training texts with the effort:low marker."),
+    score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
+    force: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Train tiny-gpt-oss from scratch on the synthetic tasks."""
+    from quantlab.store import check_output_directory
+
+    if minutes is not None and steps is not None:
+        raise UserError("quantlab zoo train: give --minutes or --steps, not both")
+    if steps is not None and steps < 1 or minutes is not None and minutes <= 0:
+        raise UserError("quantlab zoo train: --steps and --minutes must be positive")
+    if batch_size < 1 or learning_rate <= 0 or warmup_steps < 1 or not 0 <= low_effort_fraction <= 1:
+        raise UserError("quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
+                        "--low-effort-fraction within [0, 1]")
+    check_output_directory(out, force)  # fail before training (and before the heavy imports), not after
+    from quantlab.zoo.train import train
+
+    settings = TrainSettings(
+        seed=seed,
+        steps=steps,
+        minutes=None if steps is not None else (minutes or DEFAULT_MINUTES),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        low_effort_fraction=low_effort_fraction,
+    )
+    result = train(out, settings, log=console.print, force=force, score_items=score_items)
+    console.print(f"wrote {out}: {result.steps} steps, {result.wall_time_s:.0f} s, {result.tokens_per_s} tokens/s")
+
+
+@zoo_app.command("score")
+def zoo_score(
+    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the shipped one)."),
+    count: int = typer.Option(500, help="Test items per task."),
+    seed: int = typer.Option(0, help="Seed of the task generator."),
+    record: bool = typer.Option(False, help="Save the scores into the checkpoint's scores.json."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """Greedy AIME-style exact match (high and low effort) and GPQA-style accuracy on the test split."""
+    from quantlab.zoo import load_reference_model, resolve_checkpoint
+    from quantlab.zoo.scoring import record_scores, score_reference_tasks
+
+    if count < 1:
+        raise UserError("quantlab zoo score: --count must be at least 1")
+    path = resolve_checkpoint(model)
+    net, tokenizer = load_reference_model(path)
+    with render.status(f"scoring {count} items per task", as_json):
+        scores = score_reference_tasks(net, tokenizer, count=count, seed=seed)
+    if record:
+        record_scores(path, scores)
+    render.print_json(scores) if as_json else render.reference_scores(scores)
+
+
+@zoo_app.command("info")
+def zoo_info(
+    model: Optional[Path] = typer.Option(None, help="Checkpoint directory (default: the shipped one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """Print the model card: config, parameters per component, training record and scores."""
+    from quantlab.zoo.card import model_card
+
+    card = model_card(model)
+    render.print_json(card) if as_json else render.model_card(card)
