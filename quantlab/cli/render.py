@@ -25,7 +25,7 @@ def print_json(payload) -> None:
 
 def wide() -> Console:
     """A console that never wraps long tensor and variant names."""
-    return wide()
+    return Console(width=max(console.width, 160))
 
 
 def model_card(card: dict) -> None:

@@ -17,6 +17,8 @@ Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0) and records it in ``Packed.fallback``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from quantlab.errors import UserError
@@ -177,7 +179,7 @@ def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 
 def _unpack_high_bits(qh: torch.Tensor) -> torch.Tensor:
-    word = sum(qh[:, i].to(torch.int64) << (8 * i) for i in range(4)).unsqueeze(1)
+    word = cast(torch.Tensor, sum(qh[:, i].to(torch.int64) << (8 * i) for i in range(4))).unsqueeze(1)
     return (((word >> torch.arange(32, device=qh.device)) & 1) << 4).to(torch.uint8)
 
 

@@ -10,6 +10,8 @@ the packed object is exactly what a kernel reads. Codes are stored as one dense 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from quantlab.errors import UserError
@@ -22,7 +24,7 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.reshape(-1).to(torch.int32)  # int32 arithmetic: it vectorises in fused code, uint8 does not
     if 8 % bits == 0 and flat.numel() % (8 // bits) == 0:  # whole codes per byte: code i at bit i·bits
         per_byte = flat.reshape(-1, 8 // bits)
-        return sum(per_byte[:, i] << (i * bits) for i in range(8 // bits)).to(torch.uint8)
+        return cast(torch.Tensor, sum(per_byte[:, i] << (i * bits) for i in range(8 // bits))).to(torch.uint8)
     stream = ((flat.unsqueeze(1) >> torch.arange(bits, device=flat.device, dtype=torch.int32)) & 1).reshape(-1)
     stream = torch.nn.functional.pad(stream, (0, -stream.numel() % 8)).reshape(-1, 8)
     return (stream << torch.arange(8, device=flat.device, dtype=torch.int32)).sum(dim=1).to(torch.uint8)

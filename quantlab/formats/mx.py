@@ -110,6 +110,15 @@ def e8m0_to_float(exponent: torch.Tensor) -> torch.Tensor:
 class _MX(Format):
     block_size = row_multiple = 32
     element_bits: int
+    element_mantissa_bits: int
+    element_emax: int
+    element_max: float
+
+    def _encode(self, scaled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def __init__(self, scale_rule: str = "floor"):
         if scale_rule not in SCALE_RULES:

@@ -37,7 +37,7 @@ def gptq_quantize(
     scales = torch.empty(rows, n_groups, dtype=torch.float16)
     zeros = torch.empty(rows, n_groups)
     codes = torch.empty(rows, columns)
-    scale32 = zero = None
+    scale32 = zero = torch.empty(0)  # set at each group's first column (column 0 starts one)
     for start in range(0, columns, block_size):
         end = min(start + block_size, columns)
         block = w[:, start:end].clone()

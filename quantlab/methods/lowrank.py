@@ -32,7 +32,7 @@ def lowrank(matrix: torch.Tensor, fmt, rank_ratio: float) -> Quantized:
 
     The SVD runs in float64 so that the factors do not depend on the BLAS's float32 summation order.
     """
-    rank = lowrank_rank(tuple(matrix.shape), rank_ratio)
+    rank = lowrank_rank((matrix.shape[0], matrix.shape[1]), rank_ratio)
     u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
     root = s[:rank].sqrt()
     # Fix each singular vector's sign (SVD's is arbitrary): the largest entry of each column of U positive.

@@ -258,11 +258,18 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
     # Copies: lm-eval may edit the task config and generation settings it is given, and they serve every repeat.
     spec, gen_kwargs = copy.deepcopy(prepared["spec"]), copy.deepcopy(prepared["gen_kwargs"])
     torch.manual_seed(seed)
-    output = lm_eval.simple_evaluate(
-        model=lm, tasks=[spec], task_manager=prepared["manager"], limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
-        num_fewshot=settings["num_fewshot"], apply_chat_template=bool(settings.get("apply_chat_template")),
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
-    )
+    try:
+        output = lm_eval.simple_evaluate(
+            model=lm, tasks=[spec], task_manager=prepared["manager"], limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
+            num_fewshot=settings["num_fewshot"], apply_chat_template=bool(settings.get("apply_chat_template")),
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
+        )
+    except Exception as error:
+        if not _unreachable(error):
+            raise
+        where = (spec.get("dataset_path") if isinstance(spec, dict) else prepared["manager"]._get_config(task).get("dataset_path"))
+        raise UserError(f"task {task}: its data ({where}) is on the hub, which is unreachable here; give a local copy: "
+                        f"--data {task}=path.jsonl") from None
     samples = output["samples"][task]
     # A task with several filters (gsm8k: strict-match, flexible-extract) logs one sample per doc and filter:
     # score with its first filter, as lm-eval's results table lists it first.
@@ -277,6 +284,21 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
         "samples": [{"doc_id": s["doc_id"], "correct": float(s[metric]), "target": s.get("target"),
                      "response": (s.get("filtered_resps") or [None])[0]} for s in samples],
     }
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) says the hub could not be reached: datasets and
+    huggingface_hub raise their own types for it (ConnectionError, OfflineModeIsEnabled, LocalEntryNotFoundError,
+    requests' and httpx's connection errors), so they are recognised by kind, not by one class."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        kinds = " ".join(c.__name__ for c in type(error).__mro__)
+        if isinstance(error, (ConnectionError, TimeoutError)) or any(
+                word in kinds for word in ("Connection", "Offline", "LocalEntryNotFound", "NameResolution", "ConnectError")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def compare(baseline_result: dict, variant_result: dict) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 from quantlab.errors import UserError
 
 
-def write_report(artifacts: Path, out: Path, variants: list[str] | None = None, baseline: str | None = "bf16",
+def write_report(artifacts, out: Path, variants: list[str] | None = None, baseline: str | None = "bf16",
                  command: str = "quantlab report") -> dict[str, Path]:
     from quantlab.stages.report.collect import collect
     from quantlab.stages.report.render import build_report, write
@@ -18,5 +18,5 @@ def write_report(artifacts: Path, out: Path, variants: list[str] | None = None, 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "report.html").is_file():
         raise UserError(f"--out {out}: a non-empty folder that holds no earlier report; choose an empty or new folder")
-    store = collect(Path(artifacts), variants, baseline)
+    store = collect(artifacts, variants, baseline)
     return write(build_report(store, command), out)
