@@ -16,5 +16,6 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-python -m pip install -q -e ".[dev,gguf]"
+# constraints.txt pins what the shipped checkpoint, the docs' numbers and the tests were produced with.
+python -m pip install -q -c constraints.txt -e ".[dev,gguf]"
 python -c "import torch, transformers, quantlab; print(f'quantlab {quantlab.__version__}: torch {torch.__version__}, transformers {transformers.__version__}')"

@@ -90,7 +90,7 @@ def test_a_store_with_no_variant_or_none_at_all(tmp_path, capsys):
     (["build", "nosuch"], ["nosuch", "shipped"]),
     (["build", "recipes/nosuch.yaml"], ["no such recipe file"]),
     (["eval", "mxfp4", "--tasks", "nosuch_task"], ["unknown task 'nosuch_task'"]),
-    (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--backend", "nosuch"], ["backend 'nosuch'", "available"]),
+    (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--backend", "nosuch"], ["backend 'nosuch'", "known: hf"]),
     (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--data", "nonsense"], ["--data"]),
     (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--limit", "0"], ["--limit"]),
     (["eval", "nosuch", "--tasks", "zoo_aime_style"], ["nosuch", "neither a variant"]),

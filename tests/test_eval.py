@@ -79,8 +79,12 @@ def test_flips_cache_and_sampled_repeats(built):
     sampled = evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)
     assert sampled["seeds"] == [5, 6, 7] and np.array(sampled["correct"]).shape == (20, 3)
     assert sampled["ci95"][0] <= sampled["score"] <= sampled["ci95"][1]
-    (built / "evals.sqlite").unlink()  # a fresh index: recomputed, and the same answers (seeded)
-    assert evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)["correct"] == sampled["correct"]
+    stored = built / "mxfp4-all" / "eval" / f"zoo_aime_style-{sampled['settings_hash']}.json"
+    stored.unlink()  # the record gone: recomputed, and the same answers (seeded)
+    again = evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)
+    assert not again["cache_hit"] and again["correct"] == sampled["correct"] and stored.is_file()
+    stored.write_text(stored.read_text().replace(again["cache_key"], "0" * 64))  # a record of other inputs: not trusted
+    assert not evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)["cache_hit"]
 
 
 def test_unknown_task_is_one_line(built, monkeypatch, capsys):

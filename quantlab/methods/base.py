@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from quantlab.errors import UserError
+from quantlab.registry import Registered
 
 DEFAULT_METHOD = "rtn"  # a group without a method: the format's own round-to-nearest
 
@@ -33,7 +33,7 @@ class NoParams:
     """A method without parameters."""
 
 
-class Method:
+class Method(Registered):
     """A registered method. Subclasses set ``Params`` (a dataclass whose fields are the recipe keys, checked in
     ``__post_init__`` with a ValueError naming the bad one) and implement ``apply``."""
 
@@ -44,13 +44,8 @@ class Method:
     changes_weights_alone: ClassVar[bool] = False  # applied with the format left out (``keep``), it still changes
     # the weights (a low-rank factorisation does; a data-driven rounding without a format to round to does not)
     stores_factors: ClassVar[bool] = False  # the format applies to factors of the matrix, not to the matrix
-    _registry: ClassVar[dict[str, Method]] = {}
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            cls.name = name
-            Method._registry[name] = cls()
+    kind: ClassVar[str] = "method"
+    _entries: ClassVar[dict[str, Registered]] = {}
 
     def params(self, given: dict[str, Any]) -> Any:
         """The typed parameters from a recipe's mapping, defaults filled in; a ValueError naming the bad one."""
@@ -85,13 +80,10 @@ def get_method(name: str) -> Method:
     """The registered method called ``name``; a one-line error listing the known ones otherwise."""
     import quantlab.methods  # noqa: F401  (registers the shipped methods)
 
-    try:
-        return Method._registry[name]
-    except KeyError:
-        raise UserError(f"unknown method {name!r}; known: {', '.join(method_names())}") from None
+    return Method.lookup(name)
 
 
 def method_names() -> list[str]:
     import quantlab.methods  # noqa: F401
 
-    return list(Method._registry)
+    return Method.names()

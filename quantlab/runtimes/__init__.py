@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from quantlab.errors import UserError
+from quantlab.registry import Registered
 
 
 @dataclass
@@ -32,15 +33,9 @@ class Loaded:
         return int(self.model.config.max_position_embeddings)
 
 
-class Runtime:
-    name: ClassVar[str]
-    _registry: ClassVar[dict[str, Runtime]] = {}
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            cls.name = name
-            Runtime._registry[name] = cls()
+class Runtime(Registered):
+    kind: ClassVar[str] = "backend"
+    _entries: ClassVar[dict[str, Registered]] = {}
 
     def check(self, model_folder: Path, settings: dict) -> None:
         """A one-line error when this runtime cannot run the subject with these settings."""
@@ -103,11 +98,8 @@ class VLLM(Runtime, name="vllm"):
 
 def get_runtime(name: str) -> Runtime:
     """The runtime ``--backend`` names; a one-line error listing the available ones otherwise."""
-    try:
-        return Runtime._registry[name]
-    except KeyError:
-        raise UserError(f"backend {name!r} is not available; available: {', '.join(runtime_names())}") from None
+    return Runtime.lookup(name)
 
 
 def runtime_names() -> list[str]:
-    return list(Runtime._registry)
+    return Runtime.names()
