@@ -46,8 +46,8 @@ def evaluate(subject, task: str, artifacts="artifacts", **options) -> dict:
 
 def attribute(recipe, tasks: list[str], artifacts="artifacts", **options) -> dict:
     """The recipe's accuracy loss and KL drift attributed to its choices (``quantlab attribute``)."""
-    from quantlab.stages.attribute import attribute as run
     from quantlab.recipe import find_recipe
+    from quantlab.stages.attribute import attribute as run
 
     return run(find_recipe(recipe), tasks, artifacts=artifacts, **options)
 

@@ -62,8 +62,12 @@ def shipped_recipes_folder() -> Path:
     return SHIPPED_RECIPES.relative_to(Path.cwd()) if SHIPPED_RECIPES.is_relative_to(Path.cwd()) else SHIPPED_RECIPES
 
 
-def run_demo(artifacts: ArtifactStore | Path | str = Path("artifacts"), count: int = 500,
-             on_stage: Callable[[str, DemoRun], None] | None = None, progress: Callable[[str], None] | None = None) -> DemoRun:
+def run_demo(
+    artifacts: ArtifactStore | Path | str = Path("artifacts"),
+    count: int = 500,
+    on_stage: Callable[[str, DemoRun], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DemoRun:
     """Runs the demo into ``artifacts``; ``on_stage(stage, run)`` after each of build, measure, evaluate,
     attribute, report; ``progress(message)`` for what is running now."""
     from quantlab.stages.attribute import attribute
@@ -95,12 +99,26 @@ def run_demo(artifacts: ArtifactStore | Path | str = Path("artifacts"), count: i
     stage("measure")
     run.evaluations = evaluate_tasks(names, TASKS, baseline=BASELINE, limit=count, artifacts=store, progress=say)
     stage("evaluate")
-    run.attribution = attribute(run.recipes / f"{ATTRIBUTED}.yaml", [HEADLINE_TASK], limit=count, text=MEASURE_TEXT,
-                                tokens=MEASURE_TOKENS, artifacts=store, progress=say, granularity="groups")
+    run.attribution = attribute(
+        run.recipes / f"{ATTRIBUTED}.yaml",
+        [HEADLINE_TASK],
+        limit=count,
+        text=MEASURE_TEXT,
+        tokens=MEASURE_TOKENS,
+        artifacts=store,
+        progress=say,
+        granularity="groups",
+    )
     stage("attribute")
     run.report = store.report_folder
     say("writing the report")
-    write_report(store, run.report, names, BASELINE, f"quantlab report {' '.join(names)} --out {run.report} --artifacts {store.root}")
+    write_report(
+        store,
+        run.report,
+        names,
+        BASELINE,
+        f"quantlab report {' '.join(names)} --out {run.report} --artifacts {store.root}",
+    )
     stage("report")
     run.headline = {n: evaluate(n, HEADLINE_TASK, limit=count, artifacts=store) for n in names}  # cache hits
     run.seconds = time.perf_counter() - started
@@ -121,15 +139,18 @@ def summary(run: DemoRun) -> list[str]:
     task = attribution["tasks"][HEADLINE_TASK]
     labels = {f["key"]: f["label"] for f in attribution["factors"]}
     shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])[:2]  # the two largest
-    named = "; ".join(f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}] "
-                      f"(alone {task['solo_points'][k]['value']:+.1f})" for k, s in shares)
+    named = "; ".join(
+        f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}] "
+        f"(alone {task['solo_points'][k]['value']:+.1f})"
+        for k, s in shares
+    )
     loss = 100 * (base["score"] - compressed["score"])
     return [
         f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, greedy).",
         f"{HEADLINE_TASK}: bf16 {_interval(base)}; gpt-oss-native mxfp4 {_interval(native)} "
         f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",
-        f"{ATTRIBUTED}: perplexity ratio {attribution['kl']['perplexity_ratio']:.3f} on the task's test text (teacher-forced) while accuracy "
-        f"falls {loss:.1f} points: errors compound over the chain, perplexity hides it.",
+        f"{ATTRIBUTED}: perplexity ratio {attribution['kl']['perplexity_ratio']:.3f} on the task's test text "
+        f"(teacher-forced) while accuracy falls {loss:.1f} points: errors compound over the chain, perplexity hides it.",
         f"Attribution of the {task['loss_points']['value']:.1f}-point loss ({task['items']} items; Shapley shares, 95% CI): {named}; "
         f"beyond the choices' solo effects (interaction): {task['interaction_points']['value']:+.1f} "
         f"[{task['interaction_points']['ci95'][0]:+.1f}, {task['interaction_points']['ci95'][1]:+.1f}].",

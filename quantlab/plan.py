@@ -87,7 +87,11 @@ def _numel(unit: WeightUnit) -> int:
 
 
 def resolve_plan(
-    recipe: Recipe, units: list[WeightUnit], keep_bits: float, other_parameters: int, preset: dict[str, str] | None = None
+    recipe: Recipe,
+    units: list[WeightUnit],
+    keep_bits: float,
+    other_parameters: int,
+    preset: dict[str, str] | None = None,
 ) -> Plan:
     """The plan for ``units``; raises the recipe's one-line error for a group that selects nothing or a
     format that cannot take a selected shape. ``preset`` (unit name -> format name, from ``quantlab.presets``)
@@ -133,7 +137,17 @@ def _preset_entry(recipe: Recipe, unit: WeightUnit, format_name: str) -> PlanEnt
     problem = fmt.shape_problem(unit.shape)
     if problem:
         raise recipe.error("preset", f"{unit.name} of shape {unit.shape}: {problem}")
-    return PlanEntry(unit, None, fmt.describe(), DEFAULT_METHOD, fmt.bits_per_weight, why, None, Named(name=format_name), Named(name=DEFAULT_METHOD))
+    return PlanEntry(
+        unit,
+        None,
+        fmt.describe(),
+        DEFAULT_METHOD,
+        fmt.bits_per_weight,
+        why,
+        None,
+        Named(name=format_name),
+        Named(name=DEFAULT_METHOD),
+    )
 
 
 def _entry(recipe: Recipe, index: int, unit: WeightUnit, keep_bits: float) -> PlanEntry:
@@ -146,7 +160,17 @@ def _entry(recipe: Recipe, index: int, unit: WeightUnit, keep_bits: float) -> Pl
     stored_values = sum(rows * columns for rows, columns in shapes)  # low rank: r (out + in) values for out x in
     if group.format.name == KEEP:
         if method_type.changes_weights_alone:
-            return PlanEntry(unit, index, KEEP, method, keep_bits * stored_values / _numel(unit), why, None, group.format, group.method)
+            return PlanEntry(
+                unit,
+                index,
+                KEEP,
+                method,
+                keep_bits * stored_values / _numel(unit),
+                why,
+                None,
+                group.format,
+                group.method,
+            )
         return PlanEntry(unit, index, KEEP, "", keep_bits, why)
     fmt = get_format(group.format.name, **group.format.params)
     bits = fmt.bits_per_weight * stored_values / _numel(unit)

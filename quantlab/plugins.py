@@ -30,7 +30,9 @@ class CalibrationText:
 
 @dataclass(frozen=True)
 class MeasureText:
-    documents: Callable[[str | None, int], tuple[str, Documents]]  # (the spec, None for the default; rows) -> (name, rows)
+    documents: Callable[
+        [str | None, int], tuple[str, Documents]
+    ]  # (the spec, None for the default; rows) -> (name, rows)
     default: bool = False  # measure's text when none is given
 
 
@@ -51,14 +53,18 @@ class Registry:
     def measure_text(self, spec: str | None) -> MeasureText | None:
         if spec is None:
             return next((t for t in self.measure_texts.values() if t.default), None)
-        return next((t for prefix, t in self.measure_texts.items() if spec == prefix or spec.startswith(prefix + ":")), None)
+        return next(
+            (t for prefix, t in self.measure_texts.items() if spec == prefix or spec.startswith(prefix + ":")), None
+        )
 
 
 @functools.cache
 def registry() -> Registry:
     """The registry, every plugin registered (once per process)."""
     found = Registry()
-    targets = list(BUILTIN) + [entry.value for entry in metadata.entry_points(group="quantlab.plugins") if entry.value not in BUILTIN]
+    targets = list(BUILTIN) + [
+        entry.value for entry in metadata.entry_points(group="quantlab.plugins") if entry.value not in BUILTIN
+    ]
     for target in targets:
         module, _, function = target.partition(":")
         getattr(importlib.import_module(module), function)(found)

@@ -196,7 +196,7 @@ class Group(BaseModel):
         return self
 
 
-def _method_fits_format(group: "Group") -> None:
+def _method_fits_format(group: Group) -> None:
     from quantlab.methods import get_method
 
     problem = get_method(group.method.name).format_problem(group.format.name)
@@ -293,15 +293,25 @@ class Recipe(BaseModel):
             return {"name": value.name, **value.params} if value.params else value.name
 
         def selector(value: Selector) -> dict:
-            return {k: list(v) if isinstance(v, tuple) else v for k, v in value.model_dump(by_alias=True, exclude_none=True).items()}
+            return {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in value.model_dump(by_alias=True, exclude_none=True).items()
+            }
 
         data: dict[str, Any] = {"name": self.name, "model": self.model, "seed": self.seed}
         if self.description:
             data["description"] = self.description
         if self.preset:
             data["preset"] = self.preset
-        data["groups"] = [{**({"name": g.name} if g.name else {}), "select": selector(g.select), "format": named(g.format),
-                           "method": named(g.method)} for g in self.groups]
+        data["groups"] = [
+            {
+                **({"name": g.name} if g.name else {}),
+                "select": selector(g.select),
+                "format": named(g.format),
+                "method": named(g.method),
+            }
+            for g in self.groups
+        ]
         if self.ignore:
             data["ignore"] = [selector(s) for s in self.ignore]
         if self.calibration is not None:
@@ -372,7 +382,9 @@ def find_recipe(reference: Path | str) -> Path:
         return path
     shipped = SHIPPED_RECIPES / f"{reference}.yaml"
     if not shipped.is_file():
-        raise UserError(f"recipe {str(reference)!r}: no such file, nor a shipped recipe (shipped: {', '.join(shipped_recipes())})")
+        raise UserError(
+            f"recipe {str(reference)!r}: no such file, nor a shipped recipe (shipped: {', '.join(shipped_recipes())})"
+        )
     return shipped
 
 
@@ -381,8 +393,10 @@ def load_recipe(path: Path | str) -> Recipe:
     with file, field and line."""
     path = find_recipe(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such recipe file; the shipped recipes: {', '.join(shipped_recipes())} "
-                        "(quantlab build NAME or quantlab build recipes/NAME.yaml)")
+        raise UserError(
+            f"{path}: no such recipe file; the shipped recipes: {', '.join(shipped_recipes())} "
+            "(quantlab build NAME or quantlab build recipes/NAME.yaml)"
+        )
     try:
         text = path.read_text()
     except UnicodeDecodeError:

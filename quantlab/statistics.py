@@ -21,7 +21,9 @@ RESAMPLES = 2000
 
 
 # --- accuracy over items ------------------------------------------------------------------------------------
-def bootstrap_interval(correct: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    correct: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of the mean of ``correct`` (items, repeats), resampling items and, within each
     resampled item, its repeats (the two sources of variation of a sampled evaluation)."""
     items, repeats = correct.shape
@@ -33,8 +35,9 @@ def bootstrap_interval(correct: np.ndarray, resamples: int = RESAMPLES, seed: in
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def paired_bootstrap(vectors: dict[str, np.ndarray], weights: np.ndarray | None = None, seed: int = 0,
-                     resamples: int = RESAMPLES) -> dict[str, dict]:
+def paired_bootstrap(
+    vectors: dict[str, np.ndarray], weights: np.ndarray | None = None, seed: int = 0, resamples: int = RESAMPLES
+) -> dict[str, dict]:
     """Point value and 95% percentile interval of each per-item vector's mean (or, with ``weights``, of
     sum(vector) / sum(weights): a per-token mean from per-problem sums), all from the same resampled items."""
     n = len(next(iter(vectors.values())))
@@ -44,8 +47,14 @@ def paired_bootstrap(vectors: dict[str, np.ndarray], weights: np.ndarray | None 
         if weights is None:
             point, resampled = float(vector.mean()), vector[draws].mean(axis=1)
         else:
-            point, resampled = float(vector.sum() / weights.sum()), vector[draws].sum(axis=1) / weights[draws].sum(axis=1)
-        out[name] = {"value": point, "ci95": [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]}
+            point, resampled = (
+                float(vector.sum() / weights.sum()),
+                vector[draws].sum(axis=1) / weights[draws].sum(axis=1),
+            )
+        out[name] = {
+            "value": point,
+            "ci95": [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))],
+        }
     return out
 
 
@@ -72,8 +81,12 @@ def flips(baseline: np.ndarray, variant: np.ndarray) -> dict:
     variant_right = variant.mean(axis=1) >= 0.5
     right_to_wrong = int((base_right & ~variant_right).sum())
     wrong_to_right = int((~base_right & variant_right).sum())
-    return {"items": int(baseline.shape[0]), "right_to_wrong": right_to_wrong, "wrong_to_right": wrong_to_right,
-            "mcnemar_p": mcnemar_exact(right_to_wrong, wrong_to_right)}
+    return {
+        "items": int(baseline.shape[0]),
+        "right_to_wrong": right_to_wrong,
+        "wrong_to_right": wrong_to_right,
+        "mcnemar_p": mcnemar_exact(right_to_wrong, wrong_to_right),
+    }
 
 
 def pass_at_k(correct: np.ndarray, k: int) -> float:
@@ -93,8 +106,12 @@ def distribution(values: np.ndarray) -> dict:
     n = values.size
     if n == 0:
         return {"n": 0}
-    result = {"n": int(n), "mean": float(values.mean()),
-              "mean_stderr": float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None, "max": float(values.max())}
+    result = {
+        "n": int(n),
+        "mean": float(values.mean()),
+        "mean_stderr": float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+        "max": float(values.max()),
+    }
     for p in PERCENTILES:
         result[f"p{p:g}"] = float(np.percentile(values, p))
     result["min"] = float(values.min())

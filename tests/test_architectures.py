@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from quantlab.stages import build as builder
 from quantlab.models.loading import load_model
 from quantlab.models.units import weight_units
+from quantlab.stages import build as builder
 from quantlab.zoo import SHIPPED_CHECKPOINT
 
 HIDDEN, INTERMEDIATE, LAYERS, EXPERTS = 64, 96, 2, 4
@@ -17,19 +17,47 @@ HIDDEN, INTERMEDIATE, LAYERS, EXPERTS = 64, 96, 2, 4
 def tiny_config(arch: str):
     import transformers
 
-    common = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                  vocab_size=53, max_position_embeddings=64, tie_word_embeddings=False)
+    common = dict(
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=53,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     if arch == "gpt_oss":
-        return transformers.GptOssConfig(**common, head_dim=16, intermediate_size=INTERMEDIATE, num_local_experts=EXPERTS,
-                                         num_experts_per_tok=2, sliding_window=16, layer_types=["sliding_attention", "full_attention"])
+        return transformers.GptOssConfig(
+            **common,
+            head_dim=16,
+            intermediate_size=INTERMEDIATE,
+            num_local_experts=EXPERTS,
+            num_experts_per_tok=2,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     if arch == "qwen3_moe":
-        return transformers.Qwen3MoeConfig(**common, head_dim=16, intermediate_size=128, moe_intermediate_size=INTERMEDIATE, norm_topk_prob=True,
-                                           num_experts=EXPERTS, num_experts_per_tok=2, decoder_sparse_step=1)
+        return transformers.Qwen3MoeConfig(
+            **common,
+            head_dim=16,
+            intermediate_size=128,
+            moe_intermediate_size=INTERMEDIATE,
+            norm_topk_prob=True,
+            num_experts=EXPERTS,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+        )
     if arch == "mixtral":
-        return transformers.MixtralConfig(**common, intermediate_size=INTERMEDIATE, num_local_experts=EXPERTS, num_experts_per_tok=2)
+        return transformers.MixtralConfig(
+            **common, intermediate_size=INTERMEDIATE, num_local_experts=EXPERTS, num_experts_per_tok=2
+        )
     if arch == "olmoe":  # as many key/value heads as query heads, as in the released OLMoE (llama.cpp assumes it)
-        return transformers.OlmoeConfig(**(common | {"num_key_value_heads": 4}), intermediate_size=INTERMEDIATE,
-                                        num_experts=EXPERTS, num_experts_per_tok=2)
+        return transformers.OlmoeConfig(
+            **(common | {"num_key_value_heads": 4}),
+            intermediate_size=INTERMEDIATE,
+            num_experts=EXPERTS,
+            num_experts_per_tok=2,
+        )
     return transformers.LlamaConfig(**common, intermediate_size=INTERMEDIATE)
 
 
@@ -104,8 +132,10 @@ def test_gguf_export_loads_in_llama_cpp_with_matching_logits(tiny_model_folder, 
     """F32 export (experts in bf16, written as their values): llama.cpp's logits within 1e-3 of transformers'."""
     arch, folder = tiny_model_folder
     recipe = tmp_path / "gguf.yaml"
-    recipe.write_text(f"name: gguf-{arch}\nmodel: {folder}\nexports: [gguf]\ngroups:\n"
-                      "  - select: {component: experts}\n    format: bf16\n")
+    recipe.write_text(
+        f"name: gguf-{arch}\nmodel: {folder}\nexports: [gguf]\ngroups:\n"
+        "  - select: {component: experts}\n    format: bf16\n"
+    )
     result = builder.build(recipe, tmp_path / "artifacts")
     comparison = result.manifest["exports"]["gguf"]["logits_vs_variant"]
     assert comparison["relative_l2"] <= 1e-3, comparison
@@ -116,12 +146,18 @@ def test_quantized_gguf_export_carries_the_plan_types(tiny_model_folder, tmp_pat
 
     arch, folder = tiny_model_folder
     recipe = tmp_path / "q.yaml"
-    recipe.write_text(f"name: q-{arch}\nmodel: {folder}\nexports: [gguf]\ngroups:\n"
-                      "  - select: {component: experts}\n    format: gguf:Q8_0\n"
-                      "  - select: {component: attention}\n    format: mxfp4\n")
+    recipe.write_text(
+        f"name: q-{arch}\nmodel: {folder}\nexports: [gguf]\ngroups:\n"
+        "  - select: {component: experts}\n    format: gguf:Q8_0\n"
+        "  - select: {component: attention}\n    format: mxfp4\n"
+    )
     result = builder.build(recipe, tmp_path / "artifacts")
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(result.path / "model.gguf").tensors}
-    expert_tensors = [n for n in types if n.startswith("blk.0.ffn_") and n.endswith(("exps.weight", "gate.weight", "up.weight", "down.weight"))]
+    expert_tensors = [
+        n
+        for n in types
+        if n.startswith("blk.0.ffn_") and n.endswith(("exps.weight", "gate.weight", "up.weight", "down.weight"))
+    ]
     assert expert_tensors and all(types[n] == "Q8_0" for n in expert_tensors), types
     assert types["blk.1.attn_q.weight"] == types["blk.1.attn_output.weight"] == "MXFP4"
     assert types["token_embd.weight"] == "F32"

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from quantlab.stages.attribute import Factor, attribute, cell_recipe, recipe_factors
-from quantlab.stages.evaluate.run import evaluate
-from quantlab.recipe import load_recipe
-
 from conftest import ATTRIBUTED_LIMIT as LIMIT
 from conftest import ATTRIBUTED_RECIPE as RECIPE
+
+from quantlab.recipe import load_recipe
+from quantlab.stages.attribute import Factor, attribute, cell_recipe, recipe_factors
+from quantlab.stages.evaluate.run import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +64,9 @@ def attributed(attributed_store):
 
 
 def _correct(subject: str, store: Path, task="zoo_aime_style", **options) -> np.ndarray:
-    return np.array(evaluate(subject, task, limit=LIMIT, artifacts=store, **options)["correct"], dtype=float).mean(axis=1)
+    return np.array(evaluate(subject, task, limit=LIMIT, artifacts=store, **options)["correct"], dtype=float).mean(
+        axis=1
+    )
 
 
 def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
@@ -74,8 +75,12 @@ def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
     result, store = attributed
     cells = store / "attribution" / "two-choices" / "cells" / "choices"
     rank, fmt, serve = "groups[0].method", "groups[0].format", "serve.reasoning_effort"
-    folders = {frozenset(): "zoo:tiny-gpt-oss", frozenset({rank}): cells / "two-choices.1.0",
-               frozenset({fmt}): cells / "two-choices.0.1", frozenset({rank, fmt}): cells / "two-choices.1.1"}
+    folders = {
+        frozenset(): "zoo:tiny-gpt-oss",
+        frozenset({rank}): cells / "two-choices.1.0",
+        frozenset({fmt}): cells / "two-choices.0.1",
+        frozenset({rank, fmt}): cells / "two-choices.1.1",
+    }
     accuracy = {}
     for weights, subject in folders.items():
         accuracy[weights] = 100 * _correct(str(subject), store).mean()
@@ -93,7 +98,9 @@ def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
     for factor in (rank, fmt, serve):
         assert task["shares_points"][factor]["value"] == pytest.approx(shapley(factor), abs=1e-9)
     assert task["loss_points"]["value"] == pytest.approx(loss[frozenset({rank, fmt, serve})], abs=1e-9)
-    assert sum(s["value"] for s in task["shares_points"].values()) == pytest.approx(task["loss_points"]["value"], abs=1e-9)
+    assert sum(s["value"] for s in task["shares_points"].values()) == pytest.approx(
+        task["loss_points"]["value"], abs=1e-9
+    )
     assert abs(task["efficiency_gap"]) < 1e-9
     assert task["items"] == LIMIT and task["method"] == "exact"
 
@@ -126,8 +133,14 @@ def test_kl_shares_add_up_to_the_full_recipes_measured_kl(attributed):
     """The per-problem KL sums reproduce measure's own mean KLD of the full cell (computed from its token array)."""
     result, store = attributed
     kl = result["kl"]
-    measured = json.loads((store / "attribution" / "two-choices" / "cells" / "choices" / "two-choices.1.1" / "measure" / "measure.json").read_text())
-    assert kl["kld_mean"]["value"] == pytest.approx(measured["logits"]["answer_tokens"]["kl_divergence"]["mean"], rel=1e-9)
+    measured = json.loads(
+        (
+            store / "attribution" / "two-choices" / "cells" / "choices" / "two-choices.1.1" / "measure" / "measure.json"
+        ).read_text()
+    )
+    assert kl["kld_mean"]["value"] == pytest.approx(
+        measured["logits"]["answer_tokens"]["kl_divergence"]["mean"], rel=1e-9
+    )
     assert sum(s["value"] for s in kl["shares"].values()) == pytest.approx(kl["kld_mean"]["value"], rel=1e-9)
     assert set(kl["shares"]) == {"groups[0].method", "groups[0].format"}  # serving does not change the weights
 
@@ -155,7 +168,9 @@ def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path)
     score = {}
     for name, subject in (("baseline", exported), ("preset", quantized)):
         score[name] = 100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store)["score"]
-        score[name + "+runtime"] = 100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store, backend="llama.cpp")["score"]
+        score[name + "+runtime"] = (
+            100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store, backend="llama.cpp")["score"]
+        )
     runtime = ((score["baseline"] - score["baseline+runtime"]) + (score["preset"] - score["preset+runtime"])) / 2
     task = result["tasks"]["zoo_aime_style"]
     assert task["shares_points"]["runtime"]["value"] == pytest.approx(runtime, abs=1e-9)

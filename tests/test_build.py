@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quantlab.stages import build as builder
 from quantlab.formats import Packed, get_format
 from quantlab.models.loading import load_model, resolve_model
 from quantlab.recipe import load_recipe
+from quantlab.stages import build as builder
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
@@ -133,8 +133,12 @@ def test_an_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
 def test_a_killed_build_never_looks_complete(tmp_path):
     """SIGKILL part-way: no artifact, or (if it had already finished) a complete one; the next build works and
     clears the dead process's temporary folder."""
-    process = subprocess.Popen([sys.executable, "-m", "quantlab", "build", str(REPO / "recipes" / "mxfp4.yaml"), "--out", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantlab", "build", str(REPO / "recipes" / "mxfp4.yaml"), "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob(".mxfp4.*.tmp")):
         time.sleep(0.005)

@@ -65,46 +65,61 @@ def test_build_by_name_from_any_directory_and_a_report_of_one_measured_variant(t
 
 
 def test_eval_without_a_subject_evaluates_the_store_or_the_default_model(one_variant, tmp_path, capsys):
-    code, out, err = quantlab("eval", "--tasks", "zoo_aime_style", "--limit", "4", "--artifacts", str(one_variant), "--json", capsys=capsys)
+    code, out, err = quantlab(
+        "eval", "--tasks", "zoo_aime_style", "--limit", "4", "--artifacts", str(one_variant), "--json", capsys=capsys
+    )
     assert code == 0, err
     rows = json.loads(out)
     assert [r["subject"] for r in rows] == ["mxfp4"] and "no subject given" in err and "mxfp4" in err
     empty = tmp_path / "empty"
-    code, out, err = quantlab("eval", "--tasks", "zoo_aime_style", "--limit", "4", "--artifacts", str(empty), "--json", capsys=capsys)
+    code, out, err = quantlab(
+        "eval", "--tasks", "zoo_aime_style", "--limit", "4", "--artifacts", str(empty), "--json", capsys=capsys
+    )
     assert code == 0, err
     assert [r["subject"] for r in json.loads(out)] == ["zoo-tiny-gpt-oss"] and "default model zoo:tiny-gpt-oss" in err
 
 
 def test_a_store_with_no_variant_or_none_at_all(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    one_line_error(*quantlab("report", "--artifacts", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), capsys=capsys)[::2],
-                   "no variant built")
-    one_line_error(*quantlab("report", "--artifacts", str(tmp_path / "none"), "--out", str(tmp_path / "r"), capsys=capsys)[::2],
-                   "no such store")
-    one_line_error(*quantlab("measure", "mxfp4", "--artifacts", str(tmp_path / "empty"), capsys=capsys)[::2], "not built", "quantlab build")
+    one_line_error(
+        *quantlab("report", "--artifacts", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), capsys=capsys)[::2],
+        "no variant built",
+    )
+    one_line_error(
+        *quantlab("report", "--artifacts", str(tmp_path / "none"), "--out", str(tmp_path / "r"), capsys=capsys)[::2],
+        "no such store",
+    )
+    one_line_error(
+        *quantlab("measure", "mxfp4", "--artifacts", str(tmp_path / "empty"), capsys=capsys)[::2],
+        "not built",
+        "quantlab build",
+    )
     assert not any((tmp_path / "empty").iterdir())  # nothing written by the failed commands
 
 
-@pytest.mark.parametrize("args, words", [
-    (["build"], ["Missing argument"]),
-    (["build", "nosuch"], ["nosuch", "shipped"]),
-    (["build", "recipes/nosuch.yaml"], ["no such recipe file"]),
-    (["eval", "mxfp4", "--tasks", "nosuch_task"], ["unknown task 'nosuch_task'"]),
-    (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--backend", "nosuch"], ["backend 'nosuch'", "known: hf"]),
-    (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--data", "nonsense"], ["--data"]),
-    (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--limit", "0"], ["--limit"]),
-    (["eval", "nosuch", "--tasks", "zoo_aime_style"], ["nosuch", "neither a variant"]),
-    (["measure", "mxfp4", "--tokens", "abc"], ["--tokens", "abc"]),
-    (["measure", "nosuch"], ["nosuch", "not built"]),
-    (["measure", "mxfp4", "--text", "zoo:aime-style:nosplit:high"], ["zoo:aime-style:SPLIT:EFFORT"]),
-    (["measure", "mxfp4", "--text", "missing.txt"], ["no such file"]),
-    (["attribute", "nosuch.yaml"], ["no such recipe file"]),
-    (["attribute", "mxfp4", "--design", "nosuch"], ["--design"]),
-    (["attribute", "mxfp4", "--factors", "nosuch"], ["--factors"]),
-    (["report", "nosuch"], ["nosuch", "not built"]),
-    (["zoo", "info", "--model", "/nonexistent/checkpoint"], ["no such checkpoint"]),
-    (["eval", "--tasks", ""], ["--tasks"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["build"], ["Missing argument"]),
+        (["build", "nosuch"], ["nosuch", "shipped"]),
+        (["build", "recipes/nosuch.yaml"], ["no such recipe file"]),
+        (["eval", "mxfp4", "--tasks", "nosuch_task"], ["unknown task 'nosuch_task'"]),
+        (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--backend", "nosuch"], ["backend 'nosuch'", "known: hf"]),
+        (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--data", "nonsense"], ["--data"]),
+        (["eval", "mxfp4", "--tasks", "zoo_aime_style", "--limit", "0"], ["--limit"]),
+        (["eval", "nosuch", "--tasks", "zoo_aime_style"], ["nosuch", "neither a variant"]),
+        (["measure", "mxfp4", "--tokens", "abc"], ["--tokens", "abc"]),
+        (["measure", "nosuch"], ["nosuch", "not built"]),
+        (["measure", "mxfp4", "--text", "zoo:aime-style:nosplit:high"], ["zoo:aime-style:SPLIT:EFFORT"]),
+        (["measure", "mxfp4", "--text", "missing.txt"], ["no such file"]),
+        (["attribute", "nosuch.yaml"], ["no such recipe file"]),
+        (["attribute", "mxfp4", "--design", "nosuch"], ["--design"]),
+        (["attribute", "mxfp4", "--factors", "nosuch"], ["--factors"]),
+        (["report", "nosuch"], ["nosuch", "not built"]),
+        (["zoo", "info", "--model", "/nonexistent/checkpoint"], ["no such checkpoint"]),
+        (["eval", "--tasks", ""], ["--tasks"]),
+    ],
+)
 def test_a_missing_or_odd_argument_is_one_line(one_variant, tmp_path, monkeypatch, capsys, args, words):
     monkeypatch.chdir(REPO)  # as a user in the repository
     store_args = ["--artifacts", str(one_variant)] if args[0] in ("eval", "measure", "attribute", "report") else []
@@ -118,14 +133,36 @@ def test_a_hub_task_without_the_hub_is_one_line_even_without_offline_mode(one_va
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the hub is unreachable
-    code, out, err = quantlab("eval", "mxfp4", "--tasks", "gpqa_diamond_zeroshot", "--limit", "2", "--artifacts", str(one_variant), capsys=capsys)
+    code, out, err = quantlab(
+        "eval",
+        "mxfp4",
+        "--tasks",
+        "gpqa_diamond_zeroshot",
+        "--limit",
+        "2",
+        "--artifacts",
+        str(one_variant),
+        capsys=capsys,
+    )
     one_line_error(code, err, "gpqa_diamond_zeroshot", "--data gpqa_diamond_zeroshot=")
 
 
 @pytest.mark.skipif(not AIME25.is_file(), reason="needs ../shared/data/aime2025/test.jsonl")
 def test_a_long_context_task_is_clamped_to_the_model_and_says_so(one_variant, capsys):
-    code, out, err = quantlab("eval", "mxfp4", "--tasks", "aime25", "--data", f"aime25={AIME25}", "--limit", "1",
-                              "--artifacts", str(one_variant), "--json", capsys=capsys)
+    code, out, err = quantlab(
+        "eval",
+        "mxfp4",
+        "--tasks",
+        "aime25",
+        "--data",
+        f"aime25={AIME25}",
+        "--limit",
+        "1",
+        "--artifacts",
+        str(one_variant),
+        "--json",
+        capsys=capsys,
+    )
     assert code == 0, err
     clamped = json.loads(out)[0]["settings"]["max_gen_toks_clamped"]
     assert clamped["requested"] == 32768 and clamped["context"] == 128 and clamped["used"] == 64
@@ -135,12 +172,25 @@ def test_several_variants_evaluated_and_reported(one_variant, tmp_path, capsys):
     from quantlab.stages.build import build
 
     build("int4-rtn", one_variant)
-    code, out, err = quantlab("eval", "--tasks", "zoo_gpqa_style", "--limit", "8", "--baseline", "mxfp4",
-                              "--artifacts", str(one_variant), "--json", capsys=capsys)
+    code, out, err = quantlab(
+        "eval",
+        "--tasks",
+        "zoo_gpqa_style",
+        "--limit",
+        "8",
+        "--baseline",
+        "mxfp4",
+        "--artifacts",
+        str(one_variant),
+        "--json",
+        capsys=capsys,
+    )
     assert code == 0, err
     rows = json.loads(out)
     assert sorted(r["subject"] for r in rows) == ["int4-rtn", "mxfp4"] and all("flips" in r for r in rows)
-    code, out, err = quantlab("report", "--artifacts", str(one_variant), "--out", str(tmp_path / "r"), "--baseline", "mxfp4", capsys=capsys)
+    code, out, err = quantlab(
+        "report", "--artifacts", str(one_variant), "--out", str(tmp_path / "r"), "--baseline", "mxfp4", capsys=capsys
+    )
     assert code == 0, err and (tmp_path / "r" / "report.md").is_file()
 
 
@@ -148,11 +198,18 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     """A build into a 6 MB tmpfs (needs root to mount; skipped elsewhere)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        done = subprocess.run([sys.executable, "-m", "quantlab", "build", "bf16", "--artifacts", str(disk)],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "quantlab", "build", "bf16", "--artifacts", str(disk)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
         assert str(disk) in lines[0] and "MB" in lines[0] and ("disk" in lines[0])
@@ -174,9 +231,14 @@ def _documented_commands() -> list[str]:
             for part in re.split(r"&&|;|\|", candidate.split("#")[0]):
                 part = " ".join(part.split()).removeprefix(".venv/bin/")
                 words = part.split()
-                mention = len(words) <= (3 if len(words) > 1 and words[1] in ("zoo", "bench") else 2)  # a command's name in prose
-                if part.startswith("quantlab ") and not mention \
-                        and not re.search(r"[\[<>]|\.\.\.| / |\bDIR\b|\bNAME\b|\bVARIANTS?\b|\bRECIPE\b", part):
+                mention = len(words) <= (
+                    3 if len(words) > 1 and words[1] in ("zoo", "bench") else 2
+                )  # a command's name in prose
+                if (
+                    part.startswith("quantlab ")
+                    and not mention
+                    and not re.search(r"[\[<>]|\.\.\.| / |\bDIR\b|\bNAME\b|\bVARIANTS?\b|\bRECIPE\b", part)
+                ):
                     commands.append(part)
     return sorted(set(commands))
 

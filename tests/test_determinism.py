@@ -37,4 +37,6 @@ def test_a_time_budget_run_is_reproduced_by_its_recorded_step_count(tmp_path):
     assert steps > 3 and f"--steps {steps} " in manifest["command"]
     replay = TrainSettings(seed=2, steps=steps, warmup_steps=3, eval_every=1000, eval_problems=4)
     train(tmp_path / "replay", replay, log=lambda _: None)
-    assert sha256_file(tmp_path / "budget" / "model.safetensors") == sha256_file(tmp_path / "replay" / "model.safetensors")
+    assert sha256_file(tmp_path / "budget" / "model.safetensors") == sha256_file(
+        tmp_path / "replay" / "model.safetensors"
+    )

@@ -30,8 +30,13 @@ def test_scores_equal_lm_eval_on_the_saved_artifact(built):
     for task in ("zoo_aime_style_low", "zoo_gpqa_style"):
         ours = evaluate("mxfp4-all", task, limit=40, artifacts=built)
         theirs = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={built / 'mxfp4-all' / 'model'},dtype=float32,max_length=128,device=cpu",
-            tasks=[task], task_manager=TaskManager(include_path=[str(f) for f in task_folders()]), limit=40, log_samples=True)
+            model="hf",
+            model_args=f"pretrained={built / 'mxfp4-all' / 'model'},dtype=float32,max_length=128,device=cpu",
+            tasks=[task],
+            task_manager=TaskManager(include_path=[str(f) for f in task_folders()]),
+            limit=40,
+            log_samples=True,
+        )
         samples = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
         metric = ours["metric"]
         assert [float(s[metric]) for s in samples] == [row[0] for row in ours["correct"]]
@@ -84,7 +89,9 @@ def test_flips_cache_and_sampled_repeats(built):
     again = evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)
     assert not again["cache_hit"] and again["correct"] == sampled["correct"] and stored.is_file()
     stored.write_text(stored.read_text().replace(again["cache_key"], "0" * 64))  # a record of other inputs: not trusted
-    assert not evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)["cache_hit"]
+    assert not evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)[
+        "cache_hit"
+    ]
 
 
 def test_unknown_task_is_one_line(built, monkeypatch, capsys):
@@ -92,7 +99,9 @@ def test_unknown_task_is_one_line(built, monkeypatch, capsys):
 
     from quantlab import cli
 
-    monkeypatch.setattr(sys, "argv", ["quantlab", "eval", "mxfp4-all", "--tasks", "no_such_task", "--artifacts", str(built)])
+    monkeypatch.setattr(
+        sys, "argv", ["quantlab", "eval", "mxfp4-all", "--tasks", "no_such_task", "--artifacts", str(built)]
+    )
     with pytest.raises(SystemExit) as done:
         cli.main()
     err = capsys.readouterr().err.strip()
@@ -108,7 +117,9 @@ def test_real_task_offline_with_the_shared_aime_file(built, monkeypatch, tmp_pat
     from quantlab.errors import UserError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = evaluate("mxfp4-all", "aime25", limit=3, max_new_tokens=8, artifacts=built, data_file=SHARED / "aime2025" / "test.jsonl")
+    result = evaluate(
+        "mxfp4-all", "aime25", limit=3, max_new_tokens=8, artifacts=built, data_file=SHARED / "aime2025" / "test.jsonl"
+    )
     assert result["items"] == 3 and result["settings"]["data_sha256"]
     assert result["lm_eval"][0]["config"]["doc_to_text"].startswith("Question: {{problem}}")
 
@@ -127,7 +138,9 @@ def test_llama_cpp_backend_agrees_with_hf_on_an_f32_export(tmp_path):
     from quantlab.stages import build as builder
 
     recipe = tmp_path / "f32.yaml"
-    recipe.write_text("name: f32\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: bf16\n")
+    recipe.write_text(
+        "name: f32\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: bf16\n"
+    )
     builder.build(recipe, tmp_path)
     for task in ("zoo_aime_style", "zoo_gpqa_style"):
         hf = evaluate("f32", task, limit=30, artifacts=tmp_path)
@@ -149,8 +162,15 @@ def test_shared_gsm8k_and_math500_files_work_offline(built, monkeypatch):
     # gsm8k's YAML sets no generation length: not lm-eval's silent 256, half the context, recorded
     default = evaluate("mxfp4-all", "gsm8k", limit=1, num_fewshot=0, artifacts=built, data_file=gsm8k)
     assert default["settings"]["max_gen_toks_default"] == 128 // 2
-    math = evaluate("mxfp4-all", "minerva_math500", limit=2, max_new_tokens=8, num_fewshot=0, artifacts=built,
-                    data_file=SHARED / "math500" / "test.jsonl")
+    math = evaluate(
+        "mxfp4-all",
+        "minerva_math500",
+        limit=2,
+        max_new_tokens=8,
+        num_fewshot=0,
+        artifacts=built,
+        data_file=SHARED / "math500" / "test.jsonl",
+    )
     assert math["items"] == 2
 
 
@@ -167,14 +187,34 @@ def test_endpoint_backend_against_a_real_local_server(tmp_path):
     from quantlab.stages import build as builder
 
     recipe = tmp_path / "served.yaml"
-    recipe.write_text("name: served\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: gguf:Q4_K\n")
+    recipe.write_text(
+        "name: served\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: gguf:Q4_K\n"
+    )
     builder.build(recipe, tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(tmp_path / "served" / "model.gguf"),
-                               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "128", "--n_threads", "2", "--seed", "0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(tmp_path / "served" / "model.gguf"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "128",
+            "--n_threads",
+            "2",
+            "--seed",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -184,11 +224,20 @@ def test_endpoint_backend_against_a_real_local_server(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
                 time.sleep(0.25)
-        served = evaluate("served", "zoo_aime_style", limit=20, artifacts=tmp_path, backend="endpoint", endpoint=f"http://127.0.0.1:{port}/v1")
+        served = evaluate(
+            "served",
+            "zoo_aime_style",
+            limit=20,
+            artifacts=tmp_path,
+            backend="endpoint",
+            endpoint=f"http://127.0.0.1:{port}/v1",
+        )
         local = evaluate("served", "zoo_aime_style", limit=20, artifacts=tmp_path, backend="llama.cpp")
         assert served["settings"]["endpoint"].endswith(f":{port}/v1")
         assert served["correct"] == local["correct"]
-        assert [s["response"] for s in served["lm_eval"][0]["samples"]] == [s["response"] for s in local["lm_eval"][0]["samples"]]
+        assert [s["response"] for s in served["lm_eval"][0]["samples"]] == [
+            s["response"] for s in local["lm_eval"][0]["samples"]
+        ]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -202,8 +251,23 @@ def test_backend_not_installed_is_one_line(built, monkeypatch, capsys):
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
-    monkeypatch.setattr(sys, "argv", ["quantlab", "eval", "mxfp4-all", "--tasks", "zoo_aime_style", "--limit", "2",
-                                      "--backend", "vllm", "--artifacts", str(built)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "quantlab",
+            "eval",
+            "mxfp4-all",
+            "--tasks",
+            "zoo_aime_style",
+            "--limit",
+            "2",
+            "--backend",
+            "vllm",
+            "--artifacts",
+            str(built),
+        ],
+    )
     with pytest.raises(SystemExit) as done:
         cli.main()
     err = capsys.readouterr().err.strip()
@@ -225,12 +289,24 @@ def test_gpqa_offline_from_the_official_csv_layout_with_per_item_shuffles(tmp_pa
     from quantlab.errors import UserError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rows = [{"Question": f"What is {a}+{a}?", "Correct Answer": f"{2 * a} apples", "Incorrect Answer 1": f"{2 * a + 1} apples",
-             "Incorrect Answer 2": f"{2 * a - 1} apples", "Incorrect Answer 3": f"{a} apples"} for a in range(3, 9)]
+    rows = [
+        {
+            "Question": f"What is {a}+{a}?",
+            "Correct Answer": f"{2 * a} apples",
+            "Incorrect Answer 1": f"{2 * a + 1} apples",
+            "Incorrect Answer 2": f"{2 * a - 1} apples",
+            "Incorrect Answer 3": f"{a} apples",
+        }
+        for a in range(3, 9)
+    ]
     _gpqa_csv(tmp_path / "gpqa.csv", rows)
     _gpqa_csv(tmp_path / "reversed.csv", rows[::-1])
-    forward = evaluate("zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "a", data_file=tmp_path / "gpqa.csv")
-    backward = evaluate("zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "b", data_file=tmp_path / "reversed.csv")
+    forward = evaluate(
+        "zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "a", data_file=tmp_path / "gpqa.csv"
+    )
+    backward = evaluate(
+        "zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "b", data_file=tmp_path / "reversed.csv"
+    )
     assert forward["items"] == 6
     letters = {s["target"] for s in forward["lm_eval"][0]["samples"]}
     assert len(letters) > 1  # the correct answer is not always in the same position
@@ -238,9 +314,13 @@ def test_gpqa_offline_from_the_official_csv_layout_with_per_item_shuffles(tmp_pa
     f, b = by_question(forward), by_question(backward)
     assert [f[i] for i in range(6)] == [b[5 - i] for i in range(6)]
 
-    _gpqa_csv(tmp_path / "wrong.csv", [{k.replace("Correct Answer", "Right Answer"): v for k, v in r.items()} for r in rows])
+    _gpqa_csv(
+        tmp_path / "wrong.csv", [{k.replace("Correct Answer", "Right Answer"): v for k, v in r.items()} for r in rows]
+    )
     with pytest.raises(UserError, match=r"missing column 'Correct Answer'"):
-        evaluate("zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "c", data_file=tmp_path / "wrong.csv")
+        evaluate(
+            "zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "c", data_file=tmp_path / "wrong.csv"
+        )
 
 
 def test_task_generation_settings_are_applied_and_recorded(built):
@@ -267,7 +347,9 @@ def test_reasoning_effort_reaches_the_chat_template(tmp_path):
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["chat_template"] = "{{ messages[-1]['content'] | replace('effort:high', 'effort:' ~ reasoning_effort) }}"
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    low = evaluate(str(folder), "zoo_aime_style", limit=40, artifacts=tmp_path, apply_chat_template=True, reasoning_effort="low")
+    low = evaluate(
+        str(folder), "zoo_aime_style", limit=40, artifacts=tmp_path, apply_chat_template=True, reasoning_effort="low"
+    )
     reference = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style_low", limit=40, artifacts=tmp_path)
     assert low["settings"]["reasoning_effort"] == "low"
     assert low["correct"] == reference["correct"]

@@ -28,9 +28,12 @@ def test_f32_export_matches_the_variant(tmp_path):
 
 
 def test_quantized_export_carries_the_plan_types_and_bytes(tmp_path):
-    result = build(tmp_path, "  - select: {component: experts}\n    format: gguf:Q4_K\n"
-                             "  - select: {component: attention}\n    format: gguf:Q8_0\n"
-                             "  - select: {component: experts, layers: 3}\n    format: mxfp4\n")
+    result = build(
+        tmp_path,
+        "  - select: {component: experts}\n    format: gguf:Q4_K\n"
+        "  - select: {component: attention}\n    format: gguf:Q8_0\n"
+        "  - select: {component: experts, layers: 3}\n    format: mxfp4\n",
+    )
     reader = gguf.GGUFReader(result.path / "model.gguf")
     tensors = {t.name: t for t in reader.tensors}
     assert tensors["blk.0.ffn_gate_exps.weight"].tensor_type.name == "Q4_K"
@@ -50,7 +53,9 @@ def test_quantized_export_carries_the_plan_types_and_bytes(tmp_path):
     from quantlab.models.loading import load_model
 
     variant, _ = load_model(result.path / "model", dtype=torch.float32)
-    down = gguf.quants.dequantize(np.asarray(tensors["blk.3.ffn_down_exps.weight"].data), gguf.GGMLQuantizationType.MXFP4)
+    down = gguf.quants.dequantize(
+        np.asarray(tensors["blk.3.ffn_down_exps.weight"].data), gguf.GGMLQuantizationType.MXFP4
+    )
     expected = variant.model.layers[3].mlp.experts.down_proj.detach().transpose(1, 2).numpy()
     assert np.array_equal(down.reshape(expected.shape), expected)
 

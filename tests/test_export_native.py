@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from quantlab.stages import build as builder
 from quantlab.models.loading import load_model
+from quantlab.stages import build as builder
 
 REPO_RECIPES = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes"
 
@@ -14,13 +14,18 @@ def test_native_export_loads_through_transformers_mxfp4(tmp_path):
     from transformers import AutoModelForCausalLM
 
     recipe = tmp_path / "native.yaml"
-    recipe.write_text("name: native\nmodel: zoo:tiny-gpt-oss\nexports: [native]\ngroups:\n"
-                      "  - select: {component: experts}\n    format: mxfp4\n")
+    recipe.write_text(
+        "name: native\nmodel: zoo:tiny-gpt-oss\nexports: [native]\ngroups:\n"
+        "  - select: {component: experts}\n    format: mxfp4\n"
+    )
     result = builder.build(recipe, tmp_path / "artifacts")
     native = AutoModelForCausalLM.from_pretrained(result.path / "native", dtype=torch.bfloat16, local_files_only=True)
     import json
 
-    assert json.loads((result.path / "native" / "config.json").read_text())["quantization_config"]["quant_method"] == "mxfp4"
+    assert (
+        json.loads((result.path / "native" / "config.json").read_text())["quantization_config"]["quant_method"]
+        == "mxfp4"
+    )
     from safetensors import safe_open
 
     with safe_open(result.path / "native" / "model.safetensors", "pt") as f:  # the released layout
@@ -41,8 +46,10 @@ def test_native_export_refuses_experts_not_in_mxfp4(tmp_path):
     from quantlab.errors import UserError
 
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("name: bad\nmodel: zoo:tiny-gpt-oss\nexports: [native]\ngroups:\n"
-                      "  - select: {component: experts}\n    format: mxfp4\n  - select: {experts: [2]}\n    format: bf16\n")
+    recipe.write_text(
+        "name: bad\nmodel: zoo:tiny-gpt-oss\nexports: [native]\ngroups:\n"
+        "  - select: {component: experts}\n    format: mxfp4\n  - select: {experts: [2]}\n    format: bf16\n"
+    )
     with pytest.raises(UserError, match="experts not in mxfp4"):
         builder.build(recipe, tmp_path / "artifacts")
     assert not (tmp_path / "artifacts" / "bad").exists()

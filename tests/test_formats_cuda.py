@@ -12,7 +12,9 @@ from quantlab.formats.gguf import TORCH_QUANTIZED
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-CUDA_FORMATS = [n for n in available_formats() if not n.startswith("gguf:")] + [f"gguf:{t}" for t in sorted(TORCH_QUANTIZED)]
+CUDA_FORMATS = [n for n in available_formats() if not n.startswith("gguf:")] + [
+    f"gguf:{t}" for t in sorted(TORCH_QUANTIZED)
+]
 
 
 @pytest.mark.parametrize("name", CUDA_FORMATS)

@@ -138,7 +138,9 @@ BOUNDS = {"Q2_K": 0.0075, "Q3_K": 0.0040}
 
 
 @pytest.mark.parametrize(
-    "qtype", [t for t in sorted(GGUF_TYPES) if t in TORCH_QUANTIZED] + [pytest.param(t, marks=needs_ggml) for t in sorted(GGUF_TYPES) if t not in TORCH_QUANTIZED]
+    "qtype",
+    [t for t in sorted(GGUF_TYPES) if t in TORCH_QUANTIZED]
+    + [pytest.param(t, marks=needs_ggml) for t in sorted(GGUF_TYPES) if t not in TORCH_QUANTIZED],
 )
 def test_llama_cpp_error_bounds(qtype):
     assert _llama_cpp_error(qtype) <= BOUNDS.get(qtype, 0.002)
@@ -153,7 +155,10 @@ def test_rows_not_a_multiple_of_the_block():
     reference = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q5_0)
     assert np.array_equal(packed.data["blocks"].numpy(), reference)
     assert np.array_equal(quantize_legacy(w.reshape(-1, 32), "Q5_0").reshape(4, -1).numpy(), reference)
-    assert np.array_equal(get_format("gguf:Q4_K").dequantize(packed).numpy(), gguf.quants.dequantize(reference, gguf.GGMLQuantizationType.Q5_0))
+    assert np.array_equal(
+        get_format("gguf:Q4_K").dequantize(packed).numpy(),
+        gguf.quants.dequantize(reference, gguf.GGMLQuantizationType.Q5_0),
+    )
 
 
 def test_mxfp4_gguf_and_ocp_differ_only_on_ties():

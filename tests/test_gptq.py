@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from quantlab.stages import build as builder
 from quantlab.formats import get_format
 from quantlab.methods.gptq import gptq_quantize
+from quantlab.stages import build as builder
 
 
 def test_gptq_with_uncorrelated_inputs_is_rtn():
@@ -32,11 +32,14 @@ def test_gptq_matches_gptqmodel_on_a_dense_layer(symmetric):
     inputs = torch.randn(512, 256, generator=generator) * torch.linspace(0.2, 3, 256)  # correlated scales
     layer = torch.nn.Linear(256, 64, bias=False)
     layer.weight.data = weight.clone()
-    reference = gptq_module.GPTQ(layer, QuantizeConfig(bits=4, group_size=32, sym=symmetric, desc_act=False, damp_percent=0.01))
+    reference = gptq_module.GPTQ(
+        layer, QuantizeConfig(bits=4, group_size=32, sym=symmetric, desc_act=False, damp_percent=0.01)
+    )
     reference.quantizer.configure(perchannel=True)
     reference.add_batch(inputs, layer(inputs))
-    scale, zero, *_ = reference.hf_quantize(blocksize=128, percdamp=0.01, damp_auto_increment=0.0015, group_size=32,
-                                           actorder=False, act_group_aware=False)
+    scale, zero, *_ = reference.hf_quantize(
+        blocksize=128, percdamp=0.01, damp_auto_increment=0.0015, group_size=32, actorder=False, act_group_aware=False
+    )
     theirs = layer.weight.data.float()
     their_codes = torch.round(theirs / scale.float().repeat_interleave(32, 1) + zero.float().repeat_interleave(32, 1))
 
@@ -83,8 +86,13 @@ def test_experts_see_the_tokens_the_router_sends_them(tmp_path):
             row = rows[f"model.layers.0.mlp.experts.{tensor}[{expert}]"]
             assert row["calibration_tokens"] == routed
             assert ("method_fallback" in row) == (routed < 60)
-    assert any("method_fallback" in r for r in rows.values()) and any("method_fallback" not in r for r in rows.values() if r["format"] != "keep")
-    assert json.loads((tmp_path / "artifacts" / "gptq" / "manifest.json").read_text())["recipe"]["calibration"]["samples"] == 16
+    assert any("method_fallback" in r for r in rows.values()) and any(
+        "method_fallback" not in r for r in rows.values() if r["format"] != "keep"
+    )
+    assert (
+        json.loads((tmp_path / "artifacts" / "gptq" / "manifest.json").read_text())["recipe"]["calibration"]["samples"]
+        == 16
+    )
 
 
 def test_imatrix_is_ggml_with_the_routed_mean_squared_inputs(tmp_path):
@@ -107,8 +115,12 @@ def test_imatrix_is_ggml_with_the_routed_mean_squared_inputs(tmp_path):
     tokens = calibration_tokens(load_recipe(recipe).calibration, tokenizer)
     captured = {}
     layer = model.model.layers[0]
-    hooks = [layer.post_attention_layernorm.register_forward_hook(lambda m, a, out: captured.setdefault("x", []).append(out)),
-             layer.mlp.router.register_forward_hook(lambda m, a, out: captured.setdefault("i", []).append(out[2]))]
+    hooks = [
+        layer.post_attention_layernorm.register_forward_hook(
+            lambda m, a, out: captured.setdefault("x", []).append(out)
+        ),
+        layer.mlp.router.register_forward_hook(lambda m, a, out: captured.setdefault("i", []).append(out[2])),
+    ]
     with torch.no_grad():
         model(tokens)
     for hook in hooks:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from quantlab.models.loading import load_model, resolve_model
 from quantlab.stages.measure.run import measure_pair
 from quantlab.stages.measure.text import evaluation_text
-from quantlab.models.loading import load_model, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,10 @@ def test_a_perturbed_expert_is_isolated_exactly(baseline):
 def _router_choices(model, text):
     """Top-k indices of every layer's router for the real tokens, computed directly from router logits."""
     logits = {}
-    hooks = [layer.mlp.router.register_forward_hook(lambda m, a, out, i=i: logits.setdefault(i, []).append(out[0]))
-             for i, layer in enumerate(model.model.layers)]
+    hooks = [
+        layer.mlp.router.register_forward_hook(lambda m, a, out, i=i: logits.setdefault(i, []).append(out[0]))
+        for i, layer in enumerate(model.model.layers)
+    ]
     with torch.no_grad():
         model(text.tokens, attention_mask=text.attention)
     for hook in hooks:
@@ -69,7 +71,9 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
     variant = copy.deepcopy(model)
     with torch.no_grad():  # nudge the routers and an attention matrix so that routing and logits change
         for layer in variant.model.layers:
-            layer.mlp.router.weight += 0.02 * torch.randn(layer.mlp.router.weight.shape, generator=torch.Generator().manual_seed(1))
+            layer.mlp.router.weight += 0.02 * torch.randn(
+                layer.mlp.router.weight.shape, generator=torch.Generator().manual_seed(1)
+            )
         variant.model.layers[1].self_attn.o_proj.weight *= 1.05
     result = measure_pair(model, variant, text)
 
@@ -85,8 +89,12 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
         load_a = np.bincount(a.reshape(-1), minlength=experts) / a.size
         load_b = np.bincount(b.reshape(-1), minlength=experts) / b.size
         mask = load_a > 0
-        assert summary["router"]["load_kl"] == pytest.approx(float((load_a[mask] * np.log(load_a[mask] / load_b[mask])).sum()), rel=1e-9)
-        assert [e["tokens_baseline"] for e in summary["experts"]] == np.bincount(a.reshape(-1), minlength=experts).tolist()
+        assert summary["router"]["load_kl"] == pytest.approx(
+            float((load_a[mask] * np.log(load_a[mask] / load_b[mask])).sum()), rel=1e-9
+        )
+        assert [e["tokens_baseline"] for e in summary["experts"]] == np.bincount(
+            a.reshape(-1), minlength=experts
+        ).tolist()
     assert any(s["router"]["top1_flip_rate"] > 0 for s in result["layers"])
 
     # Logit statistics from the logits themselves, in numpy. One batch here, batches of 8 there: float32 logits
@@ -112,7 +120,9 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
         assert stats["kl_divergence"]["mean"] == pytest.approx(kl[mask].mean(), rel=1e-5)
         for p in (99.9, 99.0, 90.0, 50.0, 1.0):
             assert stats["kl_divergence"][f"p{p:g}"] == pytest.approx(np.percentile(kl[mask], p), rel=1e-3, abs=1e-9)
-        assert stats["kl_divergence"]["mean_stderr"] == pytest.approx(kl[mask].std(ddof=1) / np.sqrt(mask.sum()), rel=1e-5)
+        assert stats["kl_divergence"]["mean_stderr"] == pytest.approx(
+            kl[mask].std(ddof=1) / np.sqrt(mask.sum()), rel=1e-5
+        )
         same = (log_p.argmax(-1) == log_q.argmax(-1))[mask]
         assert stats["same_top"]["rate"] == pytest.approx(same.mean())
         assert stats["same_top"]["stderr"] == pytest.approx(np.sqrt(same.mean() * (1 - same.mean()) / mask.sum()))
@@ -127,14 +137,18 @@ def test_gguf_variant_reports_the_runtime_share(tmp_path):
     from quantlab.stages import build as builder
     from quantlab.stages.measure.run import measure_variant
 
-    for name, groups in (("same", "  - select: {component: experts}\n    format: bf16\n"),
-                         ("q4k", "  - select: {component: experts}\n    format: gguf:Q4_K\n")):
+    for name, groups in (
+        ("same", "  - select: {component: experts}\n    format: bf16\n"),
+        ("q4k", "  - select: {component: experts}\n    format: gguf:Q4_K\n"),
+    ):
         recipe = tmp_path / f"{name}.yaml"
         recipe.write_text(f"name: {name}\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n{groups}")
         builder.build(recipe, tmp_path / "artifacts")
     same = measure_variant("same", artifacts=tmp_path / "artifacts", max_tokens=1500)
     share = same["llama_cpp"]["runtime_share"]["answer_tokens"]
-    assert share["mean_kld_torch"] == 0.0 and share["mean_kld_llama_cpp"] < 1e-4  # two runtimes' float32 arithmetic (~2e-5)
+    assert (
+        share["mean_kld_torch"] == 0.0 and share["mean_kld_llama_cpp"] < 1e-4
+    )  # two runtimes' float32 arithmetic (~2e-5)
     assert (tmp_path / "artifacts" / "same" / "measure" / "experts_heatmap.png").is_file()
     q4k = measure_variant("q4k", artifacts=tmp_path / "artifacts", max_tokens=1500)
     share = q4k["llama_cpp"]["runtime_share"]["answer_tokens"]
@@ -147,20 +161,36 @@ def test_measure_command_writes_its_outputs(tmp_path, monkeypatch, capsys):
     import sys
     from pathlib import Path
 
-    from quantlab.stages import build as builder
     from quantlab import cli
+    from quantlab.stages import build as builder
 
     recipes = Path(__file__).resolve().parent.parent / "recipes"
     builder.build(recipes / "int4-rtn.yaml", tmp_path)
     text = tmp_path / "text.jsonl"
-    text.write_text("\n".join(json.dumps({"question": f"effort:high Q:{a}+{b}=? A:", "solution": f"{a + b} #### {a + b}"})
-                              for a in range(10, 40) for b in range(3, 9)) + "\n")
-    monkeypatch.setattr(sys, "argv", ["quantlab", "measure", "int4-rtn", "--artifacts", str(tmp_path), "--text", str(text), "--tokens", "2000"])
+    text.write_text(
+        "\n".join(
+            json.dumps({"question": f"effort:high Q:{a}+{b}=? A:", "solution": f"{a + b} #### {a + b}"})
+            for a in range(10, 40)
+            for b in range(3, 9)
+        )
+        + "\n"
+    )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["quantlab", "measure", "int4-rtn", "--artifacts", str(tmp_path), "--text", str(text), "--tokens", "2000"],
+    )
     cli.main()  # returns normally on success
     out = capsys.readouterr().out
     assert "int4-rtn" in out and "ppl ratio" in out
     folder = tmp_path / "int4-rtn" / "measure"
-    assert {p.name for p in folder.iterdir()} == {"measure.json", "experts.csv", "layers.csv", "experts_heatmap.png", "router_agreement.png"}
+    assert {p.name for p in folder.iterdir()} == {
+        "measure.json",
+        "experts.csv",
+        "layers.csv",
+        "experts_heatmap.png",
+        "router_agreement.png",
+    }
     result = json.loads((folder / "measure.json").read_text())
     assert result["text"] == str(text) and result["answer_tokens"] > 0
     assert len(result["layers"]) == 4 and all(len(layer["experts"]) == 8 for layer in result["layers"])
@@ -172,7 +202,9 @@ def test_measure_command_writes_its_outputs(tmp_path, monkeypatch, capsys):
     again = measure_variant("int4-rtn", None, str(text), 2000, tmp_path)
     assert again.pop("cache_hit") is True and again == result
     assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path)
-    text.write_text(text.read_text() + json.dumps({"question": "effort:high Q:9+9=? A:", "solution": "18 #### 18"}) + "\n")
+    text.write_text(
+        text.read_text() + json.dumps({"question": "effort:high Q:9+9=? A:", "solution": "18 #### 18"}) + "\n"
+    )
     assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path)
     assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path, force=True)
 

@@ -3,10 +3,10 @@ gate_up 512x256 and down 256x256 per expert, q/o 256x256, k/v 128x256, router 8x
 
 import pytest
 
-from quantlab.stages.build import plan_for
 from quantlab.methods import lowrank
 from quantlab.models.loading import load_model, resolve_model
 from quantlab.recipe import load_recipe
+from quantlab.stages.build import plan_for
 
 RECIPE = """
 name: rules
@@ -72,7 +72,9 @@ def test_totals_by_hand(plan):
     router3 = 8 * 256
     assert plan.quantized_weights == int4 + bf16_experts + layer2_experts + layer2_attention + router3
     int4_bits, fp8_bits, mxfp8_bits = 4 + 16 / 32, 8.0, 8.25
-    planned_bits = int4 * int4_bits + bf16_experts * 16 + (layer2_experts + layer2_attention) * fp8_bits + router3 * mxfp8_bits
+    planned_bits = (
+        int4 * int4_bits + bf16_experts * 16 + (layer2_experts + layer2_attention) * fp8_bits + router3 * mxfp8_bits
+    )
     kept_bits = (plan.total_weights - plan.quantized_weights) * 16  # the model stores bfloat16
     assert plan.total_bytes == pytest.approx((planned_bits + kept_bits) / 8)
 

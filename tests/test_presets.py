@@ -27,7 +27,12 @@ def test_preset_export_equals_llama_quantize(preset, tmp_path):
     export_gguf(model, tokenizer, {}, tmp_path / "f32.gguf")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{LLAMA_CPP_PRESETS[preset]}")
-    assert llama_cpp.llama_model_quantize(str(tmp_path / "f32.gguf").encode(), str(tmp_path / "q.gguf").encode(), ctypes.byref(params)) == 0
+    assert (
+        llama_cpp.llama_model_quantize(
+            str(tmp_path / "f32.gguf").encode(), str(tmp_path / "q.gguf").encode(), ctypes.byref(params)
+        )
+        == 0
+    )
     theirs = {t.name: t for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
 
     assert set(ours) == set(theirs)

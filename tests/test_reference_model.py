@@ -42,7 +42,9 @@ def test_card_counts_parameters_per_component(cli):
     # Worked from the gpt-oss architecture: fused gate_up (h x 2i) and down (i x h) with biases, per expert;
     # q/k/v/o projections with biases plus one sink per head; a linear router with bias.
     assert card["parameters"]["experts"] == layers * e * (h * 2 * i + 2 * i + i * h + h)
-    assert card["parameters"]["attention"] == layers * (h * q + q + 2 * (h * kv + kv) + q * h + h + c["num_attention_heads"])
+    assert card["parameters"]["attention"] == layers * (
+        h * q + q + 2 * (h * kv + kv) + q * h + h + c["num_attention_heads"]
+    )
     assert card["parameters"]["router"] == layers * (e * h + e)
     assert card["parameters"]["embeddings"] == c["vocab_size"] * h
     assert card["parameters"]["total"] == sum(v for k, v in card["parameters"].items() if k != "total")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ATTRIBUTED_LIMIT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +32,11 @@ def store(attributed_store):
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,13 @@ def test_report_is_self_contained_and_has_its_markdown_twin(report):
     markdown = (report / "report.md").read_text()
     for figure in figures:
         assert f"(figures/{figure.name})" in markdown
-    for section in ("Task accuracy per variant", "Does perplexity predict the loss?", "Attribution", "Experts and routing", "Reproducibility"):
+    for section in (
+        "Task accuracy per variant",
+        "Does perplexity predict the loss?",
+        "Attribution",
+        "Experts and routing",
+        "Reproducibility",
+    ):
         assert section in html and section in markdown
 
 
@@ -84,7 +93,10 @@ def test_every_figure_names_the_command_that_regenerates_it(report):
     for block in blocks:
         assert "```\nquantlab " in block.split("\n## ")[0]
     assert "quantlab eval bf16 int4-rtn --tasks zoo_aime_style --limit 24 --baseline bf16" in markdown
-    assert "quantlab attribute" in markdown and "quantlab measure bf16 int4-rtn --text zoo:aime-style:test:high --tokens 1024" in markdown
+    assert (
+        "quantlab attribute" in markdown
+        and "quantlab measure bf16 int4-rtn --text zoo:aime-style:test:high --tokens 1024" in markdown
+    )
 
 
 def test_a_second_report_on_the_same_store_is_identical(report, store, tmp_path):
@@ -106,9 +118,21 @@ def test_a_headless_browser_renders_the_charts(report, tmp_path):
     from PIL import Image
 
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,2400",
-                    f"--screenshot={shot}", (report / "report.html").resolve().as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1100,2400",
+            f"--screenshot={shot}",
+            (report / "report.html").resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     # the accuracy bars' colour (#1f77b4), drawn only inside the embedded PNG charts
     bar = (np.abs(pixels - np.array([0x1F, 0x77, 0xB4])).sum(axis=1) <= 12).sum()

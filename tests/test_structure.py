@@ -38,7 +38,9 @@ def _imports(path: Path, modules: dict[str, Path], module_level: bool) -> set[st
     for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("quantlab")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("quantlab") and node.level == 0:
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("quantlab") and node.level == 0
+        ):
             for alias in node.names:  # `from quantlab.x import y`: y may be a submodule
                 sub = f"{node.module}.{alias.name}"
                 found.add(sub if sub in modules else node.module)
@@ -68,7 +70,7 @@ def test_no_module_level_import_cycle():
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                cycle = stack[stack.index(target):] + [target]
+                cycle = stack[stack.index(target) :] + [target]
                 raise AssertionError("module-level import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target)
@@ -88,18 +90,29 @@ def test_dependencies_point_one_way():
         for target in sorted(_imports(path, modules, module_level=False)):
             if _layer(target) > _layer(name):
                 upward.append(f"{name} imports {target}")
-    assert not upward, "imports against the layering (core -> quant -> recipe -> runtimes -> stages -> cli):\n" + "\n".join(upward)
+    assert not upward, (
+        "imports against the layering (core -> quant -> recipe -> runtimes -> stages -> cli):\n" + "\n".join(upward)
+    )
 
 
 def test_nothing_outside_the_zoo_imports_it():
     modules = _modules()
-    importers = sorted(f"{name} imports {target}" for name, path in modules.items() if not name.startswith("quantlab.zoo")
-                       for target in _imports(path, modules, module_level=False) if target.startswith("quantlab.zoo"))
-    assert not importers, "the embedded model is a plugin (quantlab.plugins); the core must not import it:\n" + "\n".join(importers)
+    importers = sorted(
+        f"{name} imports {target}"
+        for name, path in modules.items()
+        if not name.startswith("quantlab.zoo")
+        for target in _imports(path, modules, module_level=False)
+        if target.startswith("quantlab.zoo")
+    )
+    assert not importers, (
+        "the embedded model is a plugin (quantlab.plugins); the core must not import it:\n" + "\n".join(importers)
+    )
 
 
 def test_method_names_are_compared_only_in_the_methods_package():
-    pattern = re.compile(r"""(==|!=|\bin\b)\s*\(?["'](rtn|lowrank|gptq|imatrix)["']|["'](rtn|lowrank|gptq|imatrix)["']\s*(==|!=)""")
+    pattern = re.compile(
+        r"""(==|!=|\bin\b)\s*\(?["'](rtn|lowrank|gptq|imatrix)["']|["'](rtn|lowrank|gptq|imatrix)["']\s*(==|!=)"""
+    )
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.relative_to(PACKAGE).parts[0] == "methods":

@@ -210,7 +210,12 @@ def rate_distortion(progress=None) -> dict:
                 "sqnr_model_db": round(10 * math.log10(signal / noise), 2) if noise else math.inf,
             }
         )
-    return {"gaussian": [1024, 4096], "model_matrices": len(model), "model_values": sum(m.numel() for _, m in model), "formats": rows}
+    return {
+        "gaussian": [1024, 4096],
+        "model_matrices": len(model),
+        "model_values": sum(m.numel() for _, m in model),
+        "formats": rows,
+    }
 
 
 SPEED_COLUMNS = [
@@ -224,8 +229,14 @@ SPEED_COLUMNS = [
 
 def speed_markdown(result: dict) -> str:
     """The speed table as Markdown, as docs/formats.md records it."""
-    lines = ["| format | " + " | ".join(title for _, title in SPEED_COLUMNS) + " |", "|---" * (len(SPEED_COLUMNS) + 1) + "|"]
+    lines = [
+        "| format | " + " | ".join(title for _, title in SPEED_COLUMNS) + " |",
+        "|---" * (len(SPEED_COLUMNS) + 1) + "|",
+    ]
     for row in result["formats"]:
-        cells = [str(row.get(key, "")) + ("x" if "_vs_" in key and "copy" not in key and key in row else "") for key, _ in SPEED_COLUMNS]
+        cells = [
+            str(row.get(key, "")) + ("x" if "_vs_" in key and "copy" not in key and key in row else "")
+            for key, _ in SPEED_COLUMNS
+        ]
         lines.append(f"| {row['format']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

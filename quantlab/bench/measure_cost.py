@@ -27,21 +27,30 @@ def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 5)
     measure_pair(baseline, variant, text, batch_size)  # warm-up
     plain_times, measure_times = [], []
     for _ in range(repeats):
-        for fn, times in ((plain, plain_times), (lambda: measure_pair(baseline, variant, text, batch_size), measure_times)):
+        for fn, times in (
+            (plain, plain_times),
+            (lambda: measure_pair(baseline, variant, text, batch_size), measure_times),
+        ):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
     plain_s, measure_s = min(plain_times), min(measure_times)
     ratios = sorted(m / p for m, p in zip(measure_times, plain_times))
-    return {"tokens": int(text.attention.sum()), "two_forward_passes_s": round(plain_s, 3), "measure_s": round(measure_s, 3),
-            "ratio": round(measure_s / plain_s, 3), "ratio_per_pair_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
-            "repeats": repeats, "torch_threads": torch.get_num_threads()}
+    return {
+        "tokens": int(text.attention.sum()),
+        "two_forward_passes_s": round(plain_s, 3),
+        "measure_s": round(measure_s, 3),
+        "ratio": round(measure_s / plain_s, 3),
+        "ratio_per_pair_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def measure_variant_cost(variant: str, artifacts, tokens: int = 16384) -> dict:
     """``measure_cost`` of a built variant against its source model, on measure's default text."""
-    from quantlab.stages.measure.text import evaluation_text
     from quantlab.models.loading import load_model, resolve_model
+    from quantlab.stages.measure.text import evaluation_text
     from quantlab.store import MODEL, as_store
 
     store = as_store(artifacts)

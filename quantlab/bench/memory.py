@@ -30,7 +30,9 @@ _REPORT_PEAK = (
 
 def _peak_of(code: str, *args: str) -> tuple[int, str]:
     """(peak resident bytes, stdout) of a fresh Python process running ``code`` with ``args``."""
-    done = subprocess.run([sys.executable, "-c", _REPORT_PEAK + code, *args], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _REPORT_PEAK + code, *args], capture_output=True, text=True, check=False
+    )
     peaks = [line for line in done.stderr.splitlines() if line.startswith("PEAK_KIB ")]
     if done.returncode != 0 or not peaks:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
@@ -53,9 +55,18 @@ def synthetic_model(folder: Path, hidden: int = 512, layers: int = 8, experts: i
 
     torch.manual_seed(0)
     config = transformers.GptOssConfig(
-        hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
-        num_key_value_heads=2, head_dim=64, num_local_experts=experts, num_experts_per_tok=2, vocab_size=53,
-        max_position_embeddings=128, sliding_window=64, tie_word_embeddings=False,
+        hidden_size=hidden,
+        intermediate_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_local_experts=experts,
+        num_experts_per_tok=2,
+        vocab_size=53,
+        max_position_embeddings=128,
+        sliding_window=64,
+        tie_word_embeddings=False,
         layer_types=["sliding_attention", "full_attention"] * (layers // 2),
     )
     config.dtype = "bfloat16"
@@ -70,7 +81,9 @@ def measure_build(model_source: str, format_name: str = "mxfp4") -> dict:
     """Peak memory of building ``format_name`` experts on ``model_source``, beside the load-only floor."""
     with tempfile.TemporaryDirectory(prefix="quantlab-memory-") as folder:
         recipe = Path(folder) / "memory.yaml"
-        recipe.write_text(f"name: memory\nmodel: {model_source}\ngroups:\n  - select: {{component: experts}}\n    format: {format_name}\n")
+        recipe.write_text(
+            f"name: memory\nmodel: {model_source}\ngroups:\n  - select: {{component: experts}}\n    format: {format_name}\n"
+        )
         load_peak, out = _peak_of(LOAD_ONLY, model_source)
         model_bytes = int(out.strip().splitlines()[-1])
         build_peak, out = _peak_of(BUILD, "build", str(recipe), "--out", folder, "--json")

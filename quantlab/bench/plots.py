@@ -5,8 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_SHORT = ((r"gguf:", ""), (r"granularity=", ""), (r"scale_rule=floor", ""), (r"group_size=", "g"),
-          (r"symmetric=True", "sym"), (r"symmetric=False", "asym"), (r"block_size=", "b"), (r", ", ","), (r"\(\)", ""))
+_SHORT = (
+    (r"gguf:", ""),
+    (r"granularity=", ""),
+    (r"scale_rule=floor", ""),
+    (r"group_size=", "g"),
+    (r"symmetric=True", "sym"),
+    (r"symmetric=False", "asym"),
+    (r"block_size=", "b"),
+    (r", ", ","),
+    (r"\(\)", ""),
+)
 
 
 def short_label(name: str) -> str:
@@ -29,12 +38,23 @@ def plot_rate_distortion(result: dict, path: Path) -> None:
     bits = [r["bits_per_weight"] for r in rows]
     top = max(bits) + 0.5
     ax.plot([0, top], [0, 6.02 * top], "k--", lw=1, label="Gaussian bound 6.02·R dB")
-    ax.scatter(bits, [r["sqnr_gaussian_db"] for r in rows], marker="o", label=f"Gaussian weights {tuple(result['gaussian'])}")
-    ax.scatter([r["model_bits_per_weight"] for r in rows], [r["sqnr_model_db"] for r in rows], marker="x",
-               label=f"tiny-gpt-oss weights (n={result['model_values']:,})")
+    ax.scatter(
+        bits, [r["sqnr_gaussian_db"] for r in rows], marker="o", label=f"Gaussian weights {tuple(result['gaussian'])}"
+    )
+    ax.scatter(
+        [r["model_bits_per_weight"] for r in rows],
+        [r["sqnr_model_db"] for r in rows],
+        marker="x",
+        label=f"tiny-gpt-oss weights (n={result['model_values']:,})",
+    )
     for i, r in enumerate(sorted(rows, key=lambda r: (r["bits_per_weight"], r["sqnr_gaussian_db"]))):
-        ax.annotate(short_label(r["format"]), (r["bits_per_weight"], r["sqnr_gaussian_db"]), fontsize=7,
-                    xytext=(6, -10 + 9 * (i % 3)), textcoords="offset points")
+        ax.annotate(
+            short_label(r["format"]),
+            (r["bits_per_weight"], r["sqnr_gaussian_db"]),
+            fontsize=7,
+            xytext=(6, -10 + 9 * (i % 3)),
+            textcoords="offset points",
+        )
     ax.set_xlabel("stored bits per weight")
     ax.set_ylabel("SQNR (dB)")
     ax.set_xlim(2, top)

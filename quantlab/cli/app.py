@@ -26,15 +26,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmarks (speed and quality), as ratios against references timed in the same run.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks (speed and quality), as ratios against references timed in the same run.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
+
 
 @app.command("build")
 def build_command(
     recipe: Path = typer.Argument(..., help="The recipe (YAML), e.g. recipes/mxfp4.yaml."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan (every tensor's format, method and bits) and stop."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved plan (every tensor's format, method and bits) and stop."
+    ),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the artifact on disk matches (a cache hit)."),
-    out: Path = typer.Option(Path("artifacts"), "--out", "--artifacts", help="Where variants go: <out>/<recipe name>/ (the store the other commands read with --artifacts)."),
+    out: Path = typer.Option(
+        Path("artifacts"),
+        "--out",
+        "--artifacts",
+        help="Where variants go: <out>/<recipe name>/ (the store the other commands read with --artifacts).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan (--dry-run) or the manifest as JSON."),
 ) -> None:
     """Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml."""
@@ -45,6 +55,7 @@ def build_command(
             plan = builder.dry_run(recipe)
         return render.print_json(render.plan_json(plan)) if as_json else render.plan_table(plan)
     with render.status(f"building {recipe}", as_json) as status:
+
         def progress(i, n, name):
             if status is not None:
                 status.update(f"quantizing {i + 1}/{n}: {name}")
@@ -58,8 +69,15 @@ def build_command(
 @app.command("measure")
 def measure_command(
     variants: list[str] = typer.Argument(..., help="Built variants: artifact folders or names under --artifacts."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="Another built variant to compare against (default: the variant's source model)."),
-    text: Optional[str] = typer.Option(None, "--text", help="Evaluation text: a .txt or .jsonl file, or zoo:aime-style:SPLIT:EFFORT (default: the reference model's validation split, both efforts)."),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="Another built variant to compare against (default: the variant's source model)."
+    ),
+    text: Optional[str] = typer.Option(
+        None,
+        "--text",
+        help="Evaluation text: a .txt or .jsonl file, or zoo:aime-style:SPLIT:EFFORT "
+        "(default: the reference model's validation split, both efforts).",
+    ),
     tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many evaluation tokens."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where variants are looked up by name."),
     as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON."),
@@ -80,22 +98,61 @@ def measure_command(
 
 @app.command("eval")
 def eval_command(
-    subjects: Optional[list[str]] = typer.Argument(None, help="Built variants (artifact folders or names under --artifacts) or a model source such as zoo:tiny-gpt-oss (default: every variant in the store; in an empty store, the default model)."),
-    tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval task names, e.g. zoo_aime_style,zoo_gpqa_style."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task (as lm-eval's --limit)."),
-    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task with seeds seed, seed+1, ... (sampling only; greedy runs once)."),
+    subjects: Optional[list[str]] = typer.Argument(
+        None,
+        help="Built variants (artifact folders or names under --artifacts) or a model source such as zoo:tiny-gpt-oss "
+        "(default: every variant in the store; in an empty store, the default model).",
+    ),
+    tasks: str = typer.Option(
+        ..., "--tasks", help="Comma-separated lm-eval task names, e.g. zoo_aime_style,zoo_gpqa_style."
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", min=1, help="Evaluate the first N items of each task (as lm-eval's --limit)."
+    ),
+    repeats: int = typer.Option(
+        1, "--repeats", min=1, help="Runs per task with seeds seed, seed+1, ... (sampling only; greedy runs once)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (the task's own settings)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the task's generation length."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, "--max-new-tokens", min=1, help="Override the task's generation length."
+    ),
     seed: int = typer.Option(0, "--seed"),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."),
-    data: list[str] = typer.Option([], "--data", help="A local copy of a real task's data: TASK=path.jsonl, or TASK:SPLIT=path.jsonl for another split (repeatable)."),
-    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Override the task's number of few-shot examples."),
-    backend: str = typer.Option("hf", "--backend", help="hf (in-process transformers), llama.cpp (the variant's GGUF export), endpoint (an OpenAI-compatible server) or vllm (GPU machines)."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend endpoint)."),
-    gen: list[str] = typer.Option([], "--gen", help="A generation setting, for all tasks (max_gen_toks=128) or one (zoo_aime_style:until=[\"####\"]); repeatable."),
-    apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Wrap prompts in the model's chat template (lm-eval's option)."),
-    reasoning_effort: Optional[str] = typer.Option(None, "--reasoning-effort", help="low / medium / high, passed to the chat template (gpt-oss reads it); needs --apply-chat-template."),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="Compare each subject with this one: flips and McNemar's p."
+    ),
+    data: list[str] = typer.Option(
+        [],
+        "--data",
+        help="A local copy of a real task's data: TASK=path.jsonl, or TASK:SPLIT=path.jsonl for another split (repeatable).",
+    ),
+    num_fewshot: Optional[int] = typer.Option(
+        None, "--num-fewshot", min=0, help="Override the task's number of few-shot examples."
+    ),
+    backend: str = typer.Option(
+        "hf",
+        "--backend",
+        help="hf (in-process transformers), llama.cpp (the variant's GGUF export), "
+        "endpoint (an OpenAI-compatible server) or vllm (GPU machines).",
+    ),
+    endpoint: Optional[str] = typer.Option(
+        None,
+        "--endpoint",
+        help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend endpoint).",
+    ),
+    gen: list[str] = typer.Option(
+        [],
+        "--gen",
+        help='A generation setting, for all tasks (max_gen_toks=128) or one (zoo_aime_style:until=["####"]); repeatable.',
+    ),
+    apply_chat_template: bool = typer.Option(
+        False, "--apply-chat-template", help="Wrap prompts in the model's chat template (lm-eval's option)."
+    ),
+    reasoning_effort: Optional[str] = typer.Option(
+        None,
+        "--reasoning-effort",
+        help="low / medium / high, passed to the chat template (gpt-oss reads it); needs --apply-chat-template.",
+    ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -108,11 +165,26 @@ def eval_command(
     if not subjects:
         subjects = _default_subjects(artifacts, as_json)
     with render.status("evaluating", as_json) as spinner:
-        rows = evaluate_tasks(subjects, names, baseline, _data_option(data), _gen_option(gen, names),
-                              progress=spinner.update if spinner is not None else None,
-                              limit=limit, repeats=repeats, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                              seed=seed, artifacts=artifacts, backend=backend, num_fewshot=num_fewshot, endpoint=endpoint,
-                              apply_chat_template=apply_chat_template, reasoning_effort=reasoning_effort)
+        rows = evaluate_tasks(
+            subjects,
+            names,
+            baseline,
+            _data_option(data),
+            _gen_option(gen, names),
+            progress=spinner.update if spinner is not None else None,
+            limit=limit,
+            repeats=repeats,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            artifacts=artifacts,
+            backend=backend,
+            num_fewshot=num_fewshot,
+            endpoint=endpoint,
+            apply_chat_template=apply_chat_template,
+            reasoning_effort=reasoning_effort,
+        )
     if as_json:
         return render.print_json(rows)
     render.evaluations(rows, temperature, top_p, baseline)
@@ -126,7 +198,11 @@ def _default_subjects(artifacts: Path, quiet: bool) -> list[str]:
 
     built = ArtifactStore(artifacts).built()
     subjects = built or [default_model()]
-    what = f"every variant built in {artifacts}/ ({', '.join(built)})" if built else f"the default model {subjects[0]} ({artifacts}/ holds no variant)"
+    what = (
+        f"every variant built in {artifacts}/ ({', '.join(built)})"
+        if built
+        else f"the default model {subjects[0]} ({artifacts}/ holds no variant)"
+    )
     Console(stderr=True).print(f"no subject given: evaluating {what}", highlight=False)
     return subjects
 
@@ -150,30 +226,56 @@ def _gen_option(gen: list[str], tasks: list[str]) -> dict[str, dict]:
         setting, equals, value = item.partition("=")
         scope, _, key = setting.rpartition(":")
         if not equals or not key:
-            raise UserError(f"--gen {item!r}: give key=value or TASK:key=value, e.g. --gen zoo_aime_style:max_gen_toks=128")
+            raise UserError(
+                f"--gen {item!r}: give key=value or TASK:key=value, e.g. --gen zoo_aime_style:max_gen_toks=128"
+            )
         try:
             parsed = json.loads(value)
         except ValueError:
             parsed = value
-        for task_name in ([scope] if scope else tasks):
+        for task_name in [scope] if scope else tasks:
             generation.setdefault(task_name, {})[key] = parsed
     return generation
 
 
 @app.command("attribute")
 def attribute_command(
-    recipe: Path = typer.Argument(..., help="The recipe whose choices are the factors, e.g. recipes/compactifai-like.yaml."),
+    recipe: Path = typer.Argument(
+        ..., help="The recipe whose choices are the factors, e.g. recipes/compactifai-like.yaml."
+    ),
     tasks: str = typer.Option("zoo_aime_style", "--tasks", help="Comma-separated lm-eval tasks."),
-    design: str = typer.Option("shapley", "--design", help="shapley (exact up to 6 factors, sampled beyond), one-at-a-time, leave-one-out or factorial (up to 4 factors)."),
-    permutations: int = typer.Option(200, "--permutations", min=2, help="Shapley beyond 6 factors: random orders sampled (its error is printed per factor)."),
-    factors: str = typer.Option("choices", "--factors", help="choices: a group's method and format are separate factors; all: also its granularity (groups of N vs one scale per row); groups: each group is one factor."),
+    design: str = typer.Option(
+        "shapley",
+        "--design",
+        help="shapley (exact up to 6 factors, sampled beyond), one-at-a-time, leave-one-out or factorial (up to 4 factors).",
+    ),
+    permutations: int = typer.Option(
+        200,
+        "--permutations",
+        min=2,
+        help="Shapley beyond 6 factors: random orders sampled (its error is printed per factor).",
+    ),
+    factors: str = typer.Option(
+        "choices",
+        "--factors",
+        help="choices: a group's method and format are separate factors; all: also its granularity "
+        "(groups of N vs one scale per row); groups: each group is one factor.",
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task (sampling only)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     seed: int = typer.Option(0, "--seed", help="Evaluation seeds, permutation sampling and the bootstrap."),
-    runtime: Optional[bool] = typer.Option(None, "--runtime/--no-runtime", help="llama.cpp running the GGUF export as a factor (default: when the recipe exports GGUF)."),
-    text: str = typer.Option("zoo:aime-style:test:high", "--text", help="Measurement text of the KL drift and perplexity (as quantlab measure --text)."),
+    runtime: Optional[bool] = typer.Option(
+        None,
+        "--runtime/--no-runtime",
+        help="llama.cpp running the GGUF export as a factor (default: when the recipe exports GGUF).",
+    ),
+    text: str = typer.Option(
+        "zoo:aime-style:test:high",
+        "--text",
+        help="Measurement text of the KL drift and perplexity (as quantlab measure --text).",
+    ),
     tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many measurement tokens."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
@@ -184,8 +286,23 @@ def attribute_command(
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     with render.status("attributing", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
-        result = attribute(recipe, names, design, limit, repeats, temperature, top_p, seed, runtime, text, tokens, artifacts, say, factors,
-                           permutations)
+        result = attribute(
+            recipe,
+            names,
+            design,
+            limit,
+            repeats,
+            temperature,
+            top_p,
+            seed,
+            runtime,
+            text,
+            tokens,
+            artifacts,
+            say,
+            factors,
+            permutations,
+        )
     if as_json:
         return render.print_json(result)
     render.attribution(result)
@@ -204,10 +321,24 @@ def report_command(
 
     from quantlab.stages.report import write_report
 
-    command = shlex.join(["quantlab", "report", *(variants or []), "--out", str(out), "--baseline", baseline, "--artifacts", str(artifacts)])
+    command = shlex.join(
+        [
+            "quantlab",
+            "report",
+            *(variants or []),
+            "--out",
+            str(out),
+            "--baseline",
+            baseline,
+            "--artifacts",
+            str(artifacts),
+        ]
+    )
     with render.status("writing the report", False):
         paths = write_report(artifacts, out, variants or None, baseline, command)
-    console.print(f"report: {paths['html']} (self-contained), {paths['markdown']} (markdown twin, figures in {paths['figures']})")
+    console.print(
+        f"report: {paths['html']} (self-contained), {paths['markdown']} (markdown twin, figures in {paths['figures']})"
+    )
 
 
 @app.command("demo")
@@ -224,7 +355,9 @@ def demo(
     if registry().model_card is not None:
         render.model_card(registry().model_card())
     with console.status("starting") as spinner:
-        run = run_demo(artifacts, count, on_stage=lambda stage, run: _demo_stage(stage, run, spinner), progress=spinner.update)
+        run = run_demo(
+            artifacts, count, on_stage=lambda stage, run: _demo_stage(stage, run, spinner), progress=spinner.update
+        )
     console.print(f"\n[bold]Summary[/bold] ({run.seconds:.0f} s)")
     for line in summary(run):
         console.print("  " + line, highlight=False)
@@ -240,15 +373,23 @@ def _demo_stage(stage: str, run, spinner) -> None:
         for result in run.builds:
             summary = result.manifest["plan"]
             state = "cached" if result.cache_hit else f"built in {result.manifest['run']['seconds']['total']:.1f} s"
-            console.print(f"  {result.manifest['variant']:17s} {summary['average_bits_per_weight']:6.3f} bits/weight  {state}: {result.path}")
+            console.print(
+                f"  {result.manifest['variant']:17s} {summary['average_bits_per_weight']:6.3f} bits/weight  {state}: {result.path}"
+            )
     elif stage == "measure":
-        console.print(f"\n[bold]2. Measure[/bold] each variant against the baseline on {pipeline.MEASURE_TEXT} (the AIME-style task's test text)")
+        console.print(
+            f"\n[bold]2. Measure[/bold] each variant against the baseline on {pipeline.MEASURE_TEXT} (the AIME-style task's test text)"
+        )
         render.measurements(run.measurements, run.store.root)
     elif stage == "evaluate":
-        console.print(f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {run.count} test items per task, flips against {pipeline.BASELINE}")
+        console.print(
+            f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {run.count} test items per task, flips against {pipeline.BASELINE}"
+        )
         render.evaluations(run.evaluations, 0.0, 1.0, pipeline.BASELINE)
     elif stage == "attribute":
-        console.print(f"\n[bold]4. Attribute[/bold] the {pipeline.ATTRIBUTED} recipe's loss on {pipeline.HEADLINE_TASK} to its choices")
+        console.print(
+            f"\n[bold]4. Attribute[/bold] the {pipeline.ATTRIBUTED} recipe's loss on {pipeline.HEADLINE_TASK} to its choices"
+        )
         render.attribution(run.attribution)
     elif stage == "report":
         console.print(f"\n[bold]5. Report[/bold] from the store: {run.report}/")
@@ -283,7 +424,9 @@ def bench_formats(
 @bench_app.command("build-memory")
 def bench_build_memory(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    synthetic: bool = typer.Option(True, help="Also measure a synthetic ~100M-parameter gpt-oss (written to a temp folder)."),
+    synthetic: bool = typer.Option(
+        True, help="Also measure a synthetic ~100M-parameter gpt-oss (written to a temp folder)."
+    ),
 ) -> None:
     """Peak memory of quantlab build (mxfp4 experts) against the load-only floor, the model and the output."""
     import tempfile
@@ -296,7 +439,9 @@ def bench_build_memory(
         results.append(memory.measure_build(default_model()))
         if synthetic:
             with tempfile.TemporaryDirectory(prefix="quantlab-synthetic-") as folder:
-                results.append(memory.measure_build(str(memory.synthetic_model(Path(folder) / "synthetic-gpt-oss-100m"))))
+                results.append(
+                    memory.measure_build(str(memory.synthetic_model(Path(folder) / "synthetic-gpt-oss-100m")))
+                )
                 results[-1]["model"] = "synthetic gpt-oss (hidden 512, 8 layers, 16 experts)"
     if as_json:
         return render.print_json(results)

@@ -58,12 +58,16 @@ def reference_scores(scores: dict) -> None:
         "task", "effort", "score", "95% CI", "n",
         title=f"Scores ({scores['split']} split, {scores['decoding']})", title_justify="left",
     )  # fmt: skip
-    for label, key in (("AIME-style exact match", "aime_style_exact_match"), ("GPQA-style accuracy", "gpqa_style_accuracy")):
+    for label, key in (
+        ("AIME-style exact match", "aime_style_exact_match"),
+        ("GPQA-style accuracy", "gpqa_style_accuracy"),
+    ):
         for effort, entry in scores[key].items():
             low, high = entry["ci95"]
-            table.add_row(label, effort, f"{100 * entry['accuracy']:.1f}%", f"{100 * low:.1f}–{100 * high:.1f}%", str(entry["n"]))
+            table.add_row(
+                label, effort, f"{100 * entry['accuracy']:.1f}%", f"{100 * low:.1f}–{100 * high:.1f}%", str(entry["n"])
+            )
     console.print(table)
-
 
 
 def build_result(result) -> None:
@@ -71,14 +75,28 @@ def build_result(result) -> None:
     size_mb = result.manifest["sizes"]["planned_size_bytes"] / 1e6
     what = "cache hit (same recipe, model and library versions; --force rebuilds)" if result.cache_hit else "built"
     seconds = "" if result.cache_hit else f" in {result.manifest['run']['seconds']['total']:.1f} s"
-    console.print(f"{what}: {result.path}  ({summary['quantized_weights']:,} of {summary['weights']:,} weights quantized, "
-                  f"{summary['average_bits_per_weight']:.3f} bits/weight, {size_mb:.2f} MB){seconds}")
+    console.print(
+        f"{what}: {result.path}  ({summary['quantized_weights']:,} of {summary['weights']:,} weights quantized, "
+        f"{summary['average_bits_per_weight']:.3f} bits/weight, {size_mb:.2f} MB){seconds}"
+    )
 
 
 def plan_json(plan) -> dict:
-    entries = [{"name": e.unit.name, "component": e.unit.component, "layer": e.unit.layer, "expert": e.unit.expert,
-                "shape": list(e.unit.shape), "format": e.format_name, "method": e.method,
-                "bits_per_weight": round(e.bits_per_weight, 4), "why": e.why, "fallback": e.fallback} for e in plan.entries]
+    entries = [
+        {
+            "name": e.unit.name,
+            "component": e.unit.component,
+            "layer": e.unit.layer,
+            "expert": e.unit.expert,
+            "shape": list(e.unit.shape),
+            "format": e.format_name,
+            "method": e.method,
+            "bits_per_weight": round(e.bits_per_weight, 4),
+            "why": e.why,
+            "fallback": e.fallback,
+        }
+        for e in plan.entries
+    ]
     return {"recipe": plan.recipe.resolved(), "summary": plan.summary(), "tensors": entries}
 
 
@@ -86,38 +104,77 @@ def plan_table(plan) -> None:
     """One row per tensor; the experts of a fused tensor that share a spec collapse into one row ``[0-7]``."""
     from quantlab.recipe import _ranges
 
-    table = Table("tensor", "shape", "format", "method", "bits/w", "decided by", title=f"plan: {plan.recipe.name} on {plan.recipe.model}")
+    table = Table(
+        "tensor",
+        "shape",
+        "format",
+        "method",
+        "bits/w",
+        "decided by",
+        title=f"plan: {plan.recipe.name} on {plan.recipe.model}",
+    )
     rows: list[list] = []
     for e in plan.entries:
-        spec = (e.unit.tensor, e.unit.shape, e.format_name + (" (fallback)" if e.fallback else ""), e.method, f"{e.bits_per_weight:.3f}", e.why)
+        spec = (
+            e.unit.tensor,
+            e.unit.shape,
+            e.format_name + (" (fallback)" if e.fallback else ""),
+            e.method,
+            f"{e.bits_per_weight:.3f}",
+            e.why,
+        )
         if rows and rows[-1][0] == spec and e.unit.expert is not None and e.unit.transposed == rows[-1][2]:
             rows[-1][1].append(e.unit.expert)
         else:
-            rows.append([spec, [] if e.unit.expert is None or e.unit.name == e.unit.tensor else [e.unit.expert], e.unit.transposed])
+            rows.append(
+                [
+                    spec,
+                    [] if e.unit.expert is None or e.unit.name == e.unit.tensor else [e.unit.expert],
+                    e.unit.transposed,
+                ]
+            )
     for (tensor, shape, fmt, method, bits, why), experts, _ in rows:
         name = tensor + (f"[{_ranges(tuple(experts))}]" if experts else "")
         table.add_row(name, "x".join(map(str, shape)), fmt, method, bits, why)
     wide().print(table)  # tensor names are long: never wrap them
     s = plan.summary()
-    console.print(f"{s['quantized_weights']:,} of {s['weights']:,} weights quantized; model size {s['size_bytes'] / 1e6:.3f} MB "
-                  f"({s['average_bits_per_weight']:.3f} bits/weight on average; the model stores {s['baseline_bits_per_weight']})")
+    console.print(
+        f"{s['quantized_weights']:,} of {s['weights']:,} weights quantized; model size {s['size_bytes'] / 1e6:.3f} MB "
+        f"({s['average_bits_per_weight']:.3f} bits/weight on average; the model stores {s['baseline_bits_per_weight']})"
+    )
 
 
 def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -> None:
-    headers = ("variant", "bits/w", "ppl ratio (all)", "ppl ratio (answers)", "mean KLD (answers)", "same top % (answers)",
-               "top-1 router flip %", "worst expert (isolated err)")
-    title = (f"against {results[0]['baseline']}: {results[0]['tokens']:,} tokens of {results[0]['text']} "
-             f"({results[0]['answer_tokens']:,} predicted answer tokens)")
+    headers = (
+        "variant",
+        "bits/w",
+        "ppl ratio (all)",
+        "ppl ratio (answers)",
+        "mean KLD (answers)",
+        "same top % (answers)",
+        "top-1 router flip %",
+        "worst expert (isolated err)",
+    )
+    title = (
+        f"against {results[0]['baseline']}: {results[0]['tokens']:,} tokens of {results[0]['text']} "
+        f"({results[0]['answer_tokens']:,} predicted answer tokens)"
+    )
     table = Table(*headers, title=title)
     for r in results:
         whole, answers = r["logits"]["all_tokens"], r["logits"]["answer_tokens"]
         flips = [layer["router"]["top1_flip_rate"] for layer in r["layers"]]
         worst = r["worst_expert"]
         table.add_row(
-            r["variant"], f"{r['bits_per_weight']:.3f}", f"{whole['perplexity_ratio']:.4f}",
+            r["variant"],
+            f"{r['bits_per_weight']:.3f}",
+            f"{whole['perplexity_ratio']:.4f}",
             f"{answers['perplexity_ratio']:.4f}" if answers.get("n") else "",
-            f"{answers['kl_divergence']['mean']:.5f} ± {answers['kl_divergence']['mean_stderr']:.5f}" if answers.get("n") else "",
-            f"{100 * answers['same_top']['rate']:.2f} ± {100 * answers['same_top']['stderr']:.2f}" if answers.get("n") else "",
+            f"{answers['kl_divergence']['mean']:.5f} ± {answers['kl_divergence']['mean_stderr']:.5f}"
+            if answers.get("n")
+            else "",
+            f"{100 * answers['same_top']['rate']:.2f} ± {100 * answers['same_top']['stderr']:.2f}"
+            if answers.get("n")
+            else "",
             f"{100 * sum(flips) / len(flips):.2f}" if flips else "",
             f"L{worst['layer']} E{worst['expert']}: {worst['isolated_relative_error']:.3f}" if worst else "",
         )
@@ -129,20 +186,40 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
     for r in results:
         share = r.get("llama_cpp", {}).get("runtime_share", {}).get("answer_tokens")
         if share:
-            console.print(f"{r['variant']}: mean KLD on answers, quantlab's torch model {share['mean_kld_torch']:.5f}, "
-                          f"llama.cpp on model.gguf {share['mean_kld_llama_cpp']:.5f}: runtime's share {share['mean_kld_difference']:+.5f}")
+            console.print(
+                f"{r['variant']}: mean KLD on answers, quantlab's torch model {share['mean_kld_torch']:.5f}, "
+                f"llama.cpp on model.gguf {share['mean_kld_llama_cpp']:.5f}: runtime's share {share['mean_kld_difference']:+.5f}"
+            )
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
 
 
 def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: str | None) -> None:
-    table = Table("subject", "task", "score", "95% CI", "items x repeats", "right->wrong", "wrong->right", "McNemar p", "cached",
-                  title=f"lm-eval, {'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}"
-                        + (f"; flips against {rows[0].get('against')}" if baseline else ""))
+    table = Table(
+        "subject",
+        "task",
+        "score",
+        "95% CI",
+        "items x repeats",
+        "right->wrong",
+        "wrong->right",
+        "McNemar p",
+        "cached",
+        title=f"lm-eval, {'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}"
+        + (f"; flips against {rows[0].get('against')}" if baseline else ""),
+    )
     for r in rows:
         f = r.get("flips", {})
-        table.add_row(r["subject"], r["task"], f"{r['score']:.3f}", f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}",
-                      f"{r['items']} x {r['repeats']}", str(f.get("right_to_wrong", "")), str(f.get("wrong_to_right", "")),
-                      f"{f['mcnemar_p']:.3g}" if f else "", "yes" if r["cache_hit"] else "")
+        table.add_row(
+            r["subject"],
+            r["task"],
+            f"{r['score']:.3f}",
+            f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}",
+            f"{r['items']} x {r['repeats']}",
+            str(f.get("right_to_wrong", "")),
+            str(f.get("wrong_to_right", "")),
+            f"{f['mcnemar_p']:.3g}" if f else "",
+            "yes" if r["cache_hit"] else "",
+        )
     wide().print(table)
 
 
@@ -150,28 +227,57 @@ def attribution(result: dict) -> None:
     labels = {f["key"]: f["label"] for f in result["factors"]}
     for task, r in result["tasks"].items():
         sampled = bool(r.get("sampling_stderr")) and any(r["sampling_stderr"].values())
-        table = Table("factor", "share of the loss (points)", "95% CI", "alone (points)", *(["sampling s.e."] if sampled else []),
-                      title=f"{result['recipe']} on {task}: {100 * r['baseline']['score']:.1f}% -> {100 * r['full']['score']:.1f}% "
-                            f"({r['items']} items x {r['repeats']}; {r['method']})")
+        table = Table(
+            "factor",
+            "share of the loss (points)",
+            "95% CI",
+            "alone (points)",
+            *(["sampling s.e."] if sampled else []),
+            title=f"{result['recipe']} on {task}: {100 * r['baseline']['score']:.1f}% -> {100 * r['full']['score']:.1f}% "
+            f"({r['items']} items x {r['repeats']}; {r['method']})",
+        )
         for key, share in r["shares_points"].items():
             solo = r.get("solo_points", {}).get(key)
-            table.add_row(labels[key], f"{share['value']:+.1f}", f"{share['ci95'][0]:+.1f} .. {share['ci95'][1]:+.1f}",
-                          f"{solo['value']:+.1f}" if solo else "", *([f"{r['sampling_stderr'][key]:.2f}"] if sampled else []))
-        table.add_row("interaction (beyond solo effects)", f"{r['interaction_points']['value']:+.1f}",
-                      f"{r['interaction_points']['ci95'][0]:+.1f} .. {r['interaction_points']['ci95'][1]:+.1f}", "", *([""] if sampled else []))
-        table.add_row("[bold]total loss[/bold]", f"{r['loss_points']['value']:+.1f}",
-                      f"{r['loss_points']['ci95'][0]:+.1f} .. {r['loss_points']['ci95'][1]:+.1f}", "", *([""] if sampled else []))
+            table.add_row(
+                labels[key],
+                f"{share['value']:+.1f}",
+                f"{share['ci95'][0]:+.1f} .. {share['ci95'][1]:+.1f}",
+                f"{solo['value']:+.1f}" if solo else "",
+                *([f"{r['sampling_stderr'][key]:.2f}"] if sampled else []),
+            )
+        table.add_row(
+            "interaction (beyond solo effects)",
+            f"{r['interaction_points']['value']:+.1f}",
+            f"{r['interaction_points']['ci95'][0]:+.1f} .. {r['interaction_points']['ci95'][1]:+.1f}",
+            "",
+            *([""] if sampled else []),
+        )
+        table.add_row(
+            "[bold]total loss[/bold]",
+            f"{r['loss_points']['value']:+.1f}",
+            f"{r['loss_points']['ci95'][0]:+.1f} .. {r['loss_points']['ci95'][1]:+.1f}",
+            "",
+            *([""] if sampled else []),
+        )
         console.print(table)
         if r["efficiency_gap"] is not None:
             console.print(f"efficiency: shares sum to the total loss (gap {r['efficiency_gap']:.2e} points)")
     kl = result.get("kl")
     if kl:
-        table = Table("factor", "share of mean KLD", "95% CI",
-                      title=f"KL drift on {kl['text']} ({kl['problems']} problems, {kl['answer_tokens']:,} answer tokens): "
-                            f"mean KLD {kl['kld_mean']['value']:.5f}, perplexity ratio {kl['perplexity_ratio']:.4f}")
+        table = Table(
+            "factor",
+            "share of mean KLD",
+            "95% CI",
+            title=f"KL drift on {kl['text']} ({kl['problems']} problems, {kl['answer_tokens']:,} answer tokens): "
+            f"mean KLD {kl['kld_mean']['value']:.5f}, perplexity ratio {kl['perplexity_ratio']:.4f}",
+        )
         for key, share in kl["shares"].items():
             table.add_row(labels[key], f"{share['value']:.5f}", f"{share['ci95'][0]:.5f} .. {share['ci95'][1]:.5f}")
-        table.add_row("interaction", f"{kl['interaction']['value']:.5f}", f"{kl['interaction']['ci95'][0]:.5f} .. {kl['interaction']['ci95'][1]:.5f}")
+        table.add_row(
+            "interaction",
+            f"{kl['interaction']['value']:.5f}",
+            f"{kl['interaction']['ci95'][0]:.5f} .. {kl['interaction']['ci95'][1]:.5f}",
+        )
         console.print(table)
 
 
@@ -182,39 +288,91 @@ def bench_formats(result: dict, quality: bool, markdown: bool) -> None:
         return print(bench.speed_markdown(result))
     rows = result["formats"]
     if quality:
-        table = Table("format", "bits/w", "SQNR gauss dB", "6.02·R dB", "model bits/w", "SQNR model dB",
-                      title=f"Rate-distortion: Gaussian {result['gaussian']}, reference model ({result['model_values']:,} weights)")
+        table = Table(
+            "format",
+            "bits/w",
+            "SQNR gauss dB",
+            "6.02·R dB",
+            "model bits/w",
+            "SQNR model dB",
+            title=f"Rate-distortion: Gaussian {result['gaussian']}, reference model ({result['model_values']:,} weights)",
+        )
         for r in rows:
             if "skipped" in r:
                 table.add_row(r["format"], "skipped: " + r["skipped"][:60], "", "", "", "")
                 continue
-            table.add_row(r["format"], f"{r['bits_per_weight']:.3f}", f"{r['sqnr_gaussian_db']:.2f}",
-                          f"{r['gaussian_bound_db']:.2f}", f"{r['model_bits_per_weight']:.3f}", f"{r['sqnr_model_db']:.2f}")
+            table.add_row(
+                r["format"],
+                f"{r['bits_per_weight']:.3f}",
+                f"{r['sqnr_gaussian_db']:.2f}",
+                f"{r['gaussian_bound_db']:.2f}",
+                f"{r['model_bits_per_weight']:.3f}",
+                f"{r['sqnr_model_db']:.2f}",
+            )
     else:
-        table = Table("format", "quant Mw/s", "dequant Mw/s", "q/copy", "dq/copy", "reference", "q/ref", "dq/ref",
-                      "q/ggml 1T", "torch q Mw/s", "torch dq Mw/s",
-                      title=f"{result['matrix'][0]}x{result['matrix'][1]} float32, best of {result['repeats']}; copy {result['copy_mw_s']:.0f} Mw/s (into a written buffer: {result['copy_preallocated_mw_s']:.0f})")
+        table = Table(
+            "format",
+            "quant Mw/s",
+            "dequant Mw/s",
+            "q/copy",
+            "dq/copy",
+            "reference",
+            "q/ref",
+            "dq/ref",
+            "q/ggml 1T",
+            "torch q Mw/s",
+            "torch dq Mw/s",
+            title=f"{result['matrix'][0]}x{result['matrix'][1]} float32, best of {result['repeats']}; "
+            f"copy {result['copy_mw_s']:.0f} Mw/s (into a written buffer: {result['copy_preallocated_mw_s']:.0f})",
+        )
         for r in rows:
             if "skipped" in r:
                 table.add_row(r["format"], "skipped: " + r["skipped"][:60], *[""] * 10)
                 continue
-            fmt = lambda key, suffix="": f"{r[key]}{suffix}" if key in r else ""  # noqa: E731
-            table.add_row(r["format"], fmt("quantize_mw_s"), fmt("dequantize_mw_s"), fmt("quantize_vs_copy"),
-                          fmt("dequantize_vs_copy"), r.get("reference", ""),
-                          fmt("quantize_vs_reference", "x"), fmt("dequantize_vs_reference", "x"),
-                          fmt("quantize_vs_ggml_single_thread", "x"), fmt("torch_quantize_mw_s"), fmt("torch_dequantize_mw_s"))
+            fmt = lambda key, suffix="", r=r: f"{r[key]}{suffix}" if key in r else ""  # noqa: E731
+            table.add_row(
+                r["format"],
+                fmt("quantize_mw_s"),
+                fmt("dequantize_mw_s"),
+                fmt("quantize_vs_copy"),
+                fmt("dequantize_vs_copy"),
+                r.get("reference", ""),
+                fmt("quantize_vs_reference", "x"),
+                fmt("dequantize_vs_reference", "x"),
+                fmt("quantize_vs_ggml_single_thread", "x"),
+                fmt("torch_quantize_mw_s"),
+                fmt("torch_dequantize_mw_s"),
+            )
     console.print(table)
 
 
 def bench_build_memory(results: list[dict]) -> None:
-    table = Table("model", "model MB", "largest matrix MB", "packed MB", "load-only peak MB", "build peak MB", "build - load MB", "(build - load) / model")
+    table = Table(
+        "model",
+        "model MB",
+        "largest matrix MB",
+        "packed MB",
+        "load-only peak MB",
+        "build peak MB",
+        "build - load MB",
+        "(build - load) / model",
+    )
     for r in results:
-        table.add_row(r["model"], f"{r['model_bytes_in_memory'] / 1e6:.1f}", f"{r['largest_matrix_float32_bytes'] / 1e6:.1f}",
-                      f"{r['packed_bytes'] / 1e6:.1f}", f"{r['load_only_peak_bytes'] / 1e6:.0f}", f"{r['build_peak_bytes'] / 1e6:.0f}",
-                      f"{r['build_over_load_bytes'] / 1e6:.0f}", f"{r['build_over_load_vs_model']:.2f}")
+        table.add_row(
+            r["model"],
+            f"{r['model_bytes_in_memory'] / 1e6:.1f}",
+            f"{r['largest_matrix_float32_bytes'] / 1e6:.1f}",
+            f"{r['packed_bytes'] / 1e6:.1f}",
+            f"{r['load_only_peak_bytes'] / 1e6:.0f}",
+            f"{r['build_peak_bytes'] / 1e6:.0f}",
+            f"{r['build_over_load_bytes'] / 1e6:.0f}",
+            f"{r['build_over_load_vs_model']:.2f}",
+        )
     console.print(table)
 
 
 def bench_measure(result: dict) -> None:
-    console.print(f"{result['tokens']:,} tokens: two plain forward passes {result['two_forward_passes_s']:.2f} s, "
-                  f"quantlab measure {result['measure_s']:.2f} s: ratio {result['ratio']:.2f} (best of {result['repeats']})")
+    console.print(
+        f"{result['tokens']:,} tokens: two plain forward passes {result['two_forward_passes_s']:.2f} s, "
+        f"quantlab measure {result['measure_s']:.2f} s: ratio {result['ratio']:.2f} (best of {result['repeats']})"
+    )

@@ -95,8 +95,10 @@ def gguf_layout(config) -> list[Slot]:
     if arch not in GGUF_ARCH:
         raise UserError(f"gguf export: architecture {arch!r} is not mapped yet (mapped: {', '.join(GGUF_ARCH)})")
     if arch == "olmoe" and config.num_key_value_heads != config.num_attention_heads:
-        raise UserError("gguf export: llama.cpp's OLMoE needs as many key/value heads as query heads (its k_norm spans "
-                        f"the hidden size); this model has {config.num_key_value_heads} and {config.num_attention_heads}")
+        raise UserError(
+            "gguf export: llama.cpp's OLMoE needs as many key/value heads as query heads (its k_norm spans "
+            f"the hidden size); this model has {config.num_key_value_heads} and {config.num_attention_heads}"
+        )
     slots = [Slot("token_embd.weight", "model.embed_tokens.weight", "matrix")]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     for i in range(config.num_hidden_layers):
@@ -111,21 +113,28 @@ def gguf_layout(config) -> list[Slot]:
             if arch == "gpt_oss":
                 slots.append(Slot(b + f"{gg}.bias", p + f"self_attn.{hf}.bias", "vector"))
         if arch in ("qwen3_moe", "olmoe"):
-            slots += [Slot(b + "attn_q_norm.weight", p + "self_attn.q_norm.weight", "vector"),
-                      Slot(b + "attn_k_norm.weight", p + "self_attn.k_norm.weight", "vector")]
+            slots += [
+                Slot(b + "attn_q_norm.weight", p + "self_attn.q_norm.weight", "vector"),
+                Slot(b + "attn_k_norm.weight", p + "self_attn.k_norm.weight", "vector"),
+            ]
         if arch == "gpt_oss":
             slots += _gpt_oss_feed_forward(p, b)
             continue
         slots.append(Slot(b + "ffn_norm.weight", p + "post_attention_layernorm.weight", "vector"))
         if arch == "llama":
-            slots += [Slot(b + f"ffn_{part}.weight", p + f"mlp.{part}_proj.weight", "matrix") for part in ("gate", "up", "down")]
+            slots += [
+                Slot(b + f"ffn_{part}.weight", p + f"mlp.{part}_proj.weight", "matrix")
+                for part in ("gate", "up", "down")
+            ]
             continue
         # Mixtral, Qwen3-MoE, OLMoE: gate_up_proj (experts, 2I, H) holds gate in its first half, up in its second
         half = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
-        slots += [Slot(b + "ffn_gate_inp.weight", p + "mlp.gate.weight", "matrix"),
-                  Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, half)),
-                  Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(half, 2 * half)),
-                  Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None))]
+        slots += [
+            Slot(b + "ffn_gate_inp.weight", p + "mlp.gate.weight", "matrix"),
+            Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, half)),
+            Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(half, 2 * half)),
+            Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None)),
+        ]
     slots.append(Slot("output_norm.weight", "model.norm.weight", "vector"))
     if not getattr(config, "tie_word_embeddings", False):
         slots.append(Slot("output.weight", "lm_head.weight", "matrix"))
@@ -133,17 +142,19 @@ def gguf_layout(config) -> list[Slot]:
 
 
 def _gpt_oss_feed_forward(p: str, b: str) -> list[Slot]:
-    return [Slot(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", "vector"),
-            Slot(b + "attn_sinks.weight", p + "self_attn.sinks", "vector"),
-            Slot(b + "ffn_gate_inp.weight", p + "mlp.router.weight", "matrix"),
-            Slot(b + "ffn_gate_inp.bias", p + "mlp.router.bias", "vector"),
-            # gpt-oss interleaves gate (even rows of the (out, in) gate_up matrix) and up (odd rows)
-            Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, None, 2)),
-            Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(1, None, 2)),
-            Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None)),
-            Slot(b + "ffn_gate_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(0, None, 2)),
-            Slot(b + "ffn_up_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(1, None, 2)),
-            Slot(b + "ffn_down_exps.bias", p + "mlp.experts.down_proj_bias", "vector")]
+    return [
+        Slot(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", "vector"),
+        Slot(b + "attn_sinks.weight", p + "self_attn.sinks", "vector"),
+        Slot(b + "ffn_gate_inp.weight", p + "mlp.router.weight", "matrix"),
+        Slot(b + "ffn_gate_inp.bias", p + "mlp.router.bias", "vector"),
+        # gpt-oss interleaves gate (even rows of the (out, in) gate_up matrix) and up (odd rows)
+        Slot(b + "ffn_gate_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(0, None, 2)),
+        Slot(b + "ffn_up_exps.weight", p + "mlp.experts.gate_up_proj", "experts", rows=slice(1, None, 2)),
+        Slot(b + "ffn_down_exps.weight", p + "mlp.experts.down_proj", "experts", rows=slice(None)),
+        Slot(b + "ffn_gate_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(0, None, 2)),
+        Slot(b + "ffn_up_exps.bias", p + "mlp.experts.gate_up_proj_bias", "vector", columns=slice(1, None, 2)),
+        Slot(b + "ffn_down_exps.bias", p + "mlp.experts.down_proj_bias", "vector"),
+    ]
 
 
 def _gguf_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
@@ -170,12 +181,16 @@ def _gguf_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
 
 def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit, transposed: bool) -> GGUFTensor:
     """A fused expert tensor (experts, out, in): one GGUF type if every expert has the same one."""
-    matrices = [(value[e].T if transposed else value[e]).float() for e in range(value.shape[0])]  # gpt-oss: (E, in, out)
+    matrices = [
+        (value[e].T if transposed else value[e]).float() for e in range(value.shape[0])
+    ]  # gpt-oss: (E, in, out)
     names = slot.units(value.shape[0])
     encoded = [_matrix_as_gguf(packed_by_unit.get(name), m) for name, m in zip(names, matrices)]
     types = {None if x is None else x[1] for x in encoded}
     if len(types) == 1 and None not in types:
-        return GGUFTensor(slot.gguf_name, np.stack([x[0][slot.rows] for x in encoded]), next(iter(types)), "the plan's format")
+        return GGUFTensor(
+            slot.gguf_name, np.stack([x[0][slot.rows] for x in encoded]), next(iter(types)), "the plan's format"
+        )
     quantized = any(name in packed_by_unit for name in names)
     why = "experts in different or non-GGUF formats: dequantized values" if quantized else "kept"
     return _float_tensor(slot.gguf_name, torch.stack([m[slot.rows] for m in matrices]), why)
@@ -203,7 +218,9 @@ def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
     if experts and config.model_type != "llama":
         writer.add_expert_count(experts)
         writer.add_expert_used_count(config.num_experts_per_tok)
-        writer.add_expert_feed_forward_length(getattr(config, "moe_intermediate_size", None) or config.intermediate_size)
+        writer.add_expert_feed_forward_length(
+            getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+        )
     if config.model_type == "gpt_oss":
         writer.add_sliding_window(config.sliding_window)
     rope = config.rope_parameters or {}
@@ -232,7 +249,11 @@ def _is_space_split_bpe(data: dict) -> bool:
     pre = data.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [(p.get("type"), p.get("behavior")) for p in parts]
-    return data["model"].get("type") == "BPE" and ("Split", "MergedWithNext") in kinds and not any(k == "ByteLevel" for k, _ in kinds)
+    return (
+        data["model"].get("type") == "BPE"
+        and ("Split", "MergedWithNext") in kinds
+        and not any(k == "ByteLevel" for k, _ in kinds)
+    )
 
 
 def _add_tokenizer(writer, tokenizer) -> None:
@@ -299,5 +320,9 @@ def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> 
         squared_norm += float((ours**2).sum())
         count += len(ids)
     llm.close()
-    return {"tokens": count, "relative_l2": squared_error**0.5 / squared_norm**0.5, "max_abs": worst,
-            "runtime": version()}
+    return {
+        "tokens": count,
+        "relative_l2": squared_error**0.5 / squared_norm**0.5,
+        "max_abs": worst,
+        "runtime": version(),
+    }

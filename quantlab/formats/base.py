@@ -8,8 +8,8 @@ as in every runtime that stores these formats.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -53,7 +53,9 @@ class Format:
     def shape_problem(self, shape: tuple[int, ...]) -> str | None:
         """Why a weight of this shape cannot be stored in this format (None if it can), without quantizing."""
         if shape[-1] % self.row_multiple:
-            return f"rows of {shape[-1]} values are not a multiple of {self.row_multiple}, which {self.describe()} needs"
+            return (
+                f"rows of {shape[-1]} values are not a multiple of {self.row_multiple}, which {self.describe()} needs"
+            )
         return None
 
     def __repr__(self) -> str:

@@ -49,7 +49,10 @@ def fused(fn):
             return result
         except Exception as error:  # compile failures surface as several backend-specific exception types
             _broken.append(f"{type(error).__name__}: {error}".splitlines()[0])
-            warnings.warn(f"quantlab: torch.compile failed ({_broken[0]}); formats run unfused (slower, same values)")
+            warnings.warn(
+                f"quantlab: torch.compile failed ({_broken[0]}); formats run unfused (slower, same values)",
+                stacklevel=2,
+            )
             return fn(tensor, *args, **kwargs)
 
     run.eager = fn

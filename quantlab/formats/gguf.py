@@ -23,7 +23,8 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats.base import Format, Packed, register
-from quantlab.formats.fused import FUSE_MIN_BYTES, enabled as fusing_enabled, fused
+from quantlab.formats.fused import FUSE_MIN_BYTES, fused
+from quantlab.formats.fused import enabled as fusing_enabled
 from quantlab.formats.gguf_dequant import DEQUANTIZERS
 
 # (ggml type id, values per block, bytes per block), as ggml defines them (gguf-py's GGML_QUANT_SIZES).
@@ -44,7 +45,14 @@ GGUF_TYPES = {
 }
 # Types whose ggml quantizer reads an importance matrix (the others ignore it).
 ACCEPTS_IMPORTANCE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"}
-LLAMA_CPP_FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+LLAMA_CPP_FALLBACK = {
+    "Q2_K": "IQ4_NL",
+    "Q3_K": "IQ4_NL",
+    "IQ4_XS": "IQ4_NL",
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
+}
 # E2M1 values doubled (ggml's kvalues_mxfp4), so that the scale is 2^(e-128).
 MXFP4_KVALUES = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
 
@@ -114,7 +122,9 @@ def _codes(scaled: torch.Tensor, reciprocal: torch.Tensor, dtype: torch.dtype) -
 def _quantize_symmetric(blocks, levels):  # Q4_0 (levels 16), Q5_0 (levels 32)
     d = _signed_absmax(blocks) / -(levels // 2)
     reciprocal = _reciprocal(d)
-    q = _codes(torch.clamp(torch.trunc(blocks * reciprocal + (levels // 2 + 0.5)), max=levels - 1), reciprocal, torch.uint8)
+    q = _codes(
+        torch.clamp(torch.trunc(blocks * reciprocal + (levels // 2 + 0.5)), max=levels - 1), reciprocal, torch.uint8
+    )
     return d, q
 
 
@@ -229,7 +239,7 @@ class GGUFType(Format):
     def bits_per_weight(self) -> float:
         return 8 * self.block_bytes / self.block_size
 
-    def substitute_for(self, shape: tuple[int, ...]) -> "GGUFType | None":
+    def substitute_for(self, shape: tuple[int, ...]) -> GGUFType | None:
         """llama.cpp's substitute type for rows this type cannot take, when ``fallback=True`` (else None)."""
         if shape[-1] % self.block_size and self.fallback and self.qtype in LLAMA_CPP_FALLBACK:
             return GGUFType(LLAMA_CPP_FALLBACK[self.qtype])
@@ -246,7 +256,9 @@ class GGUFType(Format):
             substitute = self.substitute_for(weight.shape)
             if substitute is not None:
                 packed = substitute.quantize(weight, importance)
-                packed.fallback = f"{self.qtype} -> {substitute.qtype}: rows of {row} are not a multiple of {self.block_size}"
+                packed.fallback = (
+                    f"{self.qtype} -> {substitute.qtype}: rows of {row} are not a multiple of {self.block_size}"
+                )
                 return packed
             self._check_row_multiple(weight, self.block_size)
         matrix = weight.reshape(-1, row).float().contiguous()

@@ -13,5 +13,17 @@ from quantlab.methods.calibrated import GPTQ, Imatrix
 from quantlab.methods.lowrank import LowRank, lowrank, lowrank_rank
 from quantlab.methods.rtn import RoundToNearest, rtn
 
-__all__ = ["DEFAULT_METHOD", "GPTQ", "Imatrix", "LowRank", "Method", "Quantized", "RoundToNearest", "get_method", "lowrank",
-           "lowrank_rank", "method_names", "rtn"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "GPTQ",
+    "Imatrix",
+    "LowRank",
+    "Method",
+    "Quantized",
+    "RoundToNearest",
+    "get_method",
+    "lowrank",
+    "lowrank_rank",
+    "method_names",
+    "rtn",
+]

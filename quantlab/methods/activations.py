@@ -46,7 +46,9 @@ def expert_intermediate(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
     return activate(experts, torch.nn.functional.linear(x, experts.gate_up_proj[expert]))
 
 
-def collect_input_statistics(model, units: list[WeightUnit], tokens: torch.Tensor, batch_size: int = 16) -> dict[str, InputStatistics]:
+def collect_input_statistics(
+    model, units: list[WeightUnit], tokens: torch.Tensor, batch_size: int = 16
+) -> dict[str, InputStatistics]:
     """Unit name -> input statistics of that matrix over ``tokens`` (samples, length), from one pass."""
     stats: dict[str, InputStatistics] = {}
     by_module: dict[str, list[WeightUnit]] = {}

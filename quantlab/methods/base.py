@@ -52,9 +52,14 @@ class Method(Registered):
         known = [f.name for f in dataclasses.fields(self.Params)]
         unknown = sorted(set(given) - set(known))
         if unknown:
-            raise ValueError(f"method {self.name!r} has no parameter {unknown[0]!r} (its parameters: {', '.join(known) or 'none'})")
-        missing = [f.name for f in dataclasses.fields(self.Params)
-                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in given]
+            raise ValueError(
+                f"method {self.name!r} has no parameter {unknown[0]!r} (its parameters: {', '.join(known) or 'none'})"
+            )
+        missing = [
+            f.name
+            for f in dataclasses.fields(self.Params)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in given
+        ]
         if missing:
             return self.Params(**given, **dict.fromkeys(missing))  # __post_init__ says what the value must be
         return self.Params(**given)

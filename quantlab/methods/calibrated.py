@@ -18,7 +18,11 @@ class CalibratedMethod(Method):
         tokens = 0 if statistics is None else statistics.tokens
         if tokens < params.min_tokens:
             result = rtn(matrix, fmt)
-            seen = "an embedding has no input activations" if component == "embeddings" else f"saw {tokens} calibration tokens"
+            seen = (
+                "an embedding has no input activations"
+                if component == "embeddings"
+                else f"saw {tokens} calibration tokens"
+            )
             result.notes["method_fallback"] = f"rtn: {seen} (min_tokens {params.min_tokens})"
             result.notes["calibration_tokens"] = tokens
             return result
@@ -51,7 +55,9 @@ class GPTQ(CalibratedMethod, name="gptq"):
     def quantize(self, matrix, fmt, params, statistics):
         from quantlab.methods.gptq import gptq_quantize
 
-        return gptq_quantize(matrix, statistics.gram, statistics.tokens, fmt, damp=params.damp, block_size=params.block_size)
+        return gptq_quantize(
+            matrix, statistics.gram, statistics.tokens, fmt, damp=params.damp, block_size=params.block_size
+        )
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,10 @@ class Imatrix(CalibratedMethod, name="imatrix"):
         from quantlab.formats.gguf import ACCEPTS_IMPORTANCE
 
         if not (format_name.startswith("gguf:") and format_name[5:] in ACCEPTS_IMPORTANCE):
-            return (f"method imatrix works with the GGUF types whose ggml quantizer reads importance "
-                    f"({', '.join('gguf:' + t for t in sorted(ACCEPTS_IMPORTANCE))}), not {format_name!r}")
+            return (
+                f"method imatrix works with the GGUF types whose ggml quantizer reads importance "
+                f"({', '.join('gguf:' + t for t in sorted(ACCEPTS_IMPORTANCE))}), not {format_name!r}"
+            )
         return None
 
     def quantize(self, matrix, fmt, params, statistics):

@@ -60,5 +60,7 @@ def gptq_quantize(
             block[:, i:] -= error.unsqueeze(1) * inv_block[i, i:].unsqueeze(0)
             errors[:, i] = error
         w[:, end:] -= errors @ inverse[start:end, end:]
-    stored = {"codes": pack_bits(codes, fmt.bits), "scale": scales} | ({} if fmt.symmetric else {"zero": zeros.to(torch.uint8)})
+    stored = {"codes": pack_bits(codes, fmt.bits), "scale": scales} | (
+        {} if fmt.symmetric else {"zero": zeros.to(torch.uint8)}
+    )
     return Packed(fmt.describe(), tuple(weight.shape), stored)

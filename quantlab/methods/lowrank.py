@@ -18,7 +18,9 @@ class LowRankParams:
     def __post_init__(self):
         ratio = self.rank_ratio
         if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
-            raise ValueError(f"method lowrank needs rank_ratio in (0, 1], the fraction of min(out, in) kept; got {ratio!r}")
+            raise ValueError(
+                f"method lowrank needs rank_ratio in (0, 1], the fraction of min(out, in) kept; got {ratio!r}"
+            )
 
 
 def lowrank_rank(shape: tuple[int, int], rank_ratio: float) -> int:

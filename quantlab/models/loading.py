@@ -10,7 +10,6 @@ from pathlib import Path
 from quantlab.errors import UserError
 
 
-
 def resolve_model(source: str) -> Path:
     """The local folder holding the model ``source`` names (checked for a config and safetensors weights)."""
     from quantlab.plugins import registry
@@ -35,7 +34,9 @@ def _from_hub(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
 
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"], local_files_only=offline)
+        folder = snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"], local_files_only=offline
+        )
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(

@@ -49,8 +49,12 @@ class Transformers(Runtime, name="hf"):
     def language_model(self, loaded, settings, seed, batch_size):
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, max_length=loaded.context_length)
-        if settings.get("reasoning_effort"):  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
+        lm = HFLM(
+            pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, max_length=loaded.context_length
+        )
+        if settings.get(
+            "reasoning_effort"
+        ):  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
             lm.chat_template_args = {"reasoning_effort": settings["reasoning_effort"]}
         return lm
 
@@ -58,13 +62,21 @@ class Transformers(Runtime, name="hf"):
 class LlamaCpp(Runtime, name="llama.cpp"):
     def check(self, model_folder, settings):
         if not (model_folder.parent / "model.gguf").is_file():
-            raise UserError(f"backend llama.cpp: {model_folder.parent.name} has no GGUF export; build it with exports: [gguf] in its recipe")
+            raise UserError(
+                f"backend llama.cpp: {model_folder.parent.name} has no GGUF export; build it with exports: [gguf] in its recipe"
+            )
 
     def language_model(self, loaded, settings, seed, batch_size):
         from quantlab.runtimes.llama_cpp_lm import LlamaCppLM
 
-        return LlamaCppLM(loaded.folder.parent / "model.gguf", loaded.tokenizer, loaded.context_length, seed=seed,
-                          temperature=settings["temperature"], top_p=settings["top_p"])
+        return LlamaCppLM(
+            loaded.folder.parent / "model.gguf",
+            loaded.tokenizer,
+            loaded.context_length,
+            seed=seed,
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+        )
 
 
 class Endpoint(Runtime, name="endpoint"):
@@ -77,9 +89,16 @@ class Endpoint(Runtime, name="endpoint"):
         # tokenizer for lm-eval's own bookkeeping; log-likelihoods through echo + logprobs.
         from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-        return LocalCompletionsAPI(base_url=settings["endpoint"].rstrip("/") + "/completions", model=loaded.folder.parent.name,
-                                   tokenizer_backend="huggingface", tokenizer=str(loaded.folder), tokenized_requests=False,
-                                   max_length=loaded.context_length, num_concurrent=1, max_retries=2)
+        return LocalCompletionsAPI(
+            base_url=settings["endpoint"].rstrip("/") + "/completions",
+            model=loaded.folder.parent.name,
+            tokenizer_backend="huggingface",
+            tokenizer=str(loaded.folder),
+            tokenized_requests=False,
+            max_length=loaded.context_length,
+            num_concurrent=1,
+            max_retries=2,
+        )
 
 
 class VLLM(Runtime, name="vllm"):
@@ -93,7 +112,9 @@ class VLLM(Runtime, name="vllm"):
         # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
         from lm_eval.models.vllm_causallms import VLLM as LMEvalVLLM
 
-        return LMEvalVLLM(pretrained=str(loaded.folder), dtype="float32", seed=seed, max_model_len=loaded.context_length)
+        return LMEvalVLLM(
+            pretrained=str(loaded.folder), dtype="float32", seed=seed, max_model_len=loaded.context_length
+        )
 
 
 def get_runtime(name: str) -> Runtime:

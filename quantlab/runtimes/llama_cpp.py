@@ -23,6 +23,7 @@ def llama_cpp_module():
     import llama_cpp
 
     if not _QUIET:
+
         @llama_cpp.llama_log_callback
         def quiet(level, text, user_data):
             return None

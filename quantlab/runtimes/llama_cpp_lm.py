@@ -59,7 +59,9 @@ class LlamaCppLM(LM):
             self.llm.reset()
             generated: list[int] = []
             temperature = float(kwargs.get("temperature", self.temperature)) if kwargs.get("do_sample") else 0.0
-            for token in self.llm.generate(ids, temp=temperature, top_p=float(kwargs.get("top_p", self.top_p)), reset=True):
+            for token in self.llm.generate(
+                ids, temp=temperature, top_p=float(kwargs.get("top_p", self.top_p)), reset=True
+            ):
                 if token == self.llm.token_eos() or token == self.tokenizer.eos_token_id or len(generated) >= max_new:
                     break
                 generated.append(token)

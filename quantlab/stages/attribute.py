@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from quantlab.stages import factor_designs as attribution
 from quantlab.errors import UserError
 from quantlab.methods import DEFAULT_METHOD, get_method
-from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, load_recipe
 from quantlab.plugins import registry
+from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, load_recipe
+from quantlab.stages import factor_designs as attribution
 from quantlab.statistics import RESAMPLES, paired_bootstrap
 from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key, record_json
 
@@ -65,13 +65,28 @@ def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") 
             continue
         if split_method:
             factors.append(Factor(f"groups[{i}].method", f"{name}: {_method_label(group.method)}", "weights"))
-        shown = group.format.model_copy(update={"params": {k: v for k, v in group.format.params.items() if k != "group_size"}}) \
-            if split_granularity else group.format
-        factors.append(Factor(f"groups[{i}].format", f"{name}: {_format_label(shown)}"
-                              + (" factors" if method.stores_factors else ""), "weights"))
+        shown = (
+            group.format.model_copy(
+                update={"params": {k: v for k, v in group.format.params.items() if k != "group_size"}}
+            )
+            if split_granularity
+            else group.format
+        )
+        factors.append(
+            Factor(
+                f"groups[{i}].format",
+                f"{name}: {_format_label(shown)}" + (" factors" if method.stores_factors else ""),
+                "weights",
+            )
+        )
         if split_granularity:
-            factors.append(Factor(f"groups[{i}].granularity", f"{name}: groups of {group.format.params['group_size']} "
-                                  f"(against one scale per row)", "weights"))
+            factors.append(
+                Factor(
+                    f"groups[{i}].granularity",
+                    f"{name}: groups of {group.format.params['group_size']} (against one scale per row)",
+                    "weights",
+                )
+            )
     for key, value in (recipe.serve.settings() if recipe.serve else {}).items():
         factors.append(Factor(f"serve.{key}", f"served with {key.replace('_', ' ')} {value}", "serving"))
     if runtime:
@@ -121,13 +136,15 @@ def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool, keys: set[s
                 groups.append(group)
             continue
 
-        def applied(choice: str) -> bool:  # a choice that is not a factor of its own goes with the group
+        def applied(choice: str, i: int = i) -> bool:  # a choice that is not a factor of its own goes with the group
             return f"groups[{i}].{choice}" not in keys or f"groups[{i}].{choice}" in cell
 
         if f"groups[{i}].format" in cell:
             update = {} if applied("method") else {"method": Named(name=DEFAULT_METHOD)}
             if not applied("granularity"):
-                update["format"] = group.format.model_copy(update={"params": group.format.params | {"group_size": None}})
+                update["format"] = group.format.model_copy(
+                    update={"params": group.format.params | {"group_size": None}}
+                )
             groups.append(group.model_copy(update=update))
         elif f"groups[{i}].method" in cell and get_method(group.method.name).changes_weights_alone:
             groups.append(group.model_copy(update={"format": Named(name=KEEP)}))
@@ -148,8 +165,17 @@ def _cell_code(factors: list[Factor], cell: frozenset[str]) -> str:
 class CellRunner:
     """Builds, measures and evaluates cells on demand, each once."""
 
-    def __init__(self, recipe: Recipe, factors: list[Factor], eval_options: dict, text: str, tokens: int,
-                 artifacts: Path, progress: Callable[[str], None] | None, granularity: str = "choices"):
+    def __init__(
+        self,
+        recipe: Recipe,
+        factors: list[Factor],
+        eval_options: dict,
+        text: str,
+        tokens: int,
+        artifacts: Path,
+        progress: Callable[[str], None] | None,
+        granularity: str = "choices",
+    ):
         self.recipe, self.factors, self.eval_options = recipe, factors, eval_options
         self.text, self.tokens, self.store, self.progress = text, tokens, as_store(artifacts), progress
         self.runtime = any(f.kind == "runtime" for f in factors)
@@ -179,7 +205,9 @@ class CellRunner:
             derived = derived.model_copy(update={"name": f"{self.recipe.name}.{code}"})
             path = self.cells / f"{derived.name}.yaml"
             applied = frozenset(k for k in weights if self._kind(k) == "weights")
-            atomic_write_text(path, f"# attribution cell of {self.recipe.name}: {self.describe(applied)}\n" + derived.as_yaml())
+            atomic_write_text(
+                path, f"# attribution cell of {self.recipe.name}: {self.describe(applied)}\n" + derived.as_yaml()
+            )
             self._say(f"building cell {code}")
             subject = str(build(path, self.cells).path)
         self.subjects[weights] = subject
@@ -210,9 +238,14 @@ class CellRunner:
             subject = self.subject(cell)
             self._say(f"evaluating {self.describe(cell)} on {task}")
             result = evaluate(subject, task, artifacts=self.store, **options)
-            self.scores[key] = {"score": result["score"], "ci95": result["ci95"], "items": result["items"],
-                                "repeats": result["repeats"], "doc_ids": result["doc_ids"],
-                                "per_item": np.array(result["correct"], dtype=float).mean(axis=1)}
+            self.scores[key] = {
+                "score": result["score"],
+                "ci95": result["ci95"],
+                "items": result["items"],
+                "repeats": result["repeats"],
+                "doc_ids": result["doc_ids"],
+                "per_item": np.array(result["correct"], dtype=float).mean(axis=1),
+            }
         return self.scores[key]
 
     def measure(self, cell: frozenset) -> dict | None:
@@ -239,8 +272,10 @@ def _design(design: str, keys: list[str], value, seed: int, permutations: int = 
     if design == "shapley":
         result = attribution.shapley(keys, value, permutations=permutations, seed=seed)
         vectors = {k: np.asarray(v, dtype=float) for k, v in result["shares"].items()}
-        vectors |= {"interaction": np.asarray(result["interaction"], dtype=float),
-                    "total": np.asarray(result["total"], dtype=float)}
+        vectors |= {
+            "interaction": np.asarray(result["interaction"], dtype=float),
+            "total": np.asarray(result["total"], dtype=float),
+        }
         # each factor applied alone (cells the exact design has already evaluated): what it costs by itself
         vectors |= {f"solo:{k}": np.asarray(v, dtype=float) for k, v in attribution.one_at_a_time(keys, value).items()}
         extra = {"method": result["method"], "sampling_stderr": result["stderr"], "cells": result["cells_evaluated"]}
@@ -258,10 +293,23 @@ def _design(design: str, keys: list[str], value, seed: int, permutations: int = 
     return {"vectors": vectors, "extra": {"method": design}, "efficiency_gap": None}
 
 
-def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limit: int | None = None, repeats: int = 1,
-              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, runtime: bool | None = None,
-              text: str = DEFAULT_TEXT, tokens: int = 16384, artifacts: ArtifactStore | Path = Path("artifacts"),
-              progress: Callable[[str], None] | None = None, granularity: str = "choices", permutations: int = 200) -> dict:
+def attribute(
+    recipe_path: Path,
+    tasks: list[str],
+    design: str = "shapley",
+    limit: int | None = None,
+    repeats: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    runtime: bool | None = None,
+    text: str = DEFAULT_TEXT,
+    tokens: int = 16384,
+    artifacts: ArtifactStore | Path = Path("artifacts"),
+    progress: Callable[[str], None] | None = None,
+    granularity: str = "choices",
+    permutations: int = 200,
+) -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution-<settings hash>.json`` (attributions of one recipe under
     other settings stay beside it) and returns it, with ``path`` set to that file."""
@@ -279,14 +327,25 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
     factors = recipe_factors(recipe, runtime, granularity)
     keys = [f.key for f in factors]
     if design == "factorial" and len(keys) > attribution.FACTORIAL_MAX:
-        raise UserError(f"--design factorial: {recipe_path} has {len(keys)} factors, at most {attribution.FACTORIAL_MAX} "
-                        f"fit a full factorial; use --design shapley")
+        raise UserError(
+            f"--design factorial: {recipe_path} has {len(keys)} factors, at most {attribution.FACTORIAL_MAX} "
+            f"fit a full factorial; use --design shapley"
+        )
     eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
     runner = CellRunner(recipe, factors, eval_options, text, tokens, artifacts, progress, granularity)
 
-    result = {"recipe": recipe.name, "recipe_file": str(recipe_path), "design": design, "factor_granularity": granularity,
-              "factors": [f.__dict__ for f in factors], "settings": eval_options | {"text": text, "tokens": tokens},
-              "resamples": RESAMPLES, "seed": seed, "permutations": permutations, "tasks": {}}
+    result = {
+        "recipe": recipe.name,
+        "recipe_file": str(recipe_path),
+        "design": design,
+        "factor_granularity": granularity,
+        "factors": [f.__dict__ for f in factors],
+        "settings": eval_options | {"text": text, "tokens": tokens},
+        "resamples": RESAMPLES,
+        "seed": seed,
+        "permutations": permutations,
+        "tasks": {},
+    }
     for task in tasks:
         base = runner.score(frozenset(), task)
 
@@ -300,10 +359,16 @@ def attribute(recipe_path: Path, tasks: list[str], design: str = "shapley", limi
         intervals = paired_bootstrap(designed["vectors"], None, seed)
         full = runner.score(frozenset(keys), task)
         result["tasks"][task] = {
-            "items": base["items"], "repeats": full["repeats"],
-            "baseline": {k: base[k] for k in ("score", "ci95")}, "full": {k: full[k] for k in ("score", "ci95")},
-            "loss_points": intervals.pop("total"), "interaction_points": intervals.pop("interaction"),
-            "solo_points": _pop_solo(intervals), "shares_points": intervals, "efficiency_gap": designed["efficiency_gap"], **designed["extra"],
+            "items": base["items"],
+            "repeats": full["repeats"],
+            "baseline": {k: base[k] for k in ("score", "ci95")},
+            "full": {k: full[k] for k in ("score", "ci95")},
+            "loss_points": intervals.pop("total"),
+            "interaction_points": intervals.pop("interaction"),
+            "solo_points": _pop_solo(intervals),
+            "shares_points": intervals,
+            "efficiency_gap": designed["efficiency_gap"],
+            **designed["extra"],
         }
     result["kl"] = _kl_attribution(runner, design, [f.key for f in factors if f.kind == "weights"], seed, permutations)
     result["cells"] = _cell_table(runner)
@@ -330,10 +395,17 @@ def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int,
     designed = _design(design, keys, kl_sum, seed, permutations)
     intervals = paired_bootstrap(designed["vectors"], tokens, seed)
     answers = full["logits"]["answer_tokens"]
-    return {"text": runner.text, "problems": int(len(tokens)), "answer_tokens": int(tokens.sum()),
-            "kld_mean": intervals.pop("total"), "interaction": intervals.pop("interaction"), "solo": _pop_solo(intervals),
-            "shares": intervals,
-            "perplexity_ratio": answers["perplexity_ratio"], "efficiency_gap": designed["efficiency_gap"]}
+    return {
+        "text": runner.text,
+        "problems": int(len(tokens)),
+        "answer_tokens": int(tokens.sum()),
+        "kld_mean": intervals.pop("total"),
+        "interaction": intervals.pop("interaction"),
+        "solo": _pop_solo(intervals),
+        "shares": intervals,
+        "perplexity_ratio": answers["perplexity_ratio"],
+        "efficiency_gap": designed["efficiency_gap"],
+    }
 
 
 def _pop_solo(intervals: dict) -> dict:
@@ -342,11 +414,19 @@ def _pop_solo(intervals: dict) -> dict:
 
 def _cell_table(runner: CellRunner) -> list[dict]:
     rows = {}
-    for (cell, task), scored in sorted(runner.scores.items(), key=lambda item: (len(item[0][0]), sorted(item[0][0]), item[0][1])):
-        row = rows.setdefault(cell, {"factors": sorted(cell), "label": runner.describe(cell), "subject": runner.subject(cell), "tasks": {}})
+    for (cell, task), scored in sorted(
+        runner.scores.items(), key=lambda item: (len(item[0][0]), sorted(item[0][0]), item[0][1])
+    ):
+        row = rows.setdefault(
+            cell,
+            {"factors": sorted(cell), "label": runner.describe(cell), "subject": runner.subject(cell), "tasks": {}},
+        )
         row["tasks"][task] = {k: scored[k] for k in ("score", "ci95", "items", "repeats")}
         measured = runner.measures.get(frozenset(k for k in cell if runner._kind(k) == "weights"))
         if measured is not None:
             answers = measured["logits"]["answer_tokens"]
-            row["answer_tokens"] = {"perplexity_ratio": answers["perplexity_ratio"], "kld_mean": answers["kl_divergence"]["mean"]}
+            row["answer_tokens"] = {
+                "perplexity_ratio": answers["perplexity_ratio"],
+                "kld_mean": answers["kl_divergence"]["mean"],
+            }
     return list(rows.values())

@@ -93,8 +93,12 @@ def dry_run(recipe_path: Path) -> Plan:
     return plan_for(recipe, model, tokenizer)
 
 
-def build(recipe_path: Path | str, artifacts: ArtifactStore | Path | str = Path("artifacts"), force: bool = False,
-          progress=None) -> BuildResult:
+def build(
+    recipe_path: Path | str,
+    artifacts: ArtifactStore | Path | str = Path("artifacts"),
+    force: bool = False,
+    progress=None,
+) -> BuildResult:
     """Builds (or finds in the cache) the variant a recipe describes; returns where it is. ``recipe_path``: a
     recipe file or the name of a shipped recipe."""
     started = time.perf_counter()
@@ -112,8 +116,17 @@ def build(recipe_path: Path | str, artifacts: ArtifactStore | Path | str = Path(
         return _build(recipe, recipe_path, folder, model_sha256, versions, key, out, started, progress)
 
 
-def _build(recipe: Recipe, recipe_path: Path, folder: Path, model_sha256: str, versions: dict, key: str, out: Path,
-           started: float, progress) -> BuildResult:
+def _build(
+    recipe: Recipe,
+    recipe_path: Path,
+    folder: Path,
+    model_sha256: str,
+    versions: dict,
+    key: str,
+    out: Path,
+    started: float,
+    progress,
+) -> BuildResult:
     torch.manual_seed(recipe.seed)
     model, tokenizer = load_model(folder)
     arch = architecture(model.config)
@@ -240,13 +253,24 @@ def _packed_tensors(entry: PlanEntry, result: Quantized, spec) -> tuple[dict[str
                 tensors[f"{prefix}.{field}"] = tensor.contiguous()
             ggml_type = value.notes.get("ggml_type")
             name = f"gguf:{ggml_type}" if ggml_type else spec.name
-            parts[part or "matrix"] = {"format": value.format, "name": name, "params": {} if ggml_type else spec.params,
-                                       "shape": list(value.shape), "fields": sorted(value.data), "fallback": value.fallback}
+            parts[part or "matrix"] = {
+                "format": value.format,
+                "name": name,
+                "params": {} if ggml_type else spec.params,
+                "shape": list(value.shape),
+                "fields": sorted(value.data),
+                "fallback": value.fallback,
+            }
         else:  # a low-rank factor kept as it is
             tensors[prefix] = value.contiguous()
             parts[part] = {"format": KEEP, "shape": list(value.shape), "fields": []}
-    description = {"tensor": entry.unit.tensor, "expert": entry.unit.expert, "transposed": entry.unit.transposed,
-                   "method": entry.method, "parts": parts} | ({"rank": result.notes["rank"]} if "rank" in result.notes else {})
+    description = {
+        "tensor": entry.unit.tensor,
+        "expert": entry.unit.expert,
+        "transposed": entry.unit.transposed,
+        "method": entry.method,
+        "parts": parts,
+    } | ({"rank": result.notes["rank"]} if "rank" in result.notes else {})
     return tensors, description
 
 
@@ -278,9 +302,16 @@ def _row(entry: PlanEntry, original: torch.Tensor, result: Quantized, descriptio
 
 
 def _kept_row(entry: PlanEntry) -> dict:
-    return {"name": entry.unit.name, "component": entry.unit.component, "layer": entry.unit.layer,
-            "expert": entry.unit.expert, "shape": list(entry.unit.shape), "format": KEEP, "why": entry.why,
-            "bits_per_weight": entry.bits_per_weight}
+    return {
+        "name": entry.unit.name,
+        "component": entry.unit.component,
+        "layer": entry.unit.layer,
+        "expert": entry.unit.expert,
+        "shape": list(entry.unit.shape),
+        "format": KEEP,
+        "why": entry.why,
+        "bits_per_weight": entry.bits_per_weight,
+    }
 
 
 def error_summary(original: torch.Tensor, approx: torch.Tensor) -> dict:

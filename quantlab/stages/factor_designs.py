@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from typing import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -44,7 +44,9 @@ def full_factorial(factors: Sequence[Hashable], value: Value) -> dict[frozenset,
     """value of every subset of the factors (2^n cells; at most ``FACTORIAL_MAX`` factors)."""
     if len(factors) > FACTORIAL_MAX:
         raise ValueError(f"a full factorial design takes at most {FACTORIAL_MAX} factors, got {len(factors)}")
-    return {frozenset(c): value(frozenset(c)) for r in range(len(factors) + 1) for c in itertools.combinations(factors, r)}
+    return {
+        frozenset(c): value(frozenset(c)) for r in range(len(factors) + 1) for c in itertools.combinations(factors, r)
+    }
 
 
 def shapley(factors: Sequence[Hashable], value: Value, permutations: int = 2000, seed: int = 0) -> dict:

@@ -23,6 +23,21 @@ from quantlab.store.atomic import (
 from quantlab.store.keys import content_key
 
 __all__ = [
-    "EVAL", "GGUF", "MANIFEST", "MEASURE", "MODEL", "PACKED", "ArtifactStore", "Subject", "as_store", "atomic_directory",
-    "atomic_write_text", "check_free_space", "check_output_directory", "content_key", "read_json", "record_json", "sha256_file",
+    "EVAL",
+    "GGUF",
+    "MANIFEST",
+    "MEASURE",
+    "MODEL",
+    "PACKED",
+    "ArtifactStore",
+    "Subject",
+    "as_store",
+    "atomic_directory",
+    "atomic_write_text",
+    "check_free_space",
+    "check_output_directory",
+    "content_key",
+    "read_json",
+    "record_json",
+    "sha256_file",
 ]

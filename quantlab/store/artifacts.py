@@ -65,9 +65,13 @@ def read_json(path: Path) -> dict:
         value = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-        raise UserError(f"{path}: unreadable record ({reason}); delete it and re-run the command that wrote it") from None
+        raise UserError(
+            f"{path}: unreadable record ({reason}); delete it and re-run the command that wrote it"
+        ) from None
     if not isinstance(value, dict):
-        raise UserError(f"{path}: not a quantlab record (a JSON object); delete it and re-run the command that wrote it")
+        raise UserError(
+            f"{path}: not a quantlab record (a JSON object); delete it and re-run the command that wrote it"
+        )
     return value
 
 
@@ -98,8 +102,10 @@ class ArtifactStore:
         folder = self.find_variant(reference)
         if folder is None:
             built = ", ".join(self.built()) or "none"
-            raise UserError(f"variant {str(reference)!r}: not built in {self.root}/ (built there: {built}); "
-                            f"build it with quantlab build {reference} (a shipped recipe's name or a recipe file)")
+            raise UserError(
+                f"variant {str(reference)!r}: not built in {self.root}/ (built there: {built}); "
+                f"build it with quantlab build {reference} (a shipped recipe's name or a recipe file)"
+            )
         return folder
 
     def manifest(self, folder: Path) -> dict:
@@ -116,14 +122,18 @@ class ArtifactStore:
         folder = self.find_variant(reference)
         if folder is not None:
             manifest = self.manifest(folder)
-            return Subject(manifest["variant"], reference, folder / MODEL, folder / EVAL, manifest["cache_key"], folder, manifest)
+            return Subject(
+                manifest["variant"], reference, folder / MODEL, folder / EVAL, manifest["cache_key"], folder, manifest
+            )
         from quantlab.models.loading import resolve_model, weights_sha256
 
         try:
             source = resolve_model(reference)
         except UserError as error:
-            raise UserError(f"{reference!r} is neither a variant built in {self.root}/ (built: {', '.join(self.built()) or 'none'}) "
-                            f"nor a model: {error}") from None
+            raise UserError(
+                f"{reference!r} is neither a variant built in {self.root}/ (built: {', '.join(self.built()) or 'none'}) "
+                f"nor a model: {error}"
+            ) from None
         name = reference.replace(":", "-").replace("/", "_")
         return Subject(name, reference, source, self.root / "baselines" / name / EVAL, weights_sha256(source))
 

@@ -30,16 +30,20 @@ def check_free_space(folder: Path, needed_bytes: int, what: str) -> None:
     """A one-line error before writing when ``folder``'s file system has less room than ``needed_bytes``."""
     free = shutil.disk_usage(folder).free
     if needed_bytes > free:
-        raise UserError(f"{folder}: not enough disk space for {what} (needs at least {_megabytes(needed_bytes)}, "
-                        f"{_megabytes(free)} free); free some space or choose another --artifacts")
+        raise UserError(
+            f"{folder}: not enough disk space for {what} (needs at least {_megabytes(needed_bytes)}, "
+            f"{_megabytes(free)} free); free some space or choose another --artifacts"
+        )
 
 
 def disk_full(error: OSError, folder: Path, what: str, needed_bytes: int | None = None) -> UserError:
     """The one line a full disk gives (``error`` is ENOSPC or EDQUOT)."""
     need = f"needs more than {_megabytes(needed_bytes)}, " if needed_bytes else ""
     free = shutil.disk_usage(folder).free if folder.exists() else 0
-    return UserError(f"{folder}: disk full while writing {what} ({need}{_megabytes(free)} free; nothing was "
-                     "written); free some space or choose another --artifacts")
+    return UserError(
+        f"{folder}: disk full while writing {what} ({need}{_megabytes(free)} free; nothing was "
+        "written); free some space or choose another --artifacts"
+    )
 
 
 def _is_disk_full(error: BaseException) -> bool:
@@ -55,7 +59,9 @@ def atomic_directory(path: Path, force: bool = False, needed_bytes: int | None =
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"{path.parent}: cannot create the folder ({error.strerror}); choose another --artifacts") from None
+        raise UserError(
+            f"{path.parent}: cannot create the folder ({error.strerror}); choose another --artifacts"
+        ) from None
     _remove_abandoned_temporaries(path)
     if needed_bytes:
         check_free_space(path.parent, needed_bytes, path.name)

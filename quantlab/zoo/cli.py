@@ -19,12 +19,18 @@ zoo_app = typer.Typer(help="The embedded reference MoE (tiny-gpt-oss): train, sc
 def zoo_train(
     out: Path = typer.Option(Path("artifacts/zoo/tiny-gpt-oss"), help="Checkpoint directory to write."),
     seed: int = typer.Option(0, help="Seed of the data stream, tokenizer and initial weights."),
-    minutes: Optional[float] = typer.Option(None, help=f"Time budget (default {DEFAULT_MINUTES:g} min); the step count it gives is recorded."),
+    minutes: Optional[float] = typer.Option(
+        None, help=f"Time budget (default {DEFAULT_MINUTES:g} min); the step count it gives is recorded."
+    ),
     steps: Optional[int] = typer.Option(None, help="Exact step count (reproducible bytes)."),
     batch_size: int = typer.Option(TrainSettings.batch_size, help="Sequences per optimizer step."),
-    learning_rate: float = typer.Option(TrainSettings.learning_rate, help="Peak learning rate (linear warm-up, cosine decay to 5%)."),
+    learning_rate: float = typer.Option(
+        TrainSettings.learning_rate, help="Peak learning rate (linear warm-up, cosine decay to 5%)."
+    ),
     warmup_steps: int = typer.Option(TrainSettings.warmup_steps, help="Linear warm-up steps."),
-    low_effort_fraction: float = typer.Option(TrainSettings.low_effort_fraction, help="Share of training texts with the effort:low marker."),
+    low_effort_fraction: float = typer.Option(
+        TrainSettings.low_effort_fraction, help="Share of training texts with the effort:low marker."
+    ),
     score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
@@ -36,8 +42,10 @@ def zoo_train(
     if steps is not None and steps < 1 or minutes is not None and minutes <= 0:
         raise UserError("quantlab zoo train: --steps and --minutes must be positive")
     if batch_size < 1 or learning_rate <= 0 or warmup_steps < 1 or not 0 <= low_effort_fraction <= 1:
-        raise UserError("quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
-                        "--low-effort-fraction within [0, 1]")
+        raise UserError(
+            "quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
+            "--low-effort-fraction within [0, 1]"
+        )
     check_output_directory(out, force)  # fail before training (and before the heavy imports), not after
     from quantlab.zoo.train import train
 

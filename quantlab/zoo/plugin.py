@@ -19,8 +19,12 @@ def register(registry: Registry) -> None:
     registry.model_sources[PREFIX] = resolve
     registry.default_model = "zoo:tiny-gpt-oss"
     # revision 2: low-effort questions followed by their own (answer-only) solution, not the high-effort chain
-    registry.calibration_texts[AIME_TEXT] = CalibrationText(lambda chars: calibration_text(AIME_TEXT, chars), revision=2)
-    registry.calibration_texts["zoo:gpqa-style"] = CalibrationText(lambda chars: calibration_text("zoo:gpqa-style", chars), revision=None)
+    registry.calibration_texts[AIME_TEXT] = CalibrationText(
+        lambda chars: calibration_text(AIME_TEXT, chars), revision=2
+    )
+    registry.calibration_texts["zoo:gpqa-style"] = CalibrationText(
+        lambda chars: calibration_text("zoo:gpqa-style", chars), revision=None
+    )
     registry.measure_texts[AIME_TEXT] = MeasureText(measure_documents, default=True)
     registry.task_folders.append(TASKS_FOLDER)
     registry.effort_metadata_tasks |= {p.stem for p in TASKS_FOLDER.glob("*.yaml")}  # the prompt's effort marker
@@ -31,7 +35,7 @@ def register(registry: Registry) -> None:
 def resolve(source: str) -> Path:
     from quantlab.zoo import SHIPPED_CHECKPOINT, resolve_checkpoint
 
-    name = source[len(PREFIX):]
+    name = source[len(PREFIX) :]
     if name != SHIPPED_CHECKPOINT.name:
         raise UserError(f"model {source!r}: the zoo has only zoo:{SHIPPED_CHECKPOINT.name}")
     return resolve_checkpoint(None)
@@ -47,7 +51,9 @@ def calibration_text(dataset: str, approx_chars: int) -> str:
         if dataset == AIME_TEXT:
             texts += [d["question"] + d["solution"] for d in tasks.aime_style_docs("validation", count, 0, effort)]
         else:
-            texts += [d["question"] + d["choices"][d["answer"]] for d in tasks.gpqa_style_docs("validation", count, 0, effort)]
+            texts += [
+                d["question"] + d["choices"][d["answer"]] for d in tasks.gpqa_style_docs("validation", count, 0, effort)
+            ]
     return "<eos>".join(texts)
 
 
@@ -62,8 +68,10 @@ def measure_documents(spec: str | None, count: int) -> tuple[str, Documents]:
         return f"{AIME_TEXT} validation (high and low effort)", high + low
     parts = spec.split(":")
     if len(parts) != 4 or parts[2] not in tasks.SPLITS or parts[3] not in tasks.EFFORTS:
-        raise UserError(f"--text {spec}: give {AIME_TEXT}:SPLIT:EFFORT with SPLIT one of {', '.join(tasks.SPLITS)} "
-                        f"and EFFORT one of {', '.join(tasks.EFFORTS)}, e.g. {AIME_TEXT}:test:high")
+        raise UserError(
+            f"--text {spec}: give {AIME_TEXT}:SPLIT:EFFORT with SPLIT one of {', '.join(tasks.SPLITS)} "
+            f"and EFFORT one of {', '.join(tasks.EFFORTS)}, e.g. {AIME_TEXT}:test:high"
+        )
     split, effort = parts[2], parts[3]
     docs = [(d["question"], d["solution"]) for d in tasks.aime_style_docs(split, count, 0, effort)]
     return f"{AIME_TEXT} {split} ({effort} effort)", docs

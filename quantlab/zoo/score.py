@@ -56,7 +56,9 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
         for row, whole in enumerate(wholes):
             ids[row, : len(whole)] = torch.tensor(whole)
             mask[row, : len(whole)] = 1
-        logprobs = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1)
+        logprobs = torch.log_softmax(
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
+        )
         for row, (context, whole) in enumerate(zip(contexts, wholes)):
             targets = torch.tensor(whole[len(context) :], device=logprobs.device)
             positions = torch.arange(len(context) - 1, len(whole) - 1, device=logprobs.device)

@@ -9,9 +9,9 @@ import math
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import GptOssForCausalLM

@@ -69,18 +69,37 @@ def _data_files(data) -> dict[str, Path]:
     return {split: Path(path) for split, path in data.items()}
 
 
-def _settings(task: str, limit: int | None, repeats: int, temperature: float, top_p: float, max_new_tokens: int | None,
-              seed: int, data: dict[str, Path], backend: str = "hf", num_fewshot: int | None = None) -> dict:
+def _settings(
+    task: str,
+    limit: int | None,
+    repeats: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int | None,
+    seed: int,
+    data: dict[str, Path],
+    backend: str = "hf",
+    num_fewshot: int | None = None,
+) -> dict:
     from quantlab.store import sha256_file
 
     get_runtime(backend)  # one line naming the available ones
     for split, path in data.items():
         if not path.is_file():
             raise UserError(f"--data {task}:{split}={path}: no such file")
-    return {"task": task, "backend": backend, "limit": limit, "repeats": repeats if temperature > 0 else 1, "temperature": temperature,
-            "top_p": top_p, "max_new_tokens": max_new_tokens, "num_fewshot": num_fewshot, "seed": seed,
-            "data_files": {split: str(path) for split, path in data.items()} or None,
-            "data_sha256": {split: sha256_file(path) for split, path in data.items()} or None}
+    return {
+        "task": task,
+        "backend": backend,
+        "limit": limit,
+        "repeats": repeats if temperature > 0 else 1,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "num_fewshot": num_fewshot,
+        "seed": seed,
+        "data_files": {split: str(path) for split, path in data.items()} or None,
+        "data_sha256": {split: sha256_file(path) for split, path in data.items()} or None,
+    }
 
 
 def task_folders() -> list[Path]:
@@ -92,8 +111,11 @@ def task_folders() -> list[Path]:
 
 def _bundled_tasks(manager) -> set[str]:
     folders = [str(folder) for folder in task_folders()]
-    return {name for name, entry in manager.task_index.items()
-            if str(entry.get("yaml_path", "")).startswith(tuple(folders)) and entry.get("type") == "task"}
+    return {
+        name
+        for name, entry in manager.task_index.items()
+        if str(entry.get("yaml_path", "")).startswith(tuple(folders)) and entry.get("type") == "task"
+    }
 
 
 def _task_manager(metadata: dict | None = None):
@@ -116,8 +138,10 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
     config = dict(manager._get_config(task))
     if not data:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise UserError(f"task {task}: its data ({config.get('dataset_path')}) is on the hub, which is unreachable "
-                            f"here; give a local copy: --data {task}=path.jsonl")
+            raise UserError(
+                f"task {task}: its data ({config.get('dataset_path')}) is on the hub, which is unreachable "
+                f"here; give a local copy: --data {task}=path.jsonl"
+            )
         return task
     # The split lm-eval evaluates (GPQA's tasks have no test split and evaluate "train").
     eval_split = config.get("test_split") or config.get("validation_split") or "test"
@@ -125,8 +149,10 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
     shots = config.get("num_fewshot") or 0 if num_fewshot is None else num_fewshot
     fewshot_split = config.get("fewshot_split") or config.get("training_split")
     if shots and fewshot_split and fewshot_split not in files:
-        raise UserError(f"task {task} takes its {shots} few-shot examples from its {fewshot_split!r} split, which --data does "
-                        f"not give: add --data {task}:{fewshot_split}=path.jsonl, or --num-fewshot 0")
+        raise UserError(
+            f"task {task} takes its {shots} few-shot examples from its {fewshot_split!r} split, which --data does "
+            f"not give: add --data {task}:{fewshot_split}=path.jsonl, or --num-fewshot 0"
+        )
     data_file = files[eval_split]
     first = _first_record(task, data_file)
     if callable(config.get("process_docs")):
@@ -136,15 +162,19 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
         try:
             first = config["process_docs"](datasets.Dataset.from_list([first]))[0]
         except KeyError as error:
-            raise UserError(f"--data {task}={data_file}: missing column {error.args[0]!r} (lm-eval's {task} reads it); "
-                            f"the file has {', '.join(sorted(first))}") from None
+            raise UserError(
+                f"--data {task}={data_file}: missing column {error.args[0]!r} (lm-eval's {task} reads it); "
+                f"the file has {', '.join(sorted(first))}"
+            ) from None
         if task.startswith("gpqa"):
             config["process_docs"] = _seeded_per_item(config["process_docs"])
     templates = " ".join(str(config.get(key, "")) for key in ("doc_to_text", "doc_to_target", "doc_to_choice"))
     for column in dict.fromkeys(regex.findall(r"\{\{\s*([A-Za-z_]\w*)", templates)):
         if column not in first:
-            raise UserError(f"--data {task}={data_file}: missing column {column!r} (lm-eval's {task} reads it); "
-                            f"the file has {', '.join(sorted(first))}")
+            raise UserError(
+                f"--data {task}={data_file}: missing column {column!r} (lm-eval's {task} reads it); "
+                f"the file has {', '.join(sorted(first))}"
+            )
     config.pop("dataset_name", None)
     config["dataset_path"] = "csv" if data_file.suffix == ".csv" else "json"
     config["dataset_kwargs"] = {"data_files": {split: str(path) for split, path in files.items()}}
@@ -156,22 +186,41 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
     return config
 
 
-def evaluate(reference: str, task: str, limit: int | None = None, repeats: int = 1, temperature: float = 0.0,
-             top_p: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, artifacts: Path = Path("artifacts"),
-             batch_size: int = 64, data_file=None, backend: str = "hf", num_fewshot: int | None = None,
-             endpoint: str | None = None, generation: dict | None = None, apply_chat_template: bool = False,
-             reasoning_effort: str | None = None, task_metadata: dict | None = None) -> dict:
+def evaluate(
+    reference: str,
+    task: str,
+    limit: int | None = None,
+    repeats: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    artifacts: Path = Path("artifacts"),
+    batch_size: int = 64,
+    data_file=None,
+    backend: str = "hf",
+    num_fewshot: int | None = None,
+    endpoint: str | None = None,
+    generation: dict | None = None,
+    apply_chat_template: bool = False,
+    reasoning_effort: str | None = None,
+    task_metadata: dict | None = None,
+) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}. ``task_metadata``: merged into the task's metadata as lm-eval's
     ``--metadata`` does (the embedded model's tasks read ``effort`` from it)."""
     store = as_store(artifacts)
     subject = store.subject(reference)
-    settings = _settings(task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot)
+    settings = _settings(
+        task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot
+    )
     settings["generation"] = dict(sorted((generation or {}).items())) or None  # task-specific generation settings
     settings["apply_chat_template"] = apply_chat_template
     if reasoning_effort is not None:
         if not apply_chat_template or backend != "hf":
-            raise UserError("--reasoning-effort goes through the model's chat template: add --apply-chat-template (hf backend)")
+            raise UserError(
+                "--reasoning-effort goes through the model's chat template: add --apply-chat-template (hf backend)"
+            )
         settings["reasoning_effort"] = reasoning_effort  # gpt-oss's chat templates read it
     if task_metadata:
         settings["task_metadata"] = dict(sorted(task_metadata.items()))
@@ -186,8 +235,15 @@ def evaluate(reference: str, task: str, limit: int | None = None, repeats: int =
         if stored is not None:
             return stored | {"cache_hit": True}
         result = _evaluate(subject.model_folder, task, settings, seed, batch_size)
-        result = {"schema_version": SCHEMA_VERSION, "cache_key": key, "subject": subject.name, "subject_key": subject.key,
-                  "task": task, "settings": settings, "settings_hash": settings_hash} | result
+        result = {
+            "schema_version": SCHEMA_VERSION,
+            "cache_key": key,
+            "subject": subject.name,
+            "subject_key": subject.key,
+            "task": task,
+            "settings": settings,
+            "settings_hash": settings_hash,
+        } | result
         atomic_write_text(path, record_json(result, indent=1, default=str))
     return result | {"cache_hit": False}
 
@@ -199,12 +255,18 @@ def _evaluate(model_folder: Path, task: str, settings: dict, seed: int, batch_si
     correct = np.array([[s["correct"] for s in repeat["samples"]] for repeat in per_repeat]).T  # (items, repeats)
     low, high = bootstrap_interval(correct, seed=seed)
     return {
-        "items": int(correct.shape[0]), "repeats": int(correct.shape[1]), "seeds": [seed + r for r in range(correct.shape[1])],
-        "metric": per_repeat[0]["metric"], "filter": per_repeat[0]["filter"], "score": float(correct.mean()), "ci95": [low, high],
+        "items": int(correct.shape[0]),
+        "repeats": int(correct.shape[1]),
+        "seeds": [seed + r for r in range(correct.shape[1])],
+        "metric": per_repeat[0]["metric"],
+        "filter": per_repeat[0]["filter"],
+        "score": float(correct.mean()),
+        "ci95": [low, high],
         "per_repeat_scores": [float(x) for x in correct.mean(axis=0)],
         # mean@k is the score itself (the mean over items and the k repeats); pass@k where repeats sample
         "pass_at_k": {str(k): pass_at_k(correct, k) for k in sorted({1, correct.shape[1]})},
-        "correct": correct.tolist(), "doc_ids": [s["doc_id"] for s in per_repeat[0]["samples"]],
+        "correct": correct.tolist(),
+        "doc_ids": [s["doc_id"] for s in per_repeat[0]["samples"]],
         "lm_eval": [{"results": r["results"], "config": r["config"], "samples": r["samples"]} for r in per_repeat],
         "versions": _versions(),
     }
@@ -247,8 +309,17 @@ def _prepare(model_folder: Path, task: str, settings: dict) -> dict:
             # A task written for a long-context model (aime25 asks for 32768 new tokens): lm-eval refuses a length
             # the model cannot hold. Keep half the context for the prompt and say so in the stored settings.
             parts["max_gen_toks"] = max(1, context // 2)
-            settings["max_gen_toks_clamped"] = {"requested": int(asked), "used": parts["max_gen_toks"], "context": context}
-    return {"manager": manager, "spec": spec, "loaded": Loaded(model_folder, model, tokenizer), "gen_kwargs": parts or None}
+            settings["max_gen_toks_clamped"] = {
+                "requested": int(asked),
+                "used": parts["max_gen_toks"],
+                "context": context,
+            }
+    return {
+        "manager": manager,
+        "spec": spec,
+        "loaded": Loaded(model_folder, model, tokenizer),
+        "gen_kwargs": parts or None,
+    }
 
 
 def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: int) -> dict:
@@ -260,16 +331,32 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
     torch.manual_seed(seed)
     try:
         output = lm_eval.simple_evaluate(
-            model=lm, tasks=[spec], task_manager=prepared["manager"], limit=settings["limit"], log_samples=True, gen_kwargs=gen_kwargs,
-            num_fewshot=settings["num_fewshot"], apply_chat_template=bool(settings.get("apply_chat_template")),
-            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR",
+            model=lm,
+            tasks=[spec],
+            task_manager=prepared["manager"],
+            limit=settings["limit"],
+            log_samples=True,
+            gen_kwargs=gen_kwargs,
+            num_fewshot=settings["num_fewshot"],
+            apply_chat_template=bool(settings.get("apply_chat_template")),
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            verbosity="ERROR",
         )
     except Exception as error:
         if not _unreachable(error):
             raise
-        where = (spec.get("dataset_path") if isinstance(spec, dict) else prepared["manager"]._get_config(task).get("dataset_path"))
-        raise UserError(f"task {task}: its data ({where}) is on the hub, which is unreachable here; give a local copy: "
-                        f"--data {task}=path.jsonl") from None
+        where = (
+            spec.get("dataset_path")
+            if isinstance(spec, dict)
+            else prepared["manager"]._get_config(task).get("dataset_path")
+        )
+        raise UserError(
+            f"task {task}: its data ({where}) is on the hub, which is unreachable here; give a local copy: "
+            f"--data {task}=path.jsonl"
+        ) from None
     samples = output["samples"][task]
     # A task with several filters (gsm8k: strict-match, flexible-extract) logs one sample per doc and filter:
     # score with its first filter, as lm-eval's results table lists it first.
@@ -281,8 +368,15 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
         "config": output["configs"][task],
         "metric": metric,
         "filter": first_filter,
-        "samples": [{"doc_id": s["doc_id"], "correct": float(s[metric]), "target": s.get("target"),
-                     "response": (s.get("filtered_resps") or [None])[0]} for s in samples],
+        "samples": [
+            {
+                "doc_id": s["doc_id"],
+                "correct": float(s[metric]),
+                "target": s.get("target"),
+                "response": (s.get("filtered_resps") or [None])[0],
+            }
+            for s in samples
+        ],
     }
 
 
@@ -295,7 +389,8 @@ def _unreachable(error: BaseException) -> bool:
         seen.add(id(error))
         kinds = " ".join(c.__name__ for c in type(error).__mro__)
         if isinstance(error, (ConnectionError, TimeoutError)) or any(
-                word in kinds for word in ("Connection", "Offline", "LocalEntryNotFound", "NameResolution", "ConnectError")):
+            word in kinds for word in ("Connection", "Offline", "LocalEntryNotFound", "NameResolution", "ConnectError")
+        ):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -308,8 +403,15 @@ def compare(baseline_result: dict, variant_result: dict) -> dict:
     return flips(np.array(baseline_result["correct"]), np.array(variant_result["correct"]))
 
 
-def evaluate_tasks(subjects: list[str], tasks: list[str], baseline: str | None = None, data_files: dict | None = None,
-                   generation: dict | None = None, progress=None, **options) -> list[dict]:
+def evaluate_tasks(
+    subjects: list[str],
+    tasks: list[str],
+    baseline: str | None = None,
+    data_files: dict | None = None,
+    generation: dict | None = None,
+    progress=None,
+    **options,
+) -> list[dict]:
     """Each subject on each task (``evaluate``'s options), summarised; with ``baseline``, each row also has the
     flips against it and McNemar's p. ``data_files`` / ``generation``: per task, as ``evaluate`` takes them."""
     rows = []
@@ -320,7 +422,21 @@ def evaluate_tasks(subjects: list[str], tasks: list[str], baseline: str | None =
             if progress:
                 progress(f"evaluating {subject} on {task}")
             result = evaluate(subject, task, **task_options)
-            summary = {k: result[k] for k in ("subject", "task", "metric", "score", "ci95", "items", "repeats", "seeds", "settings", "cache_hit")}
+            summary = {
+                k: result[k]
+                for k in (
+                    "subject",
+                    "task",
+                    "metric",
+                    "score",
+                    "ci95",
+                    "items",
+                    "repeats",
+                    "seeds",
+                    "settings",
+                    "cache_hit",
+                )
+            }
             if reference is not None:
                 summary["against"] = reference["subject"]
                 summary["flips"] = compare(reference, result)

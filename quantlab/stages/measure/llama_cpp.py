@@ -17,8 +17,8 @@ from quantlab.stages.measure.text import EvaluationText
 
 
 def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> dict:
-    from quantlab.stages.measure.run import TOKEN_STATISTICS, _logit_summary, token_statistics
     from quantlab.runtimes.llama_cpp import logits, open_gguf, version
+    from quantlab.stages.measure.run import TOKEN_STATISTICS, _logit_summary, token_statistics
 
     llm = open_gguf(gguf_path, baseline.config.max_position_embeddings, seed=0, n_threads=torch.get_num_threads())
     per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer")}
@@ -36,9 +36,11 @@ def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> 
     finally:
         llm.close()
     arrays = {k: np.concatenate(v) for k, v in per_token.items()}
-    return {"all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
-            "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool)),
-            "runtime": version()}
+    return {
+        "all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
+        "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool)),
+        "runtime": version(),
+    }
 
 
 def runtime_share(torch_logits: dict, llama_cpp_logits: dict) -> dict:
@@ -49,8 +51,10 @@ def runtime_share(torch_logits: dict, llama_cpp_logits: dict) -> dict:
         if not a.get("n"):
             continue
         share[part] = {
-            "mean_kld_torch": a["kl_divergence"]["mean"], "mean_kld_llama_cpp": b["kl_divergence"]["mean"],
+            "mean_kld_torch": a["kl_divergence"]["mean"],
+            "mean_kld_llama_cpp": b["kl_divergence"]["mean"],
             "mean_kld_difference": b["kl_divergence"]["mean"] - a["kl_divergence"]["mean"],
-            "same_top_torch": a["same_top"]["rate"], "same_top_llama_cpp": b["same_top"]["rate"],
+            "same_top_torch": a["same_top"]["rate"],
+            "same_top_llama_cpp": b["same_top"]["rate"],
         }
     return share

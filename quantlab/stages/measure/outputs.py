@@ -26,17 +26,55 @@ def write_measurement(result: dict, folder: Path) -> None:
         (tmp / "measure.json").write_text(json.dumps(result, indent=2) + "\n")
         with open(tmp / "experts.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["layer", "expert", "tokens_baseline", "tokens_variant", "isolated_relative_error", "worst_matrix_relative_error"])
+            writer.writerow(
+                [
+                    "layer",
+                    "expert",
+                    "tokens_baseline",
+                    "tokens_variant",
+                    "isolated_relative_error",
+                    "worst_matrix_relative_error",
+                ]
+            )
             for layer in result["layers"]:
                 for e in layer["experts"]:
                     worst = max((m["relative_error"] for m in e.get("weight_error", {}).values()), default="")
-                    writer.writerow([layer["layer"], e["expert"], e["tokens_baseline"], e["tokens_variant"], e["isolated_relative_error"], worst])
+                    writer.writerow(
+                        [
+                            layer["layer"],
+                            e["expert"],
+                            e["tokens_baseline"],
+                            e["tokens_variant"],
+                            e["isolated_relative_error"],
+                            worst,
+                        ]
+                    )
         with open(tmp / "layers.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["layer", "jaccard_mean", "exact_set_rate", "top1_flip_rate", "load_kl", "hidden_cosine_mean", "hidden_relative_error"])
+            writer.writerow(
+                [
+                    "layer",
+                    "jaccard_mean",
+                    "exact_set_rate",
+                    "top1_flip_rate",
+                    "load_kl",
+                    "hidden_cosine_mean",
+                    "hidden_relative_error",
+                ]
+            )
             for layer in result["layers"]:
                 r, h = layer["router"], layer["hidden_state"]
-                writer.writerow([layer["layer"], r["jaccard_mean"], r["exact_set_rate"], r["top1_flip_rate"], r["load_kl"], h["cosine_mean"], h["relative_error"]])
+                writer.writerow(
+                    [
+                        layer["layer"],
+                        r["jaccard_mean"],
+                        r["exact_set_rate"],
+                        r["top1_flip_rate"],
+                        r["load_kl"],
+                        h["cosine_mean"],
+                        h["relative_error"],
+                    ]
+                )
         _plots(result, tmp)
 
 
@@ -49,30 +87,47 @@ def _plots(result: dict, folder: Path) -> None:
     layers = result["layers"]
     if not layers:
         return
-    isolated = np.array([[np.nan if e["isolated_relative_error"] is None else e["isolated_relative_error"] for e in l["experts"]] for l in layers])
-    routed = np.array([[e["tokens_baseline"] for e in l["experts"]] for l in layers])
+    isolated = np.array(
+        [
+            [np.nan if e["isolated_relative_error"] is None else e["isolated_relative_error"] for e in layer["experts"]]
+            for layer in layers
+        ]
+    )
+    routed = np.array([[e["tokens_baseline"] for e in layer["experts"]] for layer in layers])
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(layers) + 2.2))
-    for ax, data, title, fmt in ((axes[0], isolated, "isolated output error (relative)", "{:.3f}"),
-                                 (axes[1], routed, "tokens routed (baseline)", "{:d}")):
+    for ax, data, title, fmt in (
+        (axes[0], isolated, "isolated output error (relative)", "{:.3f}"),
+        (axes[1], routed, "tokens routed (baseline)", "{:d}"),
+    ):
         image = ax.imshow(data, aspect="auto", cmap="viridis")
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
-        ax.set_yticks(range(len(layers)), [str(l["layer"]) for l in layers])
+        ax.set_yticks(range(len(layers)), [str(layer["layer"]) for layer in layers])
         ax.set_title(title)
         for (i, j), value in np.ndenumerate(data):
             if not (isinstance(value, float) and np.isnan(value)):
-                ax.text(j, i, fmt.format(int(value) if fmt == "{:d}" else value), ha="center", va="center", fontsize=7, color="white")
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(int(value) if fmt == "{:d}" else value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white",
+                )
         fig.colorbar(image, ax=ax)
-    fig.suptitle(f"{result['variant']} vs {result['baseline']}: {result['tokens']:,} tokens of {result['text']}", fontsize=9)
+    fig.suptitle(
+        f"{result['variant']} vs {result['baseline']}: {result['tokens']:,} tokens of {result['text']}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(folder / "experts_heatmap.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = [l["layer"] for l in layers]
-    ax.plot(x, [l["router"]["jaccard_mean"] for l in layers], "o-", label="top-k Jaccard (mean)")
-    ax.plot(x, [l["router"]["exact_set_rate"] for l in layers], "s-", label="exact top-k set rate")
-    ax.plot(x, [1 - l["router"]["top1_flip_rate"] for l in layers], "^-", label="top-1 kept rate")
+    x = [layer["layer"] for layer in layers]
+    ax.plot(x, [layer["router"]["jaccard_mean"] for layer in layers], "o-", label="top-k Jaccard (mean)")
+    ax.plot(x, [layer["router"]["exact_set_rate"] for layer in layers], "s-", label="exact top-k set rate")
+    ax.plot(x, [1 - layer["router"]["top1_flip_rate"] for layer in layers], "^-", label="top-1 kept rate")
     ax.set_xlabel("layer")
     ax.set_ylabel("agreement with baseline")
     ax.set_xticks(x)

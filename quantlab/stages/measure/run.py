@@ -1,11 +1,12 @@
 """One pass over an evaluation text, baseline and variant side by side, chunk by chunk.
 
 Per chunk both models run once, their experts' forward replaced by one that keeps, per MoE layer, the
-experts' input, the router's top-k choice and each routed expert output. From them: router agreement and expert load; each expert's *isolated* output error (baseline and
-variant expert on the same baseline inputs, over the tokens the baseline routes to it); the per-layer drift of
-the hidden states (the *in-context* error, accumulated through the layers); and per predicted token the KL
-divergence, top-token agreement, llama.cpp's Δp (of the target token), the change in the probability of the
-baseline's top token, and both NLLs. Only per-token scalars and running sums outlive a chunk.
+experts' input, the router's top-k choice and each routed expert output. From them: router agreement and
+expert load; each expert's *isolated* output error (baseline and variant expert on the same baseline inputs,
+over the tokens the baseline routes to it); the per-layer drift of the hidden states (the *in-context* error,
+accumulated through the layers); and per predicted token the KL divergence, top-token agreement, llama.cpp's
+Δp (of the target token), the change in the probability of the baseline's top token, and both NLLs. Only
+per-token scalars and running sums outlive a chunk.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
-from quantlab.stages.measure.outputs import expert_weight_errors, write_measurement
-from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, sha256_file
-
-from quantlab.statistics import distribution, perplexity, rate
-from quantlab.stages.measure.text import EvaluationText
 from quantlab.methods.activations import activate
+from quantlab.stages.measure.outputs import expert_weight_errors, write_measurement
+from quantlab.stages.measure.text import EvaluationText
+from quantlab.statistics import distribution, perplexity, rate
+from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, sha256_file
 
 
 def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
@@ -40,7 +40,9 @@ def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
     offsets = torch.bincount(expert_ids, minlength=n_experts).cumsum(0).to(torch.int32)
     grouped = torch.nn.functional.grouped_mm
     if hasattr(experts, "gate_up_proj_bias"):  # gpt-oss: weights (experts, in, out), biases
-        hidden = activate(experts, grouped(rows, experts.gate_up_proj, offs=offsets) + experts.gate_up_proj_bias[expert_ids])
+        hidden = activate(
+            experts, grouped(rows, experts.gate_up_proj, offs=offsets) + experts.gate_up_proj_bias[expert_ids]
+        )
         return grouped(hidden, experts.down_proj, offs=offsets) + experts.down_proj_bias[expert_ids], expert_ids, order
     hidden = activate(experts, grouped(rows, experts.gate_up_proj.transpose(1, 2), offs=offsets))
     return grouped(hidden, experts.down_proj.transpose(1, 2), offs=offsets), expert_ids, order
@@ -127,7 +129,9 @@ def _router_agreement(base: torch.Tensor, variant: torch.Tensor, experts: int, a
 TOKEN_STATISTICS = ("kl", "same_top", "delta_p", "delta_p_top", "nll_base", "nll_variant")
 
 
-def token_statistics(base_logits: torch.Tensor, variant_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
+def token_statistics(
+    base_logits: torch.Tensor, variant_logits: torch.Tensor, targets: torch.Tensor
+) -> dict[str, np.ndarray]:
     """Per predicted position: KL(base ‖ variant), same top token, both NLLs, and two probability changes:
     ``delta_p`` as llama-perplexity defines Δp (the *target* token's probability, variant minus baseline) and
     ``delta_p_top`` (the baseline's top token's probability, variant minus baseline)."""
@@ -167,29 +171,39 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
                 forward_s += time.perf_counter() - t0
                 predicted = attention[:, 1:].reshape(-1).bool()  # the target is a real token
                 vocab = base_out.logits.shape[-1]
-                stats = token_statistics(base_out.logits[:, :-1].reshape(-1, vocab)[predicted],
-                                         variant_out.logits[:, :-1].reshape(-1, vocab)[predicted],
-                                         tokens[:, 1:].reshape(-1)[predicted])
+                stats = token_statistics(
+                    base_out.logits[:, :-1].reshape(-1, vocab)[predicted],
+                    variant_out.logits[:, :-1].reshape(-1, vocab)[predicted],
+                    tokens[:, 1:].reshape(-1)[predicted],
+                )
                 for key, value in stats.items():
                     per_token[key].append(value)
-                per_token["answer"].append(text.answer_mask[start : start + batch_size, 1:].reshape(-1)[predicted].numpy())
+                per_token["answer"].append(
+                    text.answer_mask[start : start + batch_size, 1:].reshape(-1)[predicted].numpy()
+                )
                 rows = torch.arange(start, start + tokens.shape[0]).repeat_interleave(tokens.shape[1] - 1)
                 per_token["row"].append(rows[predicted].numpy())
                 real = attention.reshape(-1).bool()
-                for i, mlp in layers:
+                for i, _ in layers:
                     acc = accumulators[i]
                     base_idx, variant_idx = capture_base.indices[i][real], capture_variant.indices[i][real]
                     _router_agreement(base_idx, variant_idx, experts[i], acc)
                     # The variant's experts on the baseline's inputs and routing; the baseline's outputs for
                     # the same pairs come from its own pass (padding tokens dropped from both).
                     all_indices = capture_base.indices[i]
-                    approx, ids, order = routed_expert_outputs(variant_layers[i].experts, capture_base.inputs[i], all_indices)
+                    approx, ids, order = routed_expert_outputs(
+                        variant_layers[i].experts, capture_base.inputs[i], all_indices
+                    )
                     reference = capture_base.expert_outputs[i]  # same indices, same (stable) order
                     keep = real[torch.div(order, all_indices.shape[1], rounding_mode="floor")]
                     approx, reference, ids = approx[keep], reference[keep], ids[keep]
                     error = ((approx.double() - reference.double()) ** 2).sum(-1)
                     acc.error_squared += torch.zeros(experts[i], dtype=torch.float64).index_add_(0, ids, error).numpy()
-                    acc.reference_squared += torch.zeros(experts[i], dtype=torch.float64).index_add_(0, ids, (reference.double() ** 2).sum(-1)).numpy()
+                    acc.reference_squared += (
+                        torch.zeros(experts[i], dtype=torch.float64)
+                        .index_add_(0, ids, (reference.double() ** 2).sum(-1))
+                        .numpy()
+                    )
                     width = base_out.hidden_states[i + 1].shape[-1]
                     h_base = base_out.hidden_states[i + 1].double().reshape(-1, width)[real]
                     h_variant = variant_out.hidden_states[i + 1].double().reshape(-1, width)[real]
@@ -206,8 +220,10 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
         "tokens": int(text.attention.sum()),
         "predicted_tokens": int(arrays["kl"].size),
         "answer_tokens": int(arrays["answer"].sum()),
-        "logits": {"all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
-                   "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool))},
+        "logits": {
+            "all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
+            "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool)),
+        },
         "layers": [_layer_summary(i, accumulators[i]) for i, _ in layers],
         "answer_tokens_per_row": _per_row(arrays, int(text.tokens.shape[0])),
         "seconds": {"total": round(time.perf_counter() - started, 3), "forward_passes": round(forward_s, 3)},
@@ -224,8 +240,12 @@ def _per_row(arrays: dict, rows: int) -> dict[str, list]:
     def total(values):
         return np.bincount(row, weights=values[answer], minlength=rows).tolist()
 
-    return {"tokens": np.bincount(row, minlength=rows).tolist(), "kl_sum": total(arrays["kl"]),
-            "nll_base_sum": total(arrays["nll_base"]), "nll_variant_sum": total(arrays["nll_variant"])}
+    return {
+        "tokens": np.bincount(row, minlength=rows).tolist(),
+        "kl_sum": total(arrays["kl"]),
+        "nll_base_sum": total(arrays["nll_base"]),
+        "nll_variant_sum": total(arrays["nll_variant"]),
+    }
 
 
 def _logit_summary(arrays: dict, mask: np.ndarray) -> dict:
@@ -262,11 +282,18 @@ def _layer_summary(index: int, acc: _Accumulator) -> dict:
             "top1_flip_rate": acc.top1_flips / acc.routed_tokens,
             "load_kl": float(terms.sum()),
         },
-        "hidden_state": {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
-                         "relative_error": float(np.sqrt(acc.hidden_error_squared / acc.hidden_reference_squared))},
+        "hidden_state": {
+            "cosine_mean": float(cosine.mean()),
+            "cosine_min": float(cosine.min()),
+            "relative_error": float(np.sqrt(acc.hidden_error_squared / acc.hidden_reference_squared)),
+        },
         "experts": [
-            {"expert": e, "tokens_baseline": int(acc.tokens_base[e]), "tokens_variant": int(acc.tokens_variant[e]),
-             "isolated_relative_error": None if np.isnan(isolated[e]) else float(isolated[e])}
+            {
+                "expert": e,
+                "tokens_baseline": int(acc.tokens_base[e]),
+                "tokens_variant": int(acc.tokens_variant[e]),
+                "isolated_relative_error": None if np.isnan(isolated[e]) else float(isolated[e]),
+            }
             for e in range(acc.experts)
         ],
     }
@@ -275,8 +302,15 @@ def _layer_summary(index: int, acc: _Accumulator) -> dict:
 SCHEMA_VERSION = 1
 
 
-def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file=None, max_tokens: int = 16384,
-                    artifacts=None, write: bool = True, force: bool = False) -> dict:
+def measure_variant(
+    variant_ref: str,
+    baseline_ref: str | None = None,
+    text_file=None,
+    max_tokens: int = 16384,
+    artifacts=None,
+    write: bool = True,
+    force: bool = False,
+) -> dict:
     """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs. The stored
     measurement is returned instead (``cache_hit``) when variant, baseline, text and length are the same."""
     store = as_store(artifacts)
@@ -290,18 +324,26 @@ def measure_variant(variant_ref: str, baseline_ref: str | None = None, text_file
         if previous is not None:
             return previous | {"cache_hit": True}
         result = _measure(store, folder, manifest, baseline_ref, text_file, max_tokens)
-        result = {"schema_version": SCHEMA_VERSION, "cache_key": key, "variant": manifest["variant"], "baseline": result.pop("baseline"),
-                  "variant_cache_key": manifest["cache_key"], "bits_per_weight": manifest["plan"]["average_bits_per_weight"],
-                  "settings": settings} | result
+        result = {
+            "schema_version": SCHEMA_VERSION,
+            "cache_key": key,
+            "variant": manifest["variant"],
+            "baseline": result.pop("baseline"),
+            "variant_cache_key": manifest["cache_key"],
+            "bits_per_weight": manifest["plan"]["average_bits_per_weight"],
+            "settings": settings,
+        } | result
         result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
         if write:
             write_measurement(result, stored.parent)
     return result
 
 
-def _measure(store: ArtifactStore, folder: Path, manifest: dict, baseline_ref: str | None, text_file, max_tokens: int) -> dict:
-    from quantlab.stages.measure.text import evaluation_text
+def _measure(
+    store: ArtifactStore, folder: Path, manifest: dict, baseline_ref: str | None, text_file, max_tokens: int
+) -> dict:
     from quantlab.models.loading import load_model, resolve_model
+    from quantlab.stages.measure.text import evaluation_text
 
     variant, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
     if baseline_ref is None:
@@ -312,9 +354,12 @@ def _measure(store: ArtifactStore, folder: Path, manifest: dict, baseline_ref: s
         baseline_name = baseline_folder.name
         baseline, _ = load_model(baseline_folder / MODEL, dtype=torch.float32)
     if baseline.config.model_type != variant.config.model_type:
-        raise UserError(f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ")
-    text = evaluation_text(tokenizer, text_file, max_tokens=max_tokens,
-                           length=min(128, baseline.config.max_position_embeddings))
+        raise UserError(
+            f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ"
+        )
+    text = evaluation_text(
+        tokenizer, text_file, max_tokens=max_tokens, length=min(128, baseline.config.max_position_embeddings)
+    )
     result = {"baseline": baseline_name} | measure_pair(baseline, variant, text)
     weight_errors = expert_weight_errors(manifest)
     for layer in result["layers"]:
@@ -338,12 +383,22 @@ def _settings(store: ArtifactStore, manifest: dict, baseline_ref, text_file, max
         baseline_key = store.manifest(store.variant(baseline_ref))["cache_key"]
     text = None if text_file is None else str(text_file)
     text_sha256 = sha256_file(Path(text)) if text and Path(text).is_file() else None
-    return {"baseline": baseline_ref, "baseline_key": baseline_key, "text": text, "text_sha256": text_sha256, "tokens": max_tokens}
+    return {
+        "baseline": baseline_ref,
+        "baseline_key": baseline_key,
+        "text": text,
+        "text_sha256": text_sha256,
+        "tokens": max_tokens,
+    }
 
 
 def worst_expert(result: dict) -> dict | None:
-    candidates = [(e["isolated_relative_error"], layer["layer"], e["expert"]) for layer in result["layers"]
-                  for e in layer["experts"] if e["isolated_relative_error"] is not None]
+    candidates = [
+        (e["isolated_relative_error"], layer["layer"], e["expert"])
+        for layer in result["layers"]
+        for e in layer["experts"]
+        if e["isolated_relative_error"] is not None
+    ]
     if not candidates:
         return None
     error, layer, expert = max(candidates)

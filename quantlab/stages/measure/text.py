@@ -63,7 +63,9 @@ def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[tupl
     return str(path), [(path.read_text(encoding="utf-8", errors="replace"), "")]
 
 
-def evaluation_text(tokenizer, text_file: Path | str | None = None, max_tokens: int = 16384, length: int = 128) -> EvaluationText:
+def evaluation_text(
+    tokenizer, text_file: Path | str | None = None, max_tokens: int = 16384, length: int = 128
+) -> EvaluationText:
     """About ``max_tokens`` tokens: one document per row (task text: a model sees one problem at a time, as
     in training and evaluation), or consecutive windows of ``length`` tokens of a plain text."""
     name, docs = _documents(text_file, count=max(64, max_tokens // 20))

@@ -10,8 +10,13 @@ from pathlib import Path
 from quantlab.errors import UserError
 
 
-def write_report(artifacts, out: Path, variants: list[str] | None = None, baseline: str | None = "bf16",
-                 command: str = "quantlab report") -> dict[str, Path]:
+def write_report(
+    artifacts,
+    out: Path,
+    variants: list[str] | None = None,
+    baseline: str | None = "bf16",
+    command: str = "quantlab report",
+) -> dict[str, Path]:
     from quantlab.stages.report.collect import collect
     from quantlab.stages.report.render import build_report, write
 

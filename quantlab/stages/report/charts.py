@@ -50,7 +50,9 @@ def accuracy_bars(comparison: Comparison, baseline: str | None) -> bytes:
         ax.axvline(100 * comparison.results[baseline]["score"], color=REFERENCE, ls="--", lw=1)
     ax.set_yticks(y, names)
     ax.set_xlim(0, 110)
-    ax.set_xlabel(f"{comparison.task} accuracy, % (95% bootstrap CI; {comparison.items} items x {comparison.repeats}, {comparison.decoding()})")
+    ax.set_xlabel(
+        f"{comparison.task} accuracy, % (95% bootstrap CI; {comparison.items} items x {comparison.repeats}, {comparison.decoding()})"
+    )
     return _png(fig)
 
 
@@ -59,10 +61,15 @@ def drift_vs_accuracy(variants: list[Variant], comparison: Comparison, baseline:
     fig, axes = _figure(9, 3.4, 1, 2)
     axes = axes[0]
     base = 100 * comparison.results[baseline]["score"]
-    points = [(v, v.measure["logits"]["answer_tokens"]) for v in variants
-              if v.measure and v.name in comparison.results and v.measure["logits"]["answer_tokens"].get("n")]
-    for ax, key, label in ((axes[0], "perplexity_ratio", "perplexity ratio (answer tokens, teacher-forced)"),
-                           (axes[1], "kl_divergence", "mean KL(baseline ‖ variant), answer tokens")):
+    points = [
+        (v, v.measure["logits"]["answer_tokens"])
+        for v in variants
+        if v.measure and v.name in comparison.results and v.measure["logits"]["answer_tokens"].get("n")
+    ]
+    for ax, key, label in (
+        (axes[0], "perplexity_ratio", "perplexity ratio (answer tokens, teacher-forced)"),
+        (axes[1], "kl_divergence", "mean KL(baseline ‖ variant), answer tokens"),
+    ):
         for n, (v, logits) in enumerate(points):
             x = logits[key] if key == "perplexity_ratio" else max(logits[key]["mean"], 1e-7)
             r = comparison.results[v.name]
@@ -89,8 +96,18 @@ def expert_heatmaps(variants: list[Variant]) -> bytes:
     measured = [v for v in variants if v.measure]
     grids = []
     for v in measured:
-        grids.append(np.array([[np.nan if e["isolated_relative_error"] is None else e["isolated_relative_error"]
-                                for e in layer["experts"]] for layer in v.measure["layers"]], dtype=float))
+        grids.append(
+            np.array(
+                [
+                    [
+                        np.nan if e["isolated_relative_error"] is None else e["isolated_relative_error"]
+                        for e in layer["experts"]
+                    ]
+                    for layer in v.measure["layers"]
+                ],
+                dtype=float,
+            )
+        )
     positive = np.concatenate([g[np.isfinite(g) & (g > 0)] for g in grids]) if grids else np.array([])
     norm = LogNorm(vmin=max(positive.min(), 1e-5), vmax=positive.max()) if positive.size else None
     columns = min(4, len(measured))
@@ -107,7 +124,7 @@ def expert_heatmaps(variants: list[Variant]) -> bytes:
         ax.tick_params(labelsize=6)
         ax.set_yticks(range(grid.shape[0]))
         ax.set_xticks(range(0, grid.shape[1], max(1, grid.shape[1] // 8)))
-    for ax in list(axes.flat)[len(measured):]:
+    for ax in list(axes.flat)[len(measured) :]:
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), label="isolated relative error (grey: no tokens)")
@@ -120,8 +137,16 @@ def router_agreement(variants: list[Variant]) -> bytes:
     axes = axes[0]
     for v in (v for v in variants if v.measure):
         layers = [layer["layer"] for layer in v.measure["layers"]]
-        axes[0].plot(layers, [100 * layer["router"]["top1_flip_rate"] for layer in v.measure["layers"]], marker="o", ms=3, label=v.name)
-        axes[1].plot(layers, [layer["router"]["jaccard_mean"] for layer in v.measure["layers"]], marker="o", ms=3, label=v.name)
+        axes[0].plot(
+            layers,
+            [100 * layer["router"]["top1_flip_rate"] for layer in v.measure["layers"]],
+            marker="o",
+            ms=3,
+            label=v.name,
+        )
+        axes[1].plot(
+            layers, [layer["router"]["jaccard_mean"] for layer in v.measure["layers"]], marker="o", ms=3, label=v.name
+        )
     axes[0].set_ylabel("top-1 expert changed, % of tokens")
     axes[1].set_ylabel("Jaccard overlap of routed sets")
     for ax in axes:
@@ -144,13 +169,25 @@ def waterfall(task_result: dict, labels: dict[str, str]) -> bytes:
     names = ["baseline"] + [labels[k] for k in shares] + ["full recipe"]
     level, y = start, np.arange(len(names))[::-1]
     ax.barh(y[0], start, color=REFERENCE, height=0.6)
-    for i, (key, share) in enumerate(shares.items(), start=1):
+    for i, share in enumerate(shares.values(), start=1):
         value = share["value"]
         ax.barh(y[i], -value, left=level, color="#d62728" if value > 0 else "#2ca02c", height=0.6)
-        ax.errorbar([level - value], [y[i]], xerr=[[share["ci95"][1] - value], [value - share["ci95"][0]]],
-                    fmt="none", ecolor="black", capsize=3, lw=1)
-        ax.text(max(level, level - value) + 1, y[i], f"{-value:+.1f} [{-share['ci95'][1]:+.1f}, {-share['ci95'][0]:+.1f}]",
-                va="center", fontsize=7)
+        ax.errorbar(
+            [level - value],
+            [y[i]],
+            xerr=[[share["ci95"][1] - value], [value - share["ci95"][0]]],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            lw=1,
+        )
+        ax.text(
+            max(level, level - value) + 1,
+            y[i],
+            f"{-value:+.1f} [{-share['ci95'][1]:+.1f}, {-share['ci95'][0]:+.1f}]",
+            va="center",
+            fontsize=7,
+        )
         level -= value
     full = 100 * task_result["full"]["score"]
     ax.barh(y[-1], full, color=BAR, height=0.6)

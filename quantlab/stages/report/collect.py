@@ -71,9 +71,13 @@ def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, bas
     if names:
         missing = [n for n in names if n not in available]
         if missing:
-            raise UserError(f"{', '.join(missing)}: not built in {store.root} (built: {', '.join(available) or 'none'})")
+            raise UserError(
+                f"{', '.join(missing)}: not built in {store.root} (built: {', '.join(available) or 'none'})"
+            )
     if not (names or available):
-        raise UserError(f"{store.root}: no variant built there yet; build one first (quantlab build mxfp4, or quantlab demo)")
+        raise UserError(
+            f"{store.root}: no variant built there yet; build one first (quantlab build mxfp4, or quantlab demo)"
+        )
     variants = []
     for name in names or available:
         folder = store.variant_folder(name)
@@ -96,7 +100,9 @@ def _comparisons(variants: list[Variant]) -> list[Comparison]:
             key = (result["task"], result["settings_hash"])
             groups.setdefault(key, Comparison(result["task"], result["settings"], {})).results[variant.name] = result
     # the comparisons with the most variants first, then by task name: the report's headline charts lead
-    return sorted(groups.values(), key=lambda c: (-len(c.results), c.task, -c.items, json.dumps(c.settings, sort_keys=True)))
+    return sorted(
+        groups.values(), key=lambda c: (-len(c.results), c.task, -c.items, json.dumps(c.settings, sort_keys=True))
+    )
 
 
 def flips_against(comparison: Comparison, baseline: str | None, variant: str) -> dict | None:
@@ -111,11 +117,17 @@ def eval_command(comparison: Comparison, baseline: str | None) -> str:
     """The ``quantlab eval`` line that regenerates a comparison (cache hits where the store has it)."""
     s = comparison.settings
     parts = ["quantlab", "eval", *comparison.results, "--tasks", comparison.task]
-    options = {"--limit": s.get("limit"), "--repeats": s["repeats"] if s["repeats"] > 1 else None,
-               "--temperature": s["temperature"] or None, "--top-p": s["top_p"] if s["temperature"] and s["top_p"] != 1 else None,
-               "--max-new-tokens": s.get("max_new_tokens"), "--num-fewshot": s.get("num_fewshot"),
-               "--backend": s.get("backend") if s.get("backend") not in (None, "hf") else None, "--seed": s["seed"] or None,
-               "--reasoning-effort": s.get("reasoning_effort")}
+    options = {
+        "--limit": s.get("limit"),
+        "--repeats": s["repeats"] if s["repeats"] > 1 else None,
+        "--temperature": s["temperature"] or None,
+        "--top-p": s["top_p"] if s["temperature"] and s["top_p"] != 1 else None,
+        "--max-new-tokens": s.get("max_new_tokens"),
+        "--num-fewshot": s.get("num_fewshot"),
+        "--backend": s.get("backend") if s.get("backend") not in (None, "hf") else None,
+        "--seed": s["seed"] or None,
+        "--reasoning-effort": s.get("reasoning_effort"),
+    }
     for flag, value in options.items():
         if value is not None:
             parts += [flag, str(value)]
@@ -127,7 +139,9 @@ def eval_command(comparison: Comparison, baseline: str | None) -> str:
         parts += ["--baseline", baseline]
     command = shlex.join(parts)
     if s.get("task_metadata"):
-        command += f"   # served with task metadata {json.dumps(s['task_metadata'])} (quantlab attribute's serve factor)"
+        command += (
+            f"   # served with task metadata {json.dumps(s['task_metadata'])} (quantlab attribute's serve factor)"
+        )
     return command
 
 
@@ -146,12 +160,27 @@ def measure_command(variants: list[Variant]) -> str:
 
 def attribute_command(result: dict) -> str:
     s = result["settings"]
-    parts = ["quantlab", "attribute", result["recipe_file"], "--tasks", ",".join(result["tasks"]), "--design", result["design"],
-             "--factors", result.get("factor_granularity", "choices")]
-    for flag, value in (("--limit", s.get("limit")), ("--repeats", s["repeats"] if s["repeats"] > 1 else None),
-                        ("--temperature", s["temperature"] or None), ("--top-p", s["top_p"] if s["top_p"] != 1 else None),
-                        ("--seed", s["seed"] or None), ("--permutations", result.get("permutations") if result.get("permutations") != 200 else None),
-                        ("--text", s["text"]), ("--tokens", s["tokens"])):
+    parts = [
+        "quantlab",
+        "attribute",
+        result["recipe_file"],
+        "--tasks",
+        ",".join(result["tasks"]),
+        "--design",
+        result["design"],
+        "--factors",
+        result.get("factor_granularity", "choices"),
+    ]
+    for flag, value in (
+        ("--limit", s.get("limit")),
+        ("--repeats", s["repeats"] if s["repeats"] > 1 else None),
+        ("--temperature", s["temperature"] or None),
+        ("--top-p", s["top_p"] if s["top_p"] != 1 else None),
+        ("--seed", s["seed"] or None),
+        ("--permutations", result.get("permutations") if result.get("permutations") != 200 else None),
+        ("--text", s["text"]),
+        ("--tokens", s["tokens"]),
+    ):
         if value is not None:
             parts += [flag, str(value)]
     return shlex.join(parts)

@@ -53,9 +53,11 @@ def build_report(store: Store, command: str) -> Report:
     report = Report()
     report.heading("quantlab report")
     names = ", ".join(v.name for v in store.variants)
-    report.text(f"Store: {store.artifacts}. Variants: {names}. Baseline for flips and losses: {store.baseline or 'none'}. "
-                f"Every number below was read from the store (nothing recomputed); every figure names the command that "
-                f"regenerates it. Intervals are 95% bootstrap intervals over items (and repeats).")
+    report.text(
+        f"Store: {store.artifacts}. Variants: {names}. Baseline for flips and losses: {store.baseline or 'none'}. "
+        f"Every number below was read from the store (nothing recomputed); every figure names the command that "
+        f"regenerates it. Intervals are 95% bootstrap intervals over items (and repeats)."
+    )
     report.code(command)
     _accuracy(report, store)
     _drift(report, store)
@@ -71,18 +73,42 @@ def _accuracy(report: Report, store: Store) -> None:
         report.text("No evaluations in the store: run quantlab eval (or quantlab demo).")
     for i, comparison in enumerate(store.comparisons, 1):
         command = eval_command(comparison, store.baseline)
-        caption = (f"{comparison.task}: accuracy per variant, {comparison.items} items x {comparison.repeats} repeat(s), "
-                   f"{comparison.decoding()}; bars are 95% bootstrap intervals, the dashed line the baseline.")
-        report.figure(f"accuracy-{i:02d}-{comparison.task}", charts.accuracy_bars(comparison, store.baseline), caption, command)
+        caption = (
+            f"{comparison.task}: accuracy per variant, {comparison.items} items x {comparison.repeats} repeat(s), "
+            f"{comparison.decoding()}; bars are 95% bootstrap intervals, the dashed line the baseline."
+        )
+        report.figure(
+            f"accuracy-{i:02d}-{comparison.task}", charts.accuracy_bars(comparison, store.baseline), caption, command
+        )
         rows = []
         bits = {v.name: v.bits for v in store.variants}
         for name, result in comparison.results.items():
             flip = flips_against(comparison, store.baseline, name)
-            rows.append([name, f"{bits[name]:.2f}", _pct(result["score"]), _ci(result["ci95"]), f"{result['items']} x {result['repeats']}",
-                         str(flip["right_to_wrong"]) if flip else "", str(flip["wrong_to_right"]) if flip else "",
-                         f"{flip['mcnemar_p']:.3g}" if flip else ""])
-        report.table(["variant", "bits/weight", "accuracy", "95% CI", "items x repeats", f"right->wrong vs {store.baseline or 'baseline'}",
-                      "wrong->right", "McNemar p"], rows)
+            rows.append(
+                [
+                    name,
+                    f"{bits[name]:.2f}",
+                    _pct(result["score"]),
+                    _ci(result["ci95"]),
+                    f"{result['items']} x {result['repeats']}",
+                    str(flip["right_to_wrong"]) if flip else "",
+                    str(flip["wrong_to_right"]) if flip else "",
+                    f"{flip['mcnemar_p']:.3g}" if flip else "",
+                ]
+            )
+        report.table(
+            [
+                "variant",
+                "bits/weight",
+                "accuracy",
+                "95% CI",
+                "items x repeats",
+                f"right->wrong vs {store.baseline or 'baseline'}",
+                "wrong->right",
+                "McNemar p",
+            ],
+            rows,
+        )
 
 
 def _headline(store: Store):
@@ -99,13 +125,19 @@ def _drift(report: Report, store: Store) -> None:
     comparison = _headline(store)
     measured = [v for v in store.variants if v.measure]
     if comparison is None:
-        report.text("Needs the baseline and at least two measured variants evaluated on one task (quantlab measure, quantlab eval).")
+        report.text(
+            "Needs the baseline and at least two measured variants evaluated on one task (quantlab measure, quantlab eval)."
+        )
         return
     text = measured[0].measure["text"]
     command = measure_command(measured) + "\n" + eval_command(comparison, store.baseline)
-    caption = (f"Accuracy loss on {comparison.task} against {store.baseline} ({comparison.items} items x {comparison.repeats}, "
-               f"95% CI) versus the teacher-forced perplexity ratio and the mean KL divergence on the answer tokens of {text}.")
-    report.figure("drift-vs-accuracy", charts.drift_vs_accuracy(store.variants, comparison, store.baseline), caption, command)
+    caption = (
+        f"Accuracy loss on {comparison.task} against {store.baseline} ({comparison.items} items x {comparison.repeats}, "
+        f"95% CI) versus the teacher-forced perplexity ratio and the mean KL divergence on the answer tokens of {text}."
+    )
+    report.figure(
+        "drift-vs-accuracy", charts.drift_vs_accuracy(store.variants, comparison, store.baseline), caption, command
+    )
     rows = []
     base = comparison.results[store.baseline]["score"]
     for v in measured:
@@ -113,11 +145,27 @@ def _drift(report: Report, store: Store) -> None:
         if not a.get("n"):
             continue
         result = comparison.results.get(v.name)
-        rows.append([v.name, f"{a['perplexity_ratio']:.4f}", f"{a['kl_divergence']['mean']:.5f} ± {a['kl_divergence']['mean_stderr']:.5f}",
-                     f"{100 * a['same_top']['rate']:.2f} ± {100 * a['same_top']['stderr']:.2f}", f"{a['n']:,}",
-                     f"{100 * (base - result['score']):+.1f}" if result else ""])
-    report.table(["variant", "ppl ratio (answers)", "mean KLD ± s.e.", "same top token % ± s.e.", "answer tokens",
-                  f"{comparison.task} loss, points"], rows)
+        rows.append(
+            [
+                v.name,
+                f"{a['perplexity_ratio']:.4f}",
+                f"{a['kl_divergence']['mean']:.5f} ± {a['kl_divergence']['mean_stderr']:.5f}",
+                f"{100 * a['same_top']['rate']:.2f} ± {100 * a['same_top']['stderr']:.2f}",
+                f"{a['n']:,}",
+                f"{100 * (base - result['score']):+.1f}" if result else "",
+            ]
+        )
+    report.table(
+        [
+            "variant",
+            "ppl ratio (answers)",
+            "mean KLD ± s.e.",
+            "same top token % ± s.e.",
+            "answer tokens",
+            f"{comparison.task} loss, points",
+        ],
+        rows,
+    )
 
 
 def _attributions(report: Report, store: Store) -> None:
@@ -129,34 +177,75 @@ def _attributions(report: Report, store: Store) -> None:
         command = attribute_command(result)
         s = result["settings"]
         decoding = "greedy" if not s["temperature"] else f"temperature {s['temperature']:g}, {s['repeats']} repeats"
-        report.text(f"Recipe {result['recipe']} ({result['recipe_file']}): {len(result['factors'])} factors "
-                    f"({result.get('factor_granularity', 'choices')}), design {result['design']}, {decoding}.")
+        report.text(
+            f"Recipe {result['recipe']} ({result['recipe_file']}): {len(result['factors'])} factors "
+            f"({result.get('factor_granularity', 'choices')}), design {result['design']}, {decoding}."
+        )
         for task, r in result["tasks"].items():
-            caption = (f"{result['recipe']} on {task}: {_pct(r['baseline']['score'])} {_ci(r['baseline']['ci95'])} -> "
-                       f"{_pct(r['full']['score'])} {_ci(r['full']['ci95'])}, {r['items']} items x {r['repeats']}; "
-                       f"each step a factor's share ({r['method']}), 95% CI over items.")
-            report.figure(f"attribution-{n:02d}-{result['recipe']}-{task}", charts.waterfall(r, labels), caption, command)
-            rows = [[labels[k], f"{s['value']:+.1f}", _ci(s["ci95"], 1), f"{r['solo_points'][k]['value']:+.1f}" if k in r.get("solo_points", {}) else "",
-                     f"{r['sampling_stderr'][k]:.2f}" if r.get("sampling_stderr", {}).get(k) else ""]
-                    for k, s in r["shares_points"].items()]
-            rows.append(["interaction (beyond solo effects)", f"{r['interaction_points']['value']:+.1f}", _ci(r["interaction_points"]["ci95"], 1), "", ""])
+            caption = (
+                f"{result['recipe']} on {task}: {_pct(r['baseline']['score'])} {_ci(r['baseline']['ci95'])} -> "
+                f"{_pct(r['full']['score'])} {_ci(r['full']['ci95'])}, {r['items']} items x {r['repeats']}; "
+                f"each step a factor's share ({r['method']}), 95% CI over items."
+            )
+            report.figure(
+                f"attribution-{n:02d}-{result['recipe']}-{task}", charts.waterfall(r, labels), caption, command
+            )
+            rows = [
+                [
+                    labels[k],
+                    f"{s['value']:+.1f}",
+                    _ci(s["ci95"], 1),
+                    f"{r['solo_points'][k]['value']:+.1f}" if k in r.get("solo_points", {}) else "",
+                    f"{r['sampling_stderr'][k]:.2f}" if r.get("sampling_stderr", {}).get(k) else "",
+                ]
+                for k, s in r["shares_points"].items()
+            ]
+            rows.append(
+                [
+                    "interaction (beyond solo effects)",
+                    f"{r['interaction_points']['value']:+.1f}",
+                    _ci(r["interaction_points"]["ci95"], 1),
+                    "",
+                    "",
+                ]
+            )
             rows.append(["total loss", f"{r['loss_points']['value']:+.1f}", _ci(r["loss_points"]["ci95"], 1), "", ""])
             report.table(["factor", "share of the loss, points", "95% CI", "alone, points", "sampling s.e."], rows)
             if r["efficiency_gap"] is not None:
-                report.text(f"Efficiency check: the shares sum to the total loss up to {abs(r['efficiency_gap']):.1e} points.")
+                report.text(
+                    f"Efficiency check: the shares sum to the total loss up to {abs(r['efficiency_gap']):.1e} points."
+                )
         kl = result.get("kl")
         if kl:
-            report.text(f"KL drift of the weight factors on {kl['text']} ({kl['problems']} problems, {kl['answer_tokens']:,} answer "
-                        f"tokens): mean KLD {kl['kld_mean']['value']:.5f} {_ci(kl['kld_mean']['ci95'], 1, 5)}, perplexity ratio "
-                        f"{kl['perplexity_ratio']:.4f}.")
-            rows = [[labels[k], f"{s['value']:.5f}", _ci(s["ci95"], 1, 5), f"{kl['solo'][k]['value']:.5f}" if k in kl.get("solo", {}) else ""]
-                    for k, s in kl["shares"].items()]
+            report.text(
+                f"KL drift of the weight factors on {kl['text']} ({kl['problems']} problems, {kl['answer_tokens']:,} answer "
+                f"tokens): mean KLD {kl['kld_mean']['value']:.5f} {_ci(kl['kld_mean']['ci95'], 1, 5)}, perplexity ratio "
+                f"{kl['perplexity_ratio']:.4f}."
+            )
+            rows = [
+                [
+                    labels[k],
+                    f"{s['value']:.5f}",
+                    _ci(s["ci95"], 1, 5),
+                    f"{kl['solo'][k]['value']:.5f}" if k in kl.get("solo", {}) else "",
+                ]
+                for k, s in kl["shares"].items()
+            ]
             rows.append(["interaction", f"{kl['interaction']['value']:.5f}", _ci(kl["interaction"]["ci95"], 1, 5), ""])
             report.table(["factor", "share of mean KLD", "95% CI", "alone"], rows)
         tasks = list(result["tasks"])
-        rows = [[c["label"], *[f"{_pct(c['tasks'][t]['score'])} {_ci(c['tasks'][t]['ci95'])}" if t in c["tasks"] else "" for t in tasks],
-                 f"{c['answer_tokens']['perplexity_ratio']:.4f}" if c.get("answer_tokens") else "",
-                 f"{c['answer_tokens']['kld_mean']:.5f}" if c.get("answer_tokens") else ""] for c in result["cells"]]
+        rows = [
+            [
+                c["label"],
+                *[
+                    f"{_pct(c['tasks'][t]['score'])} {_ci(c['tasks'][t]['ci95'])}" if t in c["tasks"] else ""
+                    for t in tasks
+                ],
+                f"{c['answer_tokens']['perplexity_ratio']:.4f}" if c.get("answer_tokens") else "",
+                f"{c['answer_tokens']['kld_mean']:.5f}" if c.get("answer_tokens") else "",
+            ]
+            for c in result["cells"]
+        ]
         report.table(["cell (factors applied)", *tasks, "ppl ratio", "mean KLD"], rows)
 
 
@@ -167,29 +256,66 @@ def _experts(report: Report, store: Store) -> None:
         report.text("No measurement in the store: run quantlab measure.")
         return
     command = measure_command(measured)
-    report.figure("expert-heatmaps", charts.expert_heatmaps(measured),
-                  f"Isolated relative output error of each expert (its output on the baseline's inputs, over the tokens the "
-                  f"baseline routes to it) on {measured[0].measure['text']}; grey: an expert that received no token.", command)
-    report.figure("router-agreement", charts.router_agreement(measured),
-                  f"Routing drift per layer on {measured[0].measure['text']} ({measured[0].measure['tokens']:,} tokens).", command)
-    rows = [[v.name, f"L{v.measure['worst_expert']['layer']} E{v.measure['worst_expert']['expert']}",
-             f"{v.measure['worst_expert']['isolated_relative_error']:.4f}"] for v in measured if v.measure.get("worst_expert")]
+    report.figure(
+        "expert-heatmaps",
+        charts.expert_heatmaps(measured),
+        f"Isolated relative output error of each expert (its output on the baseline's inputs, over the tokens the "
+        f"baseline routes to it) on {measured[0].measure['text']}; grey: an expert that received no token.",
+        command,
+    )
+    report.figure(
+        "router-agreement",
+        charts.router_agreement(measured),
+        f"Routing drift per layer on {measured[0].measure['text']} ({measured[0].measure['tokens']:,} tokens).",
+        command,
+    )
+    rows = [
+        [
+            v.name,
+            f"L{v.measure['worst_expert']['layer']} E{v.measure['worst_expert']['expert']}",
+            f"{v.measure['worst_expert']['isolated_relative_error']:.4f}",
+        ]
+        for v in measured
+        if v.measure.get("worst_expert")
+    ]
     report.table(["variant", "worst expert", "isolated relative error"], rows)
 
 
 def _reproducibility(report: Report, store: Store, command: str) -> None:
     report.heading("Reproducibility")
-    report.text("Each variant's build is fixed by its recipe, the model's weights (sha256) and the library versions "
-                "(together the cache key); seeds are recorded in every manifest and result.")
+    report.text(
+        "Each variant's build is fixed by its recipe, the model's weights (sha256) and the library versions "
+        "(together the cache key); seeds are recorded in every manifest and result."
+    )
     rows = []
     for v in store.variants:
         m = v.manifest
-        versions = ", ".join(f"{k} {m['versions'][k]}" for k in ("quantlab", "torch", "transformers", "gguf") if k in m["versions"])
-        rows.append([v.name, m.get("recipe_file") or "", m["cache_key"][:16], m["model"]["sha256"][:16], str(m["seed"]), versions])
+        versions = ", ".join(
+            f"{k} {m['versions'][k]}" for k in ("quantlab", "torch", "transformers", "gguf") if k in m["versions"]
+        )
+        rows.append(
+            [
+                v.name,
+                m.get("recipe_file") or "",
+                m["cache_key"][:16],
+                m["model"]["sha256"][:16],
+                str(m["seed"]),
+                versions,
+            ]
+        )
     report.table(["variant", "recipe", "cache key", "model sha256", "seed", "versions"], rows)
-    evaluated = sorted({f"lm-eval {r['versions']['lm_eval']}" for c in store.comparisons for r in c.results.values() if r.get("versions")})
-    report.text(f"Evaluations: {', '.join(evaluated) or 'lm-eval version not recorded (results stored before versions were)'}; "
-                f"the seeds of each evaluation are in its stored result (artifacts/<variant>/eval/*.json).")
+    evaluated = sorted(
+        {
+            f"lm-eval {r['versions']['lm_eval']}"
+            for c in store.comparisons
+            for r in c.results.values()
+            if r.get("versions")
+        }
+    )
+    report.text(
+        f"Evaluations: {', '.join(evaluated) or 'lm-eval version not recorded (results stored before versions were)'}; "
+        f"the seeds of each evaluation are in its stored result (artifacts/<variant>/eval/*.json)."
+    )
     commands = [b.content[2] for b in report.blocks if b.kind == "figure"]
     report.text("Commands behind the figures, in order (each is a cache hit on this store):")
     report.code("\n".join(dict.fromkeys(line for c in commands for line in c.splitlines())) + "\n" + command)
@@ -224,13 +350,17 @@ figure{margin:1em 0}figcaption{font-size:0.85em;color:#444}img{max-width:100%}""
 
 
 def to_html(report: Report) -> str:
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>quantlab report</title>",
-           f"<style>{_STYLE}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>quantlab report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+    ]
     first = True
     for block in report.blocks:
         if block.kind == "heading":
             tag = "h1" if first else "h2"
-            out.append(f"<{tag} id=\"{_slug(block.content)}\">{html.escape(block.content)}</{tag}>")
+            out.append(f'<{tag} id="{_slug(block.content)}">{html.escape(block.content)}</{tag}>')
             first = False
         elif block.kind == "text":
             out.append(f"<p>{html.escape(block.content)}</p>")
@@ -238,14 +368,18 @@ def to_html(report: Report) -> str:
             out.append(f"<pre>{html.escape(block.content)}</pre>")
         elif block.kind == "table":
             header, rows = block.content
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>")
+            out.append(
+                "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+            )
             out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
             out.append("</tbody></table>")
         else:
             name, caption, command = block.content
             data = base64.b64encode(report.figures[name]).decode()
-            out.append(f'<figure id="{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{html.escape(caption)}</figcaption><pre>{html.escape(command)}</pre></figure>")
+            out.append(
+                f'<figure id="{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(caption)}</figcaption><pre>{html.escape(command)}</pre></figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

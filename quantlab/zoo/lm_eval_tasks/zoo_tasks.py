@@ -15,4 +15,8 @@ def gpqa_style(effort="high", split="test", count=500, seed=0, **unused):
     from quantlab.zoo.tasks import gpqa_style_docs
 
     docs = gpqa_style_docs(split, int(count), int(seed), effort)
-    return {"test": datasets.Dataset.from_list([{"question": d["question"], "choices": d["choices"], "answer": d["answer"]} for d in docs])}
+    return {
+        "test": datasets.Dataset.from_list(
+            [{"question": d["question"], "choices": d["choices"], "answer": d["answer"]} for d in docs]
+        )
+    }
