@@ -43,7 +43,7 @@ class Registry:
     measure_texts: dict[str, MeasureText] = field(default_factory=dict)  # prefix of the spec -> text
     task_folders: list[Path] = field(default_factory=list)  # lm-eval YAML folders (their data ships with them)
     effort_metadata_tasks: set[str] = field(default_factory=set)  # tasks that take the effort as task metadata
-    commands: list[tuple[str, Any]] = field(default_factory=list)  # (name, typer app) added to the CLI
+    commands: list[tuple[str, str]] = field(default_factory=list)  # (name, "module:typer app") added to the CLI
     default_model: str | None = None  # what a command runs when given no model
     model_card: Callable[[], dict] | None = None  # the default model's card (printed by the demo)
 
@@ -66,6 +66,11 @@ def registry() -> Registry:
         entry.value for entry in metadata.entry_points(group="quantlab.plugins") if entry.value not in BUILTIN
     ]
     for target in targets:
-        module, _, function = target.partition(":")
-        getattr(importlib.import_module(module), function)(found)
+        load(target)(found)
     return found
+
+
+def load(target: str) -> Any:
+    """The object a ``module:name`` string names (imported on demand, so that registering stays cheap)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -70,8 +70,9 @@ def test_experts_see_the_tokens_the_router_sends_them(tmp_path):
     manifest = builder.build(recipe, tmp_path / "artifacts").manifest
     rows = {r["name"]: r for r in manifest["tensors"]}
 
-    # Independently: route the same calibration tokens through layer 0's router and count.
-    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"))
+    # Independently: route the same calibration tokens through layer 0's router and count (in float32, the
+    # dtype calibration computes in; the checkpoint's bf16 weights convert exactly).
+    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)
     tokens = calibration_tokens(load_recipe(recipe).calibration, tokenizer)
     seen = {}
     layer = model.model.layers[0]
@@ -111,7 +112,7 @@ def test_imatrix_is_ggml_with_the_routed_mean_squared_inputs(tmp_path):
         "  - select: {component: experts, layers: 0}\n    format: gguf:Q4_K\n    method: imatrix\n"
     )
     result = builder.build(recipe, tmp_path / "artifacts")
-    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"))
+    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)  # calibration's dtype
     tokens = calibration_tokens(load_recipe(recipe).calibration, tokenizer)
     captured = {}
     layer = model.model.layers[0]

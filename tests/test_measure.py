@@ -128,6 +128,16 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
         assert stats["same_top"]["stderr"] == pytest.approx(np.sqrt(same.mean() * (1 - same.mean()) / mask.sum()))
         ratio = np.exp(nll_q[mask].mean()) / np.exp(nll_p[mask].mean())
         assert stats["perplexity_ratio"] == pytest.approx(ratio, rel=1e-6)
+        # Δp as llama-perplexity defines it: p_variant(target) - p_baseline(target) (its "Mean Δp", "RMS Δp")
+        delta_target = (np.exp(-nll_q) - np.exp(-nll_p))[mask]
+        assert stats["delta_p"]["mean"] == pytest.approx(delta_target.mean(), rel=1e-5, abs=1e-9)
+        assert stats["delta_p"]["rms"] == pytest.approx(np.sqrt((delta_target**2).mean()), rel=1e-5)
+        top = log_p.argmax(-1)[..., None]  # and quantlab's own, of the baseline's top token
+        delta_top = (np.exp(np.take_along_axis(log_q, top, -1)) - np.exp(np.take_along_axis(log_p, top, -1)))[..., 0][
+            mask
+        ]
+        assert stats["delta_p_top"]["mean"] == pytest.approx(delta_top.mean(), rel=1e-5, abs=1e-9)
+        assert stats["delta_p"]["mean"] != pytest.approx(stats["delta_p_top"]["mean"], rel=1e-3)  # two quantities
 
 
 def test_gguf_variant_reports_the_runtime_share(tmp_path):
@@ -219,3 +229,50 @@ def test_missing_variant_is_one_line(tmp_path, monkeypatch, capsys):
         cli.main()
     err = capsys.readouterr().err
     assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "quantlab build" in err
+
+
+def test_llama_perplexity_scoring_is_the_tools_chunking(baseline, tmp_path):
+    """tools/perplexity/perplexity.cpp: consecutive chunks of n_ctx tokens, the tail dropped, and only the
+    logits at first = n_ctx/2 ... n_ctx-2 scored (n_ctx - 1 - n_ctx/2 targets per chunk). Recomputed here from
+    the definition with one forward pass per chunk."""
+    from quantlab.stages.measure.text import llama_perplexity_text
+    from quantlab.zoo.tasks import aime_style_docs
+
+    model, tokenizer, _ = baseline
+    path = tmp_path / "plain.txt"
+    path.write_text("\n".join(d["question"] + d["solution"] for d in aime_style_docs("validation", 200, 0, "high")))
+    n_ctx = 64
+    text = llama_perplexity_text(tokenizer, path, n_ctx, max_tokens=1000)
+    ids = tokenizer(path.read_text())["input_ids"]
+    chunks = 1000 // n_ctx
+    assert text.tokens.shape == (chunks, n_ctx) and text.tokens.reshape(-1).tolist() == ids[: chunks * n_ctx]
+    assert text.answer_mask.sum(1).tolist() == [n_ctx - 1 - n_ctx // 2] * chunks
+
+    variant = copy.deepcopy(model)
+    with torch.no_grad():
+        variant.model.layers[0].self_attn.o_proj.weight *= 1.1
+    result = measure_pair(model, variant, text)["logits"]["answer_tokens"]
+    first = n_ctx // 2
+    nll_p, nll_q, kl = [], [], []
+    with torch.no_grad():
+        for chunk in text.tokens:
+            lp = torch.log_softmax(model(chunk[None]).logits[0].double(), -1)[first : n_ctx - 1]
+            lq = torch.log_softmax(variant(chunk[None]).logits[0].double(), -1)[first : n_ctx - 1]
+            targets = chunk[first + 1 :]
+            nll_p += (-lp.gather(-1, targets[:, None])[:, 0]).tolist()
+            nll_q += (-lq.gather(-1, targets[:, None])[:, 0]).tolist()
+            kl += (lp.exp() * (lp - lq)).sum(-1).tolist()
+    assert result["n"] == chunks * (n_ctx - 1 - first)
+    assert result["perplexity_baseline"]["ppl"] == pytest.approx(np.exp(np.mean(nll_p)), rel=1e-6)
+    assert result["perplexity_ratio"] == pytest.approx(np.exp(np.mean(nll_q) - np.mean(nll_p)), rel=1e-6)
+    assert result["kl_divergence"]["mean"] == pytest.approx(np.mean(kl), rel=1e-5)
+
+
+def test_llama_perplexity_scoring_needs_two_chunks(baseline, tmp_path):
+    from quantlab.errors import UserError
+    from quantlab.stages.measure.text import llama_perplexity_text
+
+    _, tokenizer, _ = baseline
+    (tmp_path / "short.txt").write_text("Q:1+1=? A:2")
+    with pytest.raises(UserError, match="at least 2 x --ctx"):
+        llama_perplexity_text(tokenizer, tmp_path / "short.txt", 64)

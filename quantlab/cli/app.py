@@ -83,6 +83,15 @@ def measure_command(
     as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the summary table as Markdown (docs/measure.md)."),
     force: bool = typer.Option(False, "--force", help="Measure again even when the stored measurement matches."),
+    scoring: str = typer.Option(
+        "rows",
+        "--scoring",
+        help="rows: one document per row, answer tokens marked; llama-perplexity: a plain --text in chunks of --ctx "
+        "tokens, the second half of each scored, exactly as llama.cpp's llama-perplexity (for its published KLD tables).",
+    ),
+    ctx: Optional[int] = typer.Option(
+        None, "--ctx", help="--scoring llama-perplexity: the chunk length (default: the model's context, at most 512)."
+    ),
 ) -> None:
     """Per-expert error, routing drift, perplexity and KL drift of variants against their baseline."""
     from quantlab.stages.measure.run import measure_variant
@@ -90,7 +99,9 @@ def measure_command(
     results = []
     for variant in variants:
         with render.status(f"measuring {variant}", as_json):
-            results.append(measure_variant(variant, baseline, text, tokens, artifacts, force=force))
+            results.append(
+                measure_variant(variant, baseline, text, tokens, artifacts, force=force, scoring=scoring, n_ctx=ctx)
+            )
     if as_json:
         return render.print_json(results)
     render.measurements(results, artifacts, markdown)
@@ -466,10 +477,10 @@ def bench_measure(
 
 
 def _add_plugin_commands() -> None:
-    from quantlab.plugins import registry
+    from quantlab.plugins import load, registry
 
     for name, commands in registry().commands:
-        app.add_typer(commands, name=name)
+        app.add_typer(load(commands), name=name)
 
 
 _add_plugin_commands()

@@ -30,7 +30,8 @@ from quantlab.plugins import registry
 from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, load_recipe
 from quantlab.stages import factor_designs as attribution
 from quantlab.statistics import RESAMPLES, paired_bootstrap
-from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key, record_json
+from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key
+from quantlab.store.records import Attribution
 
 DESIGNS = ("shapley", "one-at-a-time", "leave-one-out", "factorial")
 SCHEMA_VERSION = 1
@@ -377,7 +378,7 @@ def attribute(
     key = content_key(settings)
     path = runner.store.attribution_path(recipe.name, key[:12])
     result = {"schema_version": SCHEMA_VERSION, "cache_key": key} | result
-    atomic_write_text(path, record_json(result, indent=1))
+    atomic_write_text(path, Attribution.from_dict(result, path).to_json(indent=1))
     return result | {"path": str(path)}
 
 

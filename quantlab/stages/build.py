@@ -32,11 +32,12 @@ import torch
 from quantlab.calibration import calibration_revision
 from quantlab.formats import Packed, get_format
 from quantlab.methods import Quantized, get_method
-from quantlab.models.loading import load_model, resolve_model, weights_sha256
+from quantlab.models.loading import computing_in_float32, load_model, resolve_model, weights_sha256
 from quantlab.models.units import architecture, weight_units
 from quantlab.plan import Plan, PlanEntry, resolve_plan
 from quantlab.recipe import KEEP, Recipe, find_recipe, load_recipe
 from quantlab.store import MANIFEST, PACKED, ArtifactStore, as_store, atomic_directory, content_key
+from quantlab.store.records import Manifest
 
 DTYPE_BITS = {torch.float32: 32, torch.bfloat16: 16, torch.float16: 16}
 
@@ -65,6 +66,9 @@ def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
     revision = None if recipe.calibration is None else calibration_revision(recipe.calibration.dataset)
     if revision is not None:
         weights["calibration_text_revision"] = revision
+    if any(get_method(g.method.name).needs_calibration for g in recipe.groups):
+        # statistics from a float32 forward pass (before: in the model's dtype, bf16 for the embedded model)
+        weights["calibration_compute_dtype"] = "float32"
     return content_key({"recipe": weights, "model_sha256": model_sha256, "versions": versions})
 
 
@@ -189,7 +193,7 @@ def _build(
             },
             "torch_threads": torch.get_num_threads(),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
     return BuildResult(out, False, manifest)
 
 
@@ -228,7 +232,8 @@ def _input_statistics(recipe: Recipe, model, tokenizer, plan: Plan) -> dict:
     from quantlab.methods.activations import collect_input_statistics
 
     tokens = calibration_tokens(recipe.calibration, tokenizer)
-    return collect_input_statistics(model, [u for u in units if u.component != "embeddings"], tokens)
+    with computing_in_float32(model):  # as the lab runs its baselines; bf16 weights convert exactly and back
+        return collect_input_statistics(model, [u for u in units if u.component != "embeddings"], tokens)
 
 
 def _apply(entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:

@@ -14,8 +14,6 @@ TASKS_FOLDER = Path(__file__).resolve().parent / "lm_eval_tasks"
 
 
 def register(registry: Registry) -> None:
-    from quantlab.zoo.cli import zoo_app
-
     registry.model_sources[PREFIX] = resolve
     registry.default_model = "zoo:tiny-gpt-oss"
     # revision 2: low-effort questions followed by their own (answer-only) solution, not the high-effort chain
@@ -28,7 +26,7 @@ def register(registry: Registry) -> None:
     registry.measure_texts[AIME_TEXT] = MeasureText(measure_documents, default=True)
     registry.task_folders.append(TASKS_FOLDER)
     registry.effort_metadata_tasks |= {p.stem for p in TASKS_FOLDER.glob("*.yaml")}  # the prompt's effort marker
-    registry.commands.append(("zoo", zoo_app))
+    registry.commands.append(("zoo", "quantlab.zoo.cli:zoo_app"))  # imported by the CLI when it starts
     registry.model_card = _card
 
 

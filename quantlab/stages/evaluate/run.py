@@ -19,7 +19,8 @@ import torch
 from quantlab.errors import UserError
 from quantlab.runtimes import Loaded, get_runtime
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
-from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key, record_json
+from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key
+from quantlab.store.records import Evaluation
 
 METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
 
@@ -244,7 +245,7 @@ def evaluate(
             "settings": settings,
             "settings_hash": settings_hash,
         } | result
-        atomic_write_text(path, record_json(result, indent=1, default=str))
+        atomic_write_text(path, Evaluation.from_dict(result, path).to_json(indent=1, default=str))
     return result | {"cache_hit": False}
 
 

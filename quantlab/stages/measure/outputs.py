@@ -4,12 +4,12 @@ two PNGs (per-expert heatmaps of isolated output error and of routed tokens, and
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 from quantlab.store import atomic_directory
+from quantlab.store.records import Measurement
 
 
 def expert_weight_errors(manifest: dict) -> dict[tuple[int, int], dict[str, dict]]:
@@ -23,7 +23,7 @@ def expert_weight_errors(manifest: dict) -> dict[tuple[int, int], dict[str, dict
 
 def write_measurement(result: dict, folder: Path) -> None:
     with atomic_directory(folder, force=True) as tmp:
-        (tmp / "measure.json").write_text(json.dumps(result, indent=2) + "\n")
+        (tmp / "measure.json").write_text(Measurement.from_dict(result, folder / "measure.json").to_json(indent=2))
         with open(tmp / "experts.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(

@@ -25,7 +25,7 @@ from quantlab.methods.activations import activate
 from quantlab.stages.measure.outputs import expert_weight_errors, write_measurement
 from quantlab.stages.measure.text import EvaluationText
 from quantlab.statistics import distribution, perplexity, rate
-from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, sha256_file
+from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, read_json, sha256_file
 
 
 def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
@@ -310,20 +310,37 @@ def measure_variant(
     artifacts=None,
     write: bool = True,
     force: bool = False,
+    scoring: str = "rows",
+    n_ctx: int | None = None,
 ) -> dict:
     """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs. The stored
-    measurement is returned instead (``cache_hit``) when variant, baseline, text and length are the same."""
+    measurement is returned instead (``cache_hit``) when variant, baseline, text and length are the same.
+    ``scoring``: ``rows`` (one document per row, answer tokens marked) or ``llama-perplexity`` (a plain text in
+    chunks of ``n_ctx`` tokens, the second half of each scored, as llama.cpp's tool; default n_ctx: the
+    model's context, at most 512, the tool's default)."""
+    from quantlab.stages.measure.text import LLAMA_PERPLEXITY, SCORINGS
+
     store = as_store(artifacts)
     folder = store.variant(variant_ref)
     manifest = store.manifest(folder)
     settings = _settings(store, manifest, baseline_ref, text_file, max_tokens)
+    if scoring not in SCORINGS:
+        raise UserError(f"--scoring {scoring!r}: choose one of {', '.join(SCORINGS)}")
+    if scoring == LLAMA_PERPLEXITY:
+        context = int(read_json(folder / MODEL / "config.json").get("max_position_embeddings", 512))
+        n_ctx = n_ctx or min(512, context)
+        if not 4 <= n_ctx <= context:
+            raise UserError(f"--ctx {n_ctx}: give a chunk length from 4 to the model's context ({context})")
+        if text_file is None:
+            raise UserError(f"--scoring {LLAMA_PERPLEXITY} needs --text FILE (a plain text, e.g. wiki.test.raw)")
+        settings |= {"scoring": scoring, "n_ctx": n_ctx}  # only then: earlier measurements keep their keys
     key = content_key({"variant": manifest["cache_key"], "settings": settings})
     stored = ArtifactStore.measurement_path(folder)
     with ArtifactStore.lock(stored) if write else contextlib.nullcontext():
         previous = ArtifactStore.cached(stored, key) if write and not force else None
         if previous is not None:
             return previous | {"cache_hit": True}
-        result = _measure(store, folder, manifest, baseline_ref, text_file, max_tokens)
+        result = _measure(store, folder, manifest, baseline_ref, text_file, max_tokens, settings.get("n_ctx"))
         result = {
             "schema_version": SCHEMA_VERSION,
             "cache_key": key,
@@ -340,10 +357,16 @@ def measure_variant(
 
 
 def _measure(
-    store: ArtifactStore, folder: Path, manifest: dict, baseline_ref: str | None, text_file, max_tokens: int
+    store: ArtifactStore,
+    folder: Path,
+    manifest: dict,
+    baseline_ref: str | None,
+    text_file,
+    max_tokens: int,
+    llama_perplexity_ctx: int | None = None,
 ) -> dict:
     from quantlab.models.loading import load_model, resolve_model
-    from quantlab.stages.measure.text import evaluation_text
+    from quantlab.stages.measure.text import evaluation_text, llama_perplexity_text
 
     variant, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
     if baseline_ref is None:
@@ -357,9 +380,12 @@ def _measure(
         raise UserError(
             f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ"
         )
-    text = evaluation_text(
-        tokenizer, text_file, max_tokens=max_tokens, length=min(128, baseline.config.max_position_embeddings)
-    )
+    if llama_perplexity_ctx:
+        text = llama_perplexity_text(tokenizer, text_file, llama_perplexity_ctx, max_tokens)
+    else:
+        text = evaluation_text(
+            tokenizer, text_file, max_tokens=max_tokens, length=min(128, baseline.config.max_position_embeddings)
+        )
     result = {"baseline": baseline_name} | measure_pair(baseline, variant, text)
     weight_errors = expert_weight_errors(manifest)
     for layer in result["layers"]:

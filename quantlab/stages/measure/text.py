@@ -97,3 +97,33 @@ def evaluation_text(
         attention[r, : len(ids)] = 1
         answer[r, : len(ids)] = torch.tensor(mask)
     return EvaluationText(name, tokens, attention, answer)
+
+
+LLAMA_PERPLEXITY = "llama-perplexity"
+SCORINGS = ("rows", LLAMA_PERPLEXITY)
+
+
+def llama_perplexity_text(tokenizer, text_file: Path | str, n_ctx: int, max_tokens: int = 16384) -> EvaluationText:
+    """The text scored exactly as llama.cpp's ``llama-perplexity`` (and its ``--kl-divergence``) scores it: the
+    whole file tokenized once, cut into consecutive chunks of ``n_ctx`` tokens (the tail that fills no chunk
+    dropped), the first token of each chunk replaced by BOS when the tokenizer adds one, and only the second
+    half of each chunk scored: the logits at positions n_ctx/2 ... n_ctx-2 predicting the tokens after them
+    (n_ctx - 1 - n_ctx/2 per chunk; tools/perplexity/perplexity.cpp, ``first = n_ctx/2``). The scored tokens
+    are the text's "answer tokens", so every statistic over them is the one llama.cpp reports."""
+    path = Path(text_file)
+    if not path.is_file():
+        raise UserError(f"--text {path}: no such file (--scoring {LLAMA_PERPLEXITY} takes a plain text file)")
+    ids = tokenizer(path.read_text(encoding="utf-8", errors="replace"))["input_ids"]
+    chunks = min(len(ids), max_tokens) // n_ctx
+    if len(ids) < 2 * n_ctx or chunks < 1:
+        raise UserError(
+            f"--text {path}: {len(ids)} tokens; --scoring {LLAMA_PERPLEXITY} needs at least 2 x --ctx "
+            f"({2 * n_ctx}) tokens, as llama-perplexity does"
+        )
+    tokens = torch.tensor(ids[: chunks * n_ctx], dtype=torch.long).reshape(chunks, n_ctx)
+    if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None:
+        tokens[:, 0] = tokenizer.bos_token_id
+    scored = torch.zeros_like(tokens, dtype=torch.bool)
+    scored[:, n_ctx // 2 + 1 :] = True  # targets of the logits at first = n_ctx/2 ... n_ctx-2
+    name = f"{path} (llama-perplexity: {chunks} chunks of {n_ctx}, second half scored)"
+    return EvaluationText(name, tokens, torch.ones_like(tokens), scored)

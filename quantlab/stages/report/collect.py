@@ -14,7 +14,8 @@ from pathlib import Path
 
 from quantlab.errors import UserError
 from quantlab.statistics import flips
-from quantlab.store import ArtifactStore, as_store, read_json
+from quantlab.store import MANIFEST, ArtifactStore, as_store
+from quantlab.store.records import Attribution, Evaluation, Manifest, Measurement
 
 
 @dataclass
@@ -82,14 +83,16 @@ def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, bas
     for name in names or available:
         folder = store.variant_folder(name)
         measure = ArtifactStore.measurement_path(folder)
-        variant = Variant(name, folder, store.manifest(folder), read_json(measure) if measure.is_file() else None)
-        variant.evals = [read_json(p) for p in ArtifactStore.evaluations(folder)]
+        manifest = Manifest.from_json(folder / MANIFEST).to_dict()
+        measured = Measurement.from_json(measure).to_dict() if measure.is_file() else None
+        variant = Variant(name, folder, manifest, measured)
+        variant.evals = [Evaluation.from_json(p).to_dict() for p in ArtifactStore.evaluations(folder)]
         variants.append(variant)
     if not names:  # highest precision first, the way a provider table lists the reference first
         variants.sort(key=lambda v: (-v.bits, v.name))
     if baseline not in {v.name for v in variants}:
         baseline = None
-    attributions = [read_json(p) for p in store.attributions()]
+    attributions = [Attribution.from_json(p).to_dict() for p in store.attributions()]
     return Store(store.root, variants, _comparisons(variants), attributions, baseline)
 
 

@@ -1,0 +1,173 @@
+"""The store's records, typed: what manifest.json, measure.json, an evaluation and an attribution hold.
+
+Each is a pydantic model with a schema version; a stage builds one and writes ``to_json()``, the report and the
+cache read them back with ``from_json(path)``, so that a record of another shape (a foreign file, a damaged
+one, a newer schema) is one line naming the file and the field, not a KeyError three modules later. The fields
+below are the ones the lab relies on across stages; the long per-tensor, per-layer and per-sample tables ride
+along as plain JSON (``extra="allow"``) and keep their writers' layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from quantlab.errors import UserError
+from quantlab.store.artifacts import read_json, record_json
+
+R = TypeVar("R", bound="Record")
+
+
+class Part(BaseModel):
+    """A nested part of a record: its declared fields checked, anything else kept as it was written."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Record(Part):
+    SCHEMA: ClassVar[int] = 1
+    kind: ClassVar[str] = "record"
+
+    schema_version: int = 1
+    cache_key: str = ""  # the content key of the inputs that made it; none in records older than the key: never a hit
+
+    @classmethod
+    def from_json(cls: type[R], path: Path) -> R:
+        """The record in ``path``; a one-line error naming the file and the first bad field otherwise."""
+        return cls.from_dict(read_json(path), path)
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any], path: Path | str = "<record>") -> R:
+        try:
+            record = cls.model_validate(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise UserError(
+                f"{path}: not a quantlab {cls.kind} record ({field}: {first['msg']}); "
+                "delete it and re-run the command that wrote it"
+            ) from None
+        if record.schema_version > cls.SCHEMA:
+            raise UserError(
+                f"{path}: a {cls.kind} record of schema {record.schema_version}, newer than this quantlab "
+                f"reads ({cls.SCHEMA}); upgrade quantlab or re-run the command that wrote it"
+            )
+        return record
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+    def to_json(self, indent: int = 1, default: Any = None) -> str:
+        return record_json(self.to_dict(), indent=indent, default=default)
+
+
+class ModelIdentity(Part):
+    source: str
+    folder: str
+    sha256: str
+    architecture: str
+
+
+class PlanSummary(Part):
+    weights: int
+    quantized_weights: int
+    size_bytes: int
+    average_bits_per_weight: int | float
+    baseline_bits_per_weight: int | float  # the model's dtype's bits (an int) or float32's
+
+
+class Manifest(Record):
+    """``<variant>/manifest.json``: what was built, from what, with which versions, and every tensor's choice."""
+
+    kind: ClassVar[str] = "manifest"
+
+    variant: str
+    recipe: dict[str, Any]
+    recipe_file: str
+    model: ModelIdentity
+    seed: int
+    versions: dict[str, str]
+    plan: PlanSummary
+    stored_float32: list[str]
+    tensors: list[dict[str, Any]]
+    sizes: dict[str, Any]
+    exports: dict[str, Any]
+    run: dict[str, Any]
+
+
+class MeasureSettings(Part):
+    baseline: str | None
+    baseline_key: str
+    text: str | None
+    text_sha256: str | None
+    tokens: int
+
+
+class Measurement(Record):
+    """``<variant>/measure/measure.json``: the variant against its baseline on one text."""
+
+    kind: ClassVar[str] = "measurement"
+
+    variant: str
+    baseline: str
+    variant_cache_key: str
+    bits_per_weight: int | float
+    settings: MeasureSettings
+    text: str
+    rows: int
+    tokens: int
+    predicted_tokens: int
+    answer_tokens: int
+    logits: dict[str, Any]
+    layers: list[dict[str, Any]]
+    answer_tokens_per_row: dict[str, list[int | float]]
+
+
+class Evaluation(Record):
+    """``<subject>/eval/<task>-<settings hash>.json``: one task on one subject, every repeat and item."""
+
+    kind: ClassVar[str] = "evaluation"
+
+    subject: str
+    subject_key: str
+    task: str
+    settings: dict[str, Any]
+    settings_hash: str
+    items: int
+    repeats: int
+    seeds: list[int]
+    metric: str
+    filter: str | None
+    score: int | float
+    ci95: list[int | float]
+    per_repeat_scores: list[int | float]
+    pass_at_k: dict[str, int | float]
+    correct: list[list[int | float]]
+    doc_ids: list[int]
+
+
+class FactorRecord(Part):
+    key: str
+    label: str
+    kind: str
+
+
+class Attribution(Record):
+    """``attribution/<recipe>/attribution-<settings>.json``: a recipe's loss and KL drift shared among its choices."""
+
+    kind: ClassVar[str] = "attribution"
+
+    recipe: str
+    recipe_file: str
+    design: str
+    factor_granularity: str
+    factors: list[FactorRecord]
+    settings: dict[str, Any]
+    resamples: int
+    seed: int
+    permutations: int
+    tasks: dict[str, dict[str, Any]]
+    kl: dict[str, Any] | None
+    cells: list[dict[str, Any]]
