@@ -269,7 +269,10 @@ def _evaluate(model_folder: Path, task: str, settings: dict, seed: int, batch_si
         "correct": correct.tolist(),
         "doc_ids": [s["doc_id"] for s in per_repeat[0]["samples"]],
         "lm_eval": [{"results": r["results"], "config": r["config"], "samples": r["samples"]} for r in per_repeat],
-        "versions": _versions(),
+        # transformers picks the MoE experts' kernel at load time (grouped_mm by default in 5.23, recorded since
+        # the checkpoint's config does not name one): part of what produced these answers
+        "versions": _versions()
+        | {"experts_implementation": getattr(prepared["loaded"].model.config, "_experts_implementation", None)},
     }
 
 
