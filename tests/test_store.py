@@ -58,9 +58,26 @@ def test_a_record_of_another_shape_names_its_file_and_field(tmp_path):
     path.write_text(json.dumps({"variant": "x", "cache_key": "k"}))
     with pytest.raises(UserError, match=r"manifest.json: not a quantlab manifest record \(recipe: Field required\)"):
         Manifest.from_json(path)
-    good = {"cache_key": "k", "subject": "s", "subject_key": "sk", "task": "t", "settings": {}, "settings_hash": "h",
-            "items": 1, "repeats": 1, "seeds": [0], "metric": "acc", "filter": None, "score": 1.0, "ci95": [1.0, 1.0],
-            "per_repeat_scores": [1.0], "pass_at_k": {"1": 1.0}, "correct": [[1.0]], "doc_ids": [0], "lm_eval": []}
+    good = {
+        "cache_key": "k",
+        "subject": "s",
+        "subject_key": "sk",
+        "task": "t",
+        "settings": {},
+        "settings_hash": "h",
+        "items": 1,
+        "repeats": 1,
+        "seeds": [0],
+        "metric": "acc",
+        "filter": None,
+        "score": 1.0,
+        "ci95": [1.0, 1.0],
+        "per_repeat_scores": [1.0],
+        "pass_at_k": {"1": 1.0},
+        "correct": [[1.0]],
+        "doc_ids": [0],
+        "lm_eval": [],
+    }
     record = Evaluation.from_dict(good)
     assert record.score == 1.0 and record.schema_version == 1 and json.loads(record.to_json())["lm_eval"] == []
     with pytest.raises(UserError, match="schema 9, newer than"):
@@ -72,8 +89,10 @@ def test_a_record_of_another_shape_names_its_file_and_field(tmp_path):
 
 def test_two_processes_building_the_same_variant_build_it_once(tmp_path):
     command = [sys.executable, "-m", "quantlab", "build", "bf16", "--artifacts", str(tmp_path / "store")]
-    first, second = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-                     for _ in range(2))
+    first, second = (
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for _ in range(2)
+    )
     outputs = [p.communicate(timeout=600) for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     said = sorted("cache hit" if "cache hit" in out else "built" for out, _ in outputs)

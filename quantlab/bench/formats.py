@@ -98,15 +98,7 @@ def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
     target = torch.empty_like(matrix)
     copy_preallocated = _rate(n, best_seconds(lambda: target.copy_(matrix), repeats))
     rows = []
-    for name, params in BENCH_FORMATS:
-        fmt = get_format(name, **params)
-        if progress:
-            progress(fmt.describe())
-        try:
-            packed = fmt.quantize(matrix)
-        except Exception as error:  # e.g. ggml not installed: report, keep going
-            rows.append({"format": fmt.describe(), "skipped": str(error)})
-            continue
+    for name, params, fmt, packed in _quantized_formats(matrix, progress, rows):
         quantize_s = best_seconds(lambda: fmt.quantize(matrix), repeats)
         dequantize_s = best_seconds(lambda: fmt.dequantize(packed), repeats)
         row = {
@@ -177,20 +169,27 @@ def reference_model_matrices() -> list[tuple[str, torch.Tensor]]:
     return matrices
 
 
-def rate_distortion(progress=None) -> dict:
-    """SQNR and stored bits per weight of every format on Gaussian and on the reference model's weights."""
-    gaussian = torch.randn(1024, 4096, generator=torch.Generator().manual_seed(0))
-    model = reference_model_matrices()
-    rows = []
+def _quantized_formats(matrix: torch.Tensor, progress, rows: list[dict]):
+    """(name, params, format, its packing of ``matrix``) for every benchmarked format; one that cannot run here (ggml not
+    installed) becomes a skipped row of ``rows`` and the benchmark goes on."""
     for name, params in BENCH_FORMATS:
         fmt = get_format(name, **params)
         if progress:
             progress(fmt.describe())
         try:
-            packed = fmt.quantize(gaussian)
+            packed = fmt.quantize(matrix)
         except Exception as error:
             rows.append({"format": fmt.describe(), "skipped": str(error)})
             continue
+        yield name, params, fmt, packed
+
+
+def rate_distortion(progress=None) -> dict:
+    """SQNR and stored bits per weight of every format on Gaussian and on the reference model's weights."""
+    gaussian = torch.randn(1024, 4096, generator=torch.Generator().manual_seed(0))
+    model = reference_model_matrices()
+    rows = []
+    for _name, _params, fmt, packed in _quantized_formats(gaussian, progress, rows):
         bits = packed.stored_bytes * 8 / gaussian.numel()
         signal = noise = 0.0
         model_bytes = model_values = 0

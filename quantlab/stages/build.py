@@ -290,29 +290,35 @@ def _row(entry: PlanEntry, original: torch.Tensor, result: Quantized, descriptio
     stored_bytes = 0
     for value in result.stored.values():
         stored_bytes += value.stored_bytes if isinstance(value, Packed) else value.numel() * value.element_size()
+    return (
+        _unit_fields(entry)
+        | {
+            "format": entry.format_name,
+            "method": entry.method,
+            "group": entry.group,
+            "fallback": entry.fallback,
+            "bits_per_weight": round(8 * stored_bytes / original.numel(), 4),
+            "stored_bytes": stored_bytes,
+            "error": error_summary(original, result.dequantized),
+        }
+        | {key: result.notes[key] for key in ("rank", "calibration_tokens", "method_fallback") if key in result.notes}
+    )
+
+
+def _unit_fields(entry: PlanEntry) -> dict:
+    """Which matrix a manifest row is about (the first fields of every row)."""
+    unit = entry.unit
     return {
-        "name": entry.unit.name,
-        "component": entry.unit.component,
-        "layer": entry.unit.layer,
-        "expert": entry.unit.expert,
-        "shape": list(entry.unit.shape),
-        "format": entry.format_name,
-        "method": entry.method,
-        "group": entry.group,
-        "fallback": entry.fallback,
-        "bits_per_weight": round(8 * stored_bytes / original.numel(), 4),
-        "stored_bytes": stored_bytes,
-        "error": error_summary(original, result.dequantized),
-    } | {key: result.notes[key] for key in ("rank", "calibration_tokens", "method_fallback") if key in result.notes}
+        "name": unit.name,
+        "component": unit.component,
+        "layer": unit.layer,
+        "expert": unit.expert,
+        "shape": list(unit.shape),
+    }
 
 
 def _kept_row(entry: PlanEntry) -> dict:
-    return {
-        "name": entry.unit.name,
-        "component": entry.unit.component,
-        "layer": entry.unit.layer,
-        "expert": entry.unit.expert,
-        "shape": list(entry.unit.shape),
+    return _unit_fields(entry) | {
         "format": KEEP,
         "why": entry.why,
         "bits_per_weight": entry.bits_per_weight,
