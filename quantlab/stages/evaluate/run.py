@@ -11,6 +11,7 @@ same request again is a cache hit.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,6 @@ def _task_manager(metadata: dict | None = None):
 def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | None = None):
     """The task as lm-eval takes it: its name, or (with a local data file) its own config with the dataset
     replaced by the file, so that its prompts, filters and scoring stay lm-eval's."""
-    import os
     import re as regex
 
     if task not in manager.all_tasks:
@@ -138,7 +138,7 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
         return task
     config = dict(manager._get_config(task))
     if not data:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
             raise UserError(
                 f"task {task}: its data ({config.get('dataset_path')}) is on the hub, which is unreachable "
                 f"here; give a local copy: --data {task}=path.jsonl"
@@ -382,6 +382,21 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
             for s in samples
         ],
     }
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a connection: asked once, before lm-eval's dataset
+    loader would retry an unreachable hub for half a minute and end in a traceback."""
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def _unreachable(error: BaseException) -> bool:
