@@ -9,6 +9,17 @@ import torch
 _FINAL_ANSWER = re.compile(r"####\s*(-?\d+)")
 
 
+def right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both (len(sequences), longest): each sequence left-aligned, padded with pad_id."""
+    width = max(len(x) for x in sequences)
+    ids = torch.full((len(sequences), width), pad_id)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, x in enumerate(sequences):
+        ids[row, : len(x)] = torch.tensor(x)
+        mask[row, : len(x)] = 1
+    return ids, mask
+
+
 def extract_final_answer(text: str) -> int | None:
     """The integer after the last ``####`` marker, or None when the text has none."""
     found = _FINAL_ANSWER.findall(text)
@@ -50,12 +61,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
         chunk = pairs[start : start + batch_size]
         contexts = [tokenizer(c)["input_ids"] for c, _ in chunk]
         wholes = [tokenizer(c + x)["input_ids"] for c, x in chunk]
-        width = max(len(w) for w in wholes)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, whole in enumerate(wholes):
-            ids[row, : len(whole)] = torch.tensor(whole)
-            mask[row, : len(whole)] = 1
+        ids, mask = right_padded(wholes, tokenizer.pad_token_id)
         logprobs = torch.log_softmax(
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
         )

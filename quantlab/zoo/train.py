@@ -19,7 +19,7 @@ from transformers import GptOssForCausalLM
 from quantlab.store import atomic_directory
 from quantlab.zoo import tasks
 from quantlab.zoo.model import MODEL_NAME, tiny_gpt_oss_config
-from quantlab.zoo.score import exact_match
+from quantlab.zoo.score import exact_match, right_padded
 from quantlab.zoo.scoring import record_scores, score_reference_tasks
 from quantlab.zoo.settings import TrainSettings
 from quantlab.zoo.tokenizer import save_tokenizer, train_tokenizer
@@ -60,12 +60,7 @@ def _batches(tokenizer, seed: int, batch_size: int, low_effort_fraction: float, 
         groups = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
         order_rng.shuffle(groups)
         for group in groups:
-            width = max(len(x) for x in group)
-            ids = torch.full((len(group), width), tokenizer.pad_token_id)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, x in enumerate(group):
-                ids[row, : len(x)] = torch.tensor(x)
-                mask[row, : len(x)] = 1
+            ids, mask = right_padded(group, tokenizer.pad_token_id)
             labels = ids.masked_fill(mask == 0, -100)
             yield ids, mask, labels
 
