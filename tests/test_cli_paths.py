@@ -267,3 +267,23 @@ def _remaining(ctx) -> list[str]:
     """What a group's context leaves for its subcommand (click keeps the subcommand's name apart)."""
     protected = getattr(ctx, "_protected_args", None)
     return list(protected if protected is not None else ctx.protected_args) + list(ctx.args)
+
+
+def test_nan_weights_name_the_checkpoint_and_the_matrix(tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from quantlab.models.loading import resolve_model
+
+    model = tmp_path / "damaged"
+    shutil.copytree(resolve_model("zoo:tiny-gpt-oss"), model)
+    tensors = load_file(model / "model.safetensors")
+    tensors["model.layers.1.mlp.experts.down_proj"][3, 0, 0] = float("nan")
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    recipe = tmp_path / "nan.yaml"
+    recipe.write_text(f"name: nan\nmodel: {model}\ngroups:\n  - select: {{component: experts}}\n    format: mxfp4\n")
+    store = tmp_path / "store"
+    code, out, err = quantlab("build", str(recipe), "--artifacts", str(store), capsys=capsys)
+    one_line_error(code, err, str(model), "model.layers.1.mlp.experts.down_proj[3]", "NaN")
+    assert not store.exists() or not any(store.iterdir())

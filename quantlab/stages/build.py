@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from quantlab.calibration import calibration_revision
+from quantlab.errors import UserError
 from quantlab.formats import Packed, get_format
 from quantlab.methods import Quantized, get_method
 from quantlab.models.loading import computing_in_float32, load_model, resolve_model, weights_sha256
@@ -149,6 +150,11 @@ def _build(
         if progress:
             progress(i, len(todo), entry.unit.name)
         original = entry.unit.read(parameters)
+        if not torch.isfinite(original).all():  # a damaged checkpoint: say where, before anything is written
+            raise UserError(
+                f"{folder}: {entry.unit.name} holds NaN or Inf values; the checkpoint is damaged "
+                "(re-download or re-export it)"
+            )
         result = _apply(entry, original, statistics.get(entry.unit.name))
         parameter = parameters[entry.unit.tensor]
         if parameter.dtype != torch.float32 and not _exact_in(result.dequantized, parameter.dtype):
