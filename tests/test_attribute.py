@@ -208,3 +208,18 @@ def test_all_granularity_splits_a_group_size_from_its_format():
     assert cell_recipe(recipe, frozenset({"groups[0].granularity"}), False, keys) is None
     # formats without a per-row form (mxfp4's fixed blocks) keep one factor
     assert [f.key for f in recipe_factors(load_recipe(REPO / "recipes" / "mxfp4.yaml"), False, "all")] == ["groups[0]"]
+
+
+def test_cells_of_a_recipe_with_the_native_export_build(tmp_path):
+    """mxfp4 exports the native gpt-oss layout, which needs every expert in MXFP4: a cell without the experts'
+    format cannot have it, and it is no factor, so cells keep only the GGUF (for the runtime factor)."""
+    from quantlab.stages.build import build
+
+    recipe = load_recipe("mxfp4")
+    assert "native" in recipe.exports
+    baseline_cell = cell_recipe(recipe, frozenset({"runtime"}), runtime=True)
+    full_cell = cell_recipe(recipe, frozenset({"groups[0]", "runtime"}), runtime=True)
+    assert baseline_cell.exports == ["gguf"] and full_cell.exports == ["gguf"]
+    path = tmp_path / "cell.yaml"
+    path.write_text(baseline_cell.model_copy(update={"name": "mxfp4.0"}).as_yaml())
+    assert (build(path, tmp_path / "cells").path / "model.gguf").is_file()

@@ -154,7 +154,9 @@ def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool, keys: set[s
         if not (runtime and "runtime" in cell):
             return None
         groups = [Group(select=Selector(regex=".*"), format=Named(name=KEEP))]  # the baseline, exported
-    exports = sorted(set(recipe.exports) | ({"gguf"} if runtime else set()))
+    # A cell keeps the GGUF export (the llama.cpp runtime runs it) but not the native gpt-oss layout: that is no
+    # factor, and it needs every expert in MXFP4, which a cell without the experts' format does not have.
+    exports = sorted(({"gguf"} & set(recipe.exports)) | ({"gguf"} if runtime else set()))
     return recipe.model_copy(update={"preset": preset, "groups": groups, "exports": exports, "serve": None})
 
 
