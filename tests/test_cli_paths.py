@@ -121,6 +121,8 @@ def test_a_store_with_no_variant_or_none_at_all(tmp_path, capsys):
         (["report", "nosuch"], ["nosuch", "not built"]),
         (["zoo", "info", "--model", "/nonexistent/checkpoint"], ["no such checkpoint"]),
         (["eval", "--tasks", ""], ["--tasks"]),
+        (["demo", "--count", "0"], ["--count"]),
+        (["bench", "formats", "--repeats", "0"], ["--repeats"]),
     ],
 )
 def test_a_missing_or_odd_argument_is_one_line(one_variant, tmp_path, monkeypatch, capsys, args, words):

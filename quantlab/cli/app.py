@@ -354,7 +354,7 @@ def report_command(
 
 @app.command("demo")
 def demo(
-    count: int = typer.Option(500, help="Test items per task in the evaluation (and in the attribution)."),
+    count: int = typer.Option(500, min=1, help="Test items per task in the evaluation (and in the attribution)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Where the variants and results go."),
 ) -> None:
     """The lab end to end on the embedded default: build the shipped recipes, measure them against the baseline,
@@ -410,8 +410,8 @@ def _demo_stage(stage: str, run, spinner) -> None:
 @bench_app.command("formats")
 def bench_formats(
     quality: bool = typer.Option(False, "--quality", help="Rate-distortion table (SQNR vs bits) instead of speed."),
-    size: int = typer.Option(4096, help="Speed: the matrix is size x size."),
-    repeats: int = typer.Option(3, help="Speed: best of this many runs."),
+    size: int = typer.Option(4096, min=256, help="Speed: the matrix is size x size."),
+    repeats: int = typer.Option(3, min=1, help="Speed: best of this many runs."),
     plot: Optional[Path] = typer.Option(None, help="Quality: also write the rate-distortion plot (PNG) here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Speed: print the table as Markdown (docs/formats.md)."),
@@ -463,7 +463,7 @@ def bench_build_memory(
 def bench_measure(
     variant: str = typer.Argument("mxfp4", help="A built variant (artifact folder or name under --artifacts)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
-    tokens: int = typer.Option(16384, "--tokens"),
+    tokens: int = typer.Option(16384, "--tokens", min=256),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Time of quantlab measure against two plain forward passes (baseline and variant) over the same tokens."""
