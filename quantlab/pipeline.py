@@ -37,12 +37,12 @@ class DemoRun:
     evaluations: list[dict] = field(default_factory=list)  # evaluate_tasks rows
     attribution: dict = field(default_factory=dict)
     report: Path | None = None
-    headline: dict[str, dict] = field(default_factory=dict)  # the headline task's stored evaluation per variant
     seconds: float = 0.0
 
     @property
-    def names(self) -> list[str]:
-        return [b.manifest["variant"] for b in self.builds]
+    def headline(self) -> dict[str, dict]:
+        """The headline task's evaluation of each variant (its row of ``evaluations``), in build order."""
+        return {row["subject"]: row for row in self.evaluations if row["task"] == HEADLINE_TASK}
 
 
 def demo_variants() -> list[str]:
@@ -72,7 +72,7 @@ def run_demo(
     attribute, report; ``progress(message)`` for what is running now."""
     from quantlab.stages.attribute import attribute
     from quantlab.stages.build import build
-    from quantlab.stages.evaluate.run import evaluate, evaluate_tasks
+    from quantlab.stages.evaluate.run import evaluate_tasks
     from quantlab.stages.measure.run import measure_variant
     from quantlab.stages.report import write_report
 
@@ -120,7 +120,6 @@ def run_demo(
         f"quantlab report {' '.join(names)} --out {run.report} --artifacts {store.root}",
     )
     stage("report")
-    run.headline = {n: evaluate(n, HEADLINE_TASK, limit=count, artifacts=store) for n in names}  # cache hits
     run.seconds = time.perf_counter() - started
     return run
 

@@ -15,6 +15,26 @@ from quantlab.store import ArtifactStore, content_key
 from quantlab.store.records import Evaluation, Manifest
 
 REPO = Path(__file__).resolve().parent.parent
+# The fields a manifest must have (store/records.py), with placeholder values.
+MANIFEST = {
+    "recipe": {},
+    "recipe_file": "r.yaml",
+    "seed": 0,
+    "versions": {},
+    "stored_float32": [],
+    "tensors": [],
+    "sizes": {},
+    "exports": {},
+    "run": {},
+    "model": {"source": "zoo:tiny-gpt-oss", "folder": "f", "sha256": "0", "architecture": "gpt_oss"},
+    "plan": {
+        "weights": 1,
+        "quantized_weights": 0,
+        "size_bytes": 2,
+        "average_bits_per_weight": 16,
+        "baseline_bits_per_weight": 16,
+    },
+}
 
 
 def test_content_key_is_canonical_json_sha256():
@@ -43,12 +63,12 @@ def test_references_resolve_in_one_place(tmp_path):
         store.variant("mxfp4")
     folder = store.variant_folder("mxfp4")
     (folder / "model").mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({"variant": "mxfp4", "cache_key": "abc"}))
+    (folder / "manifest.json").write_text(json.dumps(MANIFEST | {"variant": "mxfp4", "cache_key": "abc"}))
     assert store.built() == ["mxfp4"] and store.variant("mxfp4") == folder and store.variant(str(folder)) == folder
     subject = store.subject("mxfp4")
     assert (subject.name, subject.key, subject.results) == ("mxfp4", "abc", folder / "eval")
     source = store.subject("zoo:tiny-gpt-oss")  # a model source: results under baselines/
-    assert source.folder is None and source.results == store.root / "baselines" / "zoo-tiny-gpt-oss" / "eval"
+    assert source.gguf is None and source.results == store.root / "baselines" / "zoo-tiny-gpt-oss" / "eval"
     with pytest.raises(UserError, match="neither a variant built"):
         store.subject("nosuch")
 

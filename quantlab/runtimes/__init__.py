@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from quantlab.errors import UserError
 from quantlab.registry import Registered
+from quantlab.store import Subject
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Loaded:
     folder: Path  # the Hugging Face model folder
     model: Any
     tokenizer: Any
+    gguf: Path | None = None  # the variant's GGUF export, when it has one
 
     @property
     def context_length(self) -> int:
@@ -37,7 +39,7 @@ class Runtime(Registered):
     kind: ClassVar[str] = "backend"
     _entries: ClassVar[dict[str, Registered]] = {}
 
-    def check(self, model_folder: Path, settings: dict) -> None:
+    def check(self, subject: Subject, settings: dict) -> None:
         """A one-line error when this runtime cannot run the subject with these settings."""
 
     def language_model(self, loaded: Loaded, settings: dict, seed: int, batch_size: int):
@@ -60,17 +62,17 @@ class Transformers(Runtime, name="hf"):
 
 
 class LlamaCpp(Runtime, name="llama.cpp"):
-    def check(self, model_folder, settings):
-        if not (model_folder.parent / "model.gguf").is_file():
+    def check(self, subject, settings):
+        if subject.gguf is None:
             raise UserError(
-                f"backend llama.cpp: {model_folder.parent.name} has no GGUF export; build it with exports: [gguf] in its recipe"
+                f"backend llama.cpp: {subject.name} has no GGUF export; build it with exports: [gguf] in its recipe"
             )
 
     def language_model(self, loaded, settings, seed, batch_size):
         from quantlab.runtimes.llama_cpp_lm import LlamaCppLM
 
         return LlamaCppLM(
-            loaded.folder.parent / "model.gguf",
+            loaded.gguf,
             loaded.tokenizer,
             loaded.context_length,
             seed=seed,
@@ -80,7 +82,7 @@ class LlamaCpp(Runtime, name="llama.cpp"):
 
 
 class Endpoint(Runtime, name="endpoint"):
-    def check(self, model_folder, settings):
+    def check(self, subject, settings):
         if not settings.get("endpoint"):
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
 
@@ -102,7 +104,7 @@ class Endpoint(Runtime, name="endpoint"):
 
 
 class VLLM(Runtime, name="vllm"):
-    def check(self, model_folder, settings):
+    def check(self, subject, settings):
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
@@ -120,7 +122,3 @@ class VLLM(Runtime, name="vllm"):
 def get_runtime(name: str) -> Runtime:
     """The runtime ``--backend`` names; a one-line error listing the available ones otherwise."""
     return Runtime.lookup(name)
-
-
-def runtime_names() -> list[str]:
-    return Runtime.names()

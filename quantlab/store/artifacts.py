@@ -44,19 +44,10 @@ class Subject:
     """What a stage runs on: a built variant, or a model source (the baseline itself)."""
 
     name: str  # the variant's name, or the source made file-name safe (zoo-tiny-gpt-oss)
-    reference: str  # what the user gave
     model_folder: Path  # the Hugging Face folder the runtimes load
     results: Path  # where its evaluations go
     key: str  # its identity: the variant's cache key, or the model's weights hash
-    folder: Path | None = None  # the variant's artifact folder; None for a model source
-    manifest: dict | None = None
-
-    @property
-    def gguf(self) -> Path | None:
-        """The variant's GGUF export, when it has one."""
-        if self.folder is None or not (self.folder / GGUF).is_file():
-            return None
-        return self.folder / GGUF
+    gguf: Path | None = None  # the variant's GGUF export, when it has one (llama.cpp runs it)
 
 
 def read_json(path: Path) -> dict:
@@ -109,7 +100,10 @@ class ArtifactStore:
         return folder
 
     def manifest(self, folder: Path) -> dict:
-        return read_json(folder / MANIFEST)
+        """A variant's manifest, checked against the ``Manifest`` record (one line naming a bad field)."""
+        from quantlab.store.records import Manifest  # records build on this module's read_json
+
+        return Manifest.from_json(folder / MANIFEST).to_dict()
 
     def built(self) -> list[str]:
         """Names of the variants built in this store, sorted."""
@@ -122,9 +116,8 @@ class ArtifactStore:
         folder = self.find_variant(reference)
         if folder is not None:
             manifest = self.manifest(folder)
-            return Subject(
-                manifest["variant"], reference, folder / MODEL, folder / EVAL, manifest["cache_key"], folder, manifest
-            )
+            gguf = folder / GGUF if (folder / GGUF).is_file() else None
+            return Subject(manifest["variant"], folder / MODEL, folder / EVAL, manifest["cache_key"], gguf)
         from quantlab.models.loading import resolve_model, weights_sha256
 
         try:
@@ -135,7 +128,7 @@ class ArtifactStore:
                 f"nor a model: {error}"
             ) from None
         name = reference.replace(":", "-").replace("/", "_")
-        return Subject(name, reference, source, self.root / "baselines" / name / EVAL, weights_sha256(source))
+        return Subject(name, source, self.root / "baselines" / name / EVAL, weights_sha256(source))
 
     # --- every stage's paths --------------------------------------------------------------------------
     @staticmethod

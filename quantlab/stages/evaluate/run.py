@@ -20,7 +20,7 @@ import torch
 from quantlab.errors import UserError
 from quantlab.runtimes import Loaded, get_runtime
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
-from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key
+from quantlab.store import ArtifactStore, Subject, as_store, atomic_write_text, content_key
 from quantlab.store.records import Evaluation
 
 METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
@@ -131,10 +131,10 @@ def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | Non
     replaced by the file, so that its prompts, filters and scoring stay lm-eval's."""
     import re as regex
 
+    bundled = _bundled_tasks(manager)
     if task not in manager.all_tasks:
-        bundled = ", ".join(sorted(_bundled_tasks(manager)))
-        raise UserError(f"unknown task {task!r}: not an lm-eval task name (bundled: {bundled})")
-    if task in _bundled_tasks(manager):  # its data ships with it
+        raise UserError(f"unknown task {task!r}: not an lm-eval task name (bundled: {', '.join(sorted(bundled))})")
+    if task in bundled:  # its data ships with it
         return task
     config = dict(manager._get_config(task))
     if not data:
@@ -227,7 +227,7 @@ def evaluate(
         settings["task_metadata"] = dict(sorted(task_metadata.items()))
     if backend == "endpoint" and endpoint:
         settings["endpoint"] = endpoint
-    get_runtime(backend).check(subject.model_folder, settings)
+    get_runtime(backend).check(subject, settings)
     settings_hash = content_key(settings, 16)
     key = content_key({"subject_key": subject.key, "settings": settings})
     path = ArtifactStore.evaluation_path(subject, task, settings_hash)
@@ -235,7 +235,7 @@ def evaluate(
         stored = ArtifactStore.cached(path, key)
         if stored is not None:
             return stored | {"cache_hit": True}
-        result = _evaluate(subject.model_folder, task, settings, seed, batch_size)
+        result = _evaluate(subject, task, settings, seed, batch_size)
         result = {
             "schema_version": SCHEMA_VERSION,
             "cache_key": key,
@@ -249,9 +249,9 @@ def evaluate(
     return result | {"cache_hit": False}
 
 
-def _evaluate(model_folder: Path, task: str, settings: dict, seed: int, batch_size: int) -> dict:
+def _evaluate(subject: Subject, task: str, settings: dict, seed: int, batch_size: int) -> dict:
     """Every repeat of one task on one model: per-item correctness, the score with its interval, pass@k."""
-    prepared = _prepare(model_folder, task, settings)  # once: task index, model, generation settings
+    prepared = _prepare(subject, task, settings)  # once: task index, model, generation settings
     per_repeat = [_run_once(prepared, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
     correct = np.array([[s["correct"] for s in repeat["samples"]] for repeat in per_repeat]).T  # (items, repeats)
     low, high = bootstrap_interval(correct, seed=seed)
@@ -284,15 +284,15 @@ def _versions() -> dict[str, str]:
     return library_versions() | {"lm_eval": metadata.version("lm_eval")}
 
 
-def _prepare(model_folder: Path, task: str, settings: dict) -> dict:
+def _prepare(subject: Subject, task: str, settings: dict) -> dict:
     """What every repeat shares: lm-eval's task index and the task spec, the loaded model, the generation settings."""
     from quantlab.models.loading import load_model
 
     manager = _task_manager(settings.get("task_metadata"))
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
-    model, tokenizer = load_model(model_folder, dtype=torch.float32)
+    model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
     if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"--apply-chat-template: {model_folder} has no chat template (it is not a chat model)")
+        raise UserError(f"--apply-chat-template: {subject.model_folder} has no chat template (it is not a chat model)")
     parts = {}
     if settings["temperature"] > 0 or settings["max_new_tokens"]:
         parts = {"do_sample": settings["temperature"] > 0}
@@ -321,7 +321,7 @@ def _prepare(model_folder: Path, task: str, settings: dict) -> dict:
     return {
         "manager": manager,
         "spec": spec,
-        "loaded": Loaded(model_folder, model, tokenizer),
+        "loaded": Loaded(subject.model_folder, model, tokenizer, subject.gguf),
         "gen_kwargs": parts or None,
     }
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from quantlab.errors import UserError
 from quantlab.statistics import flips
-from quantlab.store import MANIFEST, ArtifactStore, as_store
-from quantlab.store.records import Attribution, Evaluation, Manifest, Measurement
+from quantlab.store import ArtifactStore, as_store
+from quantlab.store.records import Attribution, Evaluation, Measurement
 
 
 @dataclass
@@ -83,7 +83,7 @@ def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, bas
     for name in names or available:
         folder = store.variant_folder(name)
         measure = ArtifactStore.measurement_path(folder)
-        manifest = Manifest.from_json(folder / MANIFEST).to_dict()
+        manifest = store.manifest(folder)
         measured = Measurement.from_json(measure).to_dict() if measure.is_file() else None
         variant = Variant(name, folder, manifest, measured)
         variant.evals = [Evaluation.from_json(p).to_dict() for p in ArtifactStore.evaluations(folder)]
