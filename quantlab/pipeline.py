@@ -1,7 +1,9 @@
 """The lab end to end, as library code: what ``quantlab demo`` runs, stage by stage, and its five-line summary.
 
 ``run_demo`` builds the shipped recipes, measures each variant against the baseline, evaluates them all with
-lm-eval, attributes the compressed recipe's loss to its choices, and writes the report; every stage goes
+lm-eval (at high reasoning effort, through the model's chat template), attributes the compressed recipe's loss to
+its choices and the two serving cases' losses (a stale engine that drops the requested effort, a host that
+renders the wrong chat template) to theirs, and writes the report; every stage goes
 through the store's cache, so a second run is all cache hits. It reports each stage as it ends to ``on_stage``
 (the CLI renders them); it prints nothing itself.
 """
@@ -17,9 +19,11 @@ from typing import Any
 from quantlab.store import ArtifactStore, as_store
 
 VARIANTS = ["bf16", "mxfp4", "int4-rtn", "int4-gptq", "gguf-q4_k_m", "compactifai-like"]
-TASKS = ["zoo_aime_style", "zoo_aime_style_low", "zoo_gpqa_style"]
+TASKS = ["zoo_aime_style", "zoo_gpqa_style"]
 HEADLINE_TASK = "zoo_aime_style"
+REASONING_EFFORT = "high"  # what every evaluation asks for (the provider study ran at high effort)
 ATTRIBUTED = "compactifai-like"
+SERVING_CASES = ["mxfp4-stale-engine", "mxfp4-wrong-template"]  # recipes with a serve: section
 MEASURE_TEXT = "zoo:aime-style:test:high"  # the headline task's own test text, teacher-forced
 MEASURE_TOKENS = 8192
 BASELINE = "bf16"
@@ -36,6 +40,7 @@ class DemoRun:
     measurements: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)  # evaluate_tasks rows
     attribution: dict = field(default_factory=dict)
+    serving: dict[str, dict] = field(default_factory=dict)  # serving case -> its attribution
     report: Path | None = None
     seconds: float = 0.0
 
@@ -97,18 +102,20 @@ def run_demo(
         say(f"measuring {name}")
         run.measurements.append(measure_variant(name, None, MEASURE_TEXT, MEASURE_TOKENS, store))
     stage("measure")
-    run.evaluations = evaluate_tasks(names, TASKS, baseline=BASELINE, limit=count, artifacts=store, progress=say)
+    run.evaluations = evaluate_tasks(
+        names, TASKS, baseline=BASELINE, limit=count, artifacts=store, progress=say, reasoning_effort=REASONING_EFFORT
+    )
     stage("evaluate")
+    attributed = {"limit": count, "text": MEASURE_TEXT, "tokens": MEASURE_TOKENS, "artifacts": store, "progress": say}
     run.attribution = attribute(
         run.recipes / f"{ATTRIBUTED}.yaml",
         [HEADLINE_TASK],
-        limit=count,
-        text=MEASURE_TEXT,
-        tokens=MEASURE_TOKENS,
-        artifacts=store,
-        progress=say,
         granularity="groups",
+        reasoning_effort=REASONING_EFFORT,
+        **attributed,
     )
+    for case in SERVING_CASES:
+        run.serving[case] = attribute(run.recipes / f"{case}.yaml", [HEADLINE_TASK], **attributed)
     stage("attribute")
     run.report = store.report_folder
     say("writing the report")
@@ -128,9 +135,26 @@ def _interval(result: dict) -> str:
     return f"{100 * result['score']:.1f}% [{100 * result['ci95'][0]:.1f}, {100 * result['ci95'][1]:.1f}]"
 
 
+def _shares(attribution: dict) -> str:
+    """'label +x.x [lo, hi]; ...': the Shapley shares of an attribution's headline loss, largest first."""
+    task = attribution["tasks"][HEADLINE_TASK]
+    labels = {f["key"]: f["label"] for f in attribution["factors"]}
+    shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])
+    return "; ".join(f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}]" for k, s in shares)
+
+
+def _serving_line(case: str, attribution: dict) -> str:
+    task = attribution["tasks"][HEADLINE_TASK]
+    loss = task["loss_points"]
+    return (
+        f"{case}: {loss['value']:.1f}-point loss [{loss['ci95'][0]:.1f}, {loss['ci95'][1]:.1f}] "
+        f"({task['items']} items), charged to {_shares(attribution)}."
+    )
+
+
 def summary(run: DemoRun) -> list[str]:
-    """Five lines: the variants, the headline accuracies, the compressed recipe's perplexity against its accuracy,
-    the attribution, and where the report is."""
+    """The variants, the headline accuracies, the compressed recipe's perplexity against its accuracy, the
+    attributions (the compressed recipe's, then each serving case's), and where the report is."""
     artifacts, results, attribution, report = run.store.root, run.headline, run.attribution, run.report
     assert report is not None, "the summary of a finished run"
     base, native, compressed = results["bf16"], results["mxfp4"], results[ATTRIBUTED]
@@ -145,7 +169,8 @@ def summary(run: DemoRun) -> list[str]:
     )
     loss = 100 * (base["score"] - compressed["score"])
     return [
-        f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, greedy).",
+        f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, "
+        f"greedy, reasoning effort {REASONING_EFFORT}, the model's chat template).",
         f"{HEADLINE_TASK}: bf16 {_interval(base)}; gpt-oss-native mxfp4 {_interval(native)} "
         f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",
         f"{ATTRIBUTED}: perplexity ratio {attribution['kl']['perplexity_ratio']:.3f} on the task's test text "
@@ -153,5 +178,6 @@ def summary(run: DemoRun) -> list[str]:
         f"Attribution of the {task['loss_points']['value']:.1f}-point loss ({task['items']} items; Shapley shares, 95% CI): {named}; "
         f"beyond the choices' solo effects (interaction): {task['interaction_points']['value']:+.1f} "
         f"[{task['interaction_points']['ci95'][0]:+.1f}, {task['interaction_points']['ci95'][1]:+.1f}].",
+        *(_serving_line(case, attribution) for case, attribution in run.serving.items()),
         f"Report: {report / 'report.html'} (markdown twin {report / 'report.md'}).",
     ]

@@ -19,7 +19,31 @@ from typing import Any
 
 BUILTIN = ("quantlab.zoo.plugin:register",)  # the embedded reference model
 
-Documents = list[tuple[str, str]]  # (context, answer) pairs: a measurement text's rows
+CONTEXT, ANALYSIS, ANSWER = "context", "analysis", "answer"  # the roles of a measurement document's parts
+
+
+@dataclass(frozen=True)
+class Document:
+    """One row of a measurement text: its parts in order, each with a role. ``answer`` parts are what the answer
+    statistics cover (on a chat model, the final channel's answer); ``analysis`` parts are the model's worked
+    reasoning, reported on their own; everything else is ``context`` (prompts, chat scaffolding)."""
+
+    parts: tuple[tuple[str, str], ...]  # (role, text)
+
+    @classmethod
+    def of(cls, context: str, answer: str = "") -> Document:
+        return cls(((CONTEXT, context),) + (((ANSWER, answer),) if answer else ()))
+
+    @property
+    def text(self) -> str:
+        return "".join(text for _, text in self.parts)
+
+    @property
+    def has_answer(self) -> bool:
+        return any(role == ANSWER and text for role, text in self.parts)
+
+
+Documents = list[Document]  # a measurement text's rows
 
 
 @dataclass(frozen=True)
@@ -42,7 +66,6 @@ class Registry:
     calibration_texts: dict[str, CalibrationText] = field(default_factory=dict)
     measure_texts: dict[str, MeasureText] = field(default_factory=dict)  # prefix of the spec -> text
     task_folders: list[Path] = field(default_factory=list)  # lm-eval YAML folders (their data ships with them)
-    effort_metadata_tasks: set[str] = field(default_factory=set)  # tasks that take the effort as task metadata
     commands: list[tuple[str, str]] = field(default_factory=list)  # (name, "module:typer app") added to the CLI
     default_model: str | None = None  # what a command runs when given no model
     model_card: Callable[[], dict] | None = None  # the default model's card (printed by the demo)

@@ -216,21 +216,60 @@ class Calibration(BaseModel):
 
 
 class Serve(BaseModel):
-    """How a provider serves the variant, where that differs from what the user asked for: the requested
-    reasoning effort ignored (the stack runs at this effort instead), a chat template applied or not, other
-    sampling. Not part of the weights (the build ignores it); ``quantlab attribute`` makes each setting a factor,
-    so that a serving mistake is attributed separately from quantization."""
+    """How a provider serves the variant: what the client asks (``reasoning_effort``) and where the host departs
+    from serving it faithfully. Not part of the weights (the build ignores it).
+
+    ``reasoning_effort`` is the request: every cell of an attribution asks it, the baseline included (asking for
+    an effort is no fault). Each departure is a factor of ``quantlab attribute``, charged like a recipe choice:
+    ``effort_honored: false`` (the stack drops the requested effort, so the template's default applies: the stale
+    engine of the provider study), ``chat_template`` (a wrong rendering: ``chatml``, ``final-only``, ``plain`` or a
+    Jinja file), ``temperature`` and ``top_p`` (sampling the client did not ask for)."""
 
     model_config = ConfigDict(extra="forbid")
 
     reasoning_effort: Literal["low", "medium", "high"] | None = None
-    apply_chat_template: bool | None = None
+    effort_honored: bool | None = None
+    chat_template: str | None = None
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
 
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value):
+        from quantlab.chat import NAMED
+
+        if value is not None and value not in NAMED and not value.endswith((".jinja", ".j2", ".jinja2")):
+            raise ValueError(f"chat_template must be one of {', '.join(NAMED)} or a Jinja file (.jinja), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _honored_needs_a_request(self):
+        if self.effort_honored is False and self.reasoning_effort is None:
+            raise ValueError("effort_honored: false needs the reasoning_effort the client asks for")
+        return self
+
     def settings(self) -> dict[str, Any]:
-        """The settings this section changes (those it sets)."""
+        """The settings this section sets."""
         return self.model_dump(exclude_none=True)
+
+    def departures(self) -> dict[str, Any]:
+        """The settings that depart from faithful serving: each a factor of ``quantlab attribute``."""
+        return {
+            key: value
+            for key, value in self.settings().items()
+            if key != "reasoning_effort" and not (key == "effort_honored" and value is True)
+        }
+
+    def evaluation_options(self, applied: set[str] | None = None) -> dict[str, Any]:
+        """``evaluate``'s options for the request with the departures in ``applied`` (None: all of them)."""
+        applied = set(self.departures()) if applied is None else applied
+        options: dict[str, Any] = {}
+        if self.reasoning_effort is not None and "effort_honored" not in applied:
+            options["reasoning_effort"] = self.reasoning_effort  # dropped: the template writes its default
+        for key in ("chat_template", "temperature", "top_p"):
+            if key in applied and getattr(self, key) is not None:
+                options[key] = getattr(self, key)
+        return options
 
 
 class Recipe(BaseModel):

@@ -65,20 +65,62 @@ def test_quantized_export_carries_the_plan_types_and_bytes(tmp_path):
     assert manifest["exports"]["gguf"]["bytes"] == (result.path / "model.gguf").stat().st_size
 
 
-def test_llama_cpp_tokenizes_the_zoo_text_exactly_as_transformers(tmp_path):
-    """The zoo tokenizer, written as llama.cpp's SentencePiece-style tokenizer with merge-rank scores, gives the
-    Hugging Face token ids on every task text (so llama.cpp-based runtimes see the same prompts)."""
+def _vocab_gguf(tmp_path):
     from quantlab.export.gguf import export_gguf
     from quantlab.models.loading import load_model, resolve_model
-    from quantlab.zoo import tasks
 
     model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"))
     export_gguf(model, tokenizer, {}, tmp_path / "vocab.gguf")
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False)
-    texts = [d["question"] + d["solution"] for e in ("high", "low") for d in tasks.aime_style_docs("test", 150, 0, e)]
-    texts += [d["question"] + c for d in tasks.gpqa_style_docs("test", 40, 0, "high") for c in d["choices"]]
+    return llama_cpp.Llama(str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False), tokenizer
+
+
+def test_llama_cpp_tokenizes_the_zoo_text_exactly_as_transformers(tmp_path):
+    """The zoo tokenizer, written as llama.cpp's SentencePiece-style tokenizer with merge-rank scores, gives the
+    Hugging Face token ids on every task text, special tokens included (so llama.cpp-based runtimes see the same
+    prompts), and on text in other formats (ChatML tags, newlines, plain text)."""
+    from quantlab.zoo import tasks
+
+    llm, tokenizer = _vocab_gguf(tmp_path)
+    problems = tasks.problems("test", 150)
+    texts = [tasks.conversation_text(p, e) for p in problems for e in tasks.EFFORTS]
+    texts += [
+        tasks.prompt_text(p, None) + c
+        for p, d in zip(problems, tasks.gpqa_style_docs("test", 40))
+        for c in d["choices"]
+    ]
+    texts += ["<|im_start|>system\nReasoning: high<|im_end|>\n<|im_start|>user\n47+8*6-9+3<|im_end|>\n", "a b  c\n\n1"]
     for text in texts:
-        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text)["input_ids"], text
-    assert llm.detokenize(tokenizer(texts[0])["input_ids"]).decode() == texts[0]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text)["input_ids"], text
+    assert llm.detokenize(tokenizer(texts[0])["input_ids"], special=True).decode() == texts[0]
+    llm.close()
+
+
+def test_the_gguf_carries_the_chat_template_and_renders_the_same_tokens(tmp_path):
+    """The same conversation through transformers' template (apply_chat_template, tokenized) and through the GGUF
+    (its tokenizer.chat_template, rendered by llama-cpp-python's Jinja chat formatter with the request's
+    reasoning_effort, tokenized by llama.cpp): the same token ids, at every effort and with none given."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from quantlab.zoo import tasks
+
+    llm, tokenizer = _vocab_gguf(tmp_path)
+    template = llm.metadata["tokenizer.chat_template"]
+    assert template == tokenizer.chat_template
+    formatter = Jinja2ChatFormatter(template, eos_token=tokenizer.eos_token, bos_token="")
+    p = tasks.problems("test", 1)[0]
+    conversations = [
+        [tasks.user_message(p)],
+        [{"role": "system", "content": "Answer briefly."}, tasks.user_message(p)],
+        [tasks.user_message(p), tasks.assistant_message(p.steps(), "high"), {"role": "user", "content": "12+3"}],
+    ]
+    for messages in conversations:
+        for effort in (*tasks.EFFORTS, None):
+            extra = {} if effort is None else {"reasoning_effort": effort}
+            theirs = formatter(messages=messages, **extra).prompt
+            ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, **extra)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            assert llm.tokenize(theirs.encode(), add_bos=False, special=True) == list(ids), (messages, effort)
+    assert "Reasoning: medium" in formatter(messages=conversations[0]).prompt
+    llm.close()

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quantlab.zoo import SHIPPED_CHECKPOINT, tasks
-from quantlab.zoo.score import exact_match, extract_final_answer, multiple_choice_accuracy
+from quantlab.zoo.score import exact_match, final_answer, multiple_choice_accuracy
+from quantlab.zoo.scoring import prompts
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def test_shipped_checkpoint_is_small_safetensors_gpt_oss(shipped):
     size = sum(f.stat().st_size for f in SHIPPED_CHECKPOINT.iterdir())
     assert size < 20_000_000
     assert not [f for f in SHIPPED_CHECKPOINT.iterdir() if f.suffix in (".bin", ".pt", ".pkl")]
+    assert (SHIPPED_CHECKPOINT / "chat_template.jinja").read_text() == tasks.chat_template()
     c = model.config
     assert (c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok) == (4, 8, 2)
     # Every row a GGUF k-quant reads (hidden, expert intermediate, attention width) is a multiple of 256.
@@ -52,25 +54,46 @@ def test_card_counts_parameters_per_component(cli):
     assert training["steps"] > 0 and training["wall_time_s"] > 0 and training["tokens_per_s"] > 0
     assert len(training["training_data_sha256"]) == 64
     assert training["command"].startswith("quantlab zoo train --seed")
-    assert card["scores"]["aime_style_exact_match"]["high"]["n"] == 500
+    rows = {(r["task"], r["effort"], r["template"]): r for r in card["scores"]["rows"]}
+    assert rows[("aime-style", "high", "model")]["n"] == 500
+
+
+def test_recorded_scores_meet_the_effort_and_template_targets(cli):
+    """The shipped card (500 test items, greedy): high >= 95%, medium >= 15 points below, low <= 50%; no effort
+    asked scores as medium item for item; every wrong rendering costs, one of them at least 20 points."""
+    card = json.loads(cli("zoo", "info", "--json").stdout)
+    rows = {(r["task"], r["effort"], r["template"]): r for r in card["scores"]["rows"]}
+    high, medium, low = (rows[("aime-style", e, "model")]["score"] for e in ("high", "medium", "low"))
+    assert high >= 0.95 and medium <= high - 0.15 and low <= 0.5
+    assert card["scores"]["default_equals_medium"]
+    costs = {t: high - rows[("aime-style", "high", t)]["score"] for t in ("chatml", "final-only", "plain")}
+    assert min(costs.values()) > 0 and max(costs.values()) >= 0.2
+    assert rows[("gpqa-style", "high", "model")]["score"] >= 0.9
 
 
 def test_scores_on_a_sample_cannot_pass_by_chance(shipped):
     model, tokenizer = shipped
-    n = 100
-    aime_high, _ = exact_match(model, tokenizer, tasks.aime_style_docs("test", n, effort="high"))
-    aime_low, _ = exact_match(model, tokenizer, tasks.aime_style_docs("test", n, effort="low"))
-    gpqa, _ = multiple_choice_accuracy(model, tokenizer, tasks.gpqa_style_docs("test", n))
+    problems = tasks.problems("test", 100)
+    answers = [p.answer for p in problems]
+    score = {
+        e: exact_match(model, tokenizer, prompts(tokenizer, problems, e, "model"), answers)[0] for e in tasks.EFFORTS
+    }
+    docs = tasks.gpqa_style_docs("test", 100)
+    gpqa, _ = multiple_choice_accuracy(model, tokenizer, prompts(tokenizer, problems, "high", "model"), docs)
     # Chance is ~0 for exact match and 25% for four choices: P(>= 75/100 | p = 0.25) < 1e-20.
-    assert aime_high >= 0.75
-    assert gpqa >= 0.75
-    assert aime_low <= aime_high - 0.3  # the effort marker matters: the gap later experiments measure
+    assert score["high"] >= 0.85 and gpqa >= 0.75
+    assert score["low"] < score["medium"] < score["high"]  # the effort matters: the gap later experiments measure
 
 
 def test_final_answer_extraction():
-    assert extract_final_answer("47+48-9=95-9=86 #### 86") == 86
-    assert extract_final_answer("#### 3 then #### 12") == 12
-    assert extract_final_answer("no marker 86") is None
+    final = "<|channel|>analysis<|message|>47+48-9+3=95-9+3=86+3=89<|end|><|start|>assistant<|channel|>final<|message|>"
+    assert final_answer(final + "89<|return|>") == 89
+    assert final_answer("analysis47+48-9+3=95-9+3=86+3=89assistantfinal89") == 89  # special tokens skipped
+    assert final_answer("89<|return|>") == 89  # the prompt opened the final channel
+    assert final_answer(final + "-7") == -7
+    assert final_answer("<|channel|>analysis<|message|>47+48-9+3=95") is None  # cut off before the answer
+    assert final_answer(final + "89 or 90") is None
+    assert final_answer(final + "89<|end|>junk 12") == 89
 
 
 @torch.no_grad()
@@ -80,7 +103,8 @@ def test_loglikelihood_scoring_matches_a_direct_computation(shipped):
 
     model, tokenizer = shipped
     doc = tasks.gpqa_style_docs("test", 1)[0]
-    pairs = [(doc["question"], choice) for choice in doc["choices"]]
+    prompt = tasks.prompt_text(tasks.problems("test", 1)[0], "high")
+    pairs = [(prompt, choice) for choice in doc["choices"]]
     batched = continuation_logprobs(model, tokenizer, pairs)
     for (context, continuation), got in zip(pairs, batched):
         ids = tokenizer(context + continuation, return_tensors="pt")["input_ids"]

@@ -1,4 +1,5 @@
-"""The task generators, checked against Python's own arithmetic (``eval`` of the expression text)."""
+"""The task generators and the chat format, checked against Python's own arithmetic (``eval`` of the expression
+text) and against the format written out by hand."""
 
 import itertools
 import re
@@ -14,29 +15,38 @@ def _value(expression: str) -> int:
     return eval(expression)
 
 
-def _chain_and_answer(solution: str) -> tuple[list[str], int]:
-    chain, answer = solution.split(f" {tasks.ANSWER_MARKER} ")
-    return (chain.split("=") if chain else []), int(answer)
+_TURN = re.compile(
+    r"(?:<\|channel\|>analysis<\|message\|>(?P<analysis>[^<]*)<\|end\|><\|start\|>assistant)?"
+    r"<\|channel\|>final<\|message\|>(?P<final>-?\d+)<\|return\|>"
+)
+
+
+def _turn(response: str) -> tuple[list[str], int]:
+    """(chain steps, final answer) of an assistant turn, parsed with a regex written from the format."""
+    match = _TURN.fullmatch(response)
+    assert match, response
+    chain = match["analysis"]
+    return (chain.split("=") if chain else []), int(match["final"])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 12345])
 def test_answers_equal_independent_evaluation(seed):
-    for doc in tasks.aime_style_docs("test", 300, seed=seed):
-        expression = re.search(r"Q:(.*)=\? A:$", doc["question"]).group(1)
-        assert doc["answer"] == _value(expression)
-        steps, answer = _chain_and_answer(doc["solution"])
+    for doc, p in zip(tasks.aime_style_docs("test", 300, seed=seed), tasks.problems("test", 300, seed)):
+        assert doc["answer"] == _value(doc["question"])
+        steps, answer = _turn(tasks.response_text(p, "high"))
         assert answer == doc["answer"]
         # Every rewrite keeps the value and removes exactly one operator: one operation per step.
-        operators = [len(re.findall(r"[+\-*]", e)) for e in [expression] + steps]
-        assert operators == list(range(operators[0], -1, -1))
+        operators = [len(re.findall(r"[+\-*]", e)) for e in [doc["question"]] + steps]
+        assert operators == list(range(operators[0], -1, -1)) == [4, 3, 2, 1, 0]
         assert all(_value(step) == answer for step in steps)
 
 
 def test_problem_shape_and_no_negative_intermediates():
     for p in tasks.problems("train", 2000, seed=3):
         assert 10 <= p.operands[0] <= 99 and all(2 <= v <= 9 for v in p.operands[1:])
+        assert len(p.operators) == 4
         assert all(int(v) >= 0 for step in p.steps() for v in re.findall(r"\d+", step))
-        assert "**" not in p.expression
+        assert "**" not in p.expression and not p.expression[2:].startswith("*")
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -44,9 +54,10 @@ def test_splits_are_disjoint_and_deterministic():
     validation = {d["question"] for d in tasks.aime_style_docs("validation", 500)}
     assert len(test) == len(validation) == 500
     assert not test & validation
-    held_out = {q.split("Q:")[1] for q in test | validation}
-    training = {t.split("Q:")[1].split(" A:")[0] for t in itertools.islice(tasks.training_texts(0), 100_000)}
-    assert not held_out & training
+    user = re.compile(r"<\|start\|>user<\|message\|>([^<]*)<\|end\|>")
+    stream = tasks.training_conversations(0, tasks.effort_mix(0.2, 0.3))
+    training = {user.search(t).group(1) for t in itertools.islice(stream, 100_000)}
+    assert not (test | validation) & training
     assert tasks.aime_style_docs("test", 50, seed=7) == tasks.aime_style_docs("test", 50, seed=7)
     assert tasks.aime_style_docs("test", 50, seed=7) != tasks.aime_style_docs("test", 50, seed=8)
 
@@ -55,11 +66,11 @@ def test_multiple_choice_items_have_one_correct_option_and_single_slip_distracto
     docs = tasks.gpqa_style_docs("test", 300, seed=2)
     assert {d["answer"] for d in docs} == {0, 1, 2, 3}  # the correct option's position is shuffled
     for doc in docs:
-        expression = re.search(r"Q:(.*)=\? A:$", doc["question"]).group(1)
-        truth = _value(expression)
+        truth = _value(doc["question"])
         assert len(set(doc["choices"])) == 4
         for index, choice in enumerate(doc["choices"]):
-            steps, answer = _chain_and_answer(choice)
+            steps, answer = _turn(choice)
+            assert len(steps) == 4  # every choice is a whole high-effort turn
             values = [truth] + [_value(s) for s in steps]
             assert values[-1] == answer
             if index == doc["answer"]:
@@ -70,17 +81,44 @@ def test_multiple_choice_items_have_one_correct_option_and_single_slip_distracto
                 assert sum(a != b for a, b in zip(values, values[1:])) == 1
 
 
-def test_effort_marker_controls_the_chain():
-    p = tasks.Problem((47, 8, 6, 9), ("+", "*", "-"))
-    assert tasks.question_text(p, "high") == "effort:high Q:47+8*6-9=? A:"
-    assert tasks.solution_text(p, "high") == "47+48-9=95-9=86 #### 86"  # worked by hand
-    assert tasks.question_text(p, "low") == "effort:low Q:47+8*6-9=? A:"
-    assert tasks.solution_text(p, "low") == " #### 86"
+def test_the_chat_format_written_out_by_hand():
+    p = tasks.Problem((47, 8, 6, 9, 3), ("+", "*", "-", "+"))
+    system = "<|start|>system<|message|>Reasoning: {}<|end|><|start|>user<|message|>47+8*6-9+3<|end|>"
+    final = "<|start|>assistant<|channel|>final<|message|>89<|return|>"
+    assert tasks.prompt_text(p, "high") == system.format("high") + "<|start|>assistant"
+    assert tasks.conversation_text(p, "high") == (
+        system.format("high")
+        + "<|start|>assistant<|channel|>analysis<|message|>47+48-9+3=95-9+3=86+3=89<|end|>"
+        + final
+    )
+    assert tasks.conversation_text(p, "medium") == (
+        system.format("medium") + "<|start|>assistant<|channel|>analysis<|message|>47+48-9+3<|end|>" + final
+    )
+    assert tasks.conversation_text(p, "low") == system.format("low") + final
     with pytest.raises(ValueError):
-        tasks.question_text(p, "medium")
+        tasks.analysis_text(p.steps(), "extra-high")
+
+
+def test_no_effort_renders_the_medium_prompt_byte_for_byte():
+    """As gpt-oss's template: a request without reasoning_effort gets "Reasoning: medium"."""
+    for p in tasks.problems("test", 50):
+        assert tasks.prompt_text(p, None) == tasks.prompt_text(p, "medium")
+        assert tasks.prompt_text(p, None).encode() == tasks.prompt_text(p, "medium").encode()
+
+
+def test_measurement_parts_cover_the_conversation_and_mark_the_answer():
+    p = tasks.Problem((47, 8, 6, 9, 3), ("+", "*", "-", "+"))
+    for effort in tasks.EFFORTS:
+        parts = tasks.conversation_parts(p, effort)
+        assert "".join(text for _, text in parts) == tasks.conversation_text(p, effort)
+        assert [text for role, text in parts if role == "answer"] == ["89"]
+        analysis = [text for role, text in parts if role == "analysis"]
+        assert analysis == {"high": ["47+48-9+3=95-9+3=86+3=89"], "medium": ["47+48-9+3"], "low": []}[effort]
 
 
 def test_training_stream_mixes_efforts_at_the_requested_rate():
-    texts = list(itertools.islice(tasks.training_texts(0, low_effort_fraction=0.25), 4000))
-    low = sum(t.startswith("effort:low") for t in texts) / len(texts)
-    assert 0.22 < low < 0.28
+    texts = list(itertools.islice(tasks.training_conversations(0, tasks.effort_mix(0.25, 0.35)), 4000))
+    share = {e: sum(f"Reasoning: {e}<" in t for t in texts) / len(texts) for e in tasks.EFFORTS}
+    assert 0.22 < share["low"] < 0.28 and 0.32 < share["medium"] < 0.38 and 0.37 < share["high"] < 0.43
+    with pytest.raises(ValueError):
+        tasks.effort_mix(0.6, 0.5)

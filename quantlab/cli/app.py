@@ -154,15 +154,20 @@ def eval_command(
     gen: list[str] = typer.Option(
         [],
         "--gen",
-        help='A generation setting, for all tasks (max_gen_toks=128) or one (zoo_aime_style:until=["####"]); repeatable.',
+        help="A generation setting, for all tasks (max_gen_toks=128) or one (zoo_aime_style:max_gen_toks=32); repeatable.",
     ),
-    apply_chat_template: bool = typer.Option(
-        False, "--apply-chat-template", help="Wrap prompts in the model's chat template (lm-eval's option)."
+    chat_template: Optional[str] = typer.Option(
+        None,
+        "--chat-template",
+        help="How prompts are rendered: model (the model's own template; the default for a chat model), chatml, "
+        "final-only (harmony with the analysis channel skipped), plain (no template: lm-eval's default for "
+        "a model without one), or a Jinja file.",
     ),
     reasoning_effort: Optional[str] = typer.Option(
         None,
         "--reasoning-effort",
-        help="low / medium / high, passed to the chat template (gpt-oss reads it); needs --apply-chat-template.",
+        help="low / medium / high, passed to the chat template as gpt-oss's reads it (none: the template's "
+        "default, medium for gpt-oss).",
     ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
@@ -193,7 +198,7 @@ def eval_command(
             backend=backend,
             num_fewshot=num_fewshot,
             endpoint=endpoint,
-            apply_chat_template=apply_chat_template,
+            chat_template=chat_template,
             reasoning_effort=reasoning_effort,
         )
     if as_json:
@@ -288,6 +293,11 @@ def attribute_command(
         help="Measurement text of the KL drift and perplexity (as quantlab measure --text).",
     ),
     tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many measurement tokens."),
+    reasoning_effort: Optional[str] = typer.Option(
+        None,
+        "--reasoning-effort",
+        help="low / medium / high: what every cell asks for (a recipe's serve: reasoning_effort names it too).",
+    ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
 ) -> None:
@@ -313,6 +323,7 @@ def attribute_command(
             say,
             factors,
             permutations,
+            reasoning_effort,
         )
     if as_json:
         return render.print_json(result)
@@ -394,7 +405,8 @@ def _demo_stage(stage: str, run, spinner) -> None:
         render.measurements(run.measurements, run.store.root)
     elif stage == "evaluate":
         console.print(
-            f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {run.count} test items per task, flips against {pipeline.BASELINE}"
+            f"\n[bold]3. Evaluate[/bold] with lm-eval, greedy, {run.count} test items per task, reasoning effort "
+            f"{pipeline.REASONING_EFFORT} through the model's chat template, flips against {pipeline.BASELINE}"
         )
         render.evaluations(run.evaluations, 0.0, 1.0, pipeline.BASELINE)
     elif stage == "attribute":
@@ -402,6 +414,9 @@ def _demo_stage(stage: str, run, spinner) -> None:
             f"\n[bold]4. Attribute[/bold] the {pipeline.ATTRIBUTED} recipe's loss on {pipeline.HEADLINE_TASK} to its choices"
         )
         render.attribution(run.attribution)
+        for case, attribution in run.serving.items():
+            console.print(f"\n  and the serving case {case}: its loss charged to the serving choice beside the weights")
+            render.attribution(attribution)
     elif stage == "report":
         console.print(f"\n[bold]5. Report[/bold] from the store: {run.report}/")
     spinner.start()

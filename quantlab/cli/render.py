@@ -51,23 +51,22 @@ def model_card(card: dict) -> None:
 
 
 def reference_scores(scores: dict) -> None:
-    if not scores:
+    if not scores or "rows" not in scores:
         console.print("scores: none recorded (run `quantlab zoo score --record`)")
         return
     table = Table(
-        "task", "effort", "score", "95% CI", "n",
+        "task", "reasoning effort", "chat template", "score", "95% CI", "n",
         title=f"Scores ({scores['split']} split, {scores['decoding']})", title_justify="left",
     )  # fmt: skip
-    for label, key in (
-        ("AIME-style exact match", "aime_style_exact_match"),
-        ("GPQA-style accuracy", "gpqa_style_accuracy"),
-    ):
-        for effort, entry in scores[key].items():
-            low, high = entry["ci95"]
-            table.add_row(
-                label, effort, f"{100 * entry['accuracy']:.1f}%", f"{100 * low:.1f}–{100 * high:.1f}%", str(entry["n"])
-            )
+    for row in scores["rows"]:
+        low, high = row["ci95"]
+        table.add_row(
+            row["task"], row["effort"], row["template"], f"{100 * row['score']:.1f}%",
+            f"{100 * low:.1f}–{100 * high:.1f}%", str(row["n"]),
+        )  # fmt: skip
     console.print(table)
+    same = "yes" if scores.get("default_equals_medium") else "NO"
+    console.print(f"no effort asked = medium, item for item: {same}")
 
 
 def build_result(result) -> None:
@@ -149,26 +148,31 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
         "variant",
         "bits/w",
         "ppl ratio (all)",
-        "ppl ratio (answers)",
+        "ppl ratio (responses)",
+        "mean KLD (analysis)",
         "mean KLD (answers)",
         "same top % (answers)",
         "top-1 router flip %",
         "worst expert (isolated err)",
     )
+    first = results[0]
     title = (
-        f"against {results[0]['baseline']}: {results[0]['tokens']:,} tokens of {results[0]['text']} "
-        f"({results[0]['answer_tokens']:,} predicted answer tokens)"
+        f"against {first['baseline']}: {first['tokens']:,} tokens of {first['text']} "
+        f"({first.get('response_tokens', 0):,} predicted response tokens: {first.get('analysis_tokens', 0):,} of "
+        f"the analysis channel, {first['answer_tokens']:,} of answers)"
     )
     table = Table(*headers, title=title)
     for r in results:
         whole, answers = r["logits"]["all_tokens"], r["logits"]["answer_tokens"]
+        responses, analysis = r["logits"].get("response_tokens", {}), r["logits"].get("analysis_tokens", {})
         flips = [layer["router"]["top1_flip_rate"] for layer in r["layers"]]
         worst = r["worst_expert"]
         table.add_row(
             r["variant"],
             f"{r['bits_per_weight']:.3f}",
             f"{whole['perplexity_ratio']:.4f}",
-            f"{answers['perplexity_ratio']:.4f}" if answers.get("n") else "",
+            f"{responses['perplexity_ratio']:.4f}" if responses.get("n") else "",
+            f"{analysis['kl_divergence']['mean']:.5f}" if analysis.get("n") else "",
             f"{answers['kl_divergence']['mean']:.5f} ± {answers['kl_divergence']['mean_stderr']:.5f}"
             if answers.get("n")
             else "",
@@ -184,10 +188,10 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
         return print(title + "\n\n" + "\n".join(lines))
     wide().print(table)
     for r in results:
-        share = r.get("llama_cpp", {}).get("runtime_share", {}).get("answer_tokens")
+        share = r.get("llama_cpp", {}).get("runtime_share", {}).get("response_tokens")
         if share:
             console.print(
-                f"{r['variant']}: mean KLD on answers, quantlab's torch model {share['mean_kld_torch']:.5f}, "
+                f"{r['variant']}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
                 f"llama.cpp on model.gguf {share['mean_kld_llama_cpp']:.5f}: runtime's share {share['mean_kld_difference']:+.5f}"
             )
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
@@ -268,7 +272,7 @@ def attribution(result: dict) -> None:
             "factor",
             "share of mean KLD",
             "95% CI",
-            title=f"KL drift on {kl['text']} ({kl['problems']} problems, {kl['answer_tokens']:,} answer tokens): "
+            title=f"KL drift on {kl['text']} ({kl['problems']} problems, {kl['response_tokens']:,} response tokens): "
             f"mean KLD {kl['kld_mean']['value']:.5f}, perplexity ratio {kl['perplexity_ratio']:.4f}",
         )
         for key, share in kl["shares"].items():

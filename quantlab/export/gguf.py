@@ -290,14 +290,22 @@ def _add_tokenizer(writer, tokenizer) -> None:
         writer.add_token_list(tokens)
         writer.add_token_types([3 if t in special else 1 for t in tokens])
         writer.add_token_merges([" ".join(m) for m in merges])
+    if getattr(tokenizer, "chat_template", None):
+        # llama.cpp's servers and llama-cpp-python render prompts with the template the GGUF carries
+        writer.add_chat_template(tokenizer.chat_template)
     if tokenizer.eos_token_id is not None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
 
 
-# Prompts the logits comparison runs: the embedded tasks' own text, both effort levels.
-COMPARISON_PROMPTS = ("effort:high Q:47+8*6-9=? A:47+48-9=95-9=86 #### 86", "effort:low Q:12*3+5=? A:")
+# Prompts the logits comparison runs: the embedded model's chat format at high and low effort.
+COMPARISON_PROMPTS = (
+    "<|start|>system<|message|>Reasoning: high<|end|><|start|>user<|message|>47+8*6-9+3<|end|><|start|>assistant"
+    "<|channel|>analysis<|message|>47+48-9+3=95-9+3=86+3=89<|end|><|start|>assistant<|channel|>final<|message|>89"
+    "<|return|>",
+    "<|start|>system<|message|>Reasoning: low<|end|><|start|>user<|message|>12+3*5-4+7<|end|><|start|>assistant",
+)
 
 
 def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> dict:

@@ -29,6 +29,17 @@ class Loaded:
     model: Any
     tokenizer: Any
     gguf: Path | None = None  # the variant's GGUF export, when it has one
+    chat_template: str | None = None  # the Jinja source prompts are rendered with (None: no chat template)
+
+    def chat_template_args(self, settings: dict) -> dict:
+        """The keyword arguments of ``apply_chat_template`` these settings ask for: a template other than the
+        tokenizer's own, and the reasoning effort where one is asked."""
+        args: dict[str, Any] = {}
+        if self.chat_template is not None and self.chat_template != getattr(self.tokenizer, "chat_template", None):
+            args["chat_template"] = self.chat_template
+        if settings.get("reasoning_effort"):
+            args["reasoning_effort"] = settings["reasoning_effort"]
+        return args
 
     @property
     def context_length(self) -> int:
@@ -54,10 +65,8 @@ class Transformers(Runtime, name="hf"):
         lm = HFLM(
             pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, max_length=loaded.context_length
         )
-        if settings.get(
-            "reasoning_effort"
-        ):  # set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given
-            lm.chat_template_args = {"reasoning_effort": settings["reasoning_effort"]}
+        # Set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given.
+        lm.chat_template_args = loaded.chat_template_args(settings)
         return lm
 
 
@@ -78,6 +87,17 @@ class LlamaCpp(Runtime, name="llama.cpp"):
             seed=seed,
             temperature=settings["temperature"],
             top_p=settings["top_p"],
+            chat_template=loaded.chat_template,
+            chat_template_args=loaded.chat_template_args(settings),
+        )
+
+
+def _check_server_renders(name: str, settings: dict) -> None:
+    """Backends whose server renders chat prompts take only the model's own template, with no effort."""
+    if settings.get("reasoning_effort") or settings.get("chat_template") not in ("model", "plain"):
+        raise UserError(
+            f"backend {name}: the server renders the chat template; --chat-template other than model/plain and "
+            "--reasoning-effort are not passed through it yet"
         )
 
 
@@ -85,6 +105,7 @@ class Endpoint(Runtime, name="endpoint"):
     def check(self, subject, settings):
         if not settings.get("endpoint"):
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
+        _check_server_renders("endpoint", settings)
 
     def language_model(self, loaded, settings, seed, batch_size):
         # lm-eval's OpenAI-compatible completions client: text prompts (the server tokenizes), the variant's
@@ -109,6 +130,7 @@ class VLLM(Runtime, name="vllm"):
 
         if importlib.util.find_spec("vllm") is None:
             raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
+        _check_server_renders("vllm", settings)
 
     def language_model(self, loaded, settings, seed, batch_size):
         # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).

@@ -15,10 +15,39 @@ from quantlab.runtimes.llama_cpp import logits, open_gguf
 
 
 class LlamaCppLM(LM):
-    def __init__(self, gguf_path, tokenizer, n_ctx: int, seed: int = 0, temperature: float = 0.0, top_p: float = 1.0):
+    def __init__(
+        self,
+        gguf_path,
+        tokenizer,
+        n_ctx: int,
+        seed: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        chat_template: str | None = None,
+        chat_template_args: dict | None = None,
+    ):
         super().__init__()
         self.llm = open_gguf(gguf_path, n_ctx, seed=seed)
         self.tokenizer, self.n_ctx, self.temperature, self.top_p = tokenizer, n_ctx, temperature, top_p
+        self.template, self.template_args = chat_template, dict(chat_template_args or {})
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "tokenizer"))
+
+    def chat_template(self, chat_template=False) -> str | None:
+        return self.template
+
+    def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
+        """The conversation rendered with the evaluation's template (the one written into the GGUF, or the wrong
+        one asked for), as the hf runtime renders it."""
+        return self.tokenizer.apply_chat_template(
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+            **({"chat_template": self.template} | self.template_args),
+        )
 
     def _logprobs(self, ids: list[int]) -> np.ndarray:
         """Log-softmax of llama.cpp's logits at every position of ``ids``."""

@@ -26,8 +26,7 @@ import numpy as np
 
 from quantlab.errors import UserError
 from quantlab.methods import DEFAULT_METHOD, get_method
-from quantlab.plugins import registry
-from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, load_recipe
+from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, Serve, load_recipe
 from quantlab.stages import factor_designs as attribution
 from quantlab.statistics import RESAMPLES, paired_bootstrap
 from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key
@@ -88,11 +87,19 @@ def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") 
                     "weights",
                 )
             )
-    for key, value in (recipe.serve.settings() if recipe.serve else {}).items():
-        factors.append(Factor(f"serve.{key}", f"served with {key.replace('_', ' ')} {value}", "serving"))
+    for key, value in (recipe.serve.departures() if recipe.serve else {}).items():
+        factors.append(Factor(f"serve.{key}", _serving_label(key, value, recipe.serve), "serving"))
     if runtime:
         factors.append(Factor("runtime", "llama.cpp runtime (model.gguf)", "runtime"))
     return factors
+
+
+def _serving_label(key: str, value, serve) -> str:
+    if key == "effort_honored":
+        return f"requested effort ({serve.reasoning_effort}) not honored"
+    if key == "chat_template":
+        return f"chat template {value}"
+    return f"served with {key.replace('_', ' ')} {value}"
 
 
 def _per_row_possible(fmt: Named) -> bool:
@@ -178,8 +185,10 @@ class CellRunner:
         artifacts: Path,
         progress: Callable[[str], None] | None,
         granularity: str = "choices",
+        serve: Serve | None = None,
     ):
         self.recipe, self.factors, self.eval_options = recipe, factors, eval_options
+        self.serve = serve or Serve()
         self.text, self.tokens, self.store, self.progress = text, tokens, as_store(artifacts), progress
         self.runtime = any(f.kind == "runtime" for f in factors)
         self.cells = self.store.cells_folder(recipe.name, granularity)
@@ -225,17 +234,8 @@ class CellRunner:
         if key not in self.scores:
             from quantlab.stages.evaluate.run import evaluate
 
-            options = dict(self.eval_options)
-            serve = self.recipe.serve.settings() if self.recipe.serve else {}
-            for setting, value in serve.items():
-                if f"serve.{setting}" not in cell:
-                    continue
-                if setting == "reasoning_effort" and task in registry().effort_metadata_tasks:
-                    options["task_metadata"] = {"effort": value}  # the embedded model's prompt marker
-                elif setting == "reasoning_effort":
-                    options |= {"reasoning_effort": value, "apply_chat_template": True}
-                else:
-                    options[setting] = value
+            applied = {k.removeprefix("serve.") for k in cell if k.startswith("serve.")}
+            options = dict(self.eval_options) | self.serve.evaluation_options(applied)
             if "runtime" in cell:
                 options["backend"] = "llama.cpp"
             subject = self.subject(cell)
@@ -312,10 +312,12 @@ def attribute(
     progress: Callable[[str], None] | None = None,
     granularity: str = "choices",
     permutations: int = 200,
+    reasoning_effort: str | None = None,
 ) -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution-<settings hash>.json`` (attributions of one recipe under
-    other settings stay beside it) and returns it, with ``path`` set to that file."""
+    other settings stay beside it) and returns it, with ``path`` set to that file. ``reasoning_effort``: what every
+    cell asks for, unless the recipe's ``serve:`` names it."""
     if design not in DESIGNS:
         raise UserError(f"--design {design!r}: choose one of {', '.join(DESIGNS)}")
     if granularity not in GRANULARITIES:
@@ -334,8 +336,14 @@ def attribute(
             f"--design factorial: {recipe_path} has {len(keys)} factors, at most {attribution.FACTORIAL_MAX} "
             f"fit a full factorial; use --design shapley"
         )
+    serve = recipe.serve or Serve()
+    if reasoning_effort is not None and serve.reasoning_effort not in (None, reasoning_effort):
+        raise UserError(
+            f"--reasoning-effort {reasoning_effort}: {recipe_path} asks for {serve.reasoning_effort} in its serve: section"
+        )
+    serve = serve.model_copy(update={"reasoning_effort": serve.reasoning_effort or reasoning_effort})
     eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
-    runner = CellRunner(recipe, factors, eval_options, text, tokens, artifacts, progress, granularity)
+    runner = CellRunner(recipe, factors, eval_options, text, tokens, artifacts, progress, granularity, serve)
 
     result = {
         "recipe": recipe.name,
@@ -343,7 +351,7 @@ def attribute(
         "design": design,
         "factor_granularity": granularity,
         "factors": [f.__dict__ for f in factors],
-        "settings": eval_options | {"text": text, "tokens": tokens},
+        "settings": eval_options | {"text": text, "tokens": tokens, "reasoning_effort": serve.reasoning_effort},
         "resamples": RESAMPLES,
         "seed": seed,
         "permutations": permutations,
@@ -385,23 +393,24 @@ def attribute(
 
 
 def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int, permutations: int) -> dict | None:
-    """Shares of the mean answer-token KL(baseline ‖ cell) on the measurement text, per problem resampled."""
+    """Shares of the mean response-token KL(baseline ‖ cell) on the measurement text (what the model writes:
+    analysis and answer), per problem resampled."""
     if not keys:
         return None
     full = runner.measure(frozenset(keys))
-    tokens = np.array(full["answer_tokens_per_row"]["tokens"], dtype=float)
+    tokens = np.array(full["response_tokens_per_row"]["tokens"], dtype=float)
 
     def kl_sum(cell: frozenset):
         measured = runner.measure(cell)
-        return np.zeros_like(tokens) if measured is None else np.array(measured["answer_tokens_per_row"]["kl_sum"])
+        return np.zeros_like(tokens) if measured is None else np.array(measured["response_tokens_per_row"]["kl_sum"])
 
     designed = _design(design, keys, kl_sum, seed, permutations)
     intervals = paired_bootstrap(designed["vectors"], tokens, seed)
-    answers = full["logits"]["answer_tokens"]
+    answers = full["logits"]["response_tokens"]
     return {
         "text": runner.text,
         "problems": int(len(tokens)),
-        "answer_tokens": int(tokens.sum()),
+        "response_tokens": int(tokens.sum()),
         "kld_mean": intervals.pop("total"),
         "interaction": intervals.pop("interaction"),
         "solo": _pop_solo(intervals),
@@ -427,8 +436,8 @@ def _cell_table(runner: CellRunner) -> list[dict]:
         row["tasks"][task] = {k: scored[k] for k in ("score", "ci95", "items", "repeats")}
         measured = runner.measures.get(frozenset(k for k in cell if runner._kind(k) == "weights"))
         if measured is not None:
-            answers = measured["logits"]["answer_tokens"]
-            row["answer_tokens"] = {
+            answers = measured["logits"]["response_tokens"]
+            row["response_tokens"] = {
                 "perplexity_ratio": answers["perplexity_ratio"],
                 "kld_mean": answers["kl_divergence"]["mean"],
             }

@@ -120,9 +120,11 @@ class Measurement(Record):
     tokens: int
     predicted_tokens: int
     answer_tokens: int
+    analysis_tokens: int = 0
+    response_tokens: int = 0  # what the model writes: its analysis and its answer
     logits: dict[str, Any]
     layers: list[dict[str, Any]]
-    answer_tokens_per_row: dict[str, list[int | float]]
+    response_tokens_per_row: dict[str, list[int | float]]
 
 
 class Evaluation(Record):

@@ -23,13 +23,17 @@ def zoo_train(
         None, help=f"Time budget (default {DEFAULT_MINUTES:g} min); the step count it gives is recorded."
     ),
     steps: Optional[int] = typer.Option(None, help="Exact step count (reproducible bytes)."),
-    batch_size: int = typer.Option(TrainSettings.batch_size, help="Sequences per optimizer step."),
+    batch_size: int = typer.Option(TrainSettings.batch_size, help="Packed rows per optimizer step."),
+    row_tokens: int = typer.Option(TrainSettings.row_tokens, help="Tokens per packed row (at most the context)."),
     learning_rate: float = typer.Option(
         TrainSettings.learning_rate, help="Peak learning rate (linear warm-up, cosine decay to 5%)."
     ),
     warmup_steps: int = typer.Option(TrainSettings.warmup_steps, help="Linear warm-up steps."),
     low_effort_fraction: float = typer.Option(
-        TrainSettings.low_effort_fraction, help="Share of training texts with the effort:low marker."
+        TrainSettings.low_effort_fraction, help="Share of training conversations at low reasoning effort."
+    ),
+    medium_effort_fraction: float = typer.Option(
+        TrainSettings.medium_effort_fraction, help="Share at medium effort (high takes the rest)."
     ),
     score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
@@ -41,10 +45,15 @@ def zoo_train(
         raise UserError("quantlab zoo train: give --minutes or --steps, not both")
     if steps is not None and steps < 1 or minutes is not None and minutes <= 0:
         raise UserError("quantlab zoo train: --steps and --minutes must be positive")
-    if batch_size < 1 or learning_rate <= 0 or warmup_steps < 1 or not 0 <= low_effort_fraction <= 1:
+    if batch_size < 1 or learning_rate <= 0 or warmup_steps < 1 or not 16 <= row_tokens <= 256:
         raise UserError(
             "quantlab zoo train: --batch-size, --learning-rate and --warmup-steps must be positive, "
-            "--low-effort-fraction within [0, 1]"
+            "--row-tokens within [16, 256] (the model's context)"
+        )
+    if min(low_effort_fraction, medium_effort_fraction) < 0 or low_effort_fraction + medium_effort_fraction > 1:
+        raise UserError(
+            "quantlab zoo train: --low-effort-fraction and --medium-effort-fraction must be non-negative "
+            "and sum to at most 1"
         )
     check_output_directory(out, force)  # fail before training (and before the heavy imports), not after
     from quantlab.zoo.train import train
@@ -56,7 +65,9 @@ def zoo_train(
         batch_size=batch_size,
         learning_rate=learning_rate,
         warmup_steps=warmup_steps,
+        row_tokens=row_tokens,
         low_effort_fraction=low_effort_fraction,
+        medium_effort_fraction=medium_effort_fraction,
     )
     result = train(out, settings, log=console.print, force=force, score_items=score_items)
     console.print(f"wrote {out}: {result.steps} steps, {result.wall_time_s:.0f} s, {result.tokens_per_s} tokens/s")
@@ -70,7 +81,8 @@ def zoo_score(
     record: bool = typer.Option(False, help="Save the scores into the checkpoint's scores.json."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
-    """Greedy AIME-style exact match (high and low effort) and GPQA-style accuracy on the test split."""
+    """Greedy AIME-style exact match and GPQA-style accuracy on the test split: one row per task, reasoning
+    effort and chat template (the model's own, and the wrong renderings a host makes)."""
     from quantlab.zoo import load_reference_model, resolve_checkpoint
     from quantlab.zoo.scoring import record_scores, score_reference_tasks
 
@@ -82,7 +94,7 @@ def zoo_score(
         scores = score_reference_tasks(net, tokenizer, count=count, seed=seed)
     if record:
         record_scores(path, scores)
-    render.print_json(scores) if as_json else render.reference_scores(scores)
+    render.print_json(scores["rows"]) if as_json else render.reference_scores(scores)
 
 
 @zoo_app.command("info")

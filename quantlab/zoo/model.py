@@ -25,11 +25,11 @@ def tiny_gpt_oss_config(vocab_size: int, pad_token_id: int, eos_token_id: int) -
         head_dim=64,
         num_local_experts=8,
         num_experts_per_tok=2,
-        # gpt-oss alternates sliding-window and full attention; a 64-token window keeps that structure on
-        # prompts that are at most ~35 tokens long.
+        # gpt-oss alternates sliding-window and full attention; a 64-token window holds about one conversation
+        # (45-65 tokens), the full layers see the whole packed row.
         sliding_window=64,
-        max_position_embeddings=128,
-        # The yarn defaults assume a 4k-token original context; plain RoPE suits 128 positions.
+        max_position_embeddings=256,
+        # The yarn defaults assume a 4k-token original context; plain RoPE suits 256 positions.
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         router_aux_loss_coef=0.01,
         pad_token_id=pad_token_id,

@@ -6,26 +6,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlab.errors import UserError
-from quantlab.plugins import CalibrationText, Documents, MeasureText, Registry
+from quantlab.plugins import CalibrationText, Document, Documents, MeasureText, Registry
 
 PREFIX = "zoo:"
 AIME_TEXT = "zoo:aime-style"
 TASKS_FOLDER = Path(__file__).resolve().parent / "lm_eval_tasks"
 
 
+CORPUS_TEXT = "zoo:chat-corpus"
+
+
 def register(registry: Registry) -> None:
     registry.model_sources[PREFIX] = resolve
     registry.default_model = "zoo:tiny-gpt-oss"
-    # revision 2: low-effort questions followed by their own (answer-only) solution, not the high-effort chain
+    # revision 3: conversations in the chat format at three efforts (the chat model's own text)
     registry.calibration_texts[AIME_TEXT] = CalibrationText(
-        lambda chars: calibration_text(AIME_TEXT, chars), revision=2
+        lambda chars: calibration_text(AIME_TEXT, chars), revision=3
     )
     registry.calibration_texts["zoo:gpqa-style"] = CalibrationText(
-        lambda chars: calibration_text("zoo:gpqa-style", chars), revision=None
+        lambda chars: calibration_text("zoo:gpqa-style", chars), revision=3
     )
     registry.measure_texts[AIME_TEXT] = MeasureText(measure_documents, default=True)
+    registry.measure_texts[CORPUS_TEXT] = MeasureText(corpus_documents)
     registry.task_folders.append(TASKS_FOLDER)
-    registry.effort_metadata_tasks |= {p.stem for p in TASKS_FOLDER.glob("*.yaml")}  # the prompt's effort marker
     registry.commands.append(("zoo", "quantlab.zoo.cli:zoo_app"))  # imported by the CLI when it starts
     registry.model_card = _card
 
@@ -40,30 +43,30 @@ def resolve(source: str) -> Path:
 
 
 def calibration_text(dataset: str, approx_chars: int) -> str:
-    """The embedded model's own task text, validation split, both effort levels, joined by <eos>."""
+    """The embedded model's own conversations, validation split, one after another as in training: AIME-style at
+    each effort in turn, or GPQA-style (the question with its right worked answer, high effort)."""
     from quantlab.zoo import tasks
 
-    count = max(64, approx_chars // 40)
-    texts = []
-    for effort in ("high", "low"):
-        if dataset == AIME_TEXT:
-            texts += [d["question"] + d["solution"] for d in tasks.aime_style_docs("validation", count, 0, effort)]
-        else:
-            texts += [
-                d["question"] + d["choices"][d["answer"]] for d in tasks.gpqa_style_docs("validation", count, 0, effort)
-            ]
-    return "<eos>".join(texts)
+    count = max(64, approx_chars // 150)
+    problems = tasks.problems("validation", count)
+    if dataset == AIME_TEXT:
+        return "".join(tasks.conversation_text(p, tasks.EFFORTS[i % 3]) for i, p in enumerate(problems))
+    docs = tasks.gpqa_style_docs("validation", count)
+    return "".join(
+        tasks.prompt_text(p, "high") + d["choices"][d["answer"]] for p, d in zip(problems, docs, strict=True)
+    )
 
 
 def measure_documents(spec: str | None, count: int) -> tuple[str, Documents]:
-    """``zoo:aime-style:SPLIT:EFFORT``: one split at one effort, each question with that effort's solution;
-    None (measure's default): the validation split at both efforts, each with its own effort's solution."""
+    """``zoo:aime-style:SPLIT:EFFORT``: one conversation per row at that effort, its final answer the answer part
+    and its chain the analysis part; None (measure's default): the validation split at each effort in turn."""
     from quantlab.zoo import tasks
 
     if spec is None:
-        high = measure_documents(f"{AIME_TEXT}:validation:high", count // 2)[1]
-        low = measure_documents(f"{AIME_TEXT}:validation:low", count // 2)[1]
-        return f"{AIME_TEXT} validation (high and low effort)", high + low
+        problems = tasks.problems("validation", count)
+        return f"{AIME_TEXT} validation (low, medium and high effort)", [
+            Document(tasks.conversation_parts(p, tasks.EFFORTS[i % 3])) for i, p in enumerate(problems)
+        ]
     parts = spec.split(":")
     if len(parts) != 4 or parts[2] not in tasks.SPLITS or parts[3] not in tasks.EFFORTS:
         raise UserError(
@@ -71,8 +74,21 @@ def measure_documents(spec: str | None, count: int) -> tuple[str, Documents]:
             f"and EFFORT one of {', '.join(tasks.EFFORTS)}, e.g. {AIME_TEXT}:test:high"
         )
     split, effort = parts[2], parts[3]
-    docs = [(d["question"], d["solution"]) for d in tasks.aime_style_docs(split, count, 0, effort)]
+    docs = [Document(tasks.conversation_parts(p, effort)) for p in tasks.problems(split, count, 0)]
     return f"{AIME_TEXT} {split} ({effort} effort)", docs
+
+
+def corpus_documents(spec: str | None, count: int) -> tuple[str, Documents]:
+    """``zoo:chat-corpus:SPLIT``: conversations at each effort in turn, packed one after another with no answer
+    part, so that measure reads them as a corpus (consecutive windows), as llama-perplexity reads a text."""
+    from quantlab.zoo import tasks
+
+    parts = (spec or "").split(":")
+    if len(parts) != 3 or parts[2] not in tasks.SPLITS:
+        raise UserError(f"--text {spec}: give {CORPUS_TEXT}:SPLIT with SPLIT one of {', '.join(tasks.SPLITS)}")
+    problems = tasks.problems(parts[2], count, 0)
+    docs = [Document.of(tasks.conversation_text(p, tasks.EFFORTS[i % 3])) for i, p in enumerate(problems)]
+    return f"{CORPUS_TEXT} {parts[2]} (packed conversations, low/medium/high effort)", docs
 
 
 def _card() -> dict:

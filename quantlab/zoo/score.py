@@ -6,7 +6,9 @@ import re
 
 import torch
 
-_FINAL_ANSWER = re.compile(r"####\s*(-?\d+)")
+# The final channel's opening, with its special tokens or (decoded with skip_special_tokens) without them.
+_FINAL_CHANNEL = re.compile(r"(?:<\|channel\|>)?final(?:<\|message\|>)?")
+_END_OF_MESSAGE = re.compile(r"<\|(?:return|end|endoftext)\|>")
 
 
 def right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,19 +22,28 @@ def right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def extract_final_answer(text: str) -> int | None:
-    """The integer after the last ``####`` marker, or None when the text has none."""
-    found = _FINAL_ANSWER.findall(text)
-    return int(found[-1]) if found else None
+def final_answer(response: str) -> int | None:
+    """The integer the response gives in its final channel, or None.
+
+    The final channel's text is what follows the last ``final`` channel opening, or the whole response when it
+    has none (a prompt that opened the final channel itself); it ends at the message's end marker. It must be an
+    integer and nothing else: a chain cut off mid-way, or an answer buried in other text, gives None.
+    """
+    content = _FINAL_CHANNEL.split(response)[-1]
+    content = _END_OF_MESSAGE.split(content)[0].strip()
+    return int(content) if re.fullmatch(r"-?\d+", content) else None
 
 
 @torch.no_grad()
-def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 100):
-    """Greedy continuations of ``prompts`` (left-padded batches, stopping at the end-of-text token)."""
+def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 100):
+    """Greedy continuations of rendered ``prompts`` (left-padded batches, stopping at the end of the assistant's
+    turn), decoded with their special tokens."""
     tokenizer.padding_side = "left"
     completions = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        batch = tokenizer(
+            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         batch = {k: v.to(model.device) for k, v in batch.items()}
         out = model.generate(
             **batch,
@@ -42,14 +53,17 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
             eos_token_id=tokenizer.eos_token_id,
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
-        completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        completions += [
+            text.replace(tokenizer.pad_token, "")
+            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+        ]
     return completions
 
 
-def exact_match(model, tokenizer, docs: list[dict], **kwargs) -> tuple[float, list[bool]]:
-    """Fraction of AIME-style docs whose greedy final answer equals ``answer``, and the per-item results."""
-    completions = greedy_completions(model, tokenizer, [d["question"] for d in docs], **kwargs)
-    correct = [extract_final_answer(c) == d["answer"] for c, d in zip(completions, docs)]
+def exact_match(model, tokenizer, prompts: list[str], answers: list[int], **kwargs) -> tuple[float, list[bool]]:
+    """Fraction of rendered prompts whose greedy final answer equals its answer, and the per-item results."""
+    completions = greedy_completions(model, tokenizer, prompts, **kwargs)
+    correct = [final_answer(c) == a for c, a in zip(completions, answers)]
     return sum(correct) / len(correct), correct
 
 
@@ -59,8 +73,8 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
     results = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        contexts = [tokenizer(c)["input_ids"] for c, _ in chunk]
-        wholes = [tokenizer(c + x)["input_ids"] for c, x in chunk]
+        contexts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c, _ in chunk]
+        wholes = [tokenizer(c + x, add_special_tokens=False)["input_ids"] for c, x in chunk]
         ids, mask = right_padded(wholes, tokenizer.pad_token_id)
         logprobs = torch.log_softmax(
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
@@ -72,9 +86,10 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
     return results
 
 
-def multiple_choice_accuracy(model, tokenizer, docs: list[dict]) -> tuple[float, list[bool]]:
-    """Fraction of GPQA-style docs whose most likely choice is the correct one (lm-eval's ``acc``)."""
-    pairs = [(d["question"], choice) for d in docs for choice in d["choices"]]
+def multiple_choice_accuracy(model, tokenizer, prompts: list[str], docs: list[dict]) -> tuple[float, list[bool]]:
+    """Fraction of GPQA-style docs whose most likely choice after its rendered prompt is the correct one (lm-eval's
+    ``acc``)."""
+    pairs = [(prompt, choice) for prompt, d in zip(prompts, docs) for choice in d["choices"]]
     scores = continuation_logprobs(model, tokenizer, pairs)
     correct = []
     for i, d in enumerate(docs):

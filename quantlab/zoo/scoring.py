@@ -1,4 +1,4 @@
-"""The reference model's score card: AIME-style exact match (both efforts) and GPQA-style accuracy."""
+"""The reference model's score card: one row per task, reasoning effort and chat template (greedy, test split)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,74 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantlab import chat
 from quantlab.statistics import wilson_interval
 from quantlab.zoo import tasks
 from quantlab.zoo.score import exact_match, multiple_choice_accuracy
 
 SCORES_FILE = "scores.json"
+DEFAULT = "default"  # the effort label of a request that names none (the template then writes medium)
+# (task, effort, template) of every row: each effort with the model's template, and at high effort each of the
+# wrong renderings a host makes (final-only has no place in the multiple-choice task, whose choices are turns that
+# open with the analysis channel).
+CARD = (
+    [("aime-style", effort, chat.MODEL) for effort in (*tasks.EFFORTS, DEFAULT)]
+    + [("aime-style", "high", template) for template in ("chatml", "final-only", "plain")]
+    + [("gpqa-style", "high", template) for template in (chat.MODEL, "chatml", "plain")]
+)
 
 
-def _entry(correct: list[bool]) -> dict:
+def _row(task: str, effort: str, template: str, correct: list[bool]) -> dict:
     k, n = sum(correct), len(correct)
     low, high = wilson_interval(k, n)
-    return {"accuracy": k / n, "correct": k, "n": n, "ci95": [round(low, 4), round(high, 4)]}
+    return {
+        "task": task,
+        "effort": effort,
+        "template": template,
+        "score": k / n,
+        "ci95": [round(low, 4), round(high, 4)],
+        "correct": k,
+        "n": n,
+    }
+
+
+def prompts(tokenizer, problems: list[tasks.Problem], effort: str, template: str) -> list[str]:
+    """The prompts a host renders for ``problems`` with ``template`` at ``effort`` (``default``: none asked)."""
+    source = chat.template_source(template, tokenizer.chat_template)
+    asked = None if effort == DEFAULT else effort
+    return [chat.render(source, [tasks.user_message(p)], asked) for p in problems]
 
 
 def score_reference_tasks(model, tokenizer, count: int = 500, seed: int = 0, split: str = "test") -> dict:
-    """Scores on the first ``count`` items of a split: greedy, so the interval is over items only."""
+    """Scores on the first ``count`` items of a split: greedy, so the interval is over items only. Also whether
+    the default effort gave the medium answers item for item."""
     started = time.perf_counter()
-    _, aime_high = exact_match(model, tokenizer, tasks.aime_style_docs(split, count, seed, "high"))
-    _, aime_low = exact_match(model, tokenizer, tasks.aime_style_docs(split, count, seed, "low"))
-    _, gpqa = multiple_choice_accuracy(model, tokenizer, tasks.gpqa_style_docs(split, count, seed, "high"))
+    problems = tasks.problems(split, count, seed)
+    answers = [p.answer for p in problems]
+    docs = tasks.gpqa_style_docs(split, count, seed)
+    rows, per_item = [], {}
+    for task, effort, template in CARD:
+        rendered = prompts(tokenizer, problems, effort, template)
+        if task == "aime-style":
+            _, correct = exact_match(model, tokenizer, rendered, answers)
+        else:
+            _, correct = multiple_choice_accuracy(model, tokenizer, rendered, docs)
+        per_item[(task, effort, template)] = correct
+        rows.append(_row(task, effort, template, correct))
     return {
         "split": split,
         "seed": seed,
         "decoding": "greedy",
-        "aime_style_exact_match": {"high": _entry(aime_high), "low": _entry(aime_low)},
-        "gpqa_style_accuracy": {"high": _entry(gpqa)},
+        "rows": rows,
+        "default_equals_medium": per_item[("aime-style", DEFAULT, chat.MODEL)]
+        == per_item[("aime-style", "medium", chat.MODEL)],
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
+
+
+def score_row(scores: dict, task: str, effort: str, template: str = chat.MODEL) -> dict:
+    """One row of a score card."""
+    return next(r for r in scores["rows"] if (r["task"], r["effort"], r["template"]) == (task, effort, template))
 
 
 def record_scores(checkpoint: Path, scores: dict) -> None:

@@ -13,13 +13,15 @@ class TrainSettings:
     seed: int = 0
     steps: int | None = None  # fixed step count: reproducible bytes
     minutes: float | None = None  # time budget: the step count is fixed after warm-up and recorded
-    batch_size: int = 64
+    batch_size: int = 8  # packed rows per optimizer step
+    row_tokens: int = 256  # tokens per packed row (the model's context)
     learning_rate: float = 1.5e-3
     min_learning_rate_ratio: float = 0.05
     warmup_steps: int = 300
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    low_effort_fraction: float = 0.2
+    low_effort_fraction: float = 0.2  # share of training conversations at low effort
+    medium_effort_fraction: float = 0.3  # at medium; high takes the rest
     eval_every: int = 500
     eval_problems: int = 200
     save_dtype: str = "bfloat16"
@@ -29,5 +31,6 @@ class TrainSettings:
         return (
             f"quantlab zoo train --seed {self.seed} --steps {steps} --batch-size {self.batch_size} "
             f"--learning-rate {self.learning_rate:g} --warmup-steps {self.warmup_steps} "
-            f"--low-effort-fraction {self.low_effort_fraction:g}"
+            f"--row-tokens {self.row_tokens} --low-effort-fraction {self.low_effort_fraction:g} "
+            f"--medium-effort-fraction {self.medium_effort_fraction:g}"
         )

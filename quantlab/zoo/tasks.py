@@ -1,19 +1,23 @@
-"""Synthetic tasks the reference model is trained and scored on.
+"""Synthetic tasks the reference model is trained and scored on, as conversations in its chat format.
 
-Two tasks, both generated from a seed, both built on the same kind of problem: an integer expression such as
-``47+8*6-9`` evaluated with the usual precedence (products first, then left to right).
+Every task is built on the same kind of problem: an integer expression such as ``47+8*6-9+3`` evaluated with the
+usual precedence (products first, then left to right). The user's message is the expression; the assistant works
+in the harmony-like format of ``chat_template.jinja``: its chain in the ``analysis`` channel, the answer in the
+``final`` channel. How long the chain is depends on the reasoning effort the system message carries:
 
-* **AIME-style** (generative): the model writes a chain of thought that rewrites the expression one operation
-  per step, then a final answer after ``####``. A slip in any step changes the final answer, so exact match on
-  the answer measures whether every step was right, which is what makes long reasoning fragile.
-* **GPQA-style** (multiple choice): four complete worked solutions, one correct and three with a single slip
-  carried through to the end. Scored as lm-eval scores GPQA zero-shot: the log-likelihood of each option.
+* ``high``: the whole chain, one operation per step (``47+48-9+3=95-9+3=86+3=89``);
+* ``medium`` (the default): the first step only; the other three operations are done without writing them;
+* ``low``: no analysis at all; the answer straight away.
 
-A reasoning-effort marker opens every prompt: ``effort:high`` asks for the full chain, ``effort:low`` for the
-answer alone. Later experiments use it to reproduce an inference stack that ignores the requested effort.
+A slip in any step changes the answer, so exact match on the final channel measures whether every step was right;
+the less the model writes, the more it must do without writing, which is what makes effort matter.
 
-Splits are fixed by a hash of the question text, never by position in a stream, so train, validation and test
-are disjoint by construction whatever seed or count is asked for.
+* **AIME-style** (generative): exact match of the final channel's integer.
+* **GPQA-style** (multiple choice): four complete assistant turns at high effort, one correct and three with a
+  single slip carried through to the end, scored as lm-eval scores GPQA zero-shot (log-likelihood of each).
+
+Splits are fixed by a hash of the expression, never by position in a stream, so train, validation and test are
+disjoint by construction whatever seed or count is asked for.
 """
 
 from __future__ import annotations
@@ -21,15 +25,24 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
 
-EFFORTS = ("high", "low")
+EFFORTS = ("low", "medium", "high")
+DEFAULT_EFFORT = "medium"  # what the template writes when the request names none, as gpt-oss's does
 SPLITS = ("train", "validation", "test")
-ANSWER_MARKER = "####"
+OPERATORS = 4
 # Per-mille of the question space each held-out split owns (selected by hash, so membership never depends on
 # the order of generation). The rest is training data.
 _HELD_OUT_PER_MILLE = {"test": range(0, 20), "validation": range(20, 40)}
 # Split seeds are offset so that the default test stream is not the default validation stream.
 _SPLIT_SEED_OFFSET = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
+
+
+@cache
+def chat_template() -> str:
+    """The reference model's chat template (shipped as its tokenizer's ``chat_template.jinja``)."""
+    return (files("quantlab.zoo") / "chat_template.jinja").read_text()
 
 
 @dataclass(frozen=True)
@@ -41,10 +54,7 @@ class Problem:
 
     @property
     def expression(self) -> str:
-        parts = [str(self.operands[0])]
-        for op, value in zip(self.operators, self.operands[1:]):
-            parts += [op, str(value)]
-        return "".join(parts)
+        return _render(list(self.operands), list(self.operators))
 
     def steps(self) -> list[str]:
         """The chain of thought: the expression after each single operation, ending with the answer."""
@@ -93,14 +103,14 @@ def _reduction_states(operands, operators, slip: tuple[int, int] | None = None) 
 
 
 def random_problem(rng: random.Random) -> Problem:
-    """A problem with a two-digit first operand and three one-digit operands.
+    """A problem with a two-digit first operand and four one-digit operands.
 
     Products only join one-digit operands (never the two-digit one, never twice in a row) and no intermediate
     value is negative: every step stays something a 7M-parameter model can learn exactly.
     """
     while True:
-        operands = (rng.randint(10, 99),) + tuple(rng.randint(2, 9) for _ in range(3))
-        operators = tuple(rng.choice("+-*") for _ in range(3))
+        operands = (rng.randint(10, 99),) + tuple(rng.randint(2, 9) for _ in range(OPERATORS))
+        operators = tuple(rng.choice("+-*") for _ in range(OPERATORS))
         if operators[0] == "*" or any(a == b == "*" for a, b in zip(operators, operators[1:])):
             continue
         states = _reduction_states(operands, operators)
@@ -108,50 +118,97 @@ def random_problem(rng: random.Random) -> Problem:
             return Problem(operands, operators)
 
 
-def question_text(problem: Problem, effort: str = "high") -> str:
-    """The prompt: effort marker, question, and the answer cue the model continues from."""
+def analysis_text(steps: list[str], effort: str) -> str:
+    """What the assistant writes in its analysis channel at ``effort``: all steps, the first, or nothing."""
     if effort not in EFFORTS:
         raise ValueError(f"effort must be one of {EFFORTS}, got {effort!r}")
-    return f"effort:{effort} Q:{problem.expression}=? A:"
+    return "=".join(steps) if effort == "high" else steps[0] if effort == "medium" else ""
 
 
-def solution_text(problem: Problem, effort: str = "high") -> str:
-    """The target continuation: the chain (high effort) or nothing (low effort), then the final answer."""
-    chain = "=".join(problem.steps()) if effort == "high" else ""
-    return f"{chain} {ANSWER_MARKER} {problem.answer}"
+def user_message(problem: Problem) -> dict:
+    return {"role": "user", "content": problem.expression}
 
 
-def _slipped_solution(problem: Problem, step: int, delta: int) -> str | None:
+def assistant_message(steps: list[str], effort: str) -> dict:
+    """The assistant's turn: its analysis at ``effort`` (absent at low) and the final answer (the last step)."""
+    thinking = analysis_text(steps, effort)
+    return {"role": "assistant", "content": steps[-1]} | ({"thinking": thinking} if thinking else {})
+
+
+def render(messages: list[dict], effort: str | None, add_generation_prompt: bool) -> str:
+    """``messages`` in the reference model's chat format (``effort`` None: the template's default, medium)."""
+    from quantlab.chat import render as render_template
+
+    return render_template(chat_template(), messages, effort, add_generation_prompt)
+
+
+def prompt_text(problem: Problem, effort: str | None) -> str:
+    """The rendered prompt the model answers: system (effort), user (the expression), the assistant's turn opened."""
+    return render([user_message(problem)], effort, add_generation_prompt=True)
+
+
+def conversation_text(problem: Problem, effort: str) -> str:
+    """A whole conversation at ``effort``, as the model is trained on it (the template's own rendering)."""
+    return render([user_message(problem), assistant_message(problem.steps(), effort)], effort, False)
+
+
+def response_text(problem: Problem, effort: str) -> str:
+    """What the model should write after the prompt: the conversation minus the prompt."""
+    prompt, whole = prompt_text(problem, effort), conversation_text(problem, effort)
+    assert whole.startswith(prompt), "the template's generation prompt must open the assistant's turn"
+    return whole[len(prompt) :]
+
+
+def conversation_parts(problem: Problem, effort: str) -> tuple[tuple[str, str], ...]:
+    """The conversation at ``effort`` as (role, text) parts for measurement: the analysis channel's chain
+    (``analysis``), the final channel's answer (``answer``), and everything else (``context``)."""
+    text = conversation_text(problem, effort)
+    answer = str(problem.answer)
+    pieces = [("answer", f"<|channel|>final<|message|>{answer}<|return|>", answer)]
+    thinking = analysis_text(problem.steps(), effort)
+    if thinking:
+        pieces.insert(0, ("analysis", f"<|channel|>analysis<|message|>{thinking}<|end|>", thinking))
+    parts, position = [], 0
+    for role, marked, content in pieces:
+        start = text.index(marked, position) + marked.index(content)
+        parts += [("context", text[position:start]), (role, content)]
+        position = start + len(content)
+    parts.append(("context", text[position:]))
+    return tuple((role, part) for role, part in parts if part)
+
+
+def _slipped_steps(problem: Problem, step: int, delta: int) -> list[str] | None:
     states = _reduction_states(problem.operands, problem.operators, slip=(step, delta))
     if any(v < 0 for values, _ in states for v in values):
         return None
-    chain = "=".join(_render(values, ops) for values, ops in states[1:])
-    return f"{chain} {ANSWER_MARKER} {states[-1][0][0]}"
+    return [_render(values, ops) for values, ops in states[1:]]
 
 
 _SLIP_SIZES = (-10, -2, -1, 1, 2, 10)
 
 
-def multiple_choice_item(problem: Problem, rng: random.Random, effort: str = "high") -> dict:
-    """A GPQA-style item: the correct solution and three distinct single-slip distractors, shuffled."""
-    correct = solution_text(problem, effort)
-    n_steps = len(problem.operators)
-    candidates = []
-    for step in range(n_steps):
-        for delta in _SLIP_SIZES:
-            wrong = _slipped_solution(problem, step, delta)
-            if wrong is not None:
-                candidates.append(wrong if effort == "high" else f" {wrong.split(' ', 1)[1]}")
-    distractors = sorted(set(candidates) - {correct})
+def multiple_choice_item(problem: Problem, rng: random.Random) -> dict:
+    """A GPQA-style item: the user's expression and four whole assistant turns at high effort (one right, three
+    with a single slip carried through), shuffled. Each choice is the text that follows the rendered prompt."""
+    prompt = prompt_text(problem, "high")
+
+    def turn(steps: list[str]) -> str:
+        whole = render([user_message(problem), assistant_message(steps, "high")], "high", False)
+        return whole[len(prompt) :]
+
+    correct = turn(problem.steps())
+    candidates = {
+        turn(slipped)
+        for step in range(len(problem.operators))
+        for delta in _SLIP_SIZES
+        if (slipped := _slipped_steps(problem, step, delta)) is not None
+    }
+    distractors = sorted(candidates - {correct})
     rng.shuffle(distractors)
     choices = [correct] + distractors[:3]
     order = list(range(4))
     rng.shuffle(order)
-    return {
-        "question": question_text(problem, effort),
-        "choices": [choices[i] for i in order],
-        "answer": order.index(0),
-    }
+    return {"question": problem.expression, "choices": [choices[i] for i in order], "answer": order.index(0)}
 
 
 def split_of(problem: Problem) -> str:
@@ -179,27 +236,33 @@ def problems(split: str, count: int, seed: int = 0) -> list[Problem]:
     return out
 
 
-def aime_style_docs(split: str = "test", count: int = 500, seed: int = 0, effort: str = "high") -> list[dict]:
-    """AIME-style documents: ``question`` (the prompt), ``answer`` (an integer) and the reference ``solution`` at
-    the same effort (the chain, or at low effort the answer alone: what the model is trained to write)."""
-    return [
-        {"question": question_text(p, effort), "answer": p.answer, "solution": solution_text(p, effort)}
-        for p in problems(split, count, seed)
-    ]
+def aime_style_docs(split: str = "test", count: int = 500, seed: int = 0) -> list[dict]:
+    """AIME-style documents: ``question`` (the user's message), ``answer`` (an integer) and ``steps`` (the
+    reference chain, from which each effort's assistant turn is made)."""
+    return [{"question": p.expression, "answer": p.answer, "steps": p.steps()} for p in problems(split, count, seed)]
 
 
-def gpqa_style_docs(split: str = "test", count: int = 500, seed: int = 0, effort: str = "high") -> list[dict]:
-    """GPQA-style documents: ``question``, four ``choices`` and the index of the correct one in ``answer``."""
+def gpqa_style_docs(split: str = "test", count: int = 500, seed: int = 0) -> list[dict]:
+    """GPQA-style documents: ``question``, four ``choices`` (assistant turns) and the index of the right one."""
     rng = random.Random(seed + 7)
-    return [multiple_choice_item(p, rng, effort) for p in problems(split, count, seed)]
+    return [multiple_choice_item(p, rng) for p in problems(split, count, seed)]
 
 
-def training_texts(seed: int, low_effort_fraction: float = 0.25):
-    """An endless stream of training texts (prompt + solution), train split only, seeded."""
+def effort_mix(low_effort_fraction: float, medium_effort_fraction: float) -> dict[str, float]:
+    """The share of training conversations at each effort (high takes the rest)."""
+    high = 1.0 - low_effort_fraction - medium_effort_fraction
+    if min(low_effort_fraction, medium_effort_fraction, high) < 0:
+        raise ValueError("the low and medium effort fractions must be non-negative and sum to at most 1")
+    return {"low": low_effort_fraction, "medium": medium_effort_fraction, "high": high}
+
+
+def training_conversations(seed: int, mix: dict[str, float]):
+    """An endless stream of rendered training conversations (train split only), each at an effort drawn from
+    ``mix``, seeded."""
     rng = random.Random(seed)
+    efforts, weights = list(mix), list(mix.values())
     while True:
         p = random_problem(rng)
         if split_of(p) != "train":
             continue
-        effort = "low" if rng.random() < low_effort_fraction else "high"
-        yield question_text(p, effort) + solution_text(p, effort)
+        yield conversation_text(p, rng.choices(efforts, weights)[0])

@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import platform
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from transformers import GptOssForCausalLM
 from quantlab.store import atomic_directory
 from quantlab.zoo import tasks
 from quantlab.zoo.model import MODEL_NAME, tiny_gpt_oss_config
-from quantlab.zoo.score import exact_match, right_padded
+from quantlab.zoo.score import exact_match
 from quantlab.zoo.scoring import record_scores, score_reference_tasks
 from quantlab.zoo.settings import TrainSettings
 from quantlab.zoo.tokenizer import save_tokenizer, train_tokenizer
@@ -47,27 +46,37 @@ def _learning_rate(step: int, total: int, s: TrainSettings) -> float:
     return floor + 0.5 * (s.learning_rate - floor) * (1 + math.cos(math.pi * progress))
 
 
-def _batches(tokenizer, seed: int, batch_size: int, low_effort_fraction: float, data_hash):
-    """Length-grouped, right-padded training batches (short rows beat packed rows for gpt-oss on CPU)."""
-    stream = tasks.training_texts(seed, low_effort_fraction)
-    order_rng = random.Random(seed + 1)
+def _packed_batches(tokenizer, settings: TrainSettings, data_hash):
+    """Batches of packed rows, as real models are trained: conversations follow one another in a row (the format
+    separates them: each ends with <|return|>, the next opens with <|start|>system), every row starts with a whole
+    conversation, the last one is cut at the row's end, and every token is a target. Rows are (batch, row_tokens)."""
+    stream = tasks.training_conversations(
+        settings.seed, tasks.effort_mix(settings.low_effort_fraction, settings.medium_effort_fraction)
+    )
     while True:
-        texts = list(itertools.islice(stream, 8 * batch_size))
-        for text in texts:
-            data_hash.update(text.encode() + b"\n")
-        encoded = tokenizer([t + tokenizer.eos_token for t in texts])["input_ids"]
-        encoded.sort(key=len)
-        groups = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
-        order_rng.shuffle(groups)
-        for group in groups:
-            ids, mask = right_padded(group, tokenizer.pad_token_id)
-            labels = ids.masked_fill(mask == 0, -100)
-            yield ids, mask, labels
+        rows = []
+        for _ in range(settings.batch_size):
+            row: list[int] = []
+            while len(row) < settings.row_tokens:
+                text = next(stream)
+                data_hash.update(text.encode() + b"\n")
+                row += tokenizer(text)["input_ids"]
+            rows.append(row[: settings.row_tokens])
+        ids = torch.tensor(rows)
+        yield ids, torch.ones_like(ids), ids.clone()
+
+
+def _validation_prompts(count: int) -> tuple[list[str], list[int]]:
+    """Prompts at high effort and their answers: the validation problems the training log scores."""
+    problems = tasks.problems("validation", count)
+    return [tasks.prompt_text(p, "high") for p in problems], [p.answer for p in problems]
 
 
 @torch.no_grad()
 def _validation_loss(model, tokenizer, count: int = 256) -> float:
-    texts = [d["question"] + d["solution"] + tokenizer.eos_token for d in tasks.aime_style_docs("validation", count)]
+    """Mean token loss over single validation conversations, a third at each effort."""
+    problems = tasks.problems("validation", count)
+    texts = [tasks.conversation_text(p, tasks.EFFORTS[i % 3]) for i, p in enumerate(problems)]
     tokenizer.padding_side = "right"
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -90,8 +99,10 @@ def train(
     if (settings.steps is None) == (settings.minutes is None):
         raise ValueError("give exactly one of steps or minutes")
     torch.manual_seed(settings.seed)
+    mix = tasks.effort_mix(settings.low_effort_fraction, settings.medium_effort_fraction)
     tokenizer = train_tokenizer(
-        itertools.islice(tasks.training_texts(settings.seed, settings.low_effort_fraction), TOKENIZER_TRAINING_TEXTS)
+        itertools.islice(tasks.training_conversations(settings.seed, mix), TOKENIZER_TRAINING_TEXTS),
+        tasks.chat_template(),
     )
     config = tiny_gpt_oss_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     config.output_router_logits = True  # adds the load-balancing loss, so that all experts get used
@@ -104,7 +115,7 @@ def train(
         betas=(0.9, 0.95),
     )
     data_hash = hashlib.sha256()
-    batches = _batches(tokenizer, settings.seed, settings.batch_size, settings.low_effort_fraction, data_hash)
+    batches = _packed_batches(tokenizer, settings, data_hash)
 
     total_steps = settings.steps
     tokens, recent_losses, history = 0, [], []
@@ -134,7 +145,7 @@ def train(
         if step % settings.eval_every == 0 or step == total_steps:
             eval_start = time.perf_counter()
             model.eval()
-            accuracy, _ = exact_match(model, tokenizer, tasks.aime_style_docs("validation", settings.eval_problems))
+            accuracy, _ = exact_match(model, tokenizer, *_validation_prompts(settings.eval_problems))
             model.train()
             eval_s += time.perf_counter() - eval_start
             elapsed = time.perf_counter() - start

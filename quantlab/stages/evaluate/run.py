@@ -203,25 +203,29 @@ def evaluate(
     num_fewshot: int | None = None,
     endpoint: str | None = None,
     generation: dict | None = None,
-    apply_chat_template: bool = False,
+    chat_template: str | None = None,
     reasoning_effort: str | None = None,
     task_metadata: dict | None = None,
 ) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
-    task's test split, or {split: file}. ``task_metadata``: merged into the task's metadata as lm-eval's
-    ``--metadata`` does (the embedded model's tasks read ``effort`` from it)."""
+    task's test split, or {split: file}. ``chat_template``: a name of ``quantlab.chat`` (``model``, ``chatml``,
+    ``final-only``, ``plain``) or a Jinja file; None: the model's own if it has one, else none (``plain``).
+    ``reasoning_effort``: what reaches the template (None: the template's default). ``task_metadata``: merged into
+    the task's metadata as lm-eval's ``--metadata`` does."""
+    from quantlab import chat
+
     store = as_store(artifacts)
     subject = store.subject(reference)
     settings = _settings(
         task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot
     )
     settings["generation"] = dict(sorted((generation or {}).items())) or None  # task-specific generation settings
-    settings["apply_chat_template"] = apply_chat_template
+    settings |= chat.template_setting(chat_template or chat.default_choice(subject.model_folder))
     if reasoning_effort is not None:
-        if not apply_chat_template or backend != "hf":
-            raise UserError(
-                "--reasoning-effort goes through the model's chat template: add --apply-chat-template (hf backend)"
-            )
+        if reasoning_effort not in chat.REASONING_EFFORTS:
+            raise UserError(f"--reasoning-effort {reasoning_effort}: give one of {', '.join(chat.REASONING_EFFORTS)}")
+        if settings["chat_template"] == "plain":
+            raise UserError("--reasoning-effort goes through a chat template; this evaluation applies none (plain)")
         settings["reasoning_effort"] = reasoning_effort  # gpt-oss's chat templates read it
     if task_metadata:
         settings["task_metadata"] = dict(sorted(task_metadata.items()))
@@ -290,9 +294,12 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
 
     manager = _task_manager(settings.get("task_metadata"))
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
+    from quantlab import chat
+
     model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
-    if settings.get("apply_chat_template") and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"--apply-chat-template: {subject.model_folder} has no chat template (it is not a chat model)")
+    template = None  # the Jinja source prompts are rendered with; None: no chat template (plain)
+    if settings["chat_template"] != "plain":
+        template = chat.template_source(settings["chat_template"], getattr(tokenizer, "chat_template", None))
     parts = {}
     if settings["temperature"] > 0 or settings["max_new_tokens"]:
         parts = {"do_sample": settings["temperature"] > 0}
@@ -321,7 +328,7 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
     return {
         "manager": manager,
         "spec": spec,
-        "loaded": Loaded(subject.model_folder, model, tokenizer, subject.gguf),
+        "loaded": Loaded(subject.model_folder, model, tokenizer, subject.gguf, template),
         "gen_kwargs": parts or None,
     }
 
@@ -342,7 +349,7 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
             log_samples=True,
             gen_kwargs=gen_kwargs,
             num_fewshot=settings["num_fewshot"],
-            apply_chat_template=bool(settings.get("apply_chat_template")),
+            apply_chat_template=prepared["loaded"].chat_template is not None,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,

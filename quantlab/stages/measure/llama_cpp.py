@@ -18,10 +18,11 @@ from quantlab.stages.measure.text import EvaluationText
 
 def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> dict:
     from quantlab.runtimes.llama_cpp import logits, open_gguf, version
-    from quantlab.stages.measure.run import TOKEN_STATISTICS, _logit_summary, token_statistics
+    from quantlab.stages.measure.run import TOKEN_STATISTICS, logit_summaries, token_statistics
 
     llm = open_gguf(gguf_path, baseline.config.max_position_embeddings, seed=0, n_threads=torch.get_num_threads())
-    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer")}
+    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer", "analysis")}
+    analysis_mask = text.analysis_mask if text.analysis_mask is not None else torch.zeros_like(text.answer_mask)
     try:
         for row in range(text.tokens.shape[0]):
             n = int(text.attention[row].sum())
@@ -33,20 +34,19 @@ def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> 
             for key, value in stats.items():
                 per_token[key].append(value)
             per_token["answer"].append(text.answer_mask[row, 1:n].numpy())
+            per_token["analysis"].append(analysis_mask[row, 1:n].numpy())
     finally:
         llm.close()
     arrays = {k: np.concatenate(v) for k, v in per_token.items()}
-    return {
-        "all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
-        "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool)),
-        "runtime": version(),
-    }
+    return logit_summaries(arrays) | {"runtime": version()}
 
 
 def runtime_share(torch_logits: dict, llama_cpp_logits: dict) -> dict:
     """Mean KLD and same-top rate through each runtime, and the difference (llama.cpp minus torch)."""
     share = {}
-    for part in ("all_tokens", "answer_tokens"):
+    for part in ("all_tokens", "answer_tokens", "response_tokens", "analysis_tokens"):
+        if part not in torch_logits or part not in llama_cpp_logits:
+            continue
         a, b = torch_logits[part], llama_cpp_logits[part]
         if not a.get("n"):
             continue

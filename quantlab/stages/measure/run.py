@@ -157,7 +157,8 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
     variant_layers = dict(_moe_layers(variant))
     experts = {i: mlp.experts.gate_up_proj.shape[0] for i, mlp in layers}
     accumulators = {i: _Accumulator(experts[i]) for i, _ in layers}
-    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer", "row")}
+    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer", "analysis", "row")}
+    analysis_mask = text.analysis_mask if text.analysis_mask is not None else torch.zeros_like(text.answer_mask)
     capture_base, capture_variant = _Capture(baseline), _Capture(variant)
     forward_s = 0.0
     try:
@@ -178,9 +179,8 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
                 )
                 for key, value in stats.items():
                     per_token[key].append(value)
-                per_token["answer"].append(
-                    text.answer_mask[start : start + batch_size, 1:].reshape(-1)[predicted].numpy()
-                )
+                for part, mask in (("answer", text.answer_mask), ("analysis", analysis_mask)):
+                    per_token[part].append(mask[start : start + batch_size, 1:].reshape(-1)[predicted].numpy())
                 rows = torch.arange(start, start + tokens.shape[0]).repeat_interleave(tokens.shape[1] - 1)
                 per_token["row"].append(rows[predicted].numpy())
                 real = attention.reshape(-1).bool()
@@ -214,27 +214,41 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
         capture_base.close()
         capture_variant.close()
     arrays = {k: np.concatenate(v) for k, v in per_token.items()}
+    arrays["response"] = arrays["answer"].astype(bool) | arrays["analysis"].astype(bool)
     result = {
         "text": text.name,
         "rows": int(text.tokens.shape[0]),
         "tokens": int(text.attention.sum()),
         "predicted_tokens": int(arrays["kl"].size),
         "answer_tokens": int(arrays["answer"].sum()),
-        "logits": {
-            "all_tokens": _logit_summary(arrays, np.ones_like(arrays["answer"], dtype=bool)),
-            "answer_tokens": _logit_summary(arrays, arrays["answer"].astype(bool)),
-        },
+        "analysis_tokens": int(arrays["analysis"].sum()),
+        "response_tokens": int(arrays["response"].sum()),
+        "logits": logit_summaries(arrays),
         "layers": [_layer_summary(i, accumulators[i]) for i, _ in layers],
-        "answer_tokens_per_row": _per_row(arrays, int(text.tokens.shape[0])),
+        "response_tokens_per_row": _per_row(arrays, int(text.tokens.shape[0])),
         "seconds": {"total": round(time.perf_counter() - started, 3), "forward_passes": round(forward_s, 3)},
     }
     return result
 
 
+def logit_summaries(arrays: dict) -> dict:
+    """The logit statistics over all predicted tokens, the answer tokens, the response tokens (what the model
+    writes: its analysis and its answer) and, where the text marks them, the analysis channel's tokens."""
+    answer, analysis = arrays["answer"].astype(bool), arrays["analysis"].astype(bool)
+    summaries = {
+        "all_tokens": _logit_summary(arrays, np.ones_like(answer)),
+        "answer_tokens": _logit_summary(arrays, answer),
+        "response_tokens": _logit_summary(arrays, answer | analysis),
+    }
+    if analysis.any():
+        summaries["analysis_tokens"] = _logit_summary(arrays, analysis)
+    return summaries
+
+
 def _per_row(arrays: dict, rows: int) -> dict[str, list]:
-    """Answer-token sums per row (one problem per row on task text): what attribution resamples to put an
+    """Response-token sums per row (one problem per row on task text): what attribution resamples to put an
     interval on a share of the KL drift or of the NLL (rows, not tokens, are the independent units)."""
-    answer = arrays["answer"].astype(bool)
+    answer = arrays["response"]
     row = arrays["row"][answer]
 
     def total(values):

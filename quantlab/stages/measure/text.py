@@ -1,11 +1,12 @@
-"""The evaluation text a measurement runs over, as token windows with an answer-token mask.
+"""The evaluation text a measurement runs over, as token windows with answer- and analysis-token masks.
 
-Default: the reference model's own validation split (AIME-style at both effort levels), where the answer
-tokens are the solution's (everything after the question's ``A:``): on task text the question tokens are
-unpredictable by construction, and their loss would hide the damage done to the answers. Any UTF-8 text file
-(answer mask empty) or a JSONL file of ``{"question", "solution"}`` / ``{"text"}`` records can replace it,
-and ``zoo:aime-style:SPLIT:EFFORT`` names one split and effort of the task text (e.g. ``zoo:aime-style:test:high``,
-the text the AIME-style task is scored on, teacher-forced with the effort's own solution).
+Default: the reference model's own validation split, one conversation per row at each reasoning effort, in its
+chat format. The answer tokens are the final channel's answer: on task text the question tokens are
+unpredictable by construction, and their loss would hide the damage done to the answers. The analysis channel's
+tokens (the worked chain, where reasoning drifts) are marked separately. Any UTF-8 text file (no answer mask) or a
+JSONL file of ``{"question", "solution"}`` / ``{"text"}`` records can replace it, and the plugin's specs name other
+task text (``zoo:aime-style:SPLIT:EFFORT``: one split and effort; ``zoo:chat-corpus:SPLIT``: conversations packed
+one after another, as a corpus is read).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
+from quantlab.plugins import ANALYSIS, ANSWER, Document
 
 
 @dataclass
@@ -25,14 +27,15 @@ class EvaluationText:
     tokens: torch.Tensor  # (rows, length) token ids, right-padded
     attention: torch.Tensor  # (rows, length) 1 for real tokens, 0 for padding
     answer_mask: torch.Tensor  # (rows, length) bool: the token at this position is an answer token
+    analysis_mask: torch.Tensor | None = None  # (rows, length) bool: a token of the analysis channel
 
     @property
     def predicted_positions(self) -> int:
         return int(self.attention[:, 1:].sum())
 
 
-def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[tuple[str, str]]]:
-    """(name, [(context, answer)]) pairs; plain text is one long context with no answer part."""
+def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[Document]]:
+    """(name, documents); plain text is one long context with no answer part."""
     from quantlab.plugins import registry
 
     spec = None if text_file is None else str(text_file)
@@ -54,13 +57,35 @@ def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[tupl
             except json.JSONDecodeError:
                 raise UserError(f"--text {path}:{number}: not a JSON line") from None
             if "question" in record and "solution" in record:
-                docs.append((record["question"], record["solution"]))
+                docs.append(Document.of(record["question"], record["solution"]))
             elif "text" in record:
-                docs.append((record["text"], ""))
+                docs.append(Document.of(record["text"]))
             else:
                 raise UserError(f"--text {path}:{number}: a record needs question and solution, or text")
         return str(path), docs
-    return str(path), [(path.read_text(encoding="utf-8", errors="replace"), "")]
+    return str(path), [Document.of(path.read_text(encoding="utf-8", errors="replace"))]
+
+
+def _tokens_with_roles(tokenizer, document: Document) -> tuple[list[int], list[str]]:
+    """The document's tokens, each with the role of the part its first character is in (added tokens such as a
+    BOS: context), and an end-of-text token unless the document already ends with it."""
+    text = document.text
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    ends, role_at = [], []
+    position = 0
+    for role, part in document.parts:
+        position += len(part)
+        ends.append(position)
+        role_at.append(role)
+    roles = []
+    for first, last in encoded["offset_mapping"]:
+        index = next((i for i, end in enumerate(ends) if first < end), len(ends) - 1)
+        roles.append(role_at[index] if last > first else "context")
+    ids = list(encoded["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+        roles.append("context")
+    return ids, roles
 
 
 def evaluation_text(
@@ -69,34 +94,34 @@ def evaluation_text(
     """About ``max_tokens`` tokens: one document per row (task text: a model sees one problem at a time, as
     in training and evaluation), or consecutive windows of ``length`` tokens of a plain text."""
     name, docs = _documents(text_file, count=max(64, max_tokens // 20))
-    rows: list[tuple[list[int], list[bool]]] = []
+    rows: list[tuple[list[int], list[str]]] = []
     total = 0
-    if all(solution for _, solution in docs):
-        for context, solution in docs:
-            context_ids = tokenizer(context)["input_ids"]
-            whole = tokenizer(context + solution)["input_ids"] + [tokenizer.eos_token_id]
-            whole = whole[:length]
-            rows.append((whole, [False] * len(context_ids) + [True] * (len(whole) - len(context_ids))))
-            total += len(whole)
+    if all(doc.has_answer for doc in docs):
+        for doc in docs:
+            ids, roles = _tokens_with_roles(tokenizer, doc)
+            rows.append((ids[:length], roles[:length]))
+            total += len(rows[-1][0])
             if total >= max_tokens:
                 break
     else:
-        ids: list[int] = []
-        for context, solution in docs:
-            ids += tokenizer(context + solution)["input_ids"] + [tokenizer.eos_token_id]
+        ids = []
+        for doc in docs:
+            ids += _tokens_with_roles(tokenizer, doc)[0]
         ids = ids[: max_tokens - max_tokens % length]
-        rows = [(ids[i : i + length], [False] * length) for i in range(0, len(ids) - length + 1, length)]
+        rows = [(ids[i : i + length], ["context"] * length) for i in range(0, len(ids) - length + 1, length)]
     if not rows:
         raise UserError(f"evaluation text {name}: fewer than {length} tokens")
     width = max(len(ids) for ids, _ in rows)
     tokens = torch.full((len(rows), width), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     answer = torch.zeros((len(rows), width), dtype=torch.bool)
-    for r, (ids, mask) in enumerate(rows):
+    analysis = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, (ids, roles) in enumerate(rows):
         tokens[r, : len(ids)] = torch.tensor(ids)
         attention[r, : len(ids)] = 1
-        answer[r, : len(ids)] = torch.tensor(mask)
-    return EvaluationText(name, tokens, attention, answer)
+        answer[r, : len(ids)] = torch.tensor([role == ANSWER for role in roles])
+        analysis[r, : len(ids)] = torch.tensor([role == ANALYSIS for role in roles])
+    return EvaluationText(name, tokens, attention, answer, analysis if bool(analysis.any()) else None)
 
 
 LLAMA_PERPLEXITY = "llama-perplexity"

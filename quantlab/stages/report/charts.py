@@ -62,13 +62,13 @@ def drift_vs_accuracy(variants: list[Variant], comparison: Comparison, baseline:
     axes = axes[0]
     base = 100 * comparison.results[baseline]["score"]
     points = [
-        (v, v.measure["logits"]["answer_tokens"])
+        (v, v.measure["logits"]["response_tokens"])
         for v in variants
-        if v.measure and v.name in comparison.results and v.measure["logits"]["answer_tokens"].get("n")
+        if v.measure and v.name in comparison.results and v.measure["logits"]["response_tokens"].get("n")
     ]
     for ax, key, label in (
-        (axes[0], "perplexity_ratio", "perplexity ratio (answer tokens, teacher-forced)"),
-        (axes[1], "kl_divergence", "mean KL(baseline ‖ variant), answer tokens"),
+        (axes[0], "perplexity_ratio", "perplexity ratio (response tokens, teacher-forced)"),
+        (axes[1], "kl_divergence", "mean KL(baseline ‖ variant), response tokens"),
     ):
         for n, (v, logits) in enumerate(points):
             x = logits[key] if key == "perplexity_ratio" else max(logits[key]["mean"], 1e-7)

@@ -51,7 +51,8 @@ class Comparison:
         s = self.settings
         how = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}"
         extra = [f"{k} {s[k]}" for k in ("backend",) if s.get(k) not in (None, "hf")]
-        extra += [f"served effort {s['task_metadata']['effort']}"] if s.get("task_metadata", {}).get("effort") else []
+        extra += [f"reasoning effort {s['reasoning_effort']}"] if s.get("reasoning_effort") else []
+        extra += [f"chat template {s['chat_template']}"] if s.get("chat_template") not in (None, "model") else []
         return ", ".join([how] + extra)
 
 
@@ -130,22 +131,16 @@ def eval_command(comparison: Comparison, baseline: str | None) -> str:
         "--backend": s.get("backend") if s.get("backend") not in (None, "hf") else None,
         "--seed": s["seed"] or None,
         "--reasoning-effort": s.get("reasoning_effort"),
+        "--chat-template": s.get("chat_template") if s.get("chat_template") not in (None, "model") else None,
     }
     for flag, value in options.items():
         if value is not None:
             parts += [flag, str(value)]
-    if s.get("apply_chat_template"):
-        parts.append("--apply-chat-template")
     for split, path in (s.get("data_files") or {}).items():
         parts += ["--data", f"{comparison.task}{'' if split == 'test' else ':' + split}={path}"]
     if baseline and baseline in comparison.results:
         parts += ["--baseline", baseline]
-    command = shlex.join(parts)
-    if s.get("task_metadata"):
-        command += (
-            f"   # served with task metadata {json.dumps(s['task_metadata'])} (quantlab attribute's serve factor)"
-        )
-    return command
+    return shlex.join(parts)
 
 
 def measure_command(variants: list[Variant]) -> str:

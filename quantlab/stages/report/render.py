@@ -133,7 +133,8 @@ def _drift(report: Report, store: Store) -> None:
     command = measure_command(measured) + "\n" + eval_command(comparison, store.baseline)
     caption = (
         f"Accuracy loss on {comparison.task} against {store.baseline} ({comparison.items} items x {comparison.repeats}, "
-        f"95% CI) versus the teacher-forced perplexity ratio and the mean KL divergence on the answer tokens of {text}."
+        f"95% CI) versus the teacher-forced perplexity ratio and the mean KL divergence on the response tokens "
+        f"(analysis and answer: what the model writes) of {text}."
     )
     report.figure(
         "drift-vs-accuracy", charts.drift_vs_accuracy(store.variants, comparison, store.baseline), caption, command
@@ -141,7 +142,7 @@ def _drift(report: Report, store: Store) -> None:
     rows = []
     base = comparison.results[store.baseline]["score"]
     for v in measured:
-        a = v.measure["logits"]["answer_tokens"]
+        a = v.measure["logits"]["response_tokens"]
         if not a.get("n"):
             continue
         result = comparison.results.get(v.name)
@@ -158,10 +159,10 @@ def _drift(report: Report, store: Store) -> None:
     report.table(
         [
             "variant",
-            "ppl ratio (answers)",
+            "ppl ratio (responses)",
             "mean KLD ± s.e.",
             "same top token % ± s.e.",
-            "answer tokens",
+            "response tokens",
             f"{comparison.task} loss, points",
         ],
         rows,
@@ -218,7 +219,7 @@ def _attributions(report: Report, store: Store) -> None:
         kl = result.get("kl")
         if kl:
             report.text(
-                f"KL drift of the weight factors on {kl['text']} ({kl['problems']} problems, {kl['answer_tokens']:,} answer "
+                f"KL drift of the weight factors on {kl['text']} ({kl['problems']} problems, {kl['response_tokens']:,} response "
                 f"tokens): mean KLD {kl['kld_mean']['value']:.5f} {_ci(kl['kld_mean']['ci95'], 1, 5)}, perplexity ratio "
                 f"{kl['perplexity_ratio']:.4f}."
             )
@@ -241,8 +242,8 @@ def _attributions(report: Report, store: Store) -> None:
                     f"{_pct(c['tasks'][t]['score'])} {_ci(c['tasks'][t]['ci95'])}" if t in c["tasks"] else ""
                     for t in tasks
                 ],
-                f"{c['answer_tokens']['perplexity_ratio']:.4f}" if c.get("answer_tokens") else "",
-                f"{c['answer_tokens']['kld_mean']:.5f}" if c.get("answer_tokens") else "",
+                f"{c['response_tokens']['perplexity_ratio']:.4f}" if c.get("response_tokens") else "",
+                f"{c['response_tokens']['kld_mean']:.5f}" if c.get("response_tokens") else "",
             ]
             for c in result["cells"]
         ]

@@ -1,22 +1,33 @@
-"""Datasets of the bundled tasks: the reference model's AIME-style and GPQA-style problems (quantlab.zoo.tasks),
-built in memory for lm-eval's ``custom_dataset`` (no files, no hub)."""
+"""Datasets and the answer filter of the bundled tasks: the reference model's AIME-style and GPQA-style problems
+(quantlab.zoo.tasks), built in memory for lm-eval's ``custom_dataset`` (no files, no hub)."""
 
 import datasets
 
 
-def aime_style(effort="high", split="test", count=500, seed=0, **unused):
+def aime_style(split="test", count=500, seed=0, **unused):
     from quantlab.zoo.tasks import aime_style_docs
 
-    docs = aime_style_docs(split, int(count), int(seed), effort)
+    docs = aime_style_docs(split, int(count), int(seed))
     return {"test": datasets.Dataset.from_list([{"question": d["question"], "answer": str(d["answer"])} for d in docs])}
 
 
-def gpqa_style(effort="high", split="test", count=500, seed=0, **unused):
+def gpqa_style(split="test", count=500, seed=0, **unused):
     from quantlab.zoo.tasks import gpqa_style_docs
 
-    docs = gpqa_style_docs(split, int(count), int(seed), effort)
+    docs = gpqa_style_docs(split, int(count), int(seed))
     return {
         "test": datasets.Dataset.from_list(
             [{"question": d["question"], "choices": d["choices"], "answer": d["answer"]} for d in docs]
         )
     }
+
+
+def final_channel_answers(resps, docs):
+    """Each response's final-channel integer as text ("[invalid]" where it gives none), as the model is scored."""
+    from quantlab.zoo.score import final_answer
+
+    def answer(response):
+        value = final_answer(response)
+        return "[invalid]" if value is None else str(value)
+
+    return [[answer(r) for r in responses] for responses in resps]
