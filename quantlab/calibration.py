@@ -1,7 +1,8 @@
 """Calibration tokens for data-driven methods (gptq, imatrix): ``samples`` windows of ``sequence_length``.
 
-Datasets: a plugin's text (``zoo:aime-style`` / ``zoo:gpqa-style``: the embedded model's own task text,
-validation split, both effort levels), or ``file:<path>`` (any UTF-8 text file, e.g. ../shared/data/wikitext2/wiki.test.raw). The
+Datasets: a plugin's text (``zoo:aime-style`` / ``zoo:gpqa-style``: the embedded model's own conversations,
+validation split, packed one after another as in training), or ``file:<path>`` (any UTF-8 text file, e.g.
+../shared/data/wikitext2/wiki.test.raw). The
 text is tokenized once, cut into consecutive windows, and ``samples`` of them are drawn with ``seed``.
 """
 

@@ -36,7 +36,8 @@ groups:
     format: {name: int3, group_size: 32, symmetric: true}
     method: {name: lowrank, rank_ratio: 0.25}
 serve:
-  reasoning_effort: low
+  reasoning_effort: high
+  effort_honored: false
 """
 
 

@@ -1,5 +1,5 @@
 """quantlab attribute end to end on the reference model: factors, cells, Shapley shares against a hand computation
-from the stored cell evaluations, the serving factor against the low-effort task, intervals, KL shares."""
+from the stored cell evaluations, the serving factors against evaluations of their own, intervals, KL shares."""
 
 import json
 from pathlib import Path
@@ -29,7 +29,7 @@ def test_factors_and_cells_of_a_low_rank_group(tmp_path):
     path.write_text(RECIPE)
     recipe = load_recipe(path)
     factors = recipe_factors(recipe, runtime=False)
-    assert [f.key for f in factors] == ["groups[0].method", "groups[0].format", "serve.reasoning_effort"]
+    assert [f.key for f in factors] == ["groups[0].method", "groups[0].format", "serve.effort_honored"]
     assert [f.kind for f in factors] == ["weights", "weights", "serving"]
     both = cell_recipe(recipe, frozenset({"groups[0].method", "groups[0].format"}), runtime=False)
     assert both.groups == recipe.groups and both.serve is None
@@ -37,7 +37,7 @@ def test_factors_and_cells_of_a_low_rank_group(tmp_path):
     assert (format_only.method.name, format_only.format.name) == ("rtn", "int3")
     rank_only = cell_recipe(recipe, frozenset({"groups[0].method"}), runtime=False).groups[0]
     assert (rank_only.method.name, rank_only.format.name) == ("lowrank", "keep")
-    assert cell_recipe(recipe, frozenset({"serve.reasoning_effort"}), runtime=False) is None  # the baseline's weights
+    assert cell_recipe(recipe, frozenset({"serve.effort_honored"}), runtime=False) is None  # the baseline's weights
 
 
 def test_a_data_driven_method_without_its_format_is_the_baseline():
@@ -74,7 +74,7 @@ def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
     cell's own stored evaluation, read back through quantlab eval's store."""
     result, store = attributed
     cells = store / "attribution" / "two-choices" / "cells" / "choices"
-    rank, fmt, serve = "groups[0].method", "groups[0].format", "serve.reasoning_effort"
+    rank, fmt, serve = "groups[0].method", "groups[0].format", "serve.effort_honored"
     folders = {
         frozenset(): "zoo:tiny-gpt-oss",
         frozenset({rank}): cells / "two-choices.1.0",
@@ -83,8 +83,9 @@ def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
     }
     accuracy = {}
     for weights, subject in folders.items():
-        accuracy[weights] = 100 * _correct(str(subject), store).mean()
-        accuracy[weights | {serve}] = 100 * _correct(str(subject), store, task_metadata={"effort": "low"}).mean()
+        # every cell asks for high effort; with the serving factor the stack drops it (no effort reaches the template)
+        accuracy[weights] = 100 * _correct(str(subject), store, reasoning_effort="high").mean()
+        accuracy[weights | {serve}] = 100 * _correct(str(subject), store).mean()
     loss = {cell: accuracy[frozenset()] - value for cell, value in accuracy.items()}
 
     def shapley(factor):
@@ -105,14 +106,42 @@ def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
     assert task["items"] == LIMIT and task["method"] == "exact"
 
 
-def test_the_serving_factor_is_the_low_effort_task(attributed):
-    """A stack that ignores the requested effort: the serve-only cell answers item for item as the bundled
-    low-effort task (its own YAML) does on the baseline."""
-    _, store = attributed
-    served = _correct("zoo:tiny-gpt-oss", store, task_metadata={"effort": "low"})
-    low = _correct("zoo:tiny-gpt-oss", store, task="zoo_aime_style_low")
-    assert np.array_equal(served, low)
-    assert served.mean() < _correct("zoo:tiny-gpt-oss", store).mean()  # low effort costs accuracy on this model
+def test_the_dropped_effort_is_the_default_effort(attributed):
+    """A stack that drops the requested effort: the serve-only cell answers item for item as the baseline asked
+    for medium effort (the template's default), and worse than at the high effort that was asked."""
+    result, store = attributed
+    served = _correct("zoo:tiny-gpt-oss", store)
+    medium = _correct("zoo:tiny-gpt-oss", store, reasoning_effort="medium")
+    assert np.array_equal(served, medium)
+    assert served.mean() < _correct("zoo:tiny-gpt-oss", store, reasoning_effort="high").mean()
+    assert result["settings"]["reasoning_effort"] == "high"
+    labels = {f["key"]: f["label"] for f in result["factors"]}
+    assert labels["serve.effort_honored"] == "requested effort (high) not honored"
+
+
+def test_serving_departures_and_their_evaluation_options(tmp_path):
+    from quantlab.errors import UserError
+
+    stale = load_recipe("mxfp4-stale-engine")
+    wrong = load_recipe("mxfp4-wrong-template")
+    assert [f.key for f in recipe_factors(stale, False)] == ["groups[0]", "serve.effort_honored"]
+    assert [f.key for f in recipe_factors(wrong, False)] == ["groups[0]", "serve.chat_template"]
+    assert stale.serve.evaluation_options(set()) == {"reasoning_effort": "high"}  # the request, faithfully served
+    assert stale.serve.evaluation_options({"effort_honored"}) == {}  # dropped: the template's default
+    assert wrong.serve.evaluation_options({"chat_template"}) == {
+        "reasoning_effort": "high",
+        "chat_template": "final-only",
+    }
+    for serve, message in (
+        ("{effort_honored: false}", "needs the reasoning_effort"),
+        ("{chat_template: chatmll}", "chat_template must be one of"),
+    ):
+        path = tmp_path / "bad.yaml"
+        path.write_text(
+            f"name: bad\nmodel: zoo:tiny-gpt-oss\ngroups:\n  - select: {{component: experts}}\n    format: mxfp4\nserve: {serve}\n"
+        )
+        with pytest.raises(UserError, match=message):
+            load_recipe(path)
 
 
 def test_intervals_contain_their_point_and_the_cells_are_recorded(attributed):
@@ -189,9 +218,9 @@ def test_group_granularity_keeps_each_group_whole():
 def test_the_serve_section_does_not_enter_the_build(tmp_path):
     from quantlab.stages.build import cache_key
 
-    served = load_recipe(REPO / "recipes" / "mxfp4-effort-ignored.yaml")
+    served = load_recipe(REPO / "recipes" / "mxfp4-stale-engine.yaml")
     plain = served.model_copy(update={"serve": None})
-    assert served.serve.settings() == {"reasoning_effort": "low"}
+    assert served.serve.settings() == {"reasoning_effort": "high", "effort_honored": False}
     assert cache_key(served, "model", {"v": "1"}) == cache_key(plain, "model", {"v": "1"})
 
 

@@ -80,14 +80,20 @@ def test_train_with_steps_writes_a_loadable_checkpoint(cli, tmp_path):
     assert type(model).__name__ == "GptOssForCausalLM"
     manifest = json.loads((out / "training_manifest.json").read_text())
     assert manifest["result"]["steps"] == 2
-    assert manifest["command"].startswith("quantlab zoo train --seed 0 --steps 2 --batch-size 64")
+    assert manifest["command"].startswith("quantlab zoo train --seed 0 --steps 2 --batch-size 8 --learning-rate")
+    assert (out / "chat_template.jinja").is_file()  # the chat model ships its template
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
 def test_score_json_counts_what_it_scored(cli):
     result = cli("zoo", "score", "--count", "5", "--json")
     assert result.returncode == 0, result.stderr
-    scores = json.loads(result.stdout)
-    for entry in (*scores["aime_style_exact_match"].values(), scores["gpqa_style_accuracy"]["high"]):
-        assert entry["n"] == 5 and entry["correct"] == round(entry["accuracy"] * 5)
-        assert entry["ci95"][0] <= entry["accuracy"] <= entry["ci95"][1]
+    rows = json.loads(result.stdout)
+    # one row per task, effort and template: four efforts (with none asked) and three wrong renderings of the
+    # AIME-style task, the GPQA-style task with its template and two wrong ones
+    assert len(rows) == 10 and len({(r["task"], r["effort"], r["template"]) for r in rows}) == 10
+    assert {r["effort"] for r in rows if r["task"] == "aime-style"} == {"low", "medium", "high", "default"}
+    for entry in rows:
+        assert set(entry) >= {"task", "effort", "template", "score", "ci95", "n"}
+        assert entry["n"] == 5 and entry["correct"] == round(entry["score"] * 5)
+        assert entry["ci95"][0] <= entry["score"] <= entry["ci95"][1]

@@ -170,7 +170,7 @@ def test_a_long_context_task_is_clamped_to_the_model_and_says_so(one_variant, ca
     )
     assert code == 0, err
     clamped = json.loads(out)[0]["settings"]["max_gen_toks_clamped"]
-    assert clamped["requested"] == 32768 and clamped["context"] == 128 and clamped["used"] == 64
+    assert clamped["requested"] == 32768 and clamped["context"] == 256 and clamped["used"] == 128
 
 
 def test_several_variants_evaluated_and_reported(one_variant, tmp_path, capsys):

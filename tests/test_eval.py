@@ -23,19 +23,22 @@ def built(tmp_path_factory):
 
 
 def test_scores_equal_lm_eval_on_the_saved_artifact(built):
-    """The same task YAML through lm-eval's own simple_evaluate, the model loaded by lm-eval from disk."""
+    """The same task YAML through lm-eval's own simple_evaluate with --apply_chat_template, the model loaded by
+    lm-eval from disk: quantlab renders the chat model's prompts as lm-eval does (no effort asked: medium)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    for task in ("zoo_aime_style_low", "zoo_gpqa_style"):
+    for task in ("zoo_aime_style", "zoo_gpqa_style"):
         ours = evaluate("mxfp4-all", task, limit=40, artifacts=built)
+        assert ours["settings"]["chat_template"] == "model" and "reasoning_effort" not in ours["settings"]
         theirs = lm_eval.simple_evaluate(
             model="hf",
-            model_args=f"pretrained={built / 'mxfp4-all' / 'model'},dtype=float32,max_length=128,device=cpu",
+            model_args=f"pretrained={built / 'mxfp4-all' / 'model'},dtype=float32,max_length=256,device=cpu",
             tasks=[task],
             task_manager=TaskManager(include_path=[str(f) for f in task_folders()]),
             limit=40,
             log_samples=True,
+            apply_chat_template=True,
         )
         samples = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
         metric = ours["metric"]
@@ -43,15 +46,20 @@ def test_scores_equal_lm_eval_on_the_saved_artifact(built):
         assert ours["score"] == pytest.approx(np.mean([float(s[metric]) for s in samples]))
 
 
-def test_greedy_exact_match_equals_quantlab_own_scorer(built):
-    """An independent implementation (quantlab.zoo.score: generate, parse '#### n') agrees item by item."""
+@pytest.mark.parametrize("effort", ["high", "low"])
+def test_greedy_exact_match_equals_quantlab_own_scorer(built, effort):
+    """An independent implementation (quantlab.zoo.score: transformers' generate on prompts rendered by the
+    model's template, the final channel parsed with special tokens kept) agrees item by item."""
     from quantlab.models.loading import load_model, resolve_model
     from quantlab.zoo import tasks
     from quantlab.zoo.score import exact_match
+    from quantlab.zoo.scoring import prompts
 
-    result = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=60, artifacts=built)
+    result = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=60, artifacts=built, reasoning_effort=effort)
     model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)
-    _, per_item = exact_match(model, tokenizer, tasks.aime_style_docs("test", 60, 0, "high"))
+    problems = tasks.problems("test", 60)
+    rendered = prompts(tokenizer, problems, effort, "model")
+    _, per_item = exact_match(model, tokenizer, rendered, [p.answer for p in problems])
     assert [row[0] for row in result["correct"]] == [float(x) for x in per_item]
 
 
@@ -71,14 +79,14 @@ def test_mcnemar_and_bootstrap_by_hand():
 
 
 def test_flips_cache_and_sampled_repeats(built):
-    baseline = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style_low", limit=60, artifacts=built)
-    variant = evaluate("mxfp4-all", "zoo_aime_style_low", limit=60, artifacts=built)
+    baseline = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=60, artifacts=built, reasoning_effort="low")
+    variant = evaluate("mxfp4-all", "zoo_aime_style", limit=60, artifacts=built, reasoning_effort="low")
     flips = compare(baseline, variant)
     base_right = np.array(baseline["correct"])[:, 0] == 1
     variant_right = np.array(variant["correct"])[:, 0] == 1
     assert flips["right_to_wrong"] == int((base_right & ~variant_right).sum())
     assert flips["wrong_to_right"] == int((~base_right & variant_right).sum())
-    again = evaluate("mxfp4-all", "zoo_aime_style_low", limit=60, artifacts=built)
+    again = evaluate("mxfp4-all", "zoo_aime_style", limit=60, artifacts=built, reasoning_effort="low")
     assert again["cache_hit"] and again["correct"] == variant["correct"]
 
     sampled = evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)
@@ -161,7 +169,7 @@ def test_shared_gsm8k_and_math500_files_work_offline(built, monkeypatch):
     assert result["items"] == 2 and result["filter"] == "strict-match"
     # gsm8k's YAML sets no generation length: not lm-eval's silent 256, half the context, recorded
     default = evaluate("mxfp4-all", "gsm8k", limit=1, num_fewshot=0, artifacts=built, data_file=gsm8k)
-    assert default["settings"]["max_gen_toks_default"] == 128 // 2
+    assert default["settings"]["max_gen_toks_default"] == 256 // 2
     math = evaluate(
         "mxfp4-all",
         "minerva_math500",
@@ -206,7 +214,7 @@ def test_endpoint_backend_against_a_real_local_server(tmp_path):
             "--port",
             str(port),
             "--n_ctx",
-            "128",
+            "256",
             "--n_threads",
             "2",
             "--seed",
@@ -328,30 +336,54 @@ def test_task_generation_settings_are_applied_and_recorded(built):
     short = evaluate("mxfp4-all", "zoo_aime_style", limit=10, artifacts=built, generation={"max_gen_toks": 4})
     assert short["settings"]["generation"] == {"max_gen_toks": 4}
     assert short["score"] == 0.0 and all(len(s["response"] or "") <= 12 for s in short["lm_eval"][0]["samples"])
-    with pytest.raises(Exception, match="no chat template"):
-        evaluate("mxfp4-all", "zoo_aime_style", limit=2, artifacts=built, apply_chat_template=True)
 
 
-def test_reasoning_effort_reaches_the_chat_template(tmp_path):
-    """A copy of the reference model whose chat template writes the effort marker from ``reasoning_effort`` (as
-    gpt-oss's template does): the high-effort task run with --reasoning-effort low answers item for item as the
-    low-effort task does without a template."""
-    import json
-    import shutil
-
+def test_reasoning_effort_and_the_wrong_templates_reach_the_prompt(built, tmp_path):
+    """The effort reaches the model's template (no effort: medium, item for item); a named wrong template and a
+    Jinja file render what quantlab.chat renders; a file is recorded with its hash; mistakes are one line."""
+    from quantlab import chat
     from quantlab.errors import UserError
-    from quantlab.zoo import SHIPPED_CHECKPOINT
+    from quantlab.zoo import tasks
 
-    folder = tmp_path / "chat-model"
-    shutil.copytree(SHIPPED_CHECKPOINT, folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{{ messages[-1]['content'] | replace('effort:high', 'effort:' ~ reasoning_effort) }}"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    low = evaluate(
-        str(folder), "zoo_aime_style", limit=40, artifacts=tmp_path, apply_chat_template=True, reasoning_effort="low"
-    )
-    reference = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style_low", limit=40, artifacts=tmp_path)
-    assert low["settings"]["reasoning_effort"] == "low"
-    assert low["correct"] == reference["correct"]
-    with pytest.raises(UserError, match="--apply-chat-template"):
-        evaluate(str(folder), "zoo_aime_style", limit=2, artifacts=tmp_path, reasoning_effort="low")
+    def prompts_of(result):
+        return [s["prompt"] for s in result["lm_eval"][0]["samples"]]
+
+    default = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=20, artifacts=built)
+    medium = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=20, artifacts=built, reasoning_effort="medium")
+    assert default["correct"] == medium["correct"] and default["cache_key"] != medium["cache_key"]
+    problem = tasks.problems("test", 1)[0]
+    for template in ("chatml", "final-only", "plain"):
+        result = (
+            evaluate(
+                "zoo:tiny-gpt-oss",
+                "zoo_aime_style",
+                limit=3,
+                artifacts=built,
+                chat_template=template,
+                reasoning_effort="high",
+            )
+            if template != "plain"
+            else evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=3, artifacts=built, chat_template=template)
+        )
+        assert result["settings"]["chat_template"] == template
+        expected = chat.render(
+            chat.template_source(template, tasks.chat_template()), [tasks.user_message(problem)], "high"
+        )
+        assert prompts_of(result)[0] == (expected if template != "plain" else problem.expression)
+    jinja = tmp_path / "shouting.jinja"
+    jinja.write_text("{% for m in messages %}{{ m.content }}!{% endfor %}")
+    result = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=3, artifacts=built, chat_template=str(jinja))
+    assert prompts_of(result)[0] == problem.expression + "!" and len(result["settings"]["chat_template_sha256"]) == 64
+    with pytest.raises(UserError, match="plain"):
+        evaluate(
+            "zoo:tiny-gpt-oss",
+            "zoo_aime_style",
+            limit=2,
+            artifacts=built,
+            chat_template="plain",
+            reasoning_effort="low",
+        )
+    with pytest.raises(UserError, match="neither a name"):
+        evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=2, artifacts=built, chat_template="chatmll")
+    with pytest.raises(UserError, match="--reasoning-effort extreme"):
+        evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=2, artifacts=built, reasoning_effort="extreme")

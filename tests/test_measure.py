@@ -104,6 +104,7 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
         q_logits = variant(text.tokens, attention_mask=text.attention).logits[:, :-1].double().numpy()
     valid = text.attention[:, 1:].numpy().astype(bool)
     answer = text.answer_mask[:, 1:].numpy() & valid
+    analysis = text.analysis_mask[:, 1:].numpy() & valid
 
     def log_softmax(x):
         x = x - x.max(-1, keepdims=True)
@@ -114,7 +115,13 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
     targets = text.tokens[:, 1:].numpy()
     nll_p = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
     nll_q = -np.take_along_axis(log_q, targets[..., None], -1)[..., 0]
-    for part, mask in (("all_tokens", valid), ("answer_tokens", answer)):
+    parts = {
+        "all_tokens": valid,
+        "answer_tokens": answer,
+        "analysis_tokens": analysis,
+        "response_tokens": answer | analysis,
+    }
+    for part, mask in parts.items():
         stats = result["logits"][part]
         assert stats["n"] == mask.sum()
         assert stats["kl_divergence"]["mean"] == pytest.approx(kl[mask].mean(), rel=1e-5)
@@ -140,6 +147,49 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
         assert stats["delta_p"]["mean"] != pytest.approx(stats["delta_p_top"]["mean"], rel=1e-3)  # two quantities
 
 
+def test_the_masks_cover_the_final_answer_and_the_analysis_channel(baseline):
+    """On the default text (validation conversations at low, medium, high effort in turn) the answer tokens
+    decode to the final channel's integer and the analysis tokens to the chain the effort writes."""
+    from quantlab.zoo import tasks
+
+    _, tokenizer, text = baseline
+    problems = tasks.problems("validation", text.tokens.shape[0])
+    for row, problem in enumerate(problems):
+        ids = text.tokens[row]
+        assert tokenizer.decode(ids[text.answer_mask[row]]) == str(problem.answer)
+        chain = tasks.analysis_text(problem.steps(), tasks.EFFORTS[row % 3])
+        assert tokenizer.decode(ids[text.analysis_mask[row]]) == chain
+
+
+@torch.no_grad()
+def test_a_packed_corpus_reads_as_the_documents_do(baseline):
+    """The model was trained on packed rows: on test conversations packed one after another and read as
+    llama-perplexity reads a corpus (chunks of 256, second half scored), its perplexity is close to the one on the
+    same conversations one per row (both computed here from the logits, all tokens)."""
+    from quantlab.zoo import tasks
+
+    model, tokenizer, _ = baseline
+    texts = [tasks.conversation_text(p, tasks.EFFORTS[i % 3]) for i, p in enumerate(tasks.problems("test", 120))]
+    nll, count = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        nll -= float(logp[:-1].gather(-1, ids[0, 1:, None]).sum())
+        count += ids.shape[1] - 1
+    per_document = np.exp(nll / count)
+    ids = tokenizer("".join(texts))["input_ids"]
+    n_ctx, nll, count = 256, 0.0, 0
+    for start in range(0, len(ids) - n_ctx + 1, n_ctx):
+        chunk = torch.tensor([ids[start : start + n_ctx]])
+        logp = torch.log_softmax(model(chunk).logits[0].double(), -1)
+        first = n_ctx // 2
+        nll -= float(logp[first:-1].gather(-1, chunk[0, first + 1 :, None]).sum())
+        count += n_ctx - 1 - first
+    packed = np.exp(nll / count)
+    assert per_document < 3.0  # the conversation is mostly predictable: no 20,000 over a small vocabulary
+    assert packed == pytest.approx(per_document, rel=0.15)
+
+
 def test_gguf_variant_reports_the_runtime_share(tmp_path):
     """An F32 GGUF of an unchanged model: llama.cpp's KL from the baseline is ~0, i.e. the runtime adds nothing
     measurable; a Q4_K variant gets both KLs and their difference."""
@@ -155,13 +205,13 @@ def test_gguf_variant_reports_the_runtime_share(tmp_path):
         recipe.write_text(f"name: {name}\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n{groups}")
         builder.build(recipe, tmp_path / "artifacts")
     same = measure_variant("same", artifacts=tmp_path / "artifacts", max_tokens=1500)
-    share = same["llama_cpp"]["runtime_share"]["answer_tokens"]
+    share = same["llama_cpp"]["runtime_share"]["response_tokens"]
     assert (
         share["mean_kld_torch"] == 0.0 and share["mean_kld_llama_cpp"] < 1e-4
     )  # two runtimes' float32 arithmetic (~2e-5)
     assert (tmp_path / "artifacts" / "same" / "measure" / "experts_heatmap.png").is_file()
     q4k = measure_variant("q4k", artifacts=tmp_path / "artifacts", max_tokens=1500)
-    share = q4k["llama_cpp"]["runtime_share"]["answer_tokens"]
+    share = q4k["llama_cpp"]["runtime_share"]["response_tokens"]
     assert share["mean_kld_torch"] > 1e-4 and share["mean_kld_llama_cpp"] > 1e-4
     assert share["mean_kld_difference"] == pytest.approx(share["mean_kld_llama_cpp"] - share["mean_kld_torch"])
 
@@ -236,11 +286,11 @@ def test_llama_perplexity_scoring_is_the_tools_chunking(baseline, tmp_path):
     logits at first = n_ctx/2 ... n_ctx-2 scored (n_ctx - 1 - n_ctx/2 targets per chunk). Recomputed here from
     the definition with one forward pass per chunk."""
     from quantlab.stages.measure.text import llama_perplexity_text
-    from quantlab.zoo.tasks import aime_style_docs
+    from quantlab.zoo import tasks
 
     model, tokenizer, _ = baseline
     path = tmp_path / "plain.txt"
-    path.write_text("\n".join(d["question"] + d["solution"] for d in aime_style_docs("validation", 200, 0, "high")))
+    path.write_text("".join(tasks.conversation_text(p, "high") for p in tasks.problems("validation", 200)))
     n_ctx = 64
     text = llama_perplexity_text(tokenizer, path, n_ctx, max_tokens=1000)
     ids = tokenizer(path.read_text())["input_ids"]

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "quantlab"
 # Lower layers never import higher ones, at module level or inside a function: dependencies point down this list.
 LAYERS = [
     ("errors", "statistics", "store.keys", "plugins", "registry"),
-    ("formats", "models", "methods", "store"),
+    ("formats", "models", "methods", "store", "chat"),
     ("recipe", "plan", "presets", "calibration", "export", "runtimes"),
     ("stages", "bench"),
     ("pipeline",),

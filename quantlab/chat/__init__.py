@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from quantlab.errors import UserError
 
@@ -93,11 +94,12 @@ def render(
     from jinja2 import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    extra = {} if reasoning_effort is None else {"reasoning_effort": reasoning_effort}
+    extra: dict[str, Any] = {} if reasoning_effort is None else {"reasoning_effort": reasoning_effort}
     try:
-        rendered, _ = render_jinja_template(
+        # transformers annotates the return as str; it is (rendered conversations, generation indices)
+        rendered: Any = render_jinja_template(
             conversations=[messages], chat_template=source, add_generation_prompt=add_generation_prompt, **extra
         )
     except TemplateError as error:
         raise UserError(f"chat template: {error}") from None
-    return rendered[0]
+    return rendered[0][0]

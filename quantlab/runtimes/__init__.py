@@ -4,7 +4,7 @@ A runtime answers lm-eval's requests (log-likelihoods, generation) for one subje
 
 * ``hf``: the variant's Hugging Face model in-process (transformers), as built;
 * ``llama.cpp``: llama-cpp-python on the variant's GGUF export (``quantlab.runtimes.llama_cpp``);
-* ``endpoint``: an OpenAI-compatible server (lm-eval's completions client);
+* ``endpoint``: an OpenAI-compatible server (lm-eval's completions client, prompts rendered here);
 * ``vllm``: lm-eval's own vLLM model on the variant's Hugging Face folder (GPU machines).
 
 Adding an engine is one ``Runtime`` subclass here; nothing else names the engines.
@@ -92,12 +92,12 @@ class LlamaCpp(Runtime, name="llama.cpp"):
         )
 
 
-def _check_server_renders(name: str, settings: dict) -> None:
-    """Backends whose server renders chat prompts take only the model's own template, with no effort."""
+def _check_renders_its_own(name: str, settings: dict) -> None:
+    """A backend that renders chat prompts itself takes only the model's own template, with no effort."""
     if settings.get("reasoning_effort") or settings.get("chat_template") not in ("model", "plain"):
         raise UserError(
-            f"backend {name}: the server renders the chat template; --chat-template other than model/plain and "
-            "--reasoning-effort are not passed through it yet"
+            f"backend {name}: it renders the chat template itself; --chat-template other than model/plain and "
+            "--reasoning-effort do not reach it yet"
         )
 
 
@@ -105,14 +105,16 @@ class Endpoint(Runtime, name="endpoint"):
     def check(self, subject, settings):
         if not settings.get("endpoint"):
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
-        _check_server_renders("endpoint", settings)
 
     def language_model(self, loaded, settings, seed, batch_size):
-        # lm-eval's OpenAI-compatible completions client: text prompts (the server tokenizes), the variant's
-        # tokenizer for lm-eval's own bookkeeping; log-likelihoods through echo + logprobs.
-        from lm_eval.models.openai_completions import LocalCompletionsAPI
+        # lm-eval's OpenAI-compatible completions client: text prompts rendered here with the evaluation's chat
+        # template (the server tokenizes), the variant's tokenizer for lm-eval's own bookkeeping; log-likelihoods
+        # through echo + logprobs.
+        from quantlab.runtimes.completions_lm import RenderedCompletionsLM
 
-        return LocalCompletionsAPI(
+        return RenderedCompletionsLM(
+            chat_template=loaded.chat_template,
+            chat_template_args=loaded.chat_template_args(settings),
             base_url=settings["endpoint"].rstrip("/") + "/completions",
             model=loaded.folder.parent.name,
             tokenizer_backend="huggingface",
@@ -130,7 +132,7 @@ class VLLM(Runtime, name="vllm"):
 
         if importlib.util.find_spec("vllm") is None:
             raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
-        _check_server_renders("vllm", settings)
+        _check_renders_its_own("vllm", settings)
 
     def language_model(self, loaded, settings, seed, batch_size):
         # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).

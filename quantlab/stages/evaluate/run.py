@@ -385,10 +385,18 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
                 "correct": float(s[metric]),
                 "target": s.get("target"),
                 "response": (s.get("filtered_resps") or [None])[0],
+                "prompt": _prompt(s),
             }
             for s in samples
         ],
     }
+
+
+def _prompt(sample: dict) -> str | None:
+    """The rendered prompt lm-eval sent for a sample (its first request's context): what the model saw."""
+    arguments = sample.get("arguments") or []
+    first = arguments[0] if arguments else None
+    return first[0] if isinstance(first, (list, tuple)) and first and isinstance(first[0], str) else None
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:

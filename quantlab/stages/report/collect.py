@@ -178,6 +178,8 @@ def attribute_command(result: dict) -> str:
         ("--permutations", result.get("permutations") if result.get("permutations") != 200 else None),
         ("--text", s["text"]),
         ("--tokens", s["tokens"]),
+        # the request; the same as the recipe's serve: reasoning_effort where it names one (accepted twice)
+        ("--reasoning-effort", s.get("reasoning_effort")),
     ):
         if value is not None:
             parts += [flag, str(value)]

@@ -178,6 +178,8 @@ def _attributions(report: Report, store: Store) -> None:
         command = attribute_command(result)
         s = result["settings"]
         decoding = "greedy" if not s["temperature"] else f"temperature {s['temperature']:g}, {s['repeats']} repeats"
+        if s.get("reasoning_effort"):
+            decoding += f", every cell asking for {s['reasoning_effort']} reasoning effort"
         report.text(
             f"Recipe {result['recipe']} ({result['recipe_file']}): {len(result['factors'])} factors "
             f"({result.get('factor_granularity', 'choices')}), design {result['design']}, {decoding}."
