@@ -252,3 +252,19 @@ def test_cells_of_a_recipe_with_the_native_export_build(tmp_path):
     path = tmp_path / "cell.yaml"
     path.write_text(baseline_cell.model_copy(update={"name": "mxfp4.0"}).as_yaml())
     assert (build(path, tmp_path / "cells").path / "model.gguf").is_file()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "factor"),
+    [("mxfp4-stale-engine", "serve.effort_honored"), ("mxfp4-wrong-template", "serve.chat_template")],
+)
+def test_a_serving_case_is_charged_to_its_serving_factor(recipe, factor, tmp_path):
+    """The shipped serving cases: the stale engine's loss goes to the dropped effort, the wrong template's to the
+    template, each with an interval above zero and above MXFP4's share (harmless at high effort)."""
+    result = attribute(
+        REPO / "recipes" / f"{recipe}.yaml", ["zoo_aime_style"], limit=60, tokens=1024, artifacts=tmp_path
+    )
+    task = result["tasks"]["zoo_aime_style"]
+    serving, weights = task["shares_points"][factor], task["shares_points"]["groups[0]"]
+    assert serving["ci95"][0] > 0 and serving["value"] > weights["ci95"][1]
+    assert serving["value"] >= 0.5 * task["loss_points"]["value"]

@@ -21,8 +21,8 @@ def test_same_seed_and_steps_give_identical_bytes(tmp_path):
     data_a, data_c = manifest_a["result"]["training_data_sha256"], manifest_c["result"]["training_data_sha256"]
     assert data_a == manifest_b["result"]["training_data_sha256"] and data_a != data_c
     assert manifest_a["command"] == (
-        "quantlab zoo train --seed 5 --steps 3 --batch-size 64 --learning-rate 0.0015 --warmup-steps 2 "
-        "--low-effort-fraction 0.2"
+        "quantlab zoo train --seed 5 --steps 3 --batch-size 8 --learning-rate 0.0015 --warmup-steps 2 "
+        "--row-tokens 256 --low-effort-fraction 0.2 --medium-effort-fraction 0.3"
     )
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
 

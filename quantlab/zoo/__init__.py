@@ -10,7 +10,7 @@ from pathlib import Path
 from quantlab.errors import UserError
 
 SHIPPED_CHECKPOINT = Path(str(files("quantlab.zoo") / "checkpoint" / "tiny-gpt-oss"))
-REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def resolve_checkpoint(path: Path | None) -> Path:
