@@ -168,7 +168,7 @@ def test_kl_shares_add_up_to_the_full_recipes_measured_kl(attributed):
         ).read_text()
     )
     assert kl["kld_mean"]["value"] == pytest.approx(
-        measured["logits"]["answer_tokens"]["kl_divergence"]["mean"], rel=1e-9
+        measured["logits"]["response_tokens"]["kl_divergence"]["mean"], rel=1e-9
     )
     assert sum(s["value"] for s in kl["shares"].values()) == pytest.approx(kl["kld_mean"]["value"], rel=1e-9)
     assert set(kl["shares"]) == {"groups[0].method", "groups[0].format"}  # serving does not change the weights

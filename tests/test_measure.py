@@ -144,7 +144,8 @@ def test_router_and_logit_statistics_equal_direct_computations(baseline):
             mask
         ]
         assert stats["delta_p_top"]["mean"] == pytest.approx(delta_top.mean(), rel=1e-5, abs=1e-9)
-        assert stats["delta_p"]["mean"] != pytest.approx(stats["delta_p_top"]["mean"], rel=1e-3)  # two quantities
+        if part == "all_tokens":  # two quantities (on answers the baseline's top token is the target every time)
+            assert stats["delta_p"]["mean"] != pytest.approx(stats["delta_p_top"]["mean"], rel=1e-3)
 
 
 def test_the_masks_cover_the_final_answer_and_the_analysis_channel(baseline):
@@ -315,7 +316,7 @@ def test_llama_perplexity_scoring_is_the_tools_chunking(baseline, tmp_path):
     assert result["n"] == chunks * (n_ctx - 1 - first)
     assert result["perplexity_baseline"]["ppl"] == pytest.approx(np.exp(np.mean(nll_p)), rel=1e-6)
     assert result["perplexity_ratio"] == pytest.approx(np.exp(np.mean(nll_q) - np.mean(nll_p)), rel=1e-6)
-    assert result["kl_divergence"]["mean"] == pytest.approx(np.mean(kl), rel=1e-5)
+    assert result["kl_divergence"]["mean"] == pytest.approx(np.mean(kl), rel=1e-4)  # float32: batched vs one chunk
 
 
 def test_llama_perplexity_scoring_needs_two_chunks(baseline, tmp_path):
