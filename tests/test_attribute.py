@@ -208,8 +208,8 @@ def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path)
 
 def test_group_granularity_keeps_each_group_whole():
     recipe = load_recipe(REPO / "recipes" / "compactifai-like.yaml")
-    assert [f.key for f in recipe_factors(recipe, False, "groups")] == ["groups[0]", "groups[1]", "groups[2]"]
-    assert len(recipe_factors(recipe, False, "choices")) == 6
+    assert [f.key for f in recipe_factors(recipe, False, "groups")] == ["groups[0]", "groups[1]"]
+    assert len(recipe_factors(recipe, False, "choices")) == 4
     keys = {f.key for f in recipe_factors(recipe, False, "groups")}
     only_experts = cell_recipe(recipe, frozenset({"groups[0]"}), False, keys)
     assert only_experts.groups == recipe.groups[:1]
