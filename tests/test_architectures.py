@@ -1,6 +1,7 @@
 """The recipe engine on a tiny random model of each supported architecture, built in the test: the expert
 matrices come out (out, in) whatever the layout, a recipe builds, and the variant loads with transformers."""
 
+import json
 import shutil
 
 import pytest
@@ -22,7 +23,8 @@ def tiny_config(arch: str):
         num_hidden_layers=LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
-        vocab_size=53,
+        # the shipped tokenizer's vocabulary (its files are copied beside each model below)
+        vocab_size=json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["vocab_size"],
         max_position_embeddings=64,
         tie_word_embeddings=False,
     )
