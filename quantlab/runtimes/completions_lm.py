@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 
+from quantlab.runtimes import render_chat
+
 
 class RenderedCompletionsLM(LocalCompletionsAPI):
     def __init__(self, *, chat_template: str | None, chat_template_args: dict, **kwargs):
@@ -20,10 +22,4 @@ class RenderedCompletionsLM(LocalCompletionsAPI):
         return self.template
 
     def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
-        return self.tokenizer.apply_chat_template(
-            chat_history,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt,
-            **({"chat_template": self.template} | self.template_args),
-        )
+        return render_chat(self.tokenizer, self.template, self.template_args, chat_history, add_generation_prompt)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from lm_eval.api.model import LM
 
+from quantlab.runtimes import render_chat
 from quantlab.runtimes.llama_cpp import logits, open_gguf
 
 
@@ -41,13 +42,7 @@ class LlamaCppLM(LM):
     def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
         """The conversation rendered with the evaluation's template (the one written into the GGUF, or the wrong
         one asked for), as the hf runtime renders it."""
-        return self.tokenizer.apply_chat_template(
-            chat_history,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt,
-            **({"chat_template": self.template} | self.template_args),
-        )
+        return render_chat(self.tokenizer, self.template, self.template_args, chat_history, add_generation_prompt)
 
     def _logprobs(self, ids: list[int]) -> np.ndarray:
         """Log-softmax of llama.cpp's logits at every position of ``ids``."""

@@ -73,11 +73,6 @@ def score_reference_tasks(model, tokenizer, count: int = 500, seed: int = 0, spl
     }
 
 
-def score_row(scores: dict, task: str, effort: str, template: str = chat.MODEL) -> dict:
-    """One row of a score card."""
-    return next(r for r in scores["rows"] if (r["task"], r["effort"], r["template"]) == (task, effort, template))
-
-
 def record_scores(checkpoint: Path, scores: dict) -> None:
     """Writes ``scores.json`` into the checkpoint atomically (temporary file, then rename)."""
     fd, tmp = tempfile.mkstemp(prefix=".scores.", suffix=".tmp", dir=checkpoint)
