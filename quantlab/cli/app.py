@@ -331,6 +331,69 @@ def attribute_command(
     console.print(f"written: {result['path']}")
 
 
+ENGINE_HELP = "vllm (its OpenAI-compatible server, from .venv-vllm) or llama.cpp (llama-cpp-python's server, GGUF)."
+LOAD_HELP = (
+    "What the engine loads: auto (the export at its own precision path: native MXFP4, compressed-tensors, GGUF; "
+    "the Hugging Face folder of an unquantized variant), hf (the dequantized Hugging Face folder), native, "
+    "compressed-tensors, gguf."
+)
+
+
+def _serve_options(dtype: str, load: str, max_logprobs: Optional[int]):
+    from quantlab.runtimes.engines import LOADS
+    from quantlab.runtimes.serve import ServeOptions
+
+    if load not in LOADS:
+        raise UserError(f"--load {load!r}: choose one of {', '.join(LOADS)}")
+    return ServeOptions(dtype=dtype, load=load, max_logprobs=max_logprobs)
+
+
+@app.command("serve")
+def serve_command(
+    subject: str = typer.Argument(..., help="A built variant (folder or name under --artifacts) or a model source."),
+    engine: str = typer.Option(..., "--engine", help=ENGINE_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="The address to listen on (127.0.0.1: this machine only)."),
+    port: Optional[int] = typer.Option(
+        None, "--port", min=1, max=65535, help="The port (default: a free one, printed)."
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="vllm: activations' dtype (auto: the checkpoint's; float32)."),
+    load: str = typer.Option("auto", "--load", help=LOAD_HELP),
+    max_logprobs: Optional[int] = typer.Option(
+        None, "--max-logprobs", min=1, help="Log-probabilities per position the server may return (default: the "
+        "whole vocabulary up to 1024 tokens, else 20)."
+    ),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+) -> None:
+    """Serve a variant through a real engine's OpenAI-compatible server until Ctrl-C (or SIGTERM)."""
+    import signal
+    import threading
+
+    from quantlab.runtimes.serve import serve
+
+    options = _serve_options(dtype, load, max_logprobs)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with render.status(f"starting {engine} for {subject}", False):
+        context = serve(subject, engine, artifacts, host, port, options)
+        server = context.__enter__()
+    try:
+        console.print(
+            f"{server.engine} ({server.version}) serves {server.subject} ({server.loaded}: {server.loaded_path}) at "
+            f"{server.base_url} as model {server.model!r}; started in {server.startup_s:.1f} s; log: {server.log}",
+            highlight=False,
+        )
+        console.print("Ctrl-C stops it.", highlight=False)
+        while not stopped.is_set() and server.alive():
+            stopped.wait(0.5)
+        if not server.alive():
+            raise UserError(f"{server.engine} server stopped by itself ({server.died()})")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        context.__exit__(None, None, None)
+    console.print(f"{server.engine} server stopped", highlight=False)
+
+
 @app.command("report")
 def report_command(
     variants: list[str] = typer.Argument(None, help="Variants to show (default: every variant built in --artifacts)."),
