@@ -31,6 +31,22 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
+ENGINE_HELP = "vllm (its OpenAI-compatible server, from .venv-vllm) or llama.cpp (llama-cpp-python's server, GGUF)."
+LOAD_HELP = (
+    "What the engine loads: auto (the export at its own precision path: native MXFP4, compressed-tensors, GGUF; "
+    "the Hugging Face folder of an unquantized variant), hf (the dequantized Hugging Face folder), native, "
+    "compressed-tensors, gguf."
+)
+
+
+def _serve_options(dtype: str, load: str, max_logprobs: Optional[int]):
+    from quantlab.runtimes.engines import LOADS
+    from quantlab.runtimes.serve import ServeOptions
+
+    if load not in LOADS:
+        raise UserError(f"--load {load!r}: choose one of {', '.join(LOADS)}")
+    return ServeOptions(dtype=dtype, load=load, max_logprobs=max_logprobs)
+
 
 @app.command("build")
 def build_command(
@@ -92,6 +108,20 @@ def measure_command(
     ctx: Optional[int] = typer.Option(
         None, "--ctx", help="--scoring llama-perplexity: the chunk length (default: the model's context, at most 512)."
     ),
+    engine: Optional[str] = typer.Option(
+        None,
+        "--engine",
+        help="Also serve each variant through this engine and measure it from its prompt log-probabilities: vllm.",
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="--engine vllm: activations' dtype (auto: the checkpoint's)."),
+    load: str = typer.Option("auto", "--load", help="--engine: " + LOAD_HELP),
+    top_k: Optional[int] = typer.Option(
+        None,
+        "--top-k",
+        min=1,
+        help="--engine: log-probabilities per position (default: the whole vocabulary up to "
+        "1024 tokens, else 20; below the vocabulary the KL is a lower bound, docs/serving.md).",
+    ),
 ) -> None:
     """Per-expert error, routing drift, perplexity and KL drift of variants against their baseline."""
     from quantlab.stages.measure.run import measure_variant
@@ -100,7 +130,19 @@ def measure_command(
     for variant in variants:
         with render.status(f"measuring {variant}", as_json):
             results.append(
-                measure_variant(variant, baseline, text, tokens, artifacts, force=force, scoring=scoring, n_ctx=ctx)
+                measure_variant(
+                    variant,
+                    baseline,
+                    text,
+                    tokens,
+                    artifacts,
+                    force=force,
+                    scoring=scoring,
+                    n_ctx=ctx,
+                    engine=engine,
+                    serve_options=_serve_options(dtype, load, None) if engine else None,
+                    top_k=top_k,
+                )
             )
     if as_json:
         return render.print_json(results)
@@ -143,8 +185,16 @@ def eval_command(
     backend: str = typer.Option(
         "hf",
         "--backend",
-        help="hf (in-process transformers), llama.cpp (the variant's GGUF export), "
-        "endpoint (an OpenAI-compatible server) or vllm (GPU machines).",
+        help="hf (in-process transformers), llama.cpp (the variant's GGUF export in-process), "
+        "endpoint (an OpenAI-compatible server someone else runs, --endpoint).",
+    ),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="Serve each subject through this engine for the evaluation: " + ENGINE_HELP
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="--engine vllm: activations' dtype (auto: the checkpoint's)."),
+    load: str = typer.Option("auto", "--load", help="--engine: " + LOAD_HELP),
+    concurrent: int = typer.Option(
+        8, "--concurrent", min=1, help="--engine: requests in flight at once (the engine batches them)."
     ),
     endpoint: Optional[str] = typer.Option(
         None,
@@ -200,6 +250,9 @@ def eval_command(
             endpoint=endpoint,
             chat_template=chat_template,
             reasoning_effort=reasoning_effort,
+            engine=engine,
+            serve_options=_serve_options(dtype, load, None),
+            concurrent=concurrent,
         )
     if as_json:
         return render.print_json(rows)
@@ -331,23 +384,6 @@ def attribute_command(
     console.print(f"written: {result['path']}")
 
 
-ENGINE_HELP = "vllm (its OpenAI-compatible server, from .venv-vllm) or llama.cpp (llama-cpp-python's server, GGUF)."
-LOAD_HELP = (
-    "What the engine loads: auto (the export at its own precision path: native MXFP4, compressed-tensors, GGUF; "
-    "the Hugging Face folder of an unquantized variant), hf (the dequantized Hugging Face folder), native, "
-    "compressed-tensors, gguf."
-)
-
-
-def _serve_options(dtype: str, load: str, max_logprobs: Optional[int]):
-    from quantlab.runtimes.engines import LOADS
-    from quantlab.runtimes.serve import ServeOptions
-
-    if load not in LOADS:
-        raise UserError(f"--load {load!r}: choose one of {', '.join(LOADS)}")
-    return ServeOptions(dtype=dtype, load=load, max_logprobs=max_logprobs)
-
-
 @app.command("serve")
 def serve_command(
     subject: str = typer.Argument(..., help="A built variant (folder or name under --artifacts) or a model source."),
@@ -359,8 +395,11 @@ def serve_command(
     dtype: str = typer.Option("auto", "--dtype", help="vllm: activations' dtype (auto: the checkpoint's; float32)."),
     load: str = typer.Option("auto", "--load", help=LOAD_HELP),
     max_logprobs: Optional[int] = typer.Option(
-        None, "--max-logprobs", min=1, help="Log-probabilities per position the server may return (default: the "
-        "whole vocabulary up to 1024 tokens, else 20)."
+        None,
+        "--max-logprobs",
+        min=1,
+        help="Log-probabilities per position the server may return (default: the "
+        "whole vocabulary up to 1024 tokens, else 20).",
     ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
 ) -> None:

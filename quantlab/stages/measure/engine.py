@@ -1,0 +1,144 @@
+"""The logit statistics with the variant served by an engine, from the prompt log-probabilities its server returns.
+
+An OpenAI-compatible server returns, per prompt position, the log-probabilities of its top-k tokens (and of the
+token that follows), not its logits. KL(baseline ‖ served) then has an exact part over the returned tokens K and
+an unknown tail. With ``p`` the baseline's full distribution and ``q`` the server's,
+
+    KL = Σ_{i∈K} p_i log(p_i / q_i) + Σ_{i∉K} p_i log(p_i / q_i)  ≥  Σ_{i∈K} p_i log(p_i / q_i) + P log(P / Q),
+
+where P = Σ_{i∉K} p_i and Q = 1 - Σ_{i∈K} q_i (the log-sum inequality; equality when the tail of q is
+proportional to the tail of p). ``kl`` below is that lower bound: exact when K is the whole vocabulary (a server
+asked for every token, as quantlab asks for vocabularies up to 1024 tokens), and within the baseline mass outside
+K times the largest log-ratio there otherwise; ``tail_mass`` records P per position so a reader sees how much the
+bound could hide. The top token, the target token's probability (Δp) and both NLLs are exact (the server returns
+the prompt token's log-probability beside its top-k).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from quantlab.errors import UserError
+from quantlab.stages.measure.text import EvaluationText
+
+
+def topk_token_statistics(
+    base_logits: torch.Tensor, served: list[dict[int, float]], targets: torch.Tensor, top_k: int
+) -> dict[str, np.ndarray]:
+    """Per predicted position: the statistics of ``token_statistics`` with the served distribution known only
+    on the tokens ``served[j]`` lists (token id -> log-probability), the KL as its lower bound (module doc)."""
+    log_p = torch.log_softmax(base_logits.double(), dim=-1).numpy()
+    positions, vocabulary = log_p.shape
+    p = np.exp(log_p)
+    columns = {key: np.zeros(positions) for key in ("kl", "delta_p", "delta_p_top", "nll_variant", "tail_mass")}
+    same_top = np.zeros(positions, dtype=bool)
+    for j in range(positions):
+        entries = served[j]
+        ids = np.fromiter(entries.keys(), dtype=np.int64, count=len(entries))
+        log_q = np.fromiter(entries.values(), dtype=np.float64, count=len(entries))
+        if ids.size == 0 or ids.max() >= vocabulary:
+            raise UserError(f"served log-probabilities name token ids outside the vocabulary ({vocabulary}) at {j}")
+        q_known = float(np.exp(log_q).sum())
+        tail_p = max(0.0, 1.0 - float(p[j, ids].sum()))
+        tail_q = max(1e-300, 1.0 - q_known)
+        kl = float((p[j, ids] * (log_p[j, ids] - log_q)).sum())
+        if tail_p > 1e-15:
+            kl += tail_p * np.log(tail_p / tail_q)
+        columns["kl"][j] = kl
+        columns["tail_mass"][j] = tail_p
+        target = int(targets[j])
+        if target not in entries:
+            raise UserError(f"the server returned no log-probability for the prompt's own token at position {j + 1}")
+        columns["nll_variant"][j] = -entries[target]
+        columns["delta_p"][j] = np.exp(entries[target]) - p[j, target]
+        top = int(log_p[j].argmax())
+        # the baseline's top token outside the top k: its served probability is at most the k-th largest
+        kth = float(np.sort(log_q)[::-1][min(top_k, log_q.size) - 1])
+        q_top = np.exp(entries[top]) if top in entries else float(np.exp(kth))
+        columns["delta_p_top"][j] = q_top - p[j, top]
+        same_top[j] = int(ids[log_q.argmax()]) == top
+    nll_base = -log_p[np.arange(positions), targets.numpy()]
+    return columns | {"same_top": same_top, "nll_base": nll_base}
+
+
+def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int) -> dict:
+    """The logit statistics of the served variant against the torch baseline over ``text``'s rows."""
+    from quantlab.runtimes.engines import get_engine
+    from quantlab.stages.measure.run import TOKEN_STATISTICS, logit_summaries
+
+    engine = get_engine(server.engine)
+    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "tail_mass", "answer", "analysis")}
+    analysis_mask = text.analysis_mask if text.analysis_mask is not None else torch.zeros_like(text.answer_mask)
+    for row in range(text.tokens.shape[0]):
+        n = int(text.attention[row].sum())
+        ids = text.tokens[row, :n]
+        served = engine.prompt_logprobs(server, ids.tolist(), top_k)
+        with torch.no_grad():
+            ours = baseline(ids.unsqueeze(0)).logits[0]
+        stats = topk_token_statistics(ours[:-1], served, ids[1:], top_k)
+        for key, value in stats.items():
+            per_token[key].append(value)
+        per_token["answer"].append(text.answer_mask[row, 1:n].numpy())
+        per_token["analysis"].append(analysis_mask[row, 1:n].numpy())
+    arrays = {k: np.concatenate(v) for k, v in per_token.items()}
+    summaries = logit_summaries(arrays)
+    tail = arrays["tail_mass"]
+    return {
+        "logits": summaries,
+        "top_k": top_k,
+        "kl": "exact" if float(tail.max()) < 1e-12 else "lower bound (top-k)",
+        "tail_mass": {"mean": float(tail.mean()), "max": float(tail.max())},
+        "engine": server.engine,
+    }
+
+
+SCHEMA_VERSION = 1
+
+
+def measure_served(
+    store, folder, manifest: dict, torch_result: dict, engine: str, serve_options, top_k: int | None, force: bool
+) -> dict:
+    """The served variant's statistics on the same text and baseline as ``torch_result`` (its stored
+    measurement), each engine's share beside the torch model's; stored as ``measure/<engine>.json``, reused
+    while the measurement, the engine's version and the serving options are the same."""
+    from quantlab.models.loading import load_model
+    from quantlab.runtimes.engines import _max_logprobs, get_engine
+    from quantlab.runtimes.serve import ServeOptions, serve
+    from quantlab.stages.measure.llama_cpp import runtime_share
+    from quantlab.stages.measure.run import load_baseline, measurement_text
+    from quantlab.store import MEASURE, MODEL, ArtifactStore, atomic_write_text, content_key, record_json
+
+    chosen, options = get_engine(engine), serve_options or ServeOptions()
+    chosen.launcher()
+    load = chosen.what_to_load(store, store.subject(str(folder)), options)
+    top_k = top_k or _max_logprobs(folder / MODEL, options)
+    options = ServeOptions(dtype=options.dtype, load=options.load, max_logprobs=max(top_k, options.max_logprobs or 0))
+    settings = {"engine": chosen.name, "engine_version": chosen.version(), "loaded": load.kind, "top_k": top_k}
+    settings |= options.record()
+    key = content_key({"measurement": torch_result["cache_key"], "engine": settings})
+    path = folder / MEASURE / f"{chosen.name}.json"
+    with ArtifactStore.lock(path):
+        previous = None if force else ArtifactStore.cached(path, key)
+        if previous is not None:
+            return previous | {"cache_hit": True}
+        settings_of = torch_result["settings"]
+        _, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
+        baseline, _ = load_baseline(store, manifest, settings_of.get("baseline"))
+        text = measurement_text(
+            tokenizer, baseline, settings_of.get("text"), settings_of["tokens"], settings_of.get("n_ctx")
+        )
+        with serve(str(folder), chosen.name, store, options=options) as server:
+            summary = engine_logit_summary(baseline, server, text, top_k)
+            startup_s = server.startup_s
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "cache_key": key,
+            "variant": manifest["variant"],
+            "settings": settings,
+            **summary,
+            "runtime_share": runtime_share(torch_result["logits"], summary["logits"], chosen.name),
+            "server": {"startup_s": round(startup_s, 2), "log": str(server.log)},
+        }
+        atomic_write_text(path, record_json(record))
+    return record | {"cache_hit": False}
