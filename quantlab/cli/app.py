@@ -196,6 +196,11 @@ def eval_command(
     concurrent: int = typer.Option(
         8, "--concurrent", min=1, help="--engine: requests in flight at once (the engine batches them)."
     ),
+    baseline_engine: str = typer.Option(
+        "same",
+        "--baseline-engine",
+        help="Where --baseline runs: same (as the subjects), transformers (in-process), vllm or llama.cpp.",
+    ),
     endpoint: Optional[str] = typer.Option(
         None,
         "--endpoint",
@@ -238,6 +243,7 @@ def eval_command(
             _data_option(data),
             _gen_option(gen, names),
             progress=spinner.update if spinner is not None else None,
+            baseline_engine=baseline_engine,
             limit=limit,
             repeats=repeats,
             temperature=temperature,

@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from quantlab.runtimes import runtime_label
+
 console = Console()
 
 
@@ -207,13 +209,6 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
 
 
-def runtime_label(settings: dict) -> str:
-    """What ran an evaluation: the in-process runtime, or the served engine with what it loaded and its dtype."""
-    if settings.get("engine"):
-        return f"{settings['engine']} ({settings['loaded']}, {settings['dtype']})"
-    return {"hf": "transformers"}.get(settings.get("backend", "hf"), settings.get("backend", "hf"))
-
-
 def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: str | None) -> None:
     table = Table(
         "subject",
@@ -225,6 +220,7 @@ def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: st
         "right->wrong",
         "wrong->right",
         "McNemar p",
+        "answers differ",
         "cached",
         title=f"lm-eval, {'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}"
         + (f"; flips against {rows[0].get('against')}" if baseline else ""),
@@ -241,6 +237,7 @@ def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: st
             str(f.get("right_to_wrong", "")),
             str(f.get("wrong_to_right", "")),
             f"{f['mcnemar_p']:.3g}" if f else "",
+            str(r.get("different_answers", "")),
             "yes" if r["cache_hit"] else "",
         )
     wide().print(table)

@@ -148,6 +148,13 @@ class Served(Runtime, name="served"):
         return Endpoint.client(loaded, settings, server.base_url, server.model, settings.get("concurrent", 1))
 
 
+def runtime_label(settings: dict) -> str:
+    """What ran an evaluation: the in-process runtime, or the served engine with what it loaded and its dtype."""
+    if settings.get("engine"):
+        return f"{settings['engine']} ({settings['loaded']}, {settings['dtype']})"
+    return {"hf": "transformers"}.get(settings.get("backend", "hf"), settings.get("backend", "hf"))
+
+
 def get_runtime(name: str) -> Runtime:
     """The runtime ``--backend`` names; a one-line error listing the available ones otherwise."""
     return Runtime.lookup(name)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
-from quantlab.runtimes import Loaded, get_runtime
+from quantlab.runtimes import Loaded, get_runtime, runtime_label
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
 from quantlab.store import ArtifactStore, Subject, as_store, atomic_write_text, content_key
 from quantlab.store.records import Evaluation
@@ -489,6 +489,15 @@ def _unreachable(error: BaseException) -> bool:
     return False
 
 
+def different_answers(baseline_result: dict, variant_result: dict) -> int:
+    """How many items' (first repeat's) answers differ in text between two evaluations of the same items."""
+
+    def answers(result: dict) -> list:
+        return [sample["response"] for sample in result["lm_eval"][0]["samples"]]
+
+    return sum(a != b for a, b in zip(answers(baseline_result), answers(variant_result)))
+
+
 def compare(baseline_result: dict, variant_result: dict) -> dict:
     """Flips and McNemar's test of a variant against its baseline on the same task, items and settings."""
     if baseline_result["doc_ids"] != variant_result["doc_ids"]:
@@ -503,14 +512,21 @@ def evaluate_tasks(
     data_files: dict | None = None,
     generation: dict | None = None,
     progress=None,
+    baseline_engine: str = "same",
     **options,
 ) -> list[dict]:
     """Each subject on each task (``evaluate``'s options), summarised; with ``baseline``, each row also has the
-    flips against it and McNemar's p. ``data_files`` / ``generation``: per task, as ``evaluate`` takes them."""
+    flips against it, McNemar's p and (greedy) how many answers differ in text. ``data_files`` / ``generation``:
+    per task, as ``evaluate`` takes them. ``baseline_engine``: ``same`` (the baseline runs as the subjects do),
+    ``transformers`` (in-process, as built), or an engine's name."""
     rows = []
+    baseline_options = dict(options)
+    if baseline_engine != "same":
+        baseline_options["engine"] = None if baseline_engine == "transformers" else baseline_engine
     for task in tasks:
-        task_options = options | {"data_file": (data_files or {}).get(task), "generation": (generation or {}).get(task)}
-        reference = evaluate(baseline, task, **task_options) if baseline else None
+        per_task = {"data_file": (data_files or {}).get(task), "generation": (generation or {}).get(task)}
+        task_options = options | per_task
+        reference = evaluate(baseline, task, **(baseline_options | per_task)) if baseline else None
         for subject in subjects:
             if progress:
                 progress(f"evaluating {subject} on {task}")
@@ -531,7 +547,9 @@ def evaluate_tasks(
                 )
             }
             if reference is not None:
-                summary["against"] = reference["subject"]
+                summary["against"] = f"{reference['subject']} on {runtime_label(reference['settings'])}"
                 summary["flips"] = compare(reference, result)
+                if result["repeats"] == 1 == reference["repeats"]:
+                    summary["different_answers"] = different_answers(reference, result)
             rows.append(summary)
     return rows

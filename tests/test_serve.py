@@ -1,0 +1,305 @@
+"""Serving engines: the variants served by llama.cpp's and vLLM's OpenAI-compatible servers, started and stopped by
+quantlab on 127.0.0.1, evaluated and measured through them, and their failure modes as one line.
+
+The engine tests skip where the engine is absent (llama-cpp-python's server: the gguf extra; vLLM: .venv-vllm,
+made by scripts/setup.sh). Every server listens on 127.0.0.1 and is stopped by the test (a ``with`` block)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import entropy
+
+from quantlab.errors import UserError
+from quantlab.stages.measure.engine import topk_token_statistics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _vllm_python() -> str | None:
+    named = os.environ.get("QUANTLAB_VLLM_PYTHON")
+    local = REPO / ".venv-vllm" / "bin" / "python"
+    return named if named else (str(local) if local.is_file() else None)
+
+
+needs_vllm = pytest.mark.skipif(_vllm_python() is None, reason="needs vLLM (.venv-vllm: bash scripts/setup.sh)")
+needs_llama_server = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llama_cpp") is None, reason="needs quantlab[gguf] (llama-cpp-python)"
+)
+
+
+# --- the top-k KL bound, against scipy's KL ------------------------------------------------------------------
+
+
+def _distributions(seed: int, vocabulary: int = 40):
+    generator = np.random.default_rng(seed)
+    base_logits = torch.tensor(generator.normal(0, 2, vocabulary))
+    served_logits = base_logits + torch.tensor(generator.normal(0, 0.5, vocabulary))
+    return base_logits, torch.log_softmax(served_logits.double(), -1).numpy()
+
+
+def test_kl_from_every_token_equals_scipy_and_the_top_k_value_bounds_it_from_below():
+    for seed in range(5):
+        base_logits, log_q = _distributions(seed)
+        p = torch.softmax(base_logits.double(), -1).numpy()
+        exact = entropy(p, np.exp(log_q))  # scipy: sum p log(p/q)
+        target = torch.tensor([3])
+        full = topk_token_statistics(base_logits[None], [dict(enumerate(log_q))], target, top_k=40)
+        assert full["kl"][0] == pytest.approx(exact, rel=1e-9)
+        assert full["tail_mass"][0] < 1e-12
+        for k in (1, 5, 20):
+            top = np.argsort(-log_q)[:k]
+            served = {int(i): float(log_q[i]) for i in top} | {3: float(log_q[3])}  # plus the prompt's token
+            bounded = topk_token_statistics(base_logits[None], [served], target, top_k=k)
+            assert bounded["kl"][0] <= exact + 1e-12
+            # the log-sum bound, written out by hand: exact part over K plus P log(P/Q) for the tail
+            known = np.array(sorted(served))
+            tail_p, tail_q = 1 - p[known].sum(), 1 - np.exp(log_q[known]).sum()
+            by_hand = (p[known] * (np.log(p[known]) - log_q[known])).sum() + tail_p * np.log(tail_p / tail_q)
+            assert bounded["kl"][0] == pytest.approx(by_hand, rel=1e-9)
+            # exact statistics stay exact: the prompt token's NLL and Δp, the top token
+            assert bounded["nll_variant"][0] == pytest.approx(-log_q[3])
+            assert bool(bounded["same_top"][0]) == (int(np.argmax(log_q)) == int(np.argmax(p)))
+
+
+def test_the_top_k_bound_is_tight_when_the_tails_are_proportional():
+    base_logits, _ = _distributions(7)
+    p = torch.softmax(base_logits.double(), -1).numpy()
+    top = np.argsort(-p)[:5]
+    q = p.copy()
+    q[top] = q[top][::-1]  # the top tokens reordered, the tail untouched: proportional (equal) tails
+    served = {int(i): float(np.log(q[i])) for i in top}
+    bounded = topk_token_statistics(base_logits[None], [served], torch.tensor([int(top[0])]), top_k=5)
+    assert bounded["kl"][0] == pytest.approx(entropy(p, q), rel=1e-9)
+
+
+# --- failure modes as one line ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_store(tmp_path_factory):
+    """A store with a bf16 variant and a Q4_K GGUF variant (its experts)."""
+    from quantlab.stages import build as builder
+
+    root = tmp_path_factory.mktemp("served")
+    recipes = {
+        "bf16": "groups:\n  - select: {component: [experts, attention]}\n    format: bf16\n",
+        "q4k": "exports: [gguf]\ngroups:\n  - select: {component: experts}\n    format: gguf:Q4_K\n",
+    }
+    for name, body in recipes.items():
+        path = root / f"{name}.yaml"
+        path.write_text(f"name: {name}\nmodel: zoo:tiny-gpt-oss\n{body}")
+        builder.build(path, root / "artifacts")
+    return root / "artifacts"
+
+
+def _one_line_error(cli, *args, env=None):
+    done = subprocess.run(
+        [sys.executable, "-m", "quantlab", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "300", **(env or {})},
+        timeout=300,
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2, (done.stdout, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_engine_not_installed_is_one_line(served_store):
+    err = _one_line_error(
+        None,
+        "serve",
+        "bf16",
+        "--engine",
+        "vllm",
+        "--artifacts",
+        served_store,
+        env={"QUANTLAB_VLLM_PYTHON": "/nonexistent/python"},
+    )
+    assert "engine vllm is not installed" in err and "setup.sh" in err
+
+
+def test_unknown_engine_and_a_format_the_engine_cannot_load_are_one_line(served_store):
+    assert "unknown engine 'tgi'" in _one_line_error(
+        None, "serve", "bf16", "--engine", "tgi", "--artifacts", served_store
+    )
+    # llama.cpp serves GGUF files: a variant without a GGUF export
+    err = _one_line_error(
+        None, "eval", "bf16", "--tasks", "zoo_aime_style", "--engine", "llama.cpp", "--artifacts", served_store
+    )
+    assert "no GGUF export" in err
+
+
+@needs_vllm
+def test_vllm_refuses_quantized_weights_it_has_no_export_for(served_store):
+    err = _one_line_error(None, "serve", "q4k", "--engine", "vllm", "--artifacts", served_store)
+    assert "gguf:Q4_K" in err and "--load hf" in err
+
+
+@needs_llama_server
+def test_port_taken_is_one_line(served_store):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        err = _one_line_error(
+            None, "serve", "q4k", "--engine", "llama.cpp", "--port", port, "--artifacts", served_store
+        )
+    assert f"port {port} on 127.0.0.1 is taken" in err
+
+
+# --- llama.cpp's server --------------------------------------------------------------------------------------
+
+
+@needs_llama_server
+def test_llama_cpp_served_answers_equal_the_in_process_runtime(served_store):
+    """quantlab starts llama-cpp-python's server on the GGUF export, evaluates through lm-eval's completions
+    client and stops it: the same greedy answers, item for item, as llama.cpp in-process (low effort: llama.cpp
+    ends generation at <|end|> for this vocabulary, docs/serving.md)."""
+    from quantlab.stages.evaluate.run import evaluate
+
+    served = evaluate(
+        "q4k", "zoo_aime_style", limit=20, artifacts=served_store, engine="llama.cpp", reasoning_effort="low"
+    )
+    local = evaluate(
+        "q4k", "zoo_aime_style", limit=20, artifacts=served_store, backend="llama.cpp", reasoning_effort="low"
+    )
+    assert served["settings"]["engine"] == "llama.cpp" and served["settings"]["loaded"] == "gguf"
+    assert served["settings"]["engine_version"].startswith("llama-cpp-python")
+    assert served["settings"]["request_defaults"] == {"repeat_penalty": 1.0}
+    assert sum(row[0] for row in local["correct"]) > 0
+    assert [s["response"] for s in served["lm_eval"][0]["samples"]] == [
+        s["response"] for s in local["lm_eval"][0]["samples"]
+    ]
+    assert Path(served["server"]["log"]).is_file()
+    # the server was stopped: nothing listens on the port the log names any more
+    assert not _llama_servers(served_store)
+
+
+def _llama_servers(store: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"llama_cpp.server --model {store}"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+@needs_llama_server
+def test_a_server_that_dies_during_an_evaluation_is_one_line_and_nothing_is_stored(served_store):
+    import threading
+
+    from quantlab.stages.evaluate.run import evaluate
+
+    log = served_store / "q4k" / "serve" / "llama.cpp.log"
+    killed = []
+
+    def kill_after_first_request():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if log.is_file() and "POST /v1/completions" in log.read_text(errors="replace"):
+                for pid in _llama_servers(served_store):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    log.unlink(missing_ok=True)
+    killer = threading.Thread(target=kill_after_first_request)
+    killer.start()
+    before = sorted((served_store / "q4k" / "eval").glob("*.json")) if (served_store / "q4k" / "eval").is_dir() else []
+    try:
+        with pytest.raises(UserError) as failure:
+            evaluate(
+                "q4k",
+                "zoo_aime_style",
+                limit=60,
+                artifacts=served_store,
+                engine="llama.cpp",
+                reasoning_effort="high",
+                concurrent=1,
+            )
+    finally:
+        killer.join()
+    assert killed
+    message = str(failure.value)
+    assert "server died during the evaluation" in message and "nothing was stored" in message
+    assert "\n" not in message
+    after = sorted((served_store / "q4k" / "eval").glob("*.json"))
+    assert after == before
+
+
+@needs_llama_server
+def test_serve_command_prints_its_url_and_stops_on_sigterm(served_store):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantlab", "serve", "q4k", "--engine", "llama.cpp", "--artifacts", str(served_store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, process.stderr.read()
+            if " at http://127.0.0.1:" in line:
+                url = line.split(" at ")[1].split()[0]
+        assert url is not None
+        models = json.load(urllib.request.urlopen(f"{url}/models", timeout=10))
+        assert models["data"][0]["id"] == "q4k"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert "server stopped" in process.stdout.read()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+        assert not _llama_servers(served_store)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# --- vLLM's server -------------------------------------------------------------------------------------------
+
+
+@needs_vllm
+def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
+    """bf16 weights served by vLLM (CPU build) with float32 activations: the greedy answers of transformers,
+    item for item, and log-probabilities whose KL from transformers' is zero up to float32 rounding (every token
+    of the 145-token vocabulary returned, so the KL is exact, not a bound)."""
+    from quantlab.runtimes.serve import ServeOptions
+    from quantlab.stages.evaluate.run import different_answers, evaluate
+    from quantlab.stages.measure.run import measure_variant
+
+    options = ServeOptions(dtype="float32")
+    served = evaluate(
+        "bf16",
+        "zoo_aime_style",
+        limit=24,
+        artifacts=served_store,
+        engine="vllm",
+        serve_options=options,
+        reasoning_effort="high",
+    )
+    local = evaluate("bf16", "zoo_aime_style", limit=24, artifacts=served_store, reasoning_effort="high")
+    assert served["settings"]["engine_version"].startswith("vllm")
+    assert different_answers(local, served) == 0 and served["correct"] == local["correct"]
+    measured = measure_variant("bf16", max_tokens=512, artifacts=served_store, engine="vllm", serve_options=options)
+    engine = measured["engine"]
+    assert engine["kl"] == "exact" and engine["top_k"] == 145
+    responses = engine["logits"]["response_tokens"]
+    assert abs(responses["kl_divergence"]["mean"]) < 1e-6 and responses["same_top"]["rate"] == 1.0
+    assert responses["perplexity_ratio"] == pytest.approx(1.0, abs=1e-5)
