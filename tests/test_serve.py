@@ -303,3 +303,35 @@ def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
     responses = engine["logits"]["response_tokens"]
     assert abs(responses["kl_divergence"]["mean"]) < 1e-6 and responses["same_top"]["rate"] == 1.0
     assert responses["perplexity_ratio"] == pytest.approx(1.0, abs=1e-5)
+
+
+@needs_llama_server
+@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL])
+def test_no_server_outlives_a_command_that_is_killed(served_store, kill):
+    """quantlab killed mid-evaluation (SIGTERM: its handler stops the server; SIGKILL: Linux's parent-death
+    signal, set for the server before it starts, does) leaves no server behind."""
+    log = served_store / "q4k" / "serve" / "llama.cpp.log"
+    log.unlink(missing_ok=True)
+    command = ["eval", "q4k", "--tasks", "zoo_aime_style", "--limit", "200", "--engine", "llama.cpp"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantlab", *command, "--concurrent", "1", "--artifacts", str(served_store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (log.is_file() and "POST /v1/completions" in log.read_text(errors="replace")):
+            assert time.monotonic() < deadline and process.poll() is None, "the served evaluation did not start"
+            time.sleep(0.1)
+        assert _llama_servers(served_store)
+        process.send_signal(kill)
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _llama_servers(served_store) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _llama_servers(served_store)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -357,6 +357,12 @@ def attribute_command(
         "--reasoning-effort",
         help="low / medium / high: what every cell asks for (a recipe's serve: reasoning_effort names it too).",
     ),
+    engine: Optional[str] = typer.Option(
+        None,
+        "--engine",
+        help="The runtime factor: llama.cpp (in-process on the GGUF export; the default when the recipe exports "
+        "GGUF) or vllm (vLLM's server on each cell's weights, against transformers on the same weights).",
+    ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
 ) -> None:
@@ -383,6 +389,7 @@ def attribute_command(
             factors,
             permutations,
             reasoning_effort,
+            engine,
         )
     if as_json:
         return render.print_json(result)
@@ -597,6 +604,27 @@ def bench_measure(
     if as_json:
         return render.print_json(result)
     render.bench_measure(result)
+
+
+@bench_app.command("serve")
+def bench_serve_command(
+    recipe: Path = typer.Argument(Path("bf16"), help="The variant to serve: a shipped recipe's name or a recipe file."),
+    engine: str = typer.Option("vllm", "--engine", help=ENGINE_HELP),
+    items: int = typer.Option(200, "--items", min=1, help="Greedy AIME-style items, high effort."),
+    dtype: str = typer.Option("auto", "--dtype", help="vllm: activations' dtype (auto: the checkpoint's)."),
+    concurrent: int = typer.Option(8, "--concurrent", min=1, help="Requests in flight at once."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Evaluation throughput (generated tokens/s) through a served engine against transformers' generate on the
+    same items, as a ratio in one run; the server's start-up time."""
+    from quantlab.bench.serve import bench_serve
+
+    with render.status("benchmarking", as_json) as status:
+        say = (lambda message: status.update(message)) if status is not None else None
+        result = bench_serve(recipe, engine, items, dtype, concurrent, say)
+    if as_json:
+        return render.print_json(result)
+    render.bench_serve(result)
 
 
 def _add_plugin_commands() -> None:

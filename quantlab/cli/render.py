@@ -396,3 +396,19 @@ def bench_measure(result: dict) -> None:
         f"{result['tokens']:,} tokens: two plain forward passes {result['two_forward_passes_s']:.2f} s, "
         f"quantlab measure {result['measure_s']:.2f} s: ratio {result['ratio']:.2f} (best of {result['repeats']})"
     )
+
+
+def bench_serve(result: dict) -> None:
+    local, served = result["transformers"], result["engine"]
+    console.print(
+        f"{result['variant']}, {result['items']} {result['task']} items, greedy, high effort, on {result['cpu']} "
+        f"({result['cores']} cores):\n"
+        f"  transformers generate (lm-eval HFLM, in-process): {local['generated_tokens']} tokens in "
+        f"{local['seconds']:.1f} s = {local['tokens_per_s']:.0f} tokens/s (score {local['score']:.3f})\n"
+        f"  {served['name']} ({served['version']}, dtype {served['dtype']}, {served['concurrent']} requests in flight): "
+        f"{served['generated_tokens']} tokens in {served['seconds']:.1f} s = {served['tokens_per_s']:.0f} tokens/s "
+        f"(score {served['score']:.3f}); server start-up {served['startup_s']:.1f} s\n"
+        f"  throughput ratio {served['name']} / transformers: {result['throughput_ratio']:.2f}; answers that differ: "
+        f"{result['answers_differ']} of {result['items']}",
+        highlight=False,
+    )

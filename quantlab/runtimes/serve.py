@@ -175,6 +175,7 @@ def serve(
             stdin=subprocess.DEVNULL,
             env=os.environ | chosen.environment(options),
             start_new_session=True,  # its own process group: stopping it stops the engine's workers too
+            preexec_fn=_stop_with_parent,
         )
     server = Server(
         engine=chosen.name,
@@ -190,12 +191,41 @@ def serve(
         options=options,
         request_defaults=chosen.request_defaults(),
     )
+    previous = _raise_on_sigterm()
     try:
         _wait_until_ready(server, ready_timeout_s)
         server.startup_s = time.monotonic() - started
         yield server
     finally:
         stop(process)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_with_parent() -> None:
+    """In the server's process, before it starts: Linux sends it SIGTERM when quantlab dies, even by SIGKILL,
+    so that no server outlives the command that started it."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _raise_on_sigterm():
+    """SIGTERM to quantlab raises KeyboardInterrupt (Python's default ends the process without running the
+    ``finally`` that stops the server); returns the handler it replaced, or None off the main thread."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    current = signal.getsignal(signal.SIGTERM)
+    if current not in (signal.SIG_DFL, None):
+        return None  # the caller handles SIGTERM itself (quantlab serve)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _wait_until_ready(server: Server, timeout_s: float) -> None:

@@ -47,7 +47,15 @@ class Factor:
 GRANULARITIES = ("choices", "groups", "all")
 
 
-def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") -> list[Factor]:
+RUNTIME_LABELS = {
+    "llama.cpp": "llama.cpp runtime (model.gguf)",
+    "vllm": "vLLM runtime (served, its kernels on the cell's weights)",
+}
+
+
+def recipe_factors(
+    recipe: Recipe, runtime: bool, granularity: str = "choices", engine: str = "llama.cpp"
+) -> list[Factor]:
     """The factors of a recipe. ``choices``: a group's method and its format are separate factors (when the
     method is not plain rounding); ``all``: also its granularity (groups of N values against one scale per row,
     for the formats that have both); ``groups``: each group whole (2^n cells grow fast)."""
@@ -90,7 +98,7 @@ def recipe_factors(recipe: Recipe, runtime: bool, granularity: str = "choices") 
     for key, value in (recipe.serve.departures() if recipe.serve else {}).items():
         factors.append(Factor(f"serve.{key}", _serving_label(key, value, recipe.serve), "serving"))
     if runtime:
-        factors.append(Factor("runtime", "llama.cpp runtime (model.gguf)", "runtime"))
+        factors.append(Factor("runtime", RUNTIME_LABELS[engine], "runtime"))
     return factors
 
 
@@ -186,8 +194,10 @@ class CellRunner:
         progress: Callable[[str], None] | None,
         granularity: str = "choices",
         serve: Serve | None = None,
+        engine: str = "llama.cpp",
     ):
         self.recipe, self.factors, self.eval_options = recipe, factors, eval_options
+        self.engine = engine
         self.serve = serve or Serve()
         self.text, self.tokens, self.store, self.progress = text, tokens, as_store(artifacts), progress
         self.runtime = any(f.kind == "runtime" for f in factors)
@@ -203,11 +213,14 @@ class CellRunner:
     def subject(self, cell: frozenset) -> str:
         """The built cell's folder (or the baseline model's source), built if needed."""
         weights = frozenset(k for k in cell if not k.startswith("serve."))
-        if self.runtime and "runtime" not in weights:
+        gguf_runtime = self.runtime and self.engine == "llama.cpp"
+        if gguf_runtime and "runtime" not in weights:
             weights = weights | {"runtime"}  # same build either way: one GGUF-exporting build per weight cell
+        if not gguf_runtime:
+            weights = weights - {"runtime"}  # a served engine loads the cell's own Hugging Face folder
         if weights in self.subjects:
             return self.subjects[weights]
-        derived = cell_recipe(self.recipe, weights, self.runtime, {f.key for f in self.factors})
+        derived = cell_recipe(self.recipe, weights, gguf_runtime, {f.key for f in self.factors})
         if derived is None:
             subject = self.recipe.model
         else:
@@ -236,8 +249,14 @@ class CellRunner:
 
             applied = {k.removeprefix("serve.") for k in cell if k.startswith("serve.")}
             options = dict(self.eval_options) | self.serve.evaluation_options(applied)
-            if "runtime" in cell:
+            if "runtime" in cell and self.engine == "llama.cpp":
                 options["backend"] = "llama.cpp"
+            elif "runtime" in cell:
+                from quantlab.runtimes.serve import ServeOptions
+
+                # the cell's weights as built (dequantized where vLLM has no kernel for their format on this
+                # machine): the factor is the engine's arithmetic, as llama.cpp's is on the same GGUF
+                options |= {"engine": self.engine, "serve_options": ServeOptions(load="hf")}
             subject = self.subject(cell)
             self._say(f"evaluating {self.describe(cell)} on {task}")
             result = evaluate(subject, task, artifacts=self.store, **options)
@@ -313,6 +332,7 @@ def attribute(
     granularity: str = "choices",
     permutations: int = 200,
     reasoning_effort: str | None = None,
+    engine: str | None = None,
 ) -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution-<settings hash>.json`` (attributions of one recipe under
@@ -323,13 +343,20 @@ def attribute(
     if granularity not in GRANULARITIES:
         raise UserError(f"--factors {granularity!r}: choose one of {', '.join(GRANULARITIES)}")
     recipe = load_recipe(recipe_path)
-    if runtime is None:  # by default whenever there is a GGUF to run and llama.cpp to run it
+    if engine is not None and engine not in RUNTIME_LABELS:
+        raise UserError(f"--engine {engine!r}: the runtime factor is one of {', '.join(RUNTIME_LABELS)}")
+    if engine == "vllm":
+        if runtime is False:
+            raise UserError("--engine vllm makes the runtime a factor; drop --no-runtime")
+        runtime = True
+    elif runtime is None:  # by default whenever there is a GGUF to run and llama.cpp to run it
         from quantlab.formats import ggml
 
         runtime = "gguf" in recipe.exports and ggml.available()
     elif runtime and "gguf" not in recipe.exports:
         raise UserError(f"{recipe_path}: --runtime needs a GGUF export; add exports: [gguf] to the recipe")
-    factors = recipe_factors(recipe, runtime, granularity)
+    engine = engine or "llama.cpp"
+    factors = recipe_factors(recipe, runtime, granularity, engine)
     keys = [f.key for f in factors]
     if design == "factorial" and len(keys) > attribution.FACTORIAL_MAX:
         raise UserError(
@@ -343,7 +370,7 @@ def attribute(
         )
     serve = serve.model_copy(update={"reasoning_effort": serve.reasoning_effort or reasoning_effort})
     eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
-    runner = CellRunner(recipe, factors, eval_options, text, tokens, artifacts, progress, granularity, serve)
+    runner = CellRunner(recipe, factors, eval_options, text, tokens, artifacts, progress, granularity, serve, engine)
 
     result = {
         "recipe": recipe.name,
@@ -351,7 +378,10 @@ def attribute(
         "design": design,
         "factor_granularity": granularity,
         "factors": [f.__dict__ for f in factors],
-        "settings": eval_options | {"text": text, "tokens": tokens, "reasoning_effort": serve.reasoning_effort},
+        "settings": eval_options
+        | {"text": text, "tokens": tokens, "reasoning_effort": serve.reasoning_effort}
+        # only when not llama.cpp: attributions made before the engine was a choice keep their keys
+        | ({"runtime_engine": engine} if runtime and engine != "llama.cpp" else {}),
         "resamples": RESAMPLES,
         "seed": seed,
         "permutations": permutations,

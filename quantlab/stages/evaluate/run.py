@@ -489,13 +489,17 @@ def _unreachable(error: BaseException) -> bool:
     return False
 
 
-def different_answers(baseline_result: dict, variant_result: dict) -> int:
-    """How many items' (first repeat's) answers differ in text between two evaluations of the same items."""
+def different_answers(baseline_result: dict, variant_result: dict) -> int | None:
+    """How many items' (first repeat's) generated answers differ in text between two evaluations of the same
+    items; None for a log-likelihood task (its responses are scores, which no two runtimes share to the bit)."""
 
     def answers(result: dict) -> list:
         return [sample["response"] for sample in result["lm_eval"][0]["samples"]]
 
-    return sum(a != b for a, b in zip(answers(baseline_result), answers(variant_result)))
+    pairs = list(zip(answers(baseline_result), answers(variant_result)))
+    if not all(isinstance(a, str) and isinstance(b, str) for a, b in pairs):
+        return None
+    return sum(a != b for a, b in pairs)
 
 
 def compare(baseline_result: dict, variant_result: dict) -> dict:
@@ -550,6 +554,8 @@ def evaluate_tasks(
                 summary["against"] = f"{reference['subject']} on {runtime_label(reference['settings'])}"
                 summary["flips"] = compare(reference, result)
                 if result["repeats"] == 1 == reference["repeats"]:
-                    summary["different_answers"] = different_answers(reference, result)
+                    differ = different_answers(reference, result)
+                    if differ is not None:
+                        summary["different_answers"] = differ
             rows.append(summary)
     return rows

@@ -62,18 +62,22 @@ def topk_token_statistics(
     return columns | {"same_top": same_top, "nll_base": nll_base}
 
 
-def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int) -> dict:
+def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int, concurrent: int = 8) -> dict:
     """The logit statistics of the served variant against the torch baseline over ``text``'s rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from quantlab.runtimes.engines import get_engine
     from quantlab.stages.measure.run import TOKEN_STATISTICS, logit_summaries
 
     engine = get_engine(server.engine)
     per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "tail_mass", "answer", "analysis")}
     analysis_mask = text.analysis_mask if text.analysis_mask is not None else torch.zeros_like(text.answer_mask)
-    for row in range(text.tokens.shape[0]):
-        n = int(text.attention[row].sum())
-        ids = text.tokens[row, :n]
-        served = engine.prompt_logprobs(server, ids.tolist(), top_k)
+    rows = [text.tokens[row, : int(text.attention[row].sum())] for row in range(text.tokens.shape[0])]
+    # several rows in flight at once: the engine batches them, as it batches its users' requests
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+        answers = list(pool.map(lambda ids: engine.prompt_logprobs(server, ids.tolist(), top_k), rows))
+    for row, (ids, served) in enumerate(zip(rows, answers)):
+        n = len(ids)
         with torch.no_grad():
             ours = baseline(ids.unsqueeze(0)).logits[0]
         stats = topk_token_statistics(ours[:-1], served, ids[1:], top_k)

@@ -380,6 +380,13 @@ def measure_variant(
 def _with_engine(result: dict, store, folder: Path, manifest: dict, engine, serve_options, top_k, force: bool) -> dict:
     if engine is None:
         return result
+    if engine == "llama.cpp":
+        # llama-cpp-python's server returns prompt log-probabilities keyed by token text (control tokens all
+        # decode to "") and drops the first prompt token when it is the GGUF's BOS: the KL needs ids. Its
+        # server runs the same library as the in-process runtime measure already reports for a GGUF variant.
+        if "llama_cpp" not in result:
+            raise UserError(f"--engine llama.cpp: {manifest['variant']} has no GGUF export; add exports: [gguf]")
+        return result
     from quantlab.stages.measure.engine import measure_served
 
     return result | {"engine": measure_served(store, folder, manifest, result, engine, serve_options, top_k, force)}
