@@ -74,8 +74,11 @@ def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int, con
     analysis_mask = text.analysis_mask if text.analysis_mask is not None else torch.zeros_like(text.answer_mask)
     rows = [text.tokens[row, : int(text.attention[row].sum())] for row in range(text.tokens.shape[0])]
     # several rows in flight at once: the engine batches them, as it batches its users' requests
-    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrent)
+    try:
         answers = list(pool.map(lambda ids: engine.prompt_logprobs(server, ids.tolist(), top_k), rows))
+    finally:  # interrupted: the requests not yet sent are dropped, so that the server stops at once
+        pool.shutdown(wait=False, cancel_futures=True)
     for row, (ids, served) in enumerate(zip(rows, answers)):
         n = len(ids)
         with torch.no_grad():
