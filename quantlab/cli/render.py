@@ -203,7 +203,7 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
                 f"{r['variant']}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
                 f"{name} ({served['settings']['engine_version']}, {served['settings']['loaded']}, dtype "
                 f"{served['settings']['dtype']}, top-{served['top_k']}: KL {served['kl']}) "
-                f"{share['mean_kld_' + name.replace('.', '_')]:.5f}: engine's share {share['mean_kld_difference']:+.5f}",
+                f"{share['mean_kld_' + name.replace('.', '_')]:.5f}: engine's share {share['mean_kld_difference']:+.2e}",
                 highlight=False,
             )
     console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")

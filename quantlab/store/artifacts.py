@@ -4,6 +4,8 @@
         manifest.json                  its record (a ``Manifest``), with the cache key of its inputs
         model/  packed.safetensors  model.gguf  native/
         measure/measure.json ...       its measurement against a baseline (quantlab measure)
+        measure/<engine>[-dtype].json  the same, served by an engine (quantlab measure --engine)
+        serve/<engine>.log             a server's log (quantlab serve, eval/measure --engine)
         eval/<task>-<settings>.json    its evaluations (quantlab eval)
     <root>/baselines/<source>/eval/    evaluations of a model source itself (zoo:tiny-gpt-oss, a folder)
     <root>/attribution/<recipe>/       attributions of a recipe, and its cells (each one a variant folder)
@@ -134,6 +136,16 @@ class ArtifactStore:
     @staticmethod
     def measurement_path(variant_folder: Path) -> Path:
         return variant_folder / MEASURE / MEASUREMENT
+
+    @staticmethod
+    def engine_measurement_path(variant_folder: Path, engine: str, dtype: str = "auto") -> Path:
+        """The variant's statistics as served by ``engine`` (quantlab measure --engine), beside measure.json; one
+        file per engine and activations' dtype (``vllm.json``: the checkpoint's own, ``vllm-float32.json``)."""
+        return variant_folder / MEASURE / (f"{engine}.json" if dtype == "auto" else f"{engine}-{dtype}.json")
+
+    @staticmethod
+    def engine_measurements(variant_folder: Path) -> list[Path]:
+        return sorted(p for p in (variant_folder / MEASURE).glob("*.json") if p.name != MEASUREMENT)
 
     @staticmethod
     def evaluation_path(subject: Subject, task: str, settings_hash: str) -> Path:

@@ -114,7 +114,7 @@ def measure_served(
     from quantlab.runtimes.serve import ServeOptions, serve
     from quantlab.stages.measure.llama_cpp import runtime_share
     from quantlab.stages.measure.run import load_baseline, measurement_text
-    from quantlab.store import MEASURE, MODEL, ArtifactStore, atomic_write_text, content_key, record_json
+    from quantlab.store import MODEL, ArtifactStore, atomic_write_text, content_key, record_json
 
     chosen, options = get_engine(engine), serve_options or ServeOptions()
     chosen.launcher()
@@ -124,7 +124,7 @@ def measure_served(
     settings = {"engine": chosen.name, "engine_version": chosen.version(), "loaded": load.kind, "top_k": top_k}
     settings |= options.record()
     key = content_key({"measurement": torch_result["cache_key"], "engine": settings})
-    path = folder / MEASURE / f"{chosen.name}.json"
+    path = ArtifactStore.engine_measurement_path(folder, chosen.name, options.dtype)
     with ArtifactStore.lock(path):
         previous = None if force else ArtifactStore.cached(path, key)
         if previous is not None:

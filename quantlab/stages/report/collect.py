@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantlab.errors import UserError
+from quantlab.runtimes import runtime_label
 from quantlab.statistics import flips
-from quantlab.store import ArtifactStore, as_store
+from quantlab.store import ArtifactStore, as_store, read_json
 from quantlab.store.records import Attribution, Evaluation, Measurement
 
 
@@ -25,6 +26,7 @@ class Variant:
     manifest: dict
     measure: dict | None
     evals: list[dict] = field(default_factory=list)
+    served_measures: list[dict] = field(default_factory=list)  # measure/<engine>.json: served by an engine
 
     @property
     def bits(self) -> float:
@@ -50,7 +52,8 @@ class Comparison:
     def decoding(self) -> str:
         s = self.settings
         how = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}"
-        extra = [f"{k} {s[k]}" for k in ("backend",) if s.get(k) not in (None, "hf")]
+        extra = [f"{k} {s[k]}" for k in ("backend",) if s.get(k) not in (None, "hf", "served")]
+        extra += [f"served by {runtime_label(s)}"] if s.get("engine") else []
         extra += [f"reasoning effort {s['reasoning_effort']}"] if s.get("reasoning_effort") else []
         extra += [f"chat template {s['chat_template']}"] if s.get("chat_template") not in (None, "model") else []
         return ", ".join([how] + extra)
@@ -88,6 +91,7 @@ def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, bas
         measured = Measurement.from_json(measure).to_dict() if measure.is_file() else None
         variant = Variant(name, folder, manifest, measured)
         variant.evals = [Evaluation.from_json(p).to_dict() for p in ArtifactStore.evaluations(folder)]
+        variant.served_measures = [read_json(p) for p in ArtifactStore.engine_measurements(folder)]
         variants.append(variant)
     if not names:  # highest precision first, the way a provider table lists the reference first
         variants.sort(key=lambda v: (-v.bits, v.name))
@@ -128,7 +132,10 @@ def eval_command(comparison: Comparison, baseline: str | None) -> str:
         "--top-p": s["top_p"] if s["temperature"] and s["top_p"] != 1 else None,
         "--max-new-tokens": s.get("max_new_tokens"),
         "--num-fewshot": s.get("num_fewshot"),
-        "--backend": s.get("backend") if s.get("backend") not in (None, "hf") else None,
+        "--backend": s.get("backend") if s.get("backend") not in (None, "hf", "served") else None,
+        "--engine": s.get("engine"),
+        "--dtype": s.get("dtype") if s.get("engine") and s.get("dtype") != "auto" else None,
+        "--load": s.get("load") if s.get("engine") and s.get("load") != "auto" else None,
         "--seed": s["seed"] or None,
         "--reasoning-effort": s.get("reasoning_effort"),
         "--chat-template": s.get("chat_template") if s.get("chat_template") not in (None, "model") else None,

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from quantlab.runtimes import runtime_label
+from quantlab.stages.evaluate.run import different_answers
 from quantlab.stages.report import charts
 from quantlab.stages.report.collect import Store, attribute_command, eval_command, flips_against, measure_command
+from quantlab.statistics import flips
 
 
 @dataclass
@@ -60,6 +66,7 @@ def build_report(store: Store, command: str) -> Report:
     )
     report.code(command)
     _accuracy(report, store)
+    _runtimes(report, store)
     _drift(report, store)
     _attributions(report, store)
     _experts(report, store)
@@ -109,6 +116,106 @@ def _accuracy(report: Report, store: Store) -> None:
             ],
             rows,
         )
+
+
+RUNTIME_SETTINGS = ("backend", "engine", "engine_version", "loaded", "dtype", "load", "concurrent", "request_defaults")
+
+
+def _runtime_with_version(settings: dict) -> str:
+    version = f" ({settings['engine_version']})" if settings.get("engine") else ""
+    return runtime_label(settings) + version
+
+
+def _runtimes(report: Report, store: Store) -> None:
+    """The same variant, task and decoding through each runtime (transformers, llama.cpp, vLLM), against the
+    in-process transformers run; and each engine's share of the mean KLD beside the torch model's."""
+    rows = []
+    for variant in store.variants:
+        groups: dict[tuple, list[dict]] = {}
+        for result in variant.evals:
+            rest = {k: v for k, v in result["settings"].items() if k not in RUNTIME_SETTINGS}
+            groups.setdefault((result["task"], json.dumps(rest, sort_keys=True, default=str)), []).append(result)
+        for (task, _), results in sorted(groups.items()):
+            reference = next((r for r in results if r["settings"].get("backend", "hf") == "hf"), None)
+            if reference is None or len(results) < 2:
+                continue
+            for result in sorted(results, key=lambda r: r is not reference):
+                same = result is reference
+                flip = None if same else flips(np.array(reference["correct"]), np.array(result["correct"]))
+                differ = None if same else different_answers(reference, result)
+                rows.append(
+                    [
+                        variant.name,
+                        task,
+                        _runtime_with_version(result["settings"]),
+                        _pct(result["score"]),
+                        _ci(result["ci95"]),
+                        f"{result['items']} x {result['repeats']}",
+                        "" if same else f"{flip['right_to_wrong']} / {flip['wrong_to_right']}",
+                        "" if differ is None else f"{differ} of {result['items']}",
+                    ]
+                )
+    shares = []
+    for variant in store.variants:
+        measured = variant.measure or {}
+        torch_kld = ((measured.get("logits") or {}).get("response_tokens") or {}).get("kl_divergence", {}).get("mean")
+        llama = ((measured.get("llama_cpp") or {}).get("runtime_share") or {}).get("response_tokens")
+        if llama:
+            shares.append(
+                [
+                    variant.name,
+                    "llama.cpp (in-process, model.gguf)",
+                    f"{torch_kld:.6f}",
+                    f"{llama['mean_kld_llama_cpp']:.6f}",
+                    f"{llama['mean_kld_difference']:+.2e}",
+                    "exact (full logits)",
+                ]
+            )
+        for served in variant.served_measures:
+            share = (served.get("runtime_share") or {}).get("response_tokens")
+            if not share:
+                continue
+            name = served["settings"]["engine"]
+            label = f"{name} ({served['settings']['loaded']}, {served['settings']['dtype']})"
+            kl = f"{served['kl']}, top-{served['top_k']}"
+            shares.append(
+                [
+                    variant.name,
+                    label,
+                    f"{share['mean_kld_torch']:.6f}",
+                    f"{share['mean_kld_' + name.replace('.', '_')]:.6f}",
+                    f"{share['mean_kld_difference']:+.2e}",
+                    kl,
+                ]
+            )
+    if not rows and not shares:
+        return
+    report.heading("Runtimes side by side")
+    report.text(
+        "The same variant, task, items and decoding run in-process by transformers (as built) and served by an "
+        "engine (quantlab eval --engine); flips and answers that differ are counted against the transformers run."
+    )
+    if rows:
+        report.table(
+            [
+                "variant",
+                "task",
+                "runtime",
+                "accuracy",
+                "95% CI",
+                "items x repeats",
+                "right->wrong / wrong->right",
+                "answers that differ",
+            ],
+            rows,
+        )
+    if shares:
+        report.text(
+            "Each runtime's share of the mean KL divergence from the baseline on response tokens: the variant run by "
+            "the engine, minus the same weights run by quantlab's torch model (quantlab measure --engine; "
+            "docs/serving.md for the top-k bound)."
+        )
+        report.table(["variant", "runtime", "mean KLD, torch", "mean KLD, runtime", "runtime's share", "KL"], shares)
 
 
 def _headline(store: Store):
