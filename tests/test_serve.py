@@ -335,3 +335,40 @@ def test_no_server_outlives_a_command_that_is_killed(served_store, kill):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_engine_is_a_runtime_factor_of_attribution():
+    from quantlab.recipe import load_recipe
+    from quantlab.stages.attribute import attribute, cell_recipe, recipe_factors
+
+    recipe = load_recipe(REPO / "recipes" / "mxfp4.yaml")
+    factors = recipe_factors(recipe, True, engine="vllm")
+    assert factors[-1].key == "runtime" and factors[-1].kind == "runtime" and "vLLM" in factors[-1].label
+    # a served engine loads each cell's own weights: the runtime alone leaves the baseline's, with no export
+    assert cell_recipe(recipe, frozenset({"runtime"}), runtime=False, keys={f.key for f in factors}) is None
+    with pytest.raises(UserError, match="--engine 'tgi'"):
+        attribute(REPO / "recipes" / "mxfp4.yaml", ["zoo_aime_style"], engine="tgi")
+    with pytest.raises(UserError, match="drop --no-runtime"):
+        attribute(REPO / "recipes" / "mxfp4.yaml", ["zoo_aime_style"], engine="vllm", runtime=False)
+
+
+@needs_llama_server
+def test_the_report_puts_the_runtimes_side_by_side(served_store, tmp_path):
+    """transformers and llama.cpp's server on the same variant, task and items: one table row each, the served
+    one with its flips and differing answers counted against transformers (counted here from the samples)."""
+    from quantlab.stages.evaluate.run import evaluate
+    from quantlab.stages.report import write_report
+
+    local = evaluate("q4k", "zoo_aime_style", limit=20, artifacts=served_store, reasoning_effort="low")
+    served = evaluate(
+        "q4k", "zoo_aime_style", limit=20, artifacts=served_store, engine="llama.cpp", reasoning_effort="low"
+    )
+    differ = sum(
+        a["response"] != b["response"] for a, b in zip(local["lm_eval"][0]["samples"], served["lm_eval"][0]["samples"])
+    )
+    paths = write_report(served_store, tmp_path / "report", ["q4k"], "q4k", "quantlab report")
+    section = paths["markdown"].read_text().split("## Runtimes side by side")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| q4k | zoo_aime_style")]
+    assert len(rows) == 2
+    assert "| transformers |" in rows[0]
+    assert "llama.cpp (gguf, auto) (llama-cpp-python" in rows[1] and rows[1].endswith(f"| {differ} of 20 |")
