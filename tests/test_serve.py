@@ -372,3 +372,17 @@ def test_the_report_puts_the_runtimes_side_by_side(served_store, tmp_path):
     assert len(rows) == 2
     assert "| transformers |" in rows[0]
     assert "llama.cpp (gguf, auto) (llama-cpp-python" in rows[1] and rows[1].endswith(f"| {differ} of 20 |")
+
+
+@needs_llama_server
+def test_llama_cpp_served_log_likelihoods_equal_the_in_process_runtime(served_store):
+    """A log-likelihood task through llama.cpp's server (echo + logprobs on the completions endpoint) scores as
+    llama.cpp in-process does. llama-cpp-python's echoed log-probabilities are shifted by one position unless the
+    prompt starts with the GGUF's BOS; this pins that the lab's GGUF export and prompts keep them aligned."""
+    from quantlab.stages.evaluate.run import evaluate
+
+    served = evaluate("q4k", "zoo_gpqa_style", limit=12, artifacts=served_store, engine="llama.cpp")
+    local = evaluate("q4k", "zoo_gpqa_style", limit=12, artifacts=served_store, backend="llama.cpp")
+    assert served["correct"] == local["correct"] and sum(row[0] for row in local["correct"]) >= 6
+    for a, b in zip(served["lm_eval"][0]["samples"], local["lm_eval"][0]["samples"]):
+        assert a["response"][0] == pytest.approx(b["response"][0], abs=1e-3)

@@ -295,6 +295,9 @@ def _add_tokenizer(writer, tokenizer) -> None:
         writer.add_chat_template(tokenizer.chat_template)
     if tokenizer.eos_token_id is not None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
+    # No BOS declared for a model without one: llama.cpp then takes id 1 (<|start|> here, which opens every
+    # chat prompt), and that keeps llama-cpp-python's server right: its echoed prompt log-probabilities are
+    # shifted by one position unless the prompt starts with the GGUF's BOS (docs/serving.md; tested)
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
 
