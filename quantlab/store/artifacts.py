@@ -138,10 +138,14 @@ class ArtifactStore:
         return variant_folder / MEASURE / MEASUREMENT
 
     @staticmethod
-    def engine_measurement_path(variant_folder: Path, engine: str, dtype: str = "auto") -> Path:
+    def engine_measurement_path(
+        variant_folder: Path, engine: str, dtype: str = "auto", top_k: int | None = None
+    ) -> Path:
         """The variant's statistics as served by ``engine`` (quantlab measure --engine), beside measure.json; one
-        file per engine and activations' dtype (``vllm.json``: the checkpoint's own, ``vllm-float32.json``)."""
-        return variant_folder / MEASURE / (f"{engine}.json" if dtype == "auto" else f"{engine}-{dtype}.json")
+        file per engine, activations' dtype and asked top-k (``vllm.json``: the checkpoint's dtype and the
+        server's maximum; ``vllm-float32-top20.json``)."""
+        name = engine + ("" if dtype == "auto" else f"-{dtype}") + ("" if top_k is None else f"-top{top_k}")
+        return variant_folder / MEASURE / f"{name}.json"
 
     @staticmethod
     def engine_measurements(variant_folder: Path) -> list[Path]:

@@ -7,7 +7,9 @@ an unknown tail. With ``p`` the baseline's full distribution and ``q`` the serve
     KL = Σ_{i∈K} p_i log(p_i / q_i) + Σ_{i∉K} p_i log(p_i / q_i)  ≥  Σ_{i∈K} p_i log(p_i / q_i) + P log(P / Q),
 
 where P = Σ_{i∉K} p_i and Q = 1 - Σ_{i∈K} q_i (the log-sum inequality; equality when the tail of q is
-proportional to the tail of p). ``kl`` below is that lower bound: exact when K is the whole vocabulary (a server
+proportional to the tail of p). Servers return float32 log-probabilities, so Q, a difference of numbers near 1,
+is known only to about 1e-6; the bound takes Q + 1e-6 (a larger Q, a smaller tail term: still a lower bound,
+where Q itself would overstate a tail of 1e-7 by a factor of ten). ``kl`` below is that lower bound: exact when K is the whole vocabulary (a server
 asked for every token, as quantlab asks for vocabularies up to 1024 tokens), and within the baseline mass outside
 K times the largest log-ratio there otherwise; ``tail_mass`` records P per position so a reader sees how much the
 bound could hide. The top token, the target token's probability (Δp) and both NLLs are exact (the server returns
@@ -21,6 +23,9 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.stages.measure.text import EvaluationText
+
+
+SERVED_TAIL_RESOLUTION = 1e-6  # how well 1 - sum(top-k probabilities) is known from float32 log-probabilities
 
 
 def topk_token_statistics(
@@ -41,7 +46,7 @@ def topk_token_statistics(
             raise UserError(f"served log-probabilities name token ids outside the vocabulary ({vocabulary}) at {j}")
         q_known = float(np.exp(log_q).sum())
         tail_p = max(0.0, 1.0 - float(p[j, ids].sum()))
-        tail_q = max(1e-300, 1.0 - q_known)
+        tail_q = max(0.0, 1.0 - q_known) + SERVED_TAIL_RESOLUTION
         kl = float((p[j, ids] * (log_p[j, ids] - log_q)).sum())
         if tail_p > 1e-15:
             kl += tail_p * np.log(tail_p / tail_q)
@@ -119,12 +124,13 @@ def measure_served(
     chosen, options = get_engine(engine), serve_options or ServeOptions()
     chosen.launcher()
     load = chosen.what_to_load(store, store.subject(str(folder)), options)
+    asked_top_k = top_k
     top_k = top_k or _max_logprobs(folder / MODEL, options)
     options = ServeOptions(dtype=options.dtype, load=options.load, max_logprobs=max(top_k, options.max_logprobs or 0))
     settings = {"engine": chosen.name, "engine_version": chosen.version(), "loaded": load.kind, "top_k": top_k}
     settings |= options.record()
     key = content_key({"measurement": torch_result["cache_key"], "engine": settings})
-    path = ArtifactStore.engine_measurement_path(folder, chosen.name, options.dtype)
+    path = ArtifactStore.engine_measurement_path(folder, chosen.name, options.dtype, asked_top_k)
     with ArtifactStore.lock(path):
         previous = None if force else ArtifactStore.cached(path, key)
         if previous is not None:
