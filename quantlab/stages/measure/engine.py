@@ -24,7 +24,6 @@ import torch
 from quantlab.errors import UserError
 from quantlab.stages.measure.text import EvaluationText
 
-
 SERVED_TAIL_RESOLUTION = 1e-6  # how well 1 - sum(top-k probabilities) is known from float32 log-probabilities
 
 
