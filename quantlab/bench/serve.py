@@ -28,7 +28,8 @@ def _cpu() -> str:
 
 
 def _generated_tokens(result: dict, tokenizer) -> int:
-    return sum(len(tokenizer(s["response"] or "")["input_ids"]) for s in result["lm_eval"][0]["samples"])
+    # the whole generation (analysis and final channels), not the answer lm-eval's filter extracts from it
+    return sum(len(tokenizer(s["generated"] or "")["input_ids"]) for s in result["lm_eval"][0]["samples"])
 
 
 def bench_serve(

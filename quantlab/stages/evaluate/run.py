@@ -444,11 +444,21 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
                 "correct": float(s[metric]),
                 "target": s.get("target"),
                 "response": (s.get("filtered_resps") or [None])[0],
+                "generated": _generated_text(s),
                 "prompt": _prompt(s),
             }
             for s in samples
         ],
     }
+
+
+def _generated_text(sample: dict) -> str | None:
+    """What the model generated for a sample before lm-eval's filters extracted the answer (None: a
+    log-likelihood task, which generates nothing)."""
+    responses = sample.get("resps") or []
+    first = responses[0] if responses else None
+    first = first[0] if isinstance(first, (list, tuple)) and first else first
+    return first if isinstance(first, str) else None
 
 
 def _prompt(sample: dict) -> str | None:

@@ -9,11 +9,11 @@ an unknown tail. With ``p`` the baseline's full distribution and ``q`` the serve
 where P = Σ_{i∉K} p_i and Q = 1 - Σ_{i∈K} q_i (the log-sum inequality; equality when the tail of q is
 proportional to the tail of p). Servers return float32 log-probabilities, so Q, a difference of numbers near 1,
 is known only to about 1e-6; the bound takes Q + 1e-6 (a larger Q, a smaller tail term: still a lower bound,
-where Q itself would overstate a tail of 1e-7 by a factor of ten). ``kl`` below is that lower bound: exact when K is the whole vocabulary (a server
-asked for every token, as quantlab asks for vocabularies up to 1024 tokens), and within the baseline mass outside
-K times the largest log-ratio there otherwise; ``tail_mass`` records P per position so a reader sees how much the
-bound could hide. The top token, the target token's probability (Δp) and both NLLs are exact (the server returns
-the prompt token's log-probability beside its top-k).
+where Q itself would overstate a tail of 1e-7 by a factor of ten). ``kl`` below is that lower bound: exact
+when K is the whole vocabulary (a server asked for every token, as quantlab asks for vocabularies up to 1024
+tokens), and within the baseline mass outside K times the largest log-ratio there otherwise; ``tail_mass``
+records P per position so a reader sees how much the bound could hide. The top token, the target token's
+probability (Δp) and both NLLs are exact (the server returns the prompt token's log-probability beside its top-k).
 """
 
 from __future__ import annotations
