@@ -1,7 +1,8 @@
 """The lab end to end, as library code: what ``quantlab demo`` runs, stage by stage, and its five-line summary.
 
 ``run_demo`` builds the shipped recipes, measures each variant against the baseline, evaluates them all with
-lm-eval (at high reasoning effort, through the model's chat template), attributes the compressed recipe's loss to
+lm-eval (at high reasoning effort, through the model's chat template), serves some through vLLM and llama.cpp
+(where installed) against transformers on the same items, attributes the compressed recipe's loss to
 its choices and the two serving cases' losses (a stale engine that drops the requested effort, a host that
 renders the wrong chat template) to theirs, and writes the report; every stage goes
 through the store's cache, so a second run is all cache hits. It reports each stage as it ends to ``on_stage``
@@ -27,6 +28,10 @@ SERVING_CASES = ["mxfp4-stale-engine", "mxfp4-wrong-template"]  # recipes with a
 MEASURE_TEXT = "zoo:aime-style:test:high"  # the headline task's own test text, teacher-forced
 MEASURE_TOKENS = 8192
 BASELINE = "bf16"
+# Variants served through each engine (where it is installed): the variant, the engine, the tasks. llama.cpp's
+# server ends generation at <|end|> for this vocabulary (docs/serving.md), so it serves the log-likelihood task.
+SERVED = [("bf16", "vllm", TASKS), ("gguf-q4_k_m", "llama.cpp", ["zoo_gpqa_style"])]
+SERVED_MEASURE = ("mxfp4", "vllm")  # the engine's share of the KL, vLLM's kernels on mxfp4's weights
 
 
 @dataclass
@@ -41,6 +46,9 @@ class DemoRun:
     evaluations: list[dict] = field(default_factory=list)  # evaluate_tasks rows
     attribution: dict = field(default_factory=dict)
     serving: dict[str, dict] = field(default_factory=dict)  # serving case -> its attribution
+    served: list[dict] = field(default_factory=list)  # evaluate_tasks rows through an engine, against transformers
+    served_measurement: dict | None = None  # measure_variant with an engine
+    engines_missing: list[str] = field(default_factory=list)
     report: Path | None = None
     seconds: float = 0.0
 
@@ -73,7 +81,7 @@ def run_demo(
     on_stage: Callable[[str, DemoRun], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> DemoRun:
-    """Runs the demo into ``artifacts``; ``on_stage(stage, run)`` after each of build, measure, evaluate,
+    """Runs the demo into ``artifacts``; ``on_stage(stage, run)`` after each of build, measure, evaluate, serve,
     attribute, report; ``progress(message)`` for what is running now."""
     from quantlab.stages.attribute import attribute
     from quantlab.stages.build import build
@@ -106,6 +114,8 @@ def run_demo(
         names, TASKS, baseline=BASELINE, limit=count, artifacts=store, progress=say, reasoning_effort=REASONING_EFFORT
     )
     stage("evaluate")
+    _serve_stage(run, names, count, say)
+    stage("serve")
     attributed = {"limit": count, "text": MEASURE_TEXT, "tokens": MEASURE_TOKENS, "artifacts": store, "progress": say}
     run.attribution = attribute(
         run.recipes / f"{ATTRIBUTED}.yaml",
@@ -129,6 +139,85 @@ def run_demo(
     stage("report")
     run.seconds = time.perf_counter() - started
     return run
+
+
+def installed_engines() -> list[str]:
+    """The engines whose servers this machine can start."""
+    from quantlab.errors import UserError
+    from quantlab.runtimes.engines import Engine, get_engine
+
+    found = []
+    for name in Engine.names():
+        try:
+            get_engine(name).launcher()
+        except UserError:
+            continue
+        found.append(name)
+    return found
+
+
+def _serve_stage(run: DemoRun, names: list[str], count: int, say: Callable[[str], None]) -> None:
+    """The variants served by real engines, each against transformers on the same items; the engine's share of
+    the KL. An engine that is not installed is named in the summary and skipped."""
+    from quantlab.runtimes.serve import ServeOptions
+    from quantlab.stages.evaluate.run import evaluate_tasks
+    from quantlab.stages.measure.run import measure_variant
+
+    engines = installed_engines()
+    run.engines_missing = sorted({engine for _, engine, _ in SERVED} - set(engines))
+    for variant, engine, tasks in SERVED:
+        if engine not in engines or variant not in names:
+            continue
+        say(f"serving {variant} through {engine}")
+        run.served += evaluate_tasks(
+            [variant],
+            tasks,
+            baseline=variant,
+            baseline_engine="transformers",
+            progress=say,
+            limit=count,
+            artifacts=run.store,
+            reasoning_effort=REASONING_EFFORT,
+            engine=engine,
+        )
+    variant, engine = SERVED_MEASURE
+    if engine in engines and variant in names:
+        say(f"measuring {variant} through {engine}")
+        run.served_measurement = measure_variant(
+            variant, None, MEASURE_TEXT, MEASURE_TOKENS, run.store, engine=engine, serve_options=ServeOptions(load="hf")
+        )
+
+
+def served_lines(run: DemoRun) -> list[str]:
+    """One line per served evaluation against transformers, then ``engine_notes``."""
+    from quantlab.runtimes import runtime_label
+
+    lines = []
+    for row in run.served:
+        differ = f", {row['different_answers']} of {row['items']} answers differ" if "different_answers" in row else ""
+        flips = row["flips"]
+        lines.append(
+            f"{row['subject']} on {row['task']} served by {runtime_label(row['settings'])}, "
+            f"{row['settings']['engine_version']}: {_interval(row)} against {row['against']}: "
+            f"{flips['right_to_wrong']} right->wrong, {flips['wrong_to_right']} wrong->right{differ}."
+        )
+    return lines + engine_notes(run)
+
+
+def engine_notes(run: DemoRun) -> list[str]:
+    """The engine's share of the KL (where measured) and the engines that are not installed."""
+    lines = []
+    measured = run.served_measurement
+    share = (measured or {}).get("engine", {}).get("runtime_share", {}).get("response_tokens")
+    if share:
+        lines.append(
+            f"{measured['variant']} served by vLLM ({measured['engine']['settings']['loaded']}, "
+            f"{measured['engine']['settings']['dtype']}): mean KLD {share['mean_kld_vllm']:.6f} against the torch "
+            f"model's {share['mean_kld_torch']:.6f}: the engine's share {share['mean_kld_difference']:+.2e}."
+        )
+    if run.engines_missing:
+        lines.append(f"Not installed here, skipped: {', '.join(run.engines_missing)} (scripts/setup.sh installs both).")
+    return lines
 
 
 def _interval(result: dict) -> str:
@@ -179,5 +268,6 @@ def summary(run: DemoRun) -> list[str]:
         f"beyond the choices' solo effects (interaction): {task['interaction_points']['value']:+.1f} "
         f"[{task['interaction_points']['ci95'][0]:+.1f}, {task['interaction_points']['ci95'][1]:+.1f}].",
         *(_serving_line(case, attribution) for case, attribution in run.serving.items()),
+        *served_lines(run),
         f"Report: {report / 'report.html'} (markdown twin {report / 'report.md'}).",
     ]

@@ -524,16 +524,25 @@ def _demo_stage(stage: str, run, spinner) -> None:
             f"{pipeline.REASONING_EFFORT} through the model's chat template, flips against {pipeline.BASELINE}"
         )
         render.evaluations(run.evaluations, 0.0, 1.0, pipeline.BASELINE)
+    elif stage == "serve":
+        if run.served:
+            console.print(
+                "\n[bold]4. Serve[/bold] variants through real engines' OpenAI-compatible servers, against "
+                "transformers on the same items"
+            )
+            render.evaluations(run.served, 0.0, 1.0, pipeline.BASELINE)
+        for line in pipeline.engine_notes(run):
+            console.print("  " + line, highlight=False)
     elif stage == "attribute":
         console.print(
-            f"\n[bold]4. Attribute[/bold] the {pipeline.ATTRIBUTED} recipe's loss on {pipeline.HEADLINE_TASK} to its choices"
+            f"\n[bold]5. Attribute[/bold] the {pipeline.ATTRIBUTED} recipe's loss on {pipeline.HEADLINE_TASK} to its choices"
         )
         render.attribution(run.attribution)
         for case, attribution in run.serving.items():
             console.print(f"\n  and the serving case {case}: its loss charged to the serving choice beside the weights")
             render.attribution(attribution)
     elif stage == "report":
-        console.print(f"\n[bold]5. Report[/bold] from the store: {run.report}/")
+        console.print(f"\n[bold]6. Report[/bold] from the store: {run.report}/")
     spinner.start()
 
 
