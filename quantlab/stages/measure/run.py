@@ -342,6 +342,13 @@ def measure_variant(
     store = as_store(artifacts)
     folder = store.variant(variant_ref)
     manifest = store.manifest(folder)
+    if engine is not None:  # before any measuring: an engine that cannot serve the variant is one line at once
+        from quantlab.runtimes.engines import get_engine
+        from quantlab.runtimes.serve import ServeOptions
+
+        chosen = get_engine(engine)
+        chosen.launcher()
+        chosen.what_to_load(store, store.subject(str(folder)), serve_options or ServeOptions())
     settings = _settings(store, manifest, baseline_ref, text_file, max_tokens)
     if scoring not in SCORINGS:
         raise UserError(f"--scoring {scoring!r}: choose one of {', '.join(SCORINGS)}")
