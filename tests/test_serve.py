@@ -288,8 +288,9 @@ def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
     from quantlab.stages.measure.run import measure_variant
 
     options = ServeOptions(dtype="float32")
+    # the model source itself served (its own folder), the measurement on the bf16 variant (the same weights)
     served = evaluate(
-        "bf16",
+        "zoo:tiny-gpt-oss",
         "zoo_aime_style",
         limit=24,
         artifacts=served_store,
@@ -297,7 +298,7 @@ def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
         serve_options=options,
         reasoning_effort="high",
     )
-    local = evaluate("bf16", "zoo_aime_style", limit=24, artifacts=served_store, reasoning_effort="high")
+    local = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=24, artifacts=served_store, reasoning_effort="high")
     assert served["settings"]["engine_version"].startswith("vllm")
     assert different_answers(local, served) == 0 and served["correct"] == local["correct"]
     measured = measure_variant("bf16", max_tokens=512, artifacts=served_store, engine="vllm", serve_options=options)

@@ -139,7 +139,7 @@ def serve_folder(store: ArtifactStore, subject: Subject) -> Path:
 
 @contextlib.contextmanager
 def serve(
-    reference: str,
+    reference: str | Subject,
     engine: str,
     artifacts=None,
     host: str = "127.0.0.1",
@@ -147,12 +147,13 @@ def serve(
     options: ServeOptions | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Iterator[Server]:
-    """A running server for the variant (or model source) ``reference``, stopped when the block ends."""
+    """A running server for the variant (or model source) ``reference`` (or a resolved ``Subject``), stopped
+    when the block ends."""
     from quantlab.runtimes.engines import get_engine
 
     options = options or ServeOptions()
     store = as_store(artifacts)
-    subject = store.subject(reference)
+    subject = reference if isinstance(reference, Subject) else store.subject(reference)
     chosen = get_engine(engine)
     launcher = chosen.launcher()  # one line when the engine is not installed
     load = chosen.what_to_load(store, subject, options)  # one line when it cannot take the variant's formats

@@ -291,9 +291,7 @@ def _evaluate(subject: Subject, task: str, settings: dict, seed: int, batch_size
             from quantlab.runtimes.serve import ServeOptions, serve
 
             options = ServeOptions(dtype=settings["dtype"], load=settings["load"])
-            server = stack.enter_context(
-                serve(str(subject.model_folder.parent), settings["engine"], None, options=options)
-            )
+            server = stack.enter_context(serve(subject, settings["engine"], None, options=options))
             prepared["loaded"].server = server
             server_record = {
                 "startup_s": round(server.startup_s, 2),
