@@ -33,7 +33,7 @@ def _generated_tokens(result: dict, tokenizer) -> int:
 
 
 def bench_serve(
-    recipe: Path, engine: str = "vllm", items: int = 200, dtype: str = "auto", concurrent: int = 8, progress=None
+    recipe: Path, engine: str = "vllm", items: int = 200, dtype: str = "auto", concurrent: int = 64, progress=None
 ) -> dict:
     import os
 

@@ -194,7 +194,10 @@ def eval_command(
     dtype: str = typer.Option("auto", "--dtype", help="--engine vllm: activations' dtype (auto: the checkpoint's)."),
     load: str = typer.Option("auto", "--load", help="--engine: " + LOAD_HELP),
     concurrent: int = typer.Option(
-        8, "--concurrent", min=1, help="--engine: requests in flight at once (the engine batches them)."
+        64,
+        "--concurrent",
+        min=1,
+        help="--engine: requests in flight at once (the engine batches them; 64: lm-eval's batch for transformers).",
     ),
     baseline_engine: str = typer.Option(
         "same",
@@ -621,7 +624,7 @@ def bench_serve_command(
     engine: str = typer.Option("vllm", "--engine", help=ENGINE_HELP),
     items: int = typer.Option(200, "--items", min=1, help="Greedy AIME-style items, high effort."),
     dtype: str = typer.Option("auto", "--dtype", help="vllm: activations' dtype (auto: the checkpoint's)."),
-    concurrent: int = typer.Option(8, "--concurrent", min=1, help="Requests in flight at once."),
+    concurrent: int = typer.Option(64, "--concurrent", min=1, help="Requests in flight at once."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Evaluation throughput (generated tokens/s) through a served engine against transformers' generate on the

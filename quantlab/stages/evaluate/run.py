@@ -210,7 +210,7 @@ def evaluate(
     task_metadata: dict | None = None,
     engine: str | None = None,
     serve_options=None,
-    concurrent: int = 8,
+    concurrent: int = 64,
 ) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}. ``chat_template``: a name of ``quantlab.chat`` (``model``, ``chatml``,
