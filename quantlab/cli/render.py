@@ -223,7 +223,7 @@ def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: st
         "answers differ",
         "cached",
         title=f"lm-eval, {'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}"
-        + (f"; flips against {rows[0].get('against')}" if baseline else ""),
+        + (f"; flips against {', '.join(dict.fromkeys(str(r.get('against')) for r in rows))}" if baseline else ""),
     )
     for r in rows:
         f = r.get("flips", {})
