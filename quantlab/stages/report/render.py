@@ -122,7 +122,11 @@ RUNTIME_SETTINGS = ("backend", "engine", "engine_version", "loaded", "dtype", "l
 
 
 def _runtime_with_version(settings: dict) -> str:
-    version = f" ({settings['engine_version']})" if settings.get("engine") else ""
+    version = (
+        f" ({settings['engine_version']}, {settings.get('concurrent', 1)} requests in flight)"
+        if settings.get("engine")
+        else ""
+    )
     return runtime_label(settings) + version
 
 
