@@ -375,7 +375,11 @@ def test_the_report_puts_the_runtimes_side_by_side(served_store, tmp_path):
     rows = [line for line in section.splitlines() if line.startswith("| q4k | zoo_aime_style")]
     assert len(rows) == 2
     assert "| transformers |" in rows[0]
-    assert "llama.cpp (gguf, auto) (llama-cpp-python" in rows[1] and "64 requests in flight" in rows[1] and rows[1].endswith(f"| {differ} of 20 |")
+    assert (
+        "llama.cpp (gguf, auto) (llama-cpp-python" in rows[1]
+        and "64 requests in flight" in rows[1]
+        and rows[1].endswith(f"| {differ} of 20 |")
+    )
 
 
 @needs_llama_server
