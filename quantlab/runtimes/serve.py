@@ -165,6 +165,7 @@ def serve(
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{chosen.name}.log"
     command = launcher + chosen.arguments(load, subject, host, port, options)
+    version = chosen.version()  # before the process exists: nothing between its start and the try can fail
     started = time.monotonic()
     with open(log, "w") as log_file:
         log_file.write("# " + " ".join(command) + "\n")
@@ -185,7 +186,7 @@ def serve(
         model=subject.name,
         loaded=load.kind,
         loaded_path=load.path,
-        version=chosen.version(),
+        version=version,
         log=log,
         process=process,
         startup_s=0.0,
