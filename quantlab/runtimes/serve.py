@@ -175,7 +175,8 @@ def serve(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=os.environ | chosen.environment(options),
+            # unbuffered: the log shows what the server did up to the moment it stopped or died
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | chosen.environment(options),
             start_new_session=True,  # its own process group: stopping it stops the engine's workers too
             preexec_fn=_stop_with_parent,
         )
