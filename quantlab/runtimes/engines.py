@@ -85,7 +85,9 @@ def _context_length(folder: Path) -> int:
     return int(json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 2048))
 
 
-def _max_logprobs(folder: Path, options) -> int:
+def max_logprobs(folder: Path, options) -> int:
+    """How many log-probabilities per position the server may return: the option, else the whole vocabulary up
+    to 1024 tokens (an exact KL), else 20 (vLLM's default)."""
     if options.max_logprobs is not None:
         return int(options.max_logprobs)
     vocabulary = int(json.loads((folder / "config.json").read_text()).get("vocab_size", 0))
@@ -183,7 +185,7 @@ class VLLM(Engine, name="vllm"):
             return load
         from quantlab.runtimes.serve import serve_folder
 
-        folder = serve_folder(store, subject) / f"vllm-{load.kind}"
+        folder = serve_folder(subject) / f"vllm-{load.kind}"
         folder.mkdir(parents=True, exist_ok=True)
         for item in load.path.iterdir():
             link = folder / item.name
@@ -217,7 +219,7 @@ class VLLM(Engine, name="vllm"):
             "--max-model-len",
             str(_context_length(load.path)),
             "--max-logprobs",
-            str(_max_logprobs(load.path, options)),
+            str(max_logprobs(load.path, options)),
             "--seed",
             "0",
         ]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from quantlab.errors import UserError
-from quantlab.store import ArtifactStore, Subject, as_store
+from quantlab.store import Subject, as_store
 
 READY_TIMEOUT_S = 600.0  # vLLM's CPU build starts in 30-60 s on 2 cores; a real model on a GPU takes minutes
 STOP_GRACE_S = 20.0
@@ -132,7 +132,7 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def serve_folder(store: ArtifactStore, subject: Subject) -> Path:
+def serve_folder(subject: Subject) -> Path:
     """Where a subject's serving files go: the server's log and what an engine needs prepared."""
     return subject.results.parent / "serve"
 
@@ -161,7 +161,7 @@ def serve(
         port = free_port(host)
     else:
         check_port(host, port)
-    folder = serve_folder(store, subject)
+    folder = serve_folder(subject)
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{chosen.name}.log"
     command = launcher + chosen.arguments(load, subject, host, port, options)

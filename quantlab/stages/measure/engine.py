@@ -114,7 +114,7 @@ def measure_served(
     measurement), each engine's share beside the torch model's; stored as ``measure/<engine>.json``, reused
     while the measurement, the engine's version and the serving options are the same."""
     from quantlab.models.loading import load_model
-    from quantlab.runtimes.engines import _max_logprobs, get_engine
+    from quantlab.runtimes.engines import get_engine, max_logprobs
     from quantlab.runtimes.serve import ServeOptions, serve
     from quantlab.stages.measure.llama_cpp import runtime_share
     from quantlab.stages.measure.run import load_baseline, measurement_text
@@ -124,7 +124,7 @@ def measure_served(
     chosen.launcher()
     load = chosen.what_to_load(store, store.subject(str(folder)), options)
     asked_top_k = top_k
-    top_k = top_k or _max_logprobs(folder / MODEL, options)
+    top_k = top_k or max_logprobs(folder / MODEL, options)
     options = ServeOptions(dtype=options.dtype, load=options.load, max_logprobs=max(top_k, options.max_logprobs or 0))
     settings = {"engine": chosen.name, "engine_version": chosen.version(), "loaded": load.kind, "top_k": top_k}
     settings |= options.record()
