@@ -95,7 +95,7 @@ def max_logprobs(folder: Path, options) -> int:
 
 
 def _threads(options) -> int:
-    return int(options.threads or os.cpu_count() or 1)
+    return int(options.threads or len(os.sched_getaffinity(0)))
 
 
 class VLLM(Engine, name="vllm"):
