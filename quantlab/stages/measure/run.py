@@ -389,10 +389,9 @@ def _with_engine(result: dict, store, folder: Path, manifest: dict, engine, serv
         return result
     if engine == "llama.cpp":
         # llama-cpp-python's server returns prompt log-probabilities keyed by token text (control tokens all
-        # decode to "") and drops the first prompt token when it is the GGUF's BOS: the KL needs ids. Its
-        # server runs the same library as the in-process runtime measure already reports for a GGUF variant.
-        if "llama_cpp" not in result:
-            raise UserError(f"--engine llama.cpp: {manifest['variant']} has no GGUF export; add exports: [gguf]")
+        # decode to "") and aligned only after a BOS: the KL needs ids. Its server runs the same library as the
+        # in-process runtime whose share measure already reports for every GGUF variant (measure_variant has
+        # checked that this one has its GGUF).
         return result
     from quantlab.stages.measure.engine import measure_served
 
