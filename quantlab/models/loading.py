@@ -86,6 +86,22 @@ def load_model(folder: Path, dtype=None):
     return model, tokenizer
 
 
+def load_config_and_tokenizer(folder: Path):
+    """(config, tokenizer) from a local folder, without the weights: what a client of a served model needs."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"{folder}: config or tokenizer does not load ({first_line}); check or re-download it"
+        ) from None
+    return config, tokenizer
+
+
 def default_model() -> str:
     """The model a command runs when given none (a plugin's: the embedded reference model)."""
     from quantlab.plugins import registry

@@ -342,7 +342,16 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
     from quantlab import chat
 
-    model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
+    if settings["backend"] in ("served", "endpoint"):
+        # a server runs the model: the client needs its tokenizer and config, not its weights in memory
+        from types import SimpleNamespace
+
+        from quantlab.models.loading import load_config_and_tokenizer
+
+        config, tokenizer = load_config_and_tokenizer(subject.model_folder)
+        model = SimpleNamespace(config=config)
+    else:
+        model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
     template = None  # the Jinja source prompts are rendered with; None: no chat template (plain)
     if settings["chat_template"] != "plain":
         template = chat.template_source(settings["chat_template"], getattr(tokenizer, "chat_template", None))
