@@ -283,7 +283,7 @@ class Recipe(BaseModel):
     groups: list[Group] = []
     ignore: list[Selector] = []
     calibration: Calibration | None = None
-    exports: list[Literal["gguf", "native"]] = []
+    exports: list[Literal["gguf", "native", "compressed-tensors"]] = []
     serve: Serve | None = None
 
     _source: Path | None = PrivateAttr(default=None)

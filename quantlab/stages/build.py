@@ -220,6 +220,13 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
         from quantlab.export.native import export_native
 
         exports["native"] = export_native(model, tokenizer, packed_by_unit, folder / "native")
+    if "compressed-tensors" in recipe.exports:
+        from quantlab.export.compressed_tensors import export_compressed_tensors
+        from quantlab.models.units import weight_units
+
+        exports["compressed-tensors"] = export_compressed_tensors(
+            model, tokenizer, weight_units(model), packed_by_unit, folder / "compressed-tensors"
+        )
     return exports
 
 
