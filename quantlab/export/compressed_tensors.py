@@ -60,7 +60,9 @@ def export_compressed_tensors(model, tokenizer, units, packed_by_unit: dict[str,
         if layout is not None:
             layouts[unit.name] = layout
     if not layouts:
-        raise UserError("compressed-tensors export: no tensor is in an integer format (int4, int8, ...); drop the export")
+        raise UserError(
+            "compressed-tensors export: no tensor is in an integer format (int4, int8, ...); drop the export"
+        )
     by_tensor: dict[str, list] = {}
     for unit in units:
         by_tensor.setdefault(unit.tensor, []).append(unit)
