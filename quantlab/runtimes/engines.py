@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from quantlab.errors import UserError
 from quantlab.registry import Registered
-from quantlab.store import GGUF, ArtifactStore, Subject
+from quantlab.store import ArtifactStore, Subject
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 LOADS = ("auto", "hf", "native", "compressed-tensors", "gguf")
@@ -94,8 +94,8 @@ def max_logprobs(folder: Path, options) -> int:
     return vocabulary if 0 < vocabulary <= 1024 else 20
 
 
-def _threads(options) -> int:
-    return int(options.threads or len(os.sched_getaffinity(0)))
+def _threads() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 class VLLM(Engine, name="vllm"):
@@ -301,7 +301,7 @@ class LlamaCppServer(Engine, name="llama.cpp"):
             "--n_ctx",
             str(context),
             "--n_threads",
-            str(_threads(options)),
+            str(_threads()),
             "--seed",
             "0",
             "--logits_all",
@@ -312,6 +312,3 @@ class LlamaCppServer(Engine, name="llama.cpp"):
         # llama-cpp-python's server applies repeat_penalty 1.1 unless the request says otherwise, which changes
         # greedy answers; the model's own sampling has none
         return {"repeat_penalty": 1.0}
-
-
-__all__ = ["GGUF", "LOADS", "Engine", "Load", "get_engine"]

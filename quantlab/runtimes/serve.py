@@ -43,7 +43,6 @@ class ServeOptions:
     dtype: str = "auto"
     load: str = "auto"
     max_logprobs: int | None = None
-    threads: int | None = None
 
     def record(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "load": self.load}

@@ -120,8 +120,7 @@ def measure_served(
     from quantlab.stages.measure.run import load_baseline, measurement_text
     from quantlab.store import MODEL, ArtifactStore, atomic_write_text, content_key, record_json
 
-    chosen, options = get_engine(engine), serve_options or ServeOptions()
-    chosen.launcher()
+    chosen, options = get_engine(engine), serve_options or ServeOptions()  # measure_variant checked the engine
     load = chosen.what_to_load(store, store.subject(str(folder)), options)
     asked_top_k = top_k
     top_k = top_k or max_logprobs(folder / MODEL, options)
