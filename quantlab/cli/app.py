@@ -417,19 +417,52 @@ def serve_command(
         help="Log-probabilities per position the server may return (default: the "
         "whole vocabulary up to 1024 tokens, else 20).",
     ),
+    chat_front: bool = typer.Option(
+        False,
+        "--chat-front",
+        help="Put the lab's chat API in front of the engine: it renders conversations with the model's template "
+        "and passes reasoning_effort (what vLLM's harmony path and llama.cpp cannot do for a small harmony-shaped "
+        "vocabulary). Implied by the host-mistake options below.",
+    ),
+    chat_template: Optional[str] = typer.Option(
+        None,
+        "--chat-template",
+        help="Host mistake: render conversations with this template instead of the model's: chatml, final-only, "
+        "plain, or a Jinja file.",
+    ),
+    drop_effort: bool = typer.Option(
+        False, "--drop-effort", help="Host mistake: ignore the requested reasoning_effort (the stale engine)."
+    ),
+    drop_sampling: bool = typer.Option(
+        False, "--drop-sampling", help="Host mistake: ignore the requested temperature and top_p."
+    ),
+    reasoning_field: str = typer.Option(
+        "reasoning_content",
+        "--reasoning-field",
+        help="Where the chat API returns the analysis: reasoning_content or reasoning.",
+    ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
 ) -> None:
     """Serve a variant through a real engine's OpenAI-compatible server until Ctrl-C (or SIGTERM)."""
     import signal
     import threading
 
+    from quantlab.runtimes.chat_front import FrontSettings
     from quantlab.runtimes.serve import serve
 
     options = _serve_options(dtype, load, max_logprobs)
+    front = FrontSettings(
+        chat_template=chat_template or "model",
+        effort_honored=not drop_effort,
+        sampling_honored=not drop_sampling,
+        reasoning_field=reasoning_field,
+    )
+    if not chat_front and front == FrontSettings():
+        front = None
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with render.status(f"starting {engine} for {subject}", False):
-        context = serve(subject, engine, artifacts, host, port, options)
+        context = serve(subject, engine, artifacts, host, port, options, front=front)
         server = context.__enter__()
     try:
         console.print(
@@ -437,6 +470,10 @@ def serve_command(
             f"{server.base_url} as model {server.model!r}; started in {server.startup_s:.1f} s; log: {server.log}",
             highlight=False,
         )
+        if server.front is not None:
+            console.print(
+                f"chat front: {server.front.describe()}; the engine itself: {server.engine_url}", highlight=False
+            )
         console.print("Ctrl-C stops it.", highlight=False)
         while not stopped.is_set() and server.alive():
             stopped.wait(0.5)

@@ -64,10 +64,17 @@ class Server:
     startup_s: float
     options: ServeOptions
     request_defaults: dict = field(default_factory=dict)  # request fields that keep the engine faithful
+    front: Any = None  # the chat front's settings (quantlab.runtimes.chat_front.FrontSettings) when one is in front
+    engine_url: str = ""  # the engine's own base URL (base_url itself when no chat front is in front)
 
     def settings(self) -> dict[str, Any]:
         """What a result produced through this server records of it (not the port: it changes every start)."""
-        return {"engine": self.engine, "engine_version": self.version, "loaded": self.loaded} | self.options.record()
+        front = {} if self.front is None else {"chat_front": self.front.record()}
+        return (
+            {"engine": self.engine, "engine_version": self.version, "loaded": self.loaded}
+            | self.options.record()
+            | front
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -145,9 +152,11 @@ def serve(
     port: int | None = None,
     options: ServeOptions | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    front=None,
 ) -> Iterator[Server]:
     """A running server for the variant (or model source) ``reference`` (or a resolved ``Subject``), stopped
-    when the block ends."""
+    when the block ends. ``front`` (``chat_front.FrontSettings``): a chat API the lab renders conversations for,
+    listening on ``port`` in front of the engine (on a free port of its own), faithful or with a host's mistakes."""
     from quantlab.runtimes.engines import get_engine
 
     options = options or ServeOptions()
@@ -160,6 +169,12 @@ def serve(
         port = free_port(host)
     else:
         check_port(host, port)
+    front_port = None
+    if front is not None:
+        from quantlab.chat import model_template, template_source
+
+        template_source(front.chat_template, model_template(subject.model_folder))  # one line before any start
+        front_port, port = port, free_port(host)
     folder = serve_folder(subject)
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{chosen.name}.log"
@@ -197,11 +212,25 @@ def serve(
     try:
         _wait_until_ready(server, ready_timeout_s)
         server.startup_s = time.monotonic() - started
-        yield server
+        server.engine_url = server.base_url
+        if front_port is None:
+            yield server
+        else:
+            with _chat_front(server, subject, front, host, front_port) as url:
+                server.base_url, server.front = url, front
+                yield server
     finally:
         stop(process)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _chat_front(server: Server, subject: Subject, front, host: str, port: int):
+    from quantlab.chat import model_template
+    from quantlab.runtimes.chat_front import Upstream, chat_front
+
+    upstream = Upstream(server.base_url, server.model, server.request_defaults)
+    return chat_front(upstream, model_template(subject.model_folder), front, server.model, host, port)
 
 
 def _stop_with_parent() -> None:
