@@ -60,6 +60,19 @@ class MeasureText:
     default: bool = False  # measure's text when none is given
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A question ``quantlab audit`` asks an endpoint: the user's message and the final answer a correct turn
+    gives (compared as text, stripped)."""
+
+    question: str
+    answer: str
+
+    @property
+    def messages(self) -> list[dict]:
+        return [{"role": "user", "content": self.question}]
+
+
 @dataclass
 class Registry:
     model_sources: dict[str, Callable[[str], Path]] = field(default_factory=dict)  # prefix -> resolver
@@ -69,6 +82,7 @@ class Registry:
     commands: list[tuple[str, str]] = field(default_factory=list)  # (name, "module:typer app") added to the CLI
     default_model: str | None = None  # what a command runs when given no model
     model_card: Callable[[], dict] | None = None  # the default model's card (printed by the demo)
+    audit_probes: Callable[[int, int], list[Probe]] | None = None  # (count, seed) -> questions with known answers
 
     def model_source(self, source: str) -> Callable[[str], Path] | None:
         return next((resolve for prefix, resolve in self.model_sources.items() if source.startswith(prefix)), None)

@@ -134,3 +134,81 @@ def perplexity(nll: np.ndarray) -> dict:
     mean = float(nll.mean())
     stderr = float(nll.std(ddof=1) / math.sqrt(nll.size)) if nll.size > 1 else 0.0
     return {"n": int(nll.size), "ppl": math.exp(mean), "ppl_stderr": math.exp(mean) * stderr, "mean_nll": mean}
+
+
+# --- conformance tests (quantlab audit) ---------------------------------------------------------------------
+def excess_rate_test(events: int, n: int, null_rate: float) -> float:
+    """One-sided exact binomial p-value that ``events`` of ``n`` trials come from a rate above ``null_rate``
+    (scipy.stats.binomtest): how an audit tests "more disagreements than a faithful host makes"."""
+    if n == 0:
+        return 1.0
+    return float(stats.binomtest(events, n, null_rate, alternative="greater").pvalue)
+
+
+def detectable_rate(n: int, null_rate: float, alpha: float, power: float = 0.8) -> float | None:
+    """The smallest event rate ``excess_rate_test`` on ``n`` trials detects with ``power`` at level ``alpha``
+    (exact binomial; None when even a rate of 1 is not detected)."""
+    if n == 0:
+        return None
+    # the smallest count that rejects, then the rate whose chance of reaching it is ``power``
+    critical = next((k for k in range(n + 1) if excess_rate_test(k, n, null_rate) < alpha), None)
+    if critical is None:
+        return None
+    low, high = null_rate, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if stats.binom.sf(critical - 1, n, middle) < power else (low, middle)
+    return high
+
+
+def signed_rank_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired ``differences`` (scipy.stats.wilcoxon; zero differences
+    split between the signs, Pratt's way of keeping them in the ranks); 1 when every difference is zero."""
+    differences = np.asarray(differences, dtype=np.float64)
+    if differences.size == 0 or not np.any(differences):
+        return 1.0
+    return float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
+
+
+def hamming_kernel(a: list[str], b: list[str], length: int) -> np.ndarray:
+    """The Hamming kernel of Model Equality Testing (Gao, Liang and Guestrin, 2024) between two lists of texts:
+    the fraction of the first ``length`` characters that agree (texts padded with a character no text holds)."""
+
+    def padded(texts: list[str]) -> np.ndarray:
+        codes = np.full((len(texts), length), -1, dtype=np.int64)
+        for row, text in enumerate(texts):
+            values = [ord(c) for c in text[:length]]
+            codes[row, : len(values)] = values
+        return codes
+
+    x, y = padded(a), padded(b)
+    return (x[:, None, :] == y[None, :, :]).mean(axis=2)
+
+
+def mmd_permutation_test(
+    first: list[list[str]], second: list[list[str]], permutations: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """(MMD², p-value) of two samples of texts per prompt (``first[i]``, ``second[i]``: samples for prompt i),
+    with the Hamming kernel: the unbiased MMD² summed over prompts, its p-value from permuting the pooled
+    samples within each prompt (the test of Model Equality Testing; exact in level whatever the kernel)."""
+    rng = np.random.default_rng(seed)
+    strata = []
+    for a, b in zip(first, second):
+        pooled = list(a) + list(b)
+        length = max(1, max(len(t) for t in pooled))
+        strata.append((hamming_kernel(pooled, pooled, length), len(a)))
+
+    def mmd2(kernel: np.ndarray, order: np.ndarray, m: int) -> float:
+        k = kernel[np.ix_(order, order)]
+        n = k.shape[0] - m
+        kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
+        return float(
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
+        )
+
+    observed = sum(mmd2(kernel, np.arange(len(kernel)), m) for kernel, m in strata)
+    exceed = 0
+    for _ in range(permutations):
+        value = sum(mmd2(kernel, rng.permutation(len(kernel)), m) for kernel, m in strata)
+        exceed += value >= observed - 1e-12
+    return observed, (exceed + 1) / (permutations + 1)

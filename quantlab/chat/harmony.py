@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 START, CHANNEL, MESSAGE = "<|start|>", "<|channel|>", "<|message|>"
 END_MARKERS = ("<|end|>", "<|return|>", "<|endoftext|>", "<|call|>")
-# What a harmony-aware server appends when the model ended an analysis message (<|end|>) and must go on to the
-# next message of the same turn.
+# A message ends at <|end|>; what a harmony-aware server appends when the model ended an analysis message there
+# and the turn goes on to its next message.
+MESSAGE_END = "<|end|>"
 NEXT_ASSISTANT_MESSAGE = "<|end|><|start|>assistant"
+MAX_MESSAGES = 5  # messages a turn may hold (analysis ones before its final one)
 _END = re.compile("|".join(re.escape(marker) for marker in END_MARKERS))
 
 
@@ -47,3 +49,9 @@ def split_turn(text: str) -> Turn:
         channel = header.partition(CHANNEL)[2].strip()
         (final if channel == "final" else reasoning).append(body)
     return Turn("\n".join(reasoning), "".join(final).strip(), bool(final))
+
+
+def turn_goes_on(generated: str, stopped: bool) -> bool:
+    """Whether a turn that stopped at a message's end (``stopped``: not cut by the token limit) goes on with
+    another assistant message: it has written a channel message, and none of them was the final one."""
+    return stopped and MESSAGE in generated and not split_turn(generated).has_final

@@ -486,6 +486,70 @@ def serve_command(
     console.print(f"{server.engine} server stopped", highlight=False)
 
 
+@app.command("audit")
+def audit_command(
+    url: str = typer.Argument(
+        ..., help="The endpoint's base URL, e.g. http://127.0.0.1:8000/v1 (nothing else is sent anything)."
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="The reference it claims to serve: a variant or model source (default: the default model).",
+    ),
+    candidates: Optional[list[str]] = typer.Option(
+        None,
+        "--candidates",
+        help="Variants the weights check compares (repeatable; default: every variant in the store).",
+    ),
+    budget: Optional[int] = typer.Option(
+        None, "--budget", help="Total queries, shared among the checks (default: their defaults, 168)."
+    ),
+    api: str = typer.Option(
+        "chat", "--api", help="chat (the chat route: effort, template) or completions (prompts rendered here)."
+    ),
+    checks: Optional[list[str]] = typer.Option(
+        None, "--check", help="Run only this check (repeatable): weights, effort, template, sampling, accuracy, shape."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Which questions are asked (and the permutations' seed)."),
+    served_model: Optional[str] = typer.Option(
+        None, "--served-model", help="The model name requests carry (default: the first one /v1/models lists)."
+    ),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="Declare this endpoint faithful: its next-token noise joins the weights check's calibration.",
+    ),
+    timeout_s: float = typer.Option(120.0, "--timeout", help="Seconds to wait for one answer."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    as_json: bool = typer.Option(False, "--json", help="Print the audit record as JSON."),
+) -> None:
+    """Audit an OpenAI-compatible endpoint: weights, reasoning effort, prompt format, sampling, accuracy and
+    response shape, each a statistical test with its verdict and the queries it spent."""
+    from quantlab.stages.audit import audit
+
+    with render.status("auditing", as_json) as status:
+        result = audit(
+            url,
+            model,
+            candidates,
+            budget,
+            api,
+            seed,
+            checks=checks,
+            artifacts=artifacts,
+            served_model=served_model,
+            calibrate=calibrate,
+            timeout_s=timeout_s,
+            on_check=lambda name, queries: status.update(f"audit: {name} ({queries} queries)") if status else None,
+        )
+    record = result["record"]
+    if as_json:
+        print(record.model_dump_json(indent=1))
+        return
+    render.audit(record)
+    console.print(f"written: {result['path']}", highlight=False)
+
+
 @app.command("report")
 def report_command(
     variants: list[str] = typer.Argument(None, help="Variants to show (default: every variant built in --artifacts)."),

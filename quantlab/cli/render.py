@@ -412,3 +412,44 @@ def bench_serve(result: dict) -> None:
         f"{result['answers_differ']} of {result['items']}",
         highlight=False,
     )
+
+
+_VERDICT_STYLE = {"pass": "green", "fail": "bold red", "could not check": "yellow", "not applicable": "dim"}
+
+
+def audit(record) -> None:
+    """An audit: one row per check, its verdict, test outcome and cost; the weights check's candidates."""
+    table = Table(
+        title=f"audit of {record.endpoint} (model {record.served_model!r}) against {record.reference}: "
+        f"{record.queries} queries, {record.seconds:.0f} s, level {record.alpha}",
+        title_justify="left",
+    )
+    for column in ("check", "verdict", "statistic", "p", "queries", "what it rests on"):
+        table.add_column(column, overflow="fold")
+    for check in record.checks:
+        style = _VERDICT_STYLE.get(check.verdict, "")
+        statistic = "" if check.statistic is None else f"{check.statistic:.3g}"
+        if check.interval:
+            statistic += f" [{check.interval[0]:.3g}, {check.interval[1]:.3g}]"
+        table.add_row(
+            check.name,
+            f"[{style}]{check.verdict}[/{style}]",
+            statistic,
+            "" if check.p_value is None else f"{check.p_value:.2g}",
+            f"{check.queries}/{check.budget}",
+            check.reason,
+        )
+    wide().print(table)
+    weights = next((c for c in record.checks if c.name == "weights" and "candidates" in c.detail), None)
+    if weights is not None:
+        rows = weights.detail["candidates"]
+        named = weights.detail.get("named")
+        line = ", ".join(
+            f"{name} {row.get('mean_kl', row.get('mmd2', 0)):.2e}"
+            for name, row in sorted(rows.items(), key=lambda item: item[1].get("mean_kl", item[1].get("mmd2", 0)))
+        )
+        console.print(
+            f"weights: {'names ' + named if named else 'no candidate explains the endpoint'} "
+            f"({'mean KL per token' if 'mean_kl' in next(iter(rows.values())) else 'MMD²'}: {line})",
+            highlight=False,
+        )

@@ -36,7 +36,6 @@ REASONING_FIELDS = (
     "reasoning",
 )  # vLLM's older and newer names; OpenAI's gpt-oss test reads either
 DEFAULT_MAX_TOKENS = 256
-MAX_CONTINUATIONS = 4  # analysis messages a turn may hold before its final one
 UPSTREAM_TIMEOUT_S = 300.0
 
 
@@ -123,9 +122,13 @@ def completion_payload(body: dict, prompt: str, settings: FrontSettings, upstrea
     for name in ("temperature", "top_p") if settings.sampling_honored else ():
         if body.get(name) is not None:
             payload[name] = body[name]
-    for name in ("seed", "stop"):
-        if body.get(name) is not None:
-            payload[name] = body[name]
+    if body.get("seed") is not None:
+        payload["seed"] = body["seed"]
+    # every message ends at <|end|> (llama.cpp stops there by itself); the front decides whether the turn goes on
+    requested_stop = body.get("stop") or []
+    payload["stop"] = [harmony.MESSAGE_END] + (
+        [requested_stop] if isinstance(requested_stop, str) else list(requested_stop)
+    )
     if body.get("logprobs"):
         payload["logprobs"] = int(body.get("top_logprobs") or 1)
     return payload
@@ -165,7 +168,7 @@ def answer_chat(body: dict, settings: FrontSettings, source: str, upstream: Upst
     payload = completion_payload(body, prompt, settings, upstream)
     budget, generated, tokens, prompt_tokens = payload["max_tokens"], "", [], 0
     finish = "length"
-    for _ in range(MAX_CONTINUATIONS + 1):
+    for _ in range(harmony.MAX_MESSAGES):
         status, answer = upstream.post("completions", payload | {"prompt": prompt + generated, "max_tokens": budget})
         if status != 200:
             return status, answer
@@ -176,10 +179,9 @@ def answer_chat(body: dict, settings: FrontSettings, source: str, upstream: Upst
         generated += choice["text"]
         tokens += chat_logprobs(choice.get("logprobs"))
         finish = choice.get("finish_reason") or "stop"
-        turn = harmony.split_turn(generated)
-        if finish != "stop" or turn.has_final or budget <= 0 or harmony.MESSAGE not in generated:
+        if budget <= 0 or not harmony.turn_goes_on(generated, finish == "stop"):
             break
-        generated += harmony.NEXT_ASSISTANT_MESSAGE  # the engine stopped at an analysis message's <|end|>
+        generated += harmony.NEXT_ASSISTANT_MESSAGE
     turn = harmony.split_turn(generated)
     message: dict[str, Any] = {"role": "assistant", "content": turn.final}
     message[settings.reasoning_field] = turn.reasoning or None

@@ -172,6 +172,16 @@ class ArtifactStore:
     def attributions(self) -> list[Path]:
         return sorted(self.root.glob("attribution/*/attribution-*.json"))
 
+    def audit_path(self, name: str) -> Path:
+        return self.root / "audits" / f"{name}.json"
+
+    def audits(self) -> list[Path]:
+        return sorted((self.root / "audits").glob("*.json"))
+
+    def audit_calibration_path(self, reference_name: str) -> Path:
+        """What a faithful server of ``reference_name`` looks like to the weights check (quantlab audit)."""
+        return self.root / "audits" / "calibration" / f"{reference_name}.json"
+
     @property
     def report_folder(self) -> Path:
         return self.root / "report"

@@ -173,3 +173,41 @@ class Attribution(Record):
     tasks: dict[str, dict[str, Any]]
     kl: dict[str, Any] | None
     cells: list[dict[str, Any]]
+
+
+class AuditCheck(Part):
+    """One check of an audit: its question, the test and its outcome, what it cost."""
+
+    name: str
+    question: str
+    verdict: str  # pass, fail, could not check, not applicable
+    test: str = ""
+    statistic: float | None = None
+    statistic_name: str = ""
+    p_value: float | None = None
+    alpha: float | None = None
+    interval: list[float] | None = None
+    queries: int = 0
+    budget: int = 0
+    reason: str = ""  # what the verdict rests on, in a sentence (or why it could not check)
+    detectable: str = ""  # the smallest effect this many queries detect with 80% power, where it has a formula
+    detail: dict[str, Any] = {}
+
+
+class Audit(Record):
+    """``audits/<endpoint>-<model>-<key>.json``: an endpoint checked against a local reference."""
+
+    kind: ClassVar[str] = "audit"
+
+    endpoint: str
+    served_model: str
+    reference: str
+    reference_key: str
+    candidates: list[str]
+    api: str
+    budget: int
+    seed: int
+    alpha: float
+    queries: int
+    seconds: float
+    checks: list[AuditCheck]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlab.errors import UserError
-from quantlab.plugins import CalibrationText, Document, Documents, MeasureText, Registry
+from quantlab.plugins import CalibrationText, Document, Documents, MeasureText, Probe, Registry
 
 PREFIX = "zoo:"
 AIME_TEXT = "zoo:aime-style"
@@ -31,6 +31,7 @@ def register(registry: Registry) -> None:
     registry.task_folders.append(TASKS_FOLDER)
     registry.commands.append(("zoo", "quantlab.zoo.cli:zoo_app"))  # imported by the CLI when it starts
     registry.model_card = _card
+    registry.audit_probes = audit_probes
 
 
 def resolve(source: str) -> Path:
@@ -89,6 +90,13 @@ def corpus_documents(spec: str | None, count: int) -> tuple[str, Documents]:
     problems = tasks.problems(parts[2], count, 0)
     docs = [Document.of(tasks.conversation_text(p, tasks.EFFORTS[i % 3])) for i, p in enumerate(problems)]
     return f"{CORPUS_TEXT} {parts[2]} (packed conversations, low/medium/high effort)", docs
+
+
+def audit_probes(count: int, seed: int) -> list[Probe]:
+    """``count`` AIME-style test problems (drawn with ``seed``) as audit questions: the expression, its value."""
+    from quantlab.zoo import tasks
+
+    return [Probe(p.expression, str(p.answer)) for p in tasks.problems("test", count, seed)]
 
 
 def _card() -> dict:

@@ -1,0 +1,159 @@
+"""How far a faithful server's next-token distributions stray from the reference's: the weights check's null.
+
+No engine reproduces the reference bit for bit: bf16 activations, fused kernels and batch-dependent reductions
+move every log-probability a little. The weights check therefore asks not "is the KL zero" but "do more prompts
+exceed a faithful server's 99th percentile than the 1% a faithful server would": ``threshold`` below.
+
+Where it comes from, in order of preference:
+* a faithful server audited with ``quantlab audit URL --calibrate`` (a server the user trusts: the provider's
+  own reference deployment, or one the lab starts): its per-prompt KLs, stored beside the audits;
+* otherwise the reference itself in bfloat16, in-process (transformers' kernels with bf16 activations), against
+  float32: the rounding a bf16 engine adds, computed on the spot on prompts of its own. A stand-in, and a loose
+  one (llama.cpp computes in float32 from bf16 weights and strays far less): the first real faithful server
+  calibrated replaces it.
+The threshold is the largest 99th percentile among the stored sources, so that the noisiest faithful engine
+calibrated sets it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from quantlab.store.atomic import atomic_write_text
+from quantlab.store.records import Part
+
+NULL_EXCESS_RATE = 0.01  # the share of prompts a faithful server puts above the threshold (its 99th percentile)
+CALIBRATION_PROMPTS = 96
+CALIBRATION_SEED = 7_777  # questions of their own, never an audit's
+IN_PROCESS = "transformers bfloat16 (in-process)"
+
+
+class CalibrationRecord(Part):
+    reference: str
+    reference_key: str
+    top_k: int
+    kl_per_prompt: dict[str, list[float]]  # source -> per-prompt mean KL
+
+
+@dataclass
+class Calibration:
+    threshold: float
+    source: str
+    sources: dict[str, list[float]] = field(default_factory=dict)
+
+
+def threshold_of(sources: dict[str, list[float]]) -> float:
+    return max(float(np.percentile(np.asarray(values), 99)) for values in sources.values())
+
+
+def kl_of_tokens(model, prompt: str, ids: list[int], served: list[dict[int, float]]) -> float:
+    """Mean top-k KL(model ‖ served) over the generated positions whose token the served top-k lists."""
+    from quantlab.stages.measure.engine import topk_token_statistics
+
+    keep = [j for j in range(len(ids)) if ids[j] in served[j]]
+    if not keep:
+        return math.nan
+    logits = model.next_token_logits(prompt, ids)
+    top_k = max(len(entries) for entries in served)
+    stats = topk_token_statistics(logits[keep], [served[j] for j in keep], torch.tensor([ids[j] for j in keep]), top_k)
+    return float(stats["kl"].mean())
+
+
+def tokens_and_served(model, answer) -> tuple[list[int], list[dict[int, float]]]:
+    """A completion's generated token ids and, per position, its top log-probabilities by token id, read through
+    the model's vocabulary (up to the first token whose text names no single id)."""
+    by_text = model.token_ids_by_text
+    ids: list[int] = []
+    served: list[dict[int, float]] = []
+    for token, top in zip(answer.tokens, answer.top_logprobs):
+        if token not in by_text:
+            break
+        ids.append(by_text[token])
+        served.append({by_text[t]: float(lp) for t, lp in top.items() if t in by_text and lp is not None})
+    return ids, served
+
+
+def kl_per_prompt(model, prompts: list[str], answers) -> list[float]:
+    """Per prompt: the mean top-k KL(model ‖ endpoint) along the tokens the endpoint generated (NaN: none)."""
+    out = []
+    for prompt, answer in zip(prompts, answers):
+        ids, served = tokens_and_served(model, answer)
+        out.append(kl_of_tokens(model, prompt, ids, served) if ids else math.nan)
+    return out
+
+
+@torch.no_grad()
+def bf16_kl_per_prompt(reference, prompts: list[str], generated_tokens: int, top_k: int) -> list[float]:
+    """Per prompt: KL(reference in float32 ‖ reference in bfloat16) along the float32 greedy continuation, the
+    bf16 side known on its top-k only, as a server returns it."""
+    from quantlab.models.loading import load_model
+
+    bf16, _ = load_model(reference.folder, dtype=torch.bfloat16)
+    tokenizer = reference.tokenizer
+    out = []
+    for prompt in prompts:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        sequence = reference.model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=generated_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )[0].tolist()
+        ids = sequence[len(prompt_ids) :]
+        logits = bf16(torch.tensor([sequence])).logits[0, len(prompt_ids) - 1 : len(sequence) - 1].float()
+        log_q = torch.log_softmax(logits, dim=-1)
+        values, indices = log_q.topk(top_k, dim=-1)
+        served = [dict(zip(indices[j].tolist(), values[j].tolist())) for j in range(len(ids))]
+        out.append(kl_of_tokens(reference, prompt, ids, served))
+    return out
+
+
+def load_or_compute(store, reference, reference_key: str, questions, top_k: int, generated_tokens: int) -> Calibration:
+    """The stored calibration of ``reference`` (sources a user calibrated against), or the in-process bf16 one
+    (computed now and stored)."""
+    path = store.audit_calibration_path(reference.name)
+    record = None
+    if path.is_file():
+        from quantlab.store.artifacts import read_json
+
+        record = CalibrationRecord.model_validate(read_json(path))
+        if record.reference_key != reference_key:
+            record = None  # the reference changed: its calibration with it
+    if record is None:
+        efforts = ("low", "medium", "high")
+        probes = questions(CALIBRATION_PROMPTS, CALIBRATION_SEED)
+        prompts = [reference.prompt(p.messages, efforts[i % 3]) for i, p in enumerate(probes)]
+        values = bf16_kl_per_prompt(reference, prompts, generated_tokens, top_k)
+        record = CalibrationRecord(
+            reference=reference.name,
+            reference_key=reference_key,
+            top_k=top_k,
+            kl_per_prompt={IN_PROCESS: [v for v in values if not math.isnan(v)]},
+        )
+        save(path, record)
+    sources = record.kl_per_prompt
+    return Calibration(threshold_of(sources), ", ".join(sources), dict(sources))
+
+
+def add_source(store, reference, reference_key: str, source: str, values: list[float], top_k: int) -> None:
+    """Adds a faithful server's per-prompt KLs to the reference's calibration (``quantlab audit --calibrate``)."""
+    path = store.audit_calibration_path(reference.name)
+    from quantlab.store.artifacts import read_json
+
+    record = CalibrationRecord.model_validate(read_json(path))
+    # a real faithful server replaces the in-process stand-in, which only emulates one
+    record.kl_per_prompt.pop(IN_PROCESS, None)
+    record.kl_per_prompt[source] = [v for v in values if not math.isnan(v)]
+    save(path, record)
+
+
+def save(path, record: CalibrationRecord) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record.model_dump(), indent=1))

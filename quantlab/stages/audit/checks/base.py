@@ -1,0 +1,101 @@
+"""What every check shares: the audit's context (the endpoint, the local models, the questions) and the
+registry the checks enter by subclassing ``Check``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from quantlab.chat import harmony
+from quantlab.plugins import Probe
+from quantlab.registry import Registered
+from quantlab.stages.audit.client import EndpointClient
+from quantlab.stages.audit.local import LocalModel
+from quantlab.store.records import AuditCheck
+
+PASS, FAIL, COULD_NOT_CHECK, NOT_APPLICABLE = "pass", "fail", "could not check", "not applicable"
+CHAT, COMPLETIONS = "chat", "completions"
+EFFORTS = ("low", "medium", "high")
+TURN_TOKENS = 96  # enough for the longest turn of the reference's tasks at high effort
+
+
+@dataclass
+class Context:
+    """One audit's shared state: the endpoint's client, the reference and candidate models in-process, the
+    questions (``probes(count, offset)``: the same questions for the same seed), the API the checks ask through,
+    the level every test is run at, and the weights check's calibration."""
+
+    client: EndpointClient
+    reference: LocalModel
+    candidates: list[LocalModel]
+    questions: Any  # (count, seed) -> list[Probe]
+    api: str
+    seed: int
+    alpha: float
+    calibration: Any = None  # quantlab.stages.audit.calibration.Calibration
+    # The local model the endpoint's weights look like (the weights check's choice; the reference until then):
+    # the effort, template and sampling checks compare against it, so that a quantized host is not also blamed
+    # for a template it renders right.
+    served_like: LocalModel | None = None
+    # Whether the endpoint's greedy turns reproduce (the sampling check's temperature-0 test): the template and
+    # effort checks compare greedy turns and cannot, when they do not.
+    greedy_reproducible: bool = True
+    # Whether the weights check's model explains the endpoint's distributions to a faithful server's noise (not
+    # so for a K-quant GGUF, whose engine also rounds the activations): then a faithful host's allowance of
+    # greedy disagreements holds against it.
+    weights_explained: bool = True
+    # The rendering the endpoint's turns match (the template check's choice): the effort check renders with it.
+    template_like: str = "model"
+
+    @property
+    def weights_model(self) -> LocalModel:
+        return self.served_like or self.reference
+
+    def probes(self, count: int, offset: int = 0) -> list[Probe]:
+        """``count`` questions; each check draws its own (``offset``) so that no two share theirs."""
+        return self.questions(count, self.seed * 1000 + offset)
+
+    def prompt(self, probe: Probe, effort: str | None, template: str | None = None) -> str:
+        """What the model the weights look like is prompted with, rendered as the endpoint seems to render."""
+        return self.weights_model.prompt(probe.messages, effort, template or self.template_like)
+
+    def ask(self, probe: Probe, effort: str | None, max_tokens: int = TURN_TOKENS, **sampling) -> harmony.Turn:
+        """The endpoint's turn for ``probe`` at ``effort`` (None: none asked) through the audit's API: the chat
+        route, or the completions route with the prompt rendered here by the reference's own template."""
+        if self.api == CHAT:
+            extra = {} if effort is None else {"reasoning_effort": effort}
+            answer = self.client.chat(probe.messages, max_tokens=max_tokens, **extra, **sampling)
+            return harmony.Turn(answer.reasoning, answer.content, True)
+        prompt = self.reference.prompt(probe.messages, effort)
+        completion = self.client.complete(prompt, max_tokens=max_tokens, skip_special_tokens=False, **sampling)
+        return harmony.split_turn(completion.text)
+
+
+GREEDY_UNRELIABLE = (
+    "temperature 0 does not reproduce on this endpoint (the sampling check): greedy turns cannot be compared"
+)
+
+
+class Check(Registered):
+    kind: ClassVar[str] = "check"
+    _entries: ClassVar[dict[str, Registered]] = {}
+    question: ClassVar[str]
+    default_budget: ClassVar[int]  # queries, at the audit's default total
+    minimum_budget: ClassVar[int]  # below this the check does not run (it says so)
+    apis: ClassVar[tuple[str, ...]] = (CHAT, COMPLETIONS)
+
+    def run(self, context: Context, budget: int) -> AuditCheck:
+        raise NotImplementedError
+
+    def result(self, verdict: str, **fields) -> AuditCheck:
+        return AuditCheck(name=self.name, question=self.question, verdict=verdict, **fields)
+
+
+def turn_text(turn: harmony.Turn) -> str:
+    """A turn as one text (the reasoning, a separator, the final answer): what two turns are compared by."""
+    return turn.reasoning.strip() + "\n=> " + turn.final.strip()
+
+
+def same_turn(a: str, b: str) -> bool:
+    """Whether two turns' texts agree (one cut short by the token limit agrees with the other's beginning)."""
+    return a == b or (min(len(a), len(b)) >= 8 and (a.startswith(b) or b.startswith(a)))

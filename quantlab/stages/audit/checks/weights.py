@@ -1,0 +1,175 @@
+"""Weights: is the endpoint's next-token distribution the reference's, and which local candidate explains it?
+
+With log-probabilities (the completions route, ``logprobs``): the endpoint continues prompts rendered here,
+greedily, and returns the top-k log-probabilities at every generated position. Each local model is run on the
+same tokens, and per prompt the mean KL(model ‖ endpoint) over those positions is taken (its top-k lower bound,
+``quantlab.stages.measure.engine``). A faithful engine is not bit-exact (bf16 activations, its own kernels), so
+the test is calibrated: a prompt "exceeds" when its KL is above the 99th percentile of a faithful server's
+(``calibration``), and the endpoint fails when more prompts exceed than a faithful server's 1% allows (exact
+binomial test). The candidate with the smallest mean KL is the one named.
+
+Without log-probabilities: sampled completions (temperature 1) from the endpoint and from each local model,
+compared by the Model Equality Testing MMD test (Hamming kernel, permutation p-value: exact in level, so it
+needs no calibration); the candidate with the smallest MMD is named.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantlab import statistics
+from quantlab.stages.audit.calibration import NULL_EXCESS_RATE, kl_per_prompt
+from quantlab.stages.audit.checks.base import COULD_NOT_CHECK, EFFORTS, FAIL, PASS, Check, Context
+from quantlab.stages.audit.client import CouldNotCheck
+
+GENERATED_TOKENS = 24
+TOP_K = 20  # vLLM's default maximum; the endpoint may allow fewer (then 5, OpenAI's)
+SAMPLES_PER_PROMPT = 8  # the text-only test's samples from each side
+
+
+class Weights(Check, name="weights"):
+    question = "Is the endpoint's next-token distribution the reference's, and which candidate explains it?"
+    default_budget = 24
+    minimum_budget = 4
+
+    def run(self, context: Context, budget: int):
+        probes = context.probes(budget, offset=1)
+        prompts = [context.reference.prompt(p.messages, EFFORTS[i % 3]) for i, p in enumerate(probes)]
+        client = context.client
+        try:
+            answers = self._logprobs(context, prompts)
+        except CouldNotCheck as error:
+            if "HTTP 4" not in str(error) and "log-probabilities" not in str(error):
+                raise
+            client.budget = max(0, budget - client.queries)  # what the text-only test may still spend
+            return self._text_only(context, probes, budget, str(error))
+        return self._with_logprobs(context, prompts, answers, budget)
+
+    # --- with log-probabilities -----------------------------------------------------------------------
+    def _logprobs(self, context: Context, prompts: list[str]):
+        client = context.client
+
+        def ask(prompt: str, top_k: int):
+            return client.complete(
+                prompt, max_tokens=GENERATED_TOKENS, temperature=0, logprobs=top_k, skip_special_tokens=False
+            )
+
+        try:
+            first = ask(prompts[0], TOP_K)
+            top_k = TOP_K
+        except CouldNotCheck as error:
+            if "HTTP 400" not in str(error):
+                raise
+            first, top_k = ask(prompts[0], 5), 5
+        answers = [first] + client.map(lambda prompt: ask(prompt, top_k), prompts[1:])
+        if not all(answer.tokens and answer.top_logprobs for answer in answers):
+            raise CouldNotCheck("completions: no log-probabilities in the answers (logprobs)")
+        return answers
+
+    def _with_logprobs(self, context: Context, prompts, answers, budget: int):
+        models = [context.reference] + [c for c in context.candidates if c.name != context.reference.name]
+        kl = {model.name: kl_per_prompt(model, prompts, answers) for model in models}
+        kept = [i for i, value in enumerate(kl[context.reference.name]) if not np.isnan(value)]
+        if len(kept) < 2:
+            raise CouldNotCheck("the endpoint's tokens do not map to the reference's vocabulary (another tokenizer?)")
+        threshold = context.calibration.threshold
+        rows = {}
+        for name, values in kl.items():
+            values = np.asarray(values)[kept]
+            exceed = int((values > threshold).sum())
+            rows[name] = {
+                "mean_kl": float(values.mean()),
+                "ci95": statistics.paired_bootstrap({"kl": values}, seed=context.seed)["kl"]["ci95"],
+                "prompts_over_threshold": exceed,
+                "p_value": statistics.excess_rate_test(exceed, len(values), NULL_EXCESS_RATE),
+            }
+        named = min(rows, key=lambda name: rows[name]["mean_kl"])
+        reference = rows[context.reference.name]
+        failed = reference["p_value"] < context.alpha
+        explained = rows[named]["p_value"] >= context.alpha
+        if failed:
+            context.served_like = next(m for m in models if m.name == named)
+            context.weights_explained = explained
+        reason = (
+            f"{reference['prompts_over_threshold']} of {len(kept)} prompts have a KL above a faithful server's 99th "
+            f"percentile ({threshold:.2e})"
+        )
+        if failed:
+            reason += (
+                f"; closest candidate: {named} (mean KL {rows[named]['mean_kl']:.2e}"
+                + ("" if explained else ", itself rejected: none of the candidates explains the endpoint")
+                + ")"
+            )
+        return self.result(
+            FAIL if failed else PASS,
+            test="calibrated exceedance (exact binomial), top-k KL(candidate ‖ endpoint) per prompt",
+            statistic=reference["mean_kl"],
+            statistic_name="mean KL(reference ‖ endpoint) per token",
+            interval=reference["ci95"],
+            p_value=reference["p_value"],
+            alpha=context.alpha,
+            reason=reason,
+            detectable=_detectable(len(kept), context.alpha),
+            detail={
+                "named": named,
+                "explains": explained,
+                "candidates": rows,
+                "threshold": threshold,
+                "calibration": context.calibration.source,
+                "prompts": len(kept),
+                "kl_per_prompt": [float(v) for v in np.asarray(kl[context.reference.name])[kept]],
+                "top_k": len(answers[0].top_logprobs[0]),
+                "mode": "log-probabilities",
+            },
+        )
+
+    # --- text only ----------------------------------------------------------------------------------
+    def _text_only(self, context: Context, probes, budget: int, why: str):
+        prompts_count = max(1, context.client.budget // SAMPLES_PER_PROMPT)
+        if context.client.budget < SAMPLES_PER_PROMPT:
+            return self.result(COULD_NOT_CHECK, reason=f"no log-probabilities ({why}) and too few queries left")
+        chosen = probes[:prompts_count]
+        prompts = [context.reference.prompt(p.messages, "high") for p in chosen]
+        requests = [(i, s) for i in range(len(chosen)) for s in range(SAMPLES_PER_PROMPT)]
+        texts = context.client.map(
+            lambda job: context.ask(chosen[job[0]], "high", temperature=1.0, seed=context.seed * 10_000 + job[1]),
+            requests,
+        )
+        endpoint = [[] for _ in chosen]
+        for (i, _), turn in zip(requests, texts):
+            endpoint[i].append(turn.reasoning + turn.final)
+        models = [context.reference] + [c for c in context.candidates if c.name != context.reference.name]
+        rows = {}
+        for model in models:
+            local = model.turns(prompts * SAMPLES_PER_PROMPT, 96, temperature=1.0, seed=context.seed)
+            samples = [[t.reasoning + t.final for t in local[i :: len(prompts)]] for i in range(len(prompts))]
+            mmd, p = statistics.mmd_permutation_test(endpoint, samples, seed=context.seed)
+            rows[model.name] = {"mmd2": mmd, "p_value": p}
+        named = min(rows, key=lambda name: rows[name]["mmd2"])
+        reference = rows[context.reference.name]
+        failed = reference["p_value"] < context.alpha
+        if failed:
+            context.served_like = next(m for m in models if m.name == named)
+            context.weights_explained = rows[named]["p_value"] >= context.alpha
+        return self.result(
+            FAIL if failed else PASS,
+            test="Model Equality Testing MMD (Hamming kernel, permutation p-value), sampled completions",
+            statistic=reference["mmd2"],
+            statistic_name="MMD² against the reference",
+            p_value=reference["p_value"],
+            alpha=context.alpha,
+            reason=f"no log-probabilities ({why}); {len(chosen)} prompts x {SAMPLES_PER_PROMPT} samples each side",
+            detail={
+                "named": named,
+                "explains": rows[named]["p_value"] >= context.alpha,
+                "candidates": rows,
+                "mode": "text only",
+            },
+        )
+
+
+def _detectable(prompts: int, alpha: float) -> str:
+    rate = statistics.detectable_rate(prompts, NULL_EXCESS_RATE, alpha)
+    if rate is None:
+        return f"{prompts} prompts detect nothing at level {alpha}"
+    return f"a distortion that puts {rate:.0%} of prompts over the threshold (80% power, {prompts} prompts)"

@@ -1,0 +1,160 @@
+"""The audit's only way out: requests to the one endpoint it was given, counted, bounded, and read defensively.
+
+Every request goes to ``<base_url>/<route>``; redirects are refused (a redirect could send the traffic, and the
+prompts, elsewhere). A refusal, a timeout, an HTTP error, a body that is not the JSON the OpenAI API describes, or
+a check's query budget running out is a ``CouldNotCheck`` with the reason: the check that hit it says "could not
+check", and the audit goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantlab.chat import harmony
+from quantlab.errors import UserError
+
+REQUEST_TIMEOUT_S = 120.0
+CONCURRENT_REQUESTS = 8
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+class CouldNotCheck(Exception):
+    """The endpoint did not let a check finish: the message says why (one line)."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise CouldNotCheck(f"the endpoint redirected to {newurl}; the audit sends nothing but to the URL it was given")
+
+
+def base_url_of(url: str) -> str:
+    """The endpoint's base URL (ending in /v1); a one-line error for a URL that is not http(s)://host[:port]/..."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"endpoint {url!r}: give an http(s) URL such as http://127.0.0.1:8000/v1")
+    path = parsed.path.rstrip("/")
+    return urllib.parse.urlunparse(parsed._replace(path=path if path.endswith("/v1") else path + "/v1"))
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """One chat response, read: the final text, the reasoning (from the field the endpoint uses, or from harmony
+    channels left in the content), the field it came from, the finish reason, and the token log-probabilities
+    (per generated token: its text and {token text: log-probability} of the top ones) when asked."""
+
+    content: str
+    reasoning: str
+    reasoning_field: str | None  # reasoning_content, reasoning, "content" (channels inline) or None (none returned)
+    finish_reason: str
+    raw: dict
+
+
+@dataclass(frozen=True)
+class CompletionAnswer:
+    text: str
+    finish_reason: str
+    tokens: list[str]
+    top_logprobs: list[dict[str, float]]
+    raw: dict
+
+
+@dataclass
+class EndpointClient:
+    """Requests to one endpoint, counted against a check's budget (``spend``)."""
+
+    base_url: str
+    model: str = ""
+    timeout_s: float = REQUEST_TIMEOUT_S
+    queries: int = 0
+    budget: int | None = None  # queries the running check may still send (None: no limit)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _opener: Any = field(default_factory=lambda: urllib.request.build_opener(_NoRedirects), repr=False)
+
+    # --- transport ------------------------------------------------------------------------------------
+    def _count(self) -> None:
+        with self._lock:
+            if self.budget is not None and self.budget <= 0:
+                raise CouldNotCheck("the check's query budget ran out before it finished; give a larger --budget")
+            if self.budget is not None:
+                self.budget -= 1
+            self.queries += 1
+
+    def request(self, route: str, payload: dict | None = None) -> dict:
+        """The JSON object ``route`` answers (GET without a payload, POST with one)."""
+        self._count()
+        url = f"{self.base_url}/{route}"
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace").strip().replace("\n", " ")[:200]
+            raise CouldNotCheck(f"{route}: HTTP {error.code} ({detail or error.reason})") from None
+        except TimeoutError:
+            raise CouldNotCheck(f"{route}: no answer within {self.timeout_s:.0f} s") from None
+        except urllib.error.URLError as error:
+            raise CouldNotCheck(f"{route}: cannot reach {self.base_url} ({error.reason})") from None
+        except OSError as error:
+            raise CouldNotCheck(f"{route}: the connection failed ({error})") from None
+        try:
+            value = json.loads(body)
+        except ValueError:
+            raise CouldNotCheck(f"{route}: the answer is not JSON ({body[:80]!r})") from None
+        if not isinstance(value, dict):
+            raise CouldNotCheck(f"{route}: the answer is not a JSON object")
+        return value
+
+    def map(self, function, items: list) -> list:
+        """``function`` over ``items``, several requests in flight (a provider batches them), in order."""
+        with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
+            return list(pool.map(function, items))
+
+    # --- the two routes, read -------------------------------------------------------------------------
+    def served_model(self) -> str:
+        """The model name the endpoint lists first (GET /v1/models)."""
+        answer = self.request("models")
+        try:
+            return str(answer["data"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise CouldNotCheck("models: the answer lists no model (data[0].id)") from None
+
+    def chat(self, messages: list[dict], **fields) -> ChatAnswer:
+        answer = self.request("chat/completions", {"model": self.model, "messages": messages} | fields)
+        try:
+            choice = answer["choices"][0]
+            message = choice["message"]
+            content = message.get("content") or ""
+            finish = str(choice.get("finish_reason"))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise CouldNotCheck("chat/completions: the answer has no choices[0].message") from None
+        if not isinstance(content, str):
+            raise CouldNotCheck("chat/completions: choices[0].message.content is not a string")
+        field_name = next((name for name in REASONING_FIELDS if isinstance(message.get(name), str)), None)
+        reasoning = message.get(field_name, "") if field_name else ""
+        if field_name is None and harmony.MESSAGE in content:  # the channels left in the content
+            turn = harmony.split_turn(content)
+            field_name, reasoning, content = "content", turn.reasoning, turn.final
+        return ChatAnswer(content.strip(), reasoning or "", field_name, finish, answer)
+
+    def complete(self, prompt: str, **fields) -> CompletionAnswer:
+        answer = self.request("completions", {"model": self.model, "prompt": prompt} | fields)
+        try:
+            choice = answer["choices"][0]
+            text = choice["text"]
+            finish = str(choice.get("finish_reason"))
+            logprobs = choice.get("logprobs") or {}
+            tokens = list(logprobs.get("tokens") or [])
+            tops = [dict(top or {}) for top in (logprobs.get("top_logprobs") or [])]
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise CouldNotCheck("completions: the answer has no choices[0].text") from None
+        if not isinstance(text, str):
+            raise CouldNotCheck("completions: choices[0].text is not a string")
+        return CompletionAnswer(text, finish, tokens, tops, answer)

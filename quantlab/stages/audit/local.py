@@ -1,0 +1,120 @@
+"""The audit's side of each comparison: the reference (and each candidate) run in-process, as the lab runs it.
+
+What the endpoint answers is compared with what these models answer to the same request: their greedy or sampled
+turns under a given template and effort, and their next-token distributions along the tokens the endpoint
+generated. Computed in float32 (the reference the engines are measured against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from quantlab.chat import harmony, model_template, render, template_source
+
+
+@dataclass
+class LocalModel:
+    """A subject loaded in-process: ``name`` (a variant's or the model source's), its Hugging Face folder."""
+
+    name: str
+    folder: Path
+
+    @cached_property
+    def loaded(self):
+        from quantlab.models.loading import load_model
+
+        return load_model(self.folder, dtype=torch.float32)
+
+    @property
+    def model(self):
+        return self.loaded[0]
+
+    @property
+    def tokenizer(self):
+        return self.loaded[1]
+
+    @cached_property
+    def own_template(self) -> str | None:
+        return model_template(self.folder)
+
+    def prompt(self, messages: list[dict], effort: str | None, template: str = "model") -> str:
+        """The prompt a host renders for ``messages`` with ``template`` and ``effort`` (None: none passed)."""
+        return render(template_source(template, self.own_template), messages, effort)
+
+    @cached_property
+    def token_ids_by_text(self) -> dict[str, int]:
+        """Token id of each token's text as a server returns it (tokens sharing a text are left out)."""
+        seen: dict[str, list[int]] = {}
+        for token_id in range(len(self.tokenizer)):
+            seen.setdefault(self.tokenizer.decode([token_id]), []).append(token_id)
+        return {text: ids[0] for text, ids in seen.items() if len(ids) == 1}
+
+    @cached_property
+    def message_end_id(self) -> int | None:
+        ids = self.tokenizer(harmony.MESSAGE_END, add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else None
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int | list[int],
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[tuple[str, int, bool]]:
+        """Each prompt's next message: (its text, special tokens kept, without the token it stopped at; the tokens
+        it took; whether it stopped at a message's end rather than at the limit). Greedy at temperature 0, else
+        sampled with ``seed``. ``max_new_tokens``: one limit, or one per prompt."""
+        limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        tokenizer = self.tokenizer
+        tokenizer.padding_side = "left"
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sampling: dict = {"do_sample": False}
+        if temperature > 0:
+            torch.manual_seed(seed)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        stops = [tokenizer.eos_token_id] + ([self.message_end_id] if self.message_end_id is not None else [])
+        out = self.model.generate(
+            **batch, max_new_tokens=max(limits), pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, **sampling
+        )
+        results = []
+        for row, limit in zip(out[:, batch["input_ids"].shape[1] :].tolist(), limits):
+            row = row[:limit]
+            stop_at = next((i for i, token in enumerate(row) if token in stops), None)
+            kept = row if stop_at is None else row[:stop_at]
+            # the stop token is not counted, as llama.cpp's usage does not count it
+            results.append((tokenizer.decode(kept, skip_special_tokens=False), len(kept), stop_at is not None))
+        return results
+
+    def turns(self, prompts: list[str], max_new_tokens: int, **sampling) -> list[harmony.Turn]:
+        """Each prompt's assistant turn as a harmony-aware server generates it (``chat_front``'s rule): message by
+        message, going on after an analysis message's end, within ``max_new_tokens`` in all."""
+        texts = [""] * len(prompts)
+        budgets = [max_new_tokens] * len(prompts)
+        active = list(range(len(prompts)))
+        for _ in range(harmony.MAX_MESSAGES):
+            if not active:
+                break
+            step = self.generate([prompts[i] + texts[i] for i in active], [budgets[i] for i in active], **sampling)
+            going_on = []
+            for i, (text, used, stopped) in zip(active, step):
+                texts[i] += text
+                budgets[i] -= used
+                if budgets[i] > 0 and harmony.turn_goes_on(texts[i], stopped):
+                    texts[i] += harmony.NEXT_ASSISTANT_MESSAGE
+                    going_on.append(i)
+            active = going_on
+        return [harmony.split_turn(text) for text in texts]
+
+    @torch.no_grad()
+    def next_token_logits(self, prompt: str, generated: list[int]) -> torch.Tensor:
+        """(len(generated), vocabulary): the logits before each generated token, teacher-forced after ``prompt``."""
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + generated])
+        logits = self.model(ids).logits[0]
+        return logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(generated)].float()

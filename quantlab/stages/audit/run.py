@@ -1,0 +1,164 @@
+"""``quantlab audit``: an OpenAI-compatible endpoint checked against a local reference, check by check.
+
+Each check (``quantlab.stages.audit.checks``) gets a share of the query budget, asks its questions, and gives a
+verdict with its test, statistic, p-value or interval and the queries it spent. An endpoint that misbehaves
+makes a check "could not check", with the reason, and the audit goes on. The result is stored as an ``Audit``
+record under ``<store>/audits/`` and rendered by ``quantlab report``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from quantlab.errors import UserError
+from quantlab.stages.audit import calibration as calibration_module
+from quantlab.stages.audit.checks import Check, Context
+from quantlab.stages.audit.checks.base import CHAT, COMPLETIONS, COULD_NOT_CHECK, NOT_APPLICABLE
+from quantlab.stages.audit.checks.weights import GENERATED_TOKENS, TOP_K
+from quantlab.stages.audit.client import REQUEST_TIMEOUT_S, CouldNotCheck, EndpointClient, base_url_of
+from quantlab.stages.audit.local import LocalModel
+from quantlab.store import as_store
+from quantlab.store.atomic import atomic_write_text
+from quantlab.store.keys import content_key
+from quantlab.store.records import Audit, AuditCheck
+
+APIS = (CHAT, COMPLETIONS)
+# In this order: each check compares against the best explanation of the endpoint the ones before it found (the
+# weights' candidate, whether greedy turns reproduce, the rendering), so that one distortion fails its own check
+# and not every check after it.
+CHECKS = ("weights", "sampling", "template", "effort", "accuracy", "shape")
+ALPHA = 0.05
+
+
+def default_budget() -> int:
+    return sum(Check.lookup(name).default_budget for name in CHECKS)
+
+
+def split_budget(total: int, checks: list[str]) -> dict[str, int]:
+    """Each check's queries: ``total`` shared in proportion to the checks' default budgets (each at least its
+    minimum, so that a small total still runs every check it can)."""
+    defaults = {name: Check.lookup(name).default_budget for name in checks}
+    scale = total / sum(defaults.values())
+    return {name: max(Check.lookup(name).minimum_budget, round(default * scale)) for name, default in defaults.items()}
+
+
+def audit(
+    url: str,
+    model: str | None = None,
+    candidates: list[str] | None = None,
+    budget: int | None = None,
+    api: str = CHAT,
+    seed: int = 0,
+    alpha: float = ALPHA,
+    checks: list[str] | None = None,
+    artifacts=None,
+    served_model: str | None = None,
+    calibrate: bool = False,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+    on_check: Callable[[str, int], None] | None = None,
+) -> dict:
+    """Audits the endpoint at ``url`` against ``model`` (a variant or model source; None: the default model);
+    returns {"record": Audit, "path": where it is stored}."""
+    from quantlab.models.loading import default_model
+    from quantlab.plugins import registry
+
+    if api not in APIS:
+        raise UserError(f"--api {api!r}: choose chat or completions")
+    checks = list(checks or CHECKS)
+    for name in checks:
+        Check.lookup(name)  # one line naming the known checks
+    if budget is not None and budget < 1:
+        raise UserError(f"--budget {budget}: give a positive number of queries")
+    base_url = base_url_of(url)
+    store = as_store(artifacts)
+    subject = store.subject(model or default_model())
+    questions = registry().audit_probes
+    if questions is None:
+        raise UserError(f"{subject.name}: no plugin provides audit questions for this model")
+    reference = LocalModel(subject.name, subject.model_folder)
+    names = candidates if candidates is not None else [n for n in store.built() if n != subject.name]
+    candidate_models = []
+    for name in names:
+        candidate = store.subject(name)
+        candidate_models.append(LocalModel(candidate.name, candidate.model_folder))
+    budgets = split_budget(budget or default_budget(), checks)
+    client = EndpointClient(base_url, timeout_s=timeout_s)
+    started = time.monotonic()
+    try:
+        client.model = served_model or client.served_model()
+    except CouldNotCheck:
+        client.model = served_model or subject.name  # the checks report what fails
+    context = Context(client, reference, candidate_models, questions, api, seed, alpha)
+    if "weights" in checks:
+        context.calibration = calibration_module.load_or_compute(
+            store, reference, subject.key, questions, TOP_K, GENERATED_TOKENS
+        )
+    results = []
+    for name in checks:
+        if on_check:
+            on_check(name, budgets[name])
+        result = _run_check(Check.lookup(name), context, budgets[name])
+        if name in ("effort", "template", "sampling") and result.verdict not in (NOT_APPLICABLE,):
+            result.detail["compared_with"] = context.weights_model.name
+        results.append(result)
+    if calibrate:
+        _calibrate(store, reference, subject.key, base_url, results)
+    record = Audit(
+        endpoint=base_url,
+        served_model=client.model,
+        reference=subject.name,
+        reference_key=subject.key,
+        candidates=[c.name for c in candidate_models],
+        api=api,
+        budget=sum(budgets.values()),
+        seed=seed,
+        alpha=alpha,
+        queries=client.queries,
+        seconds=round(time.monotonic() - started, 1),
+        checks=results,
+        cache_key=content_key([base_url, client.model, subject.key, names, api, budgets, seed, alpha]),
+    )
+    path = store.audit_path(_file_name(base_url, client.model, seed, record.cache_key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, record.model_dump_json(indent=1))
+    return {"record": record, "path": path}
+
+
+def _run_check(check: Check, context: Context, budget: int) -> AuditCheck:
+    client = context.client
+    if context.api not in check.apis:
+        return check.result(NOT_APPLICABLE, reason=f"asked through the {' or '.join(check.apis)} route only")
+    client.budget = budget
+    before = client.queries
+    try:
+        result = check.run(context, budget)
+    except CouldNotCheck as error:
+        result = check.result(COULD_NOT_CHECK, reason=str(error))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        # an answer of the right JSON type with the wrong contents (a field missing, a string for a number)
+        result = check.result(
+            COULD_NOT_CHECK, reason=f"the endpoint's answers are malformed ({type(error).__name__}: {error})"
+        )
+    finally:
+        client.budget = None
+    result.queries = client.queries - before
+    result.budget = budget
+    return result
+
+
+def _calibrate(store, reference, reference_key: str, base_url: str, results: list[AuditCheck]) -> None:
+    weights = next((r for r in results if r.name == "weights"), None)
+    if weights is None or "kl_per_prompt" not in weights.detail:
+        raise UserError("--calibrate needs the weights check with log-probabilities; it could not run on this endpoint")
+    calibration_module.add_source(
+        store, reference, reference_key, f"{base_url} (declared faithful)", weights.detail["kl_per_prompt"], TOP_K
+    )
+
+
+def _file_name(base_url: str, model: str, seed: int, key: str) -> str:
+    host = urlparse(base_url)
+    where = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{host.hostname}-{host.port or ''}").strip("-")
+    return f"{where}-{re.sub(r'[^A-Za-z0-9.-]+', '-', model)}-seed{seed}-{key[:8]}"
