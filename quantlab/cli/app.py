@@ -740,6 +740,35 @@ def bench_serve_command(
     render.bench_serve(result)
 
 
+@bench_app.command("audit")
+def bench_audit_command(
+    parts: Optional[list[str]] = typer.Option(
+        None, "--part", help="table, false_positives or power (repeatable; default: all three)."
+    ),
+    audits: int = typer.Option(20, "--audits", min=1, help="false_positives: audits per faithful server."),
+    repeats: int = typer.Option(10, "--repeats", min=1, help="power: audits per distortion and budget."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    docs: Path = typer.Option(Path("docs"), "--docs", help="Where bench_audit.json and audit_power.png go."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The audit against servers the lab starts (faithful and distorted): verdict table, false-positive rate
+    over repeated audits, and the queries each distortion needs for 80% power."""
+    from quantlab.bench.audit import bench_audit, save
+
+    chosen = tuple(parts or ("table", "false_positives", "power"))
+    for part in chosen:
+        if part not in ("table", "false_positives", "power"):
+            raise UserError(f"--part {part!r}: choose table, false_positives or power")
+    with render.status("benchmarking the audit", as_json) as status:
+        say = (lambda message: status.update(message)) if status is not None else None
+        result = bench_audit(artifacts, audits, repeats, chosen, say)
+    written = save(result, docs)
+    if as_json:
+        return render.print_json(result)
+    render.bench_audit(result)
+    console.print("written: " + ", ".join(str(p) for p in written), highlight=False)
+
+
 def _add_plugin_commands() -> None:
     from quantlab.plugins import load, registry
 

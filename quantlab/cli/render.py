@@ -453,3 +453,38 @@ def audit(record) -> None:
             f"({'mean KL per token' if 'mean_kl' in next(iter(rows.values())) else 'MMD²'}: {line})",
             highlight=False,
         )
+
+
+def bench_audit(result: dict) -> None:
+    """The audit benchmark: verdicts per server, false-positive rates, queries for 80% power."""
+    if "table" in result:
+        checks = list(result["table"][0]["verdicts"])
+        table = Table("server", *checks, "weights names", title="audit verdicts (seed 0)", title_justify="left")
+        for row in result["table"]:
+            table.add_row(
+                row["server"],
+                *[f"[{_VERDICT_STYLE.get(v, '')}]{v}[/]" for v in row["verdicts"].values()],
+                row["named"] or "",
+            )
+        wide().print(table)
+    if "false_positives" in result:
+        table = Table(
+            "faithful server", "check", "failed", "rate [95% CI]", title="false positives", title_justify="left"
+        )
+        for server, rates in result["false_positives"].items():
+            for check, rate in rates.items():
+                table.add_row(
+                    server,
+                    check,
+                    f"{rate['failed']}/{rate['audits']}",
+                    f"{rate['failed'] / rate['audits']:.0%} [{rate['ci95'][0]:.0%}, {rate['ci95'][1]:.0%}]",
+                )
+        wide().print(table)
+    if "power" in result:
+        table = Table(
+            "distortion", "check", "detected at each budget", "queries for 80%", title="power", title_justify="left"
+        )
+        for curve in result["power"]:
+            points = ", ".join(f"{p['queries']}: {p['detected']}/{p['audits']}" for p in curve["points"])
+            table.add_row(curve["server"], curve["check"], points, str(curve["queries_for_80_percent"] or "> largest"))
+        wide().print(table)

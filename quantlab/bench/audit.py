@@ -1,0 +1,204 @@
+"""``quantlab bench audit``: does the audit tell faithful servers from distorted ones, how often does it cry
+wolf, and how many queries does each distortion take to find?
+
+Every server is one the lab starts itself on 127.0.0.1 (``quantlab serve``, the chat front in front of the
+engine): the reference served faithfully (vLLM on the bf16 variant, llama.cpp on its bf16 GGUF), and one server
+per distortion: quantized weights (mxfp4, int4, Q4_K_M, compactifai-like), the effort dropped, each wrong
+template, the sampling settings dropped. Three measurements:
+
+* ``table``: one full audit per server (seed 0): every check's verdict and the candidate the weights check names;
+* ``false_positives``: audits of the faithful servers with seeds 1..N: the rate of failing verdicts per check,
+  with its 95% interval, against the tests' nominal level;
+* ``power``: for each distortion, its own check alone at several budgets, ``repeats`` audits each (seeds): the
+  share that fail, and the smallest budget reaching 80%.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantlab.bench.serve import _cpu
+from quantlab.runtimes.chat_front import FrontSettings
+
+
+@dataclass(frozen=True)
+class Host:
+    label: str
+    variant: str  # a shipped recipe's name (built in the store when missing)
+    engine: str
+    distortion: str  # "" for a faithful server
+    check: str = ""  # the check that must find the distortion
+    front: FrontSettings = field(default_factory=FrontSettings)
+    load: str = "auto"
+
+
+FAITHFUL = (
+    Host("bf16 through vLLM", "bf16", "vllm", ""),
+    Host("bf16 through llama.cpp", "bf16-gguf", "llama.cpp", ""),
+)
+DISTORTED = (
+    Host("mxfp4 weights (llama.cpp, GGUF)", "mxfp4", "llama.cpp", "weights: mxfp4", "weights"),
+    Host("int4 weights (vLLM, dequantized)", "int4-rtn", "vllm", "weights: int4-rtn", "weights", load="hf"),
+    Host("Q4_K_M weights (llama.cpp)", "gguf-q4_k_m", "llama.cpp", "weights: gguf-q4_k_m", "weights"),
+    Host(
+        "compactifai-like weights (vLLM)", "compactifai-like", "vllm", "weights: compactifai-like", "weights", load="hf"
+    ),
+    Host("effort dropped", "bf16-gguf", "llama.cpp", "effort dropped", "effort", FrontSettings(effort_honored=False)),
+    Host(
+        "template chatml",
+        "bf16-gguf",
+        "llama.cpp",
+        "template: chatml",
+        "template",
+        FrontSettings(chat_template="chatml"),
+    ),
+    Host(
+        "template final-only",
+        "bf16-gguf",
+        "llama.cpp",
+        "template: final-only",
+        "template",
+        FrontSettings(chat_template="final-only"),
+    ),
+    Host(
+        "template plain", "bf16-gguf", "llama.cpp", "template: plain", "template", FrontSettings(chat_template="plain")
+    ),
+    Host(
+        "sampling dropped",
+        "bf16-gguf",
+        "llama.cpp",
+        "sampling dropped",
+        "sampling",
+        FrontSettings(sampling_honored=False),
+    ),
+)
+POWER_BUDGETS = {
+    "weights": (4, 8, 16, 32),
+    "effort": (6, 9, 12, 18),
+    "template": (4, 6, 8, 16),
+    "sampling": (10, 20, 30, 40),
+}
+
+
+@contextlib.contextmanager
+def _served(host: Host, store):
+    from quantlab.runtimes.serve import ServeOptions, serve
+    from quantlab.stages.build import build
+
+    if store.find_variant(host.variant) is None:
+        build(host.variant, store.root)
+    with serve(host.variant, host.engine, store, options=ServeOptions(load=host.load), front=host.front) as server:
+        yield server
+
+
+def _verdicts(record) -> dict:
+    weights = next((c for c in record.checks if c.name == "weights"), None)
+    return {
+        "verdicts": {c.name: c.verdict for c in record.checks},
+        "p_values": {c.name: c.p_value for c in record.checks},
+        "named": (weights.detail.get("named") if weights is not None else None),
+        "queries": record.queries,
+        "seconds": record.seconds,
+    }
+
+
+def bench_audit(
+    artifacts="artifacts",
+    audits: int = 20,
+    repeats: int = 10,
+    parts=("table", "false_positives", "power"),
+    progress=None,
+) -> dict:
+    """Runs the parts asked for; returns their results with the CPU, versions and timings."""
+    from quantlab import statistics
+    from quantlab.stages.audit import CHECKS, audit
+    from quantlab.store import as_store
+
+    store = as_store(artifacts)
+    say = progress or (lambda message: None)
+    started = time.monotonic()
+    result: dict = {"cpu": _cpu(), "date": time.strftime("%Y-%m-%d"), "alpha": 0.05}
+    if "table" in parts:
+        rows = []
+        for host in FAITHFUL + DISTORTED:
+            say(f"table: auditing {host.label}")
+            with _served(host, store) as server:
+                record = audit(server.base_url, artifacts=store)["record"]
+            rows.append({"server": host.label, "distortion": host.distortion, "check": host.check} | _verdicts(record))
+        result["table"] = rows
+    if "false_positives" in parts:
+        rates = {}
+        for host in FAITHFUL:
+            failures = {name: 0 for name in CHECKS}
+            with _served(host, store) as server:
+                for seed in range(1, audits + 1):
+                    say(f"false positives: {host.label}, audit {seed}/{audits}")
+                    record = audit(server.base_url, seed=seed, artifacts=store)["record"]
+                    for check in record.checks:
+                        failures[check.name] += check.verdict == "fail"
+            rates[host.label] = {
+                name: {"failed": count, "audits": audits, "ci95": list(statistics.wilson_interval(count, audits))}
+                for name, count in failures.items()
+            }
+        result["false_positives"] = rates
+    if "power" in parts:
+        curves = []
+        for host in DISTORTED:
+            budgets = POWER_BUDGETS[host.check]
+            with _served(host, store) as server:
+                points = []
+                for budget in budgets:
+                    failed = 0
+                    for seed in range(100, 100 + repeats):
+                        say(f"power: {host.label}, {budget} queries, audit {seed - 99}/{repeats}")
+                        record = audit(server.base_url, seed=seed, budget=budget, checks=[host.check], artifacts=store)
+                        failed += record["record"].checks[0].verdict == "fail"
+                    points.append({"queries": budget, "detected": failed, "audits": repeats})
+            needed = next((p["queries"] for p in points if p["detected"] / p["audits"] >= 0.8), None)
+            curves.append(
+                {"server": host.label, "check": host.check, "points": points, "queries_for_80_percent": needed}
+            )
+        result["power"] = curves
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def save(result: dict, docs: Path = Path("docs")) -> list[Path]:
+    """The results as docs/bench_audit.json (merged with earlier parts) and the power plot."""
+    path = docs / "bench_audit.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(result)
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    written = [path]
+    if "power" in merged:
+        written.append(_plot_power(merged, docs / "audit_power.png"))
+    return written
+
+
+def _plot_power(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for curve in result["power"]:
+        x = [p["queries"] for p in curve["points"]]
+        y = [p["detected"] / p["audits"] for p in curve["points"]]
+        axis.plot(x, y, marker="o", label=f"{curve['server']} ({curve['check']})")
+    repeats = result["power"][0]["points"][0]["audits"]
+    axis.axhline(0.8, color="grey", linestyle="--", linewidth=1)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("queries spent by the check")
+    axis.set_ylabel(f"share of {repeats} audits that fail it (power)")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(f"quantlab audit: power per distortion (level {result['alpha']}; {result['cpu']})", fontsize=9)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
