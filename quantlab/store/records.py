@@ -210,4 +210,5 @@ class Audit(Record):
     alpha: float
     queries: int
     seconds: float
+    finished: str = ""  # when (UTC, ISO 8601): an endpoint changes, so an audit is dated
     checks: list[AuditCheck]

@@ -89,7 +89,9 @@ def audit(
     started = time.monotonic()
     try:
         client.model = served_model or client.served_model()
-    except CouldNotCheck:
+    except CouldNotCheck as error:
+        if "cannot reach" in str(error):
+            raise UserError(f"endpoint {base_url}: {error}; is the server running, and is the URL right?") from None
         client.model = served_model or subject.name  # the checks report what fails
     context = Context(client, reference, candidate_models, questions, api, seed, alpha)
     if "weights" in checks:
@@ -118,6 +120,7 @@ def audit(
         alpha=alpha,
         queries=client.queries,
         seconds=round(time.monotonic() - started, 1),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         checks=results,
         cache_key=content_key([base_url, client.model, subject.key, names, api, budgets, seed, alpha]),
     )

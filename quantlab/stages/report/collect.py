@@ -16,7 +16,7 @@ from quantlab.errors import UserError
 from quantlab.runtimes import runtime_label
 from quantlab.statistics import flips
 from quantlab.store import ArtifactStore, as_store, read_json
-from quantlab.store.records import Attribution, Evaluation, Measurement
+from quantlab.store.records import Attribution, Audit, Evaluation, Measurement
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Store:
     comparisons: list[Comparison]
     attributions: list[dict]
     baseline: str | None
+    audits: list[dict] = field(default_factory=list)  # audits/*.json: endpoints checked against a reference
 
 
 def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, baseline: str | None = "bf16") -> Store:
@@ -98,7 +99,9 @@ def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, bas
     if baseline not in {v.name for v in variants}:
         baseline = None
     attributions = [Attribution.from_json(p).to_dict() for p in store.attributions()]
-    return Store(store.root, variants, _comparisons(variants), attributions, baseline)
+    audits = [Audit.from_json(p).to_dict() for p in store.audits()]
+    audits.sort(key=lambda audit: audit.get("finished", ""), reverse=True)
+    return Store(store.root, variants, _comparisons(variants), attributions, baseline, audits)
 
 
 def _comparisons(variants: list[Variant]) -> list[Comparison]:

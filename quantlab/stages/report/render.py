@@ -69,6 +69,7 @@ def build_report(store: Store, command: str) -> Report:
     _runtimes(report, store)
     _drift(report, store)
     _attributions(report, store)
+    _audits(report, store)
     _experts(report, store)
     _reproducibility(report, store, command)
     return report
@@ -220,6 +221,56 @@ def _runtimes(report: Report, store: Store) -> None:
             "docs/serving.md for the top-k bound)."
         )
         report.table(["variant", "runtime", "mean KLD, torch", "mean KLD, runtime", "runtime's share", "KL"], shares)
+
+
+AUDITS_SHOWN = 12
+
+
+def _audits(report: Report, store: Store) -> None:
+    """The endpoints audited against a reference: each check's verdict, what the weights check named, the cost."""
+    full = [a for a in store.audits if len(a["checks"]) > 1]
+    if not store.audits:
+        return
+    report.heading("Endpoint audits")
+    report.text(
+        "OpenAI-compatible endpoints checked from outside against the local reference (quantlab audit URL): each "
+        "check is a statistical test at the level shown, with the queries it spent; 'could not check' says the "
+        "endpoint did not let it finish. docs/audit.md describes every test and its calibration."
+    )
+    names = ["weights", "sampling", "template", "effort", "accuracy", "shape"]
+    rows = []
+    for audit in full[:AUDITS_SHOWN]:
+        verdicts = {c["name"]: c for c in audit["checks"]}
+        weights = verdicts.get("weights", {}).get("detail", {})
+        rows.append(
+            [audit["finished"] or "", audit["endpoint"], audit["served_model"], audit["reference"]]
+            + [verdicts[n]["verdict"] if n in verdicts else "" for n in names]
+            + [weights.get("named") or "", f"{audit['queries']}", f"{audit['alpha']}"]
+        )
+    if rows:
+        report.table(
+            ["finished (UTC)", "endpoint", "model", "reference", *names, "weights name", "queries", "level"], rows
+        )
+    left = len(store.audits) - len(rows)
+    if left:
+        report.text(f"{left} more audits in {store.artifacts}/audits/ (single checks, or older), not shown.")
+    if full:
+        latest = full[0]
+        report.text(f"The latest audit, check by check ({latest['endpoint']}, seed {latest['seed']}):")
+        report.table(
+            ["check", "verdict", "test", "p", "queries", "what it rests on"],
+            [
+                [
+                    c["name"],
+                    c["verdict"],
+                    c["test"],
+                    "" if c["p_value"] is None else f"{c['p_value']:.2g}",
+                    f"{c['queries']}/{c['budget']}",
+                    c["reason"],
+                ]
+                for c in latest["checks"]
+            ],
+        )
 
 
 def _headline(store: Store):

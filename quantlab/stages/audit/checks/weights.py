@@ -35,13 +35,11 @@ class Weights(Check, name="weights"):
     def run(self, context: Context, budget: int):
         probes = context.probes(budget, offset=1)
         prompts = [context.reference.prompt(p.messages, EFFORTS[i % 3]) for i, p in enumerate(probes)]
-        client = context.client
         try:
             answers = self._logprobs(context, prompts)
         except CouldNotCheck as error:
             if "HTTP 4" not in str(error) and "log-probabilities" not in str(error):
                 raise
-            client.budget = max(0, budget - client.queries)  # what the text-only test may still spend
             return self._text_only(context, probes, budget, str(error))
         return self._with_logprobs(context, prompts, answers, budget)
 
@@ -61,6 +59,8 @@ class Weights(Check, name="weights"):
             if "HTTP 400" not in str(error):
                 raise
             first, top_k = ask(prompts[0], 5), 5
+        if not (first.tokens and first.top_logprobs):
+            raise CouldNotCheck("completions: no log-probabilities in the answer (logprobs)")
         answers = [first] + client.map(lambda prompt: ask(prompt, top_k), prompts[1:])
         if not all(answer.tokens and answer.top_logprobs for answer in answers):
             raise CouldNotCheck("completions: no log-probabilities in the answers (logprobs)")
@@ -74,8 +74,8 @@ class Weights(Check, name="weights"):
             raise CouldNotCheck("the endpoint's tokens do not map to the reference's vocabulary (another tokenizer?)")
         threshold = context.calibration.threshold
         rows = {}
-        for name, values in kl.items():
-            values = np.asarray(values)[kept]
+        for name, per_prompt in kl.items():
+            values = np.asarray(per_prompt)[kept]
             exceed = int((values > threshold).sum())
             rows[name] = {
                 "mean_kl": float(values.mean()),
@@ -125,8 +125,9 @@ class Weights(Check, name="weights"):
 
     # --- text only ----------------------------------------------------------------------------------
     def _text_only(self, context: Context, probes, budget: int, why: str):
-        prompts_count = max(1, context.client.budget // SAMPLES_PER_PROMPT)
-        if context.client.budget < SAMPLES_PER_PROMPT:
+        left = context.client.budget or 0
+        prompts_count = max(1, left // SAMPLES_PER_PROMPT)
+        if left < SAMPLES_PER_PROMPT:
             return self.result(COULD_NOT_CHECK, reason=f"no log-probabilities ({why}) and too few queries left")
         chosen = probes[:prompts_count]
         prompts = [context.reference.prompt(p.messages, "high") for p in chosen]
@@ -135,7 +136,7 @@ class Weights(Check, name="weights"):
             lambda job: context.ask(chosen[job[0]], "high", temperature=1.0, seed=context.seed * 10_000 + job[1]),
             requests,
         )
-        endpoint = [[] for _ in chosen]
+        endpoint: list[list[str]] = [[] for _ in chosen]
         for (i, _), turn in zip(requests, texts):
             endpoint[i].append(turn.reasoning + turn.final)
         models = [context.reference] + [c for c in context.candidates if c.name != context.reference.name]

@@ -1,0 +1,214 @@
+"""quantlab audit against servers the tests start on 127.0.0.1: a faithful one passes every check, each host
+mistake fails its own check (and the check names it), quantized weights are named, and an endpoint that
+misbehaves gives "could not check" with the reason, never a traceback. Every server is stopped by its test."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from quantlab.errors import UserError
+from quantlab.runtimes.chat_front import FrontSettings
+
+needs_llama_server = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llama_cpp") is None, reason="needs quantlab[gguf] (llama-cpp-python)"
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The reference's bf16 GGUF (llama.cpp serves the reference itself) and the mxfp4 variant (with its GGUF)."""
+    from quantlab.stages.build import build
+
+    root = tmp_path_factory.mktemp("audited")
+    for recipe in ("bf16-gguf", "mxfp4"):
+        build(recipe, root)
+    return root
+
+
+def _audit(store, variant, front, **options):
+    from quantlab.runtimes.serve import serve
+    from quantlab.stages.audit import audit
+
+    with serve(variant, "llama.cpp", store, front=front) as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        return audit(server.base_url, artifacts=store, **options)["record"]
+
+
+def _verdicts(record) -> dict[str, str]:
+    return {check.name: check.verdict for check in record.checks}
+
+
+@needs_llama_server
+def test_the_reference_served_faithfully_passes_every_check_and_is_named(store):
+    record = _audit(store, "bf16-gguf", FrontSettings(), budget=80)
+    assert _verdicts(record) == {
+        name: "pass" for name in ("weights", "sampling", "template", "effort", "accuracy", "shape")
+    }
+    weights = record.checks[0]
+    # the reference and its bf16 GGUF are the same weights: the reference is named (ties go to it)
+    assert weights.detail["named"] == "zoo-tiny-gpt-oss"
+    assert (
+        weights.detail["candidates"]["mxfp4"]["mean_kl"]
+        > 10 * weights.detail["candidates"]["zoo-tiny-gpt-oss"]["mean_kl"]
+    )
+    assert record.queries == sum(check.queries for check in record.checks)
+    assert all(check.queries <= check.budget for check in record.checks)
+    stored = json.loads(next((store / "audits").glob("127.0.0.1-*.json")).read_text())
+    assert stored["reference"] == "zoo-tiny-gpt-oss" and len(stored["checks"]) == 6
+
+
+@needs_llama_server
+@pytest.mark.parametrize(
+    ("front", "check", "diagnosis"),
+    [
+        (
+            FrontSettings(effort_honored=False),
+            "effort",
+            {"looks_like": {"low": "medium", "medium": "medium", "high": "medium"}},
+        ),
+        (FrontSettings(chat_template="chatml"), "template", {"renders_like": "chatml"}),
+        (FrontSettings(chat_template="final-only"), "template", {"renders_like": "final-only"}),
+        (FrontSettings(chat_template="plain"), "template", {"renders_like": "plain"}),
+        (FrontSettings(sampling_honored=False), "sampling", {}),
+    ],
+    ids=["effort-dropped", "chatml", "final-only", "plain", "sampling-dropped"],
+)
+def test_each_host_mistake_fails_its_own_check_and_the_check_names_it(store, front, check, diagnosis):
+    record = _audit(store, "bf16-gguf", front, checks=[check])
+    (result,) = record.checks
+    assert result.verdict == "fail", result.reason
+    assert result.p_value < record.alpha
+    for key, value in diagnosis.items():
+        assert result.detail[key] == value
+
+
+@needs_llama_server
+def test_quantized_weights_fail_the_weights_check_which_names_the_variant(store):
+    record = _audit(store, "mxfp4", FrontSettings(), checks=["weights"], budget=16)
+    (weights,) = record.checks
+    assert weights.verdict == "fail"
+    assert weights.detail["named"] == "mxfp4"
+
+
+# --- an endpoint that misbehaves ---------------------------------------------------------------------------
+
+
+class Misbehaving(ThreadingHTTPServer):
+    """An endpoint that lists a model and then answers every generation request the way ``mode`` says."""
+
+    request_queue_size = 64  # the audit sends several requests at once
+
+    def __init__(self, mode: str):
+        self.mode, self.paths = mode, []
+        super().__init__(("127.0.0.1", 0), _MisbehavingHandler)
+        self.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _MisbehavingHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {"Content-Type": "application/json"}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.server.paths.append(self.path)
+        self._send(200, json.dumps({"data": [{"id": "claimed"}]}).encode())
+
+    def do_POST(self):
+        self.server.paths.append(self.path)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        mode = self.server.mode
+        if mode == "refuses":
+            return self._send(503, b'{"error": {"message": "overloaded"}}')
+        if mode == "not-json":
+            return self._send(200, b"<html>gateway error</html>")
+        if mode == "wrong-shape":
+            return self._send(200, b'{"choices": []}')
+        if mode == "slow":
+            time.sleep(2.5)
+            return self._send(200, b"{}")
+        if mode == "redirects":
+            return self._send(307, b"", {"Location": "http://127.0.0.2:9/v1/completions"})
+        text = "<|channel|>final<|message|>89" if self.path.endswith("/completions") else "89"
+        choice = {"index": 0, "finish_reason": "stop", "text": text, "message": {"role": "assistant", "content": "89"}}
+        self._send(200, json.dumps({"object": "text_completion", "choices": [choice]}).encode())
+
+
+@pytest.fixture
+def misbehaving(request):
+    server = Misbehaving(request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("misbehaving", "reason"),
+    [
+        ("refuses", "HTTP 503"),
+        ("not-json", "not JSON"),
+        ("wrong-shape", "no choices"),
+        ("slow", "no answer within 1 s"),
+        ("redirects", "redirected"),
+    ],
+    indirect=["misbehaving"],
+)
+def test_a_misbehaving_endpoint_gets_could_not_check_with_the_reason_and_only_its_url_is_asked(
+    misbehaving, reason, tmp_path
+):
+    from quantlab.stages.audit import audit
+
+    timeout_s = 1 if misbehaving.mode == "slow" else 30
+    checks = ["sampling", "accuracy", "shape"]
+    record = audit(misbehaving.url, budget=40, artifacts=tmp_path, checks=checks, timeout_s=timeout_s)["record"]
+    for check in record.checks:
+        assert check.verdict == "could not check", (check.name, check.reason)
+        assert reason in check.reason
+    # every request went to this endpoint (the redirect was not followed), and each was counted (the model list
+    # included); a request the client gave up on may reach the server a moment later
+    deadline = time.monotonic() + 5
+    while len(misbehaving.paths) < record.queries and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(misbehaving.paths) == record.queries
+    assert all(path.startswith("/v1/") for path in misbehaving.paths)
+
+
+@pytest.mark.parametrize("misbehaving", ["answers-without-logprobs"], indirect=True)
+def test_an_endpoint_without_log_probabilities_is_checked_from_sampled_text(misbehaving, tmp_path):
+    from quantlab.stages.audit import audit
+
+    record = audit(misbehaving.url, budget=24, artifacts=tmp_path, checks=["weights"], candidates=[])["record"]
+    (weights,) = record.checks
+    # its answer never varies and never reasons: the sampled text differs from the reference's
+    assert weights.detail["mode"] == "text only"
+    assert weights.verdict == "fail"
+
+
+def test_an_unreachable_endpoint_or_a_wrong_argument_is_one_line(tmp_path):
+    from quantlab.stages.audit import audit
+
+    with pytest.raises(UserError, match="cannot reach"):
+        audit("http://127.0.0.1:9/v1", artifacts=tmp_path)
+    with pytest.raises(UserError, match="http"):
+        audit("ftp://example/v1", artifacts=tmp_path)
+    with pytest.raises(UserError, match="unknown check 'weight'"):
+        audit("http://127.0.0.1:9/v1", artifacts=tmp_path, checks=["weight"])
+    with pytest.raises(UserError, match="--api"):
+        audit("http://127.0.0.1:9/v1", artifacts=tmp_path, api="responses")
