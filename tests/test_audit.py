@@ -56,7 +56,7 @@ def test_the_reference_served_faithfully_passes_every_check_and_is_named(store):
         weights.detail["candidates"]["mxfp4"]["mean_kl"]
         > 10 * weights.detail["candidates"]["zoo-tiny-gpt-oss"]["mean_kl"]
     )
-    assert record.queries == sum(check.queries for check in record.checks)
+    assert record.queries == 1 + sum(check.queries for check in record.checks)  # + the model list
     assert all(check.queries <= check.budget for check in record.checks)
     stored = json.loads(next((store / "audits").glob("127.0.0.1-*.json")).read_text())
     assert stored["reference"] == "zoo-tiny-gpt-oss" and len(stored["checks"]) == 6
@@ -93,6 +93,23 @@ def test_quantized_weights_fail_the_weights_check_which_names_the_variant(store)
     (weights,) = record.checks
     assert weights.verdict == "fail"
     assert weights.detail["named"] == "mxfp4"
+
+
+@needs_llama_server
+def test_calibrating_on_a_faithful_server_replaces_the_in_process_stand_in(store):
+    from quantlab.stages.audit.calibration import CALIBRATION_PROMPTS, IN_PROCESS
+
+    record = _audit(store, "bf16-gguf", FrontSettings(), checks=["weights"], calibrate=True)
+    (weights,) = record.checks
+    assert weights.verdict == "pass" and weights.queries >= CALIBRATION_PROMPTS
+    calibration = json.loads((store / "audits" / "calibration" / "zoo-tiny-gpt-oss.json").read_text())
+    (source,) = calibration["kl_per_prompt"]
+    assert source.startswith("http://127.0.0.1:") and IN_PROCESS not in calibration["kl_per_prompt"]
+    # llama.cpp computes in float32 from the bf16 weights: its threshold is far below bf16 activations' (7e-4)
+    assert max(calibration["kl_per_prompt"][source]) < 1e-4
+    # the next audit is tested against it
+    again = _audit(store, "mxfp4", FrontSettings(), checks=["weights"], budget=16)
+    assert again.checks[0].detail["threshold"] < 1e-4 and again.checks[0].verdict == "fail"
 
 
 # --- an endpoint that misbehaves ---------------------------------------------------------------------------

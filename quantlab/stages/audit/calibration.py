@@ -94,17 +94,20 @@ def bf16_kl_per_prompt(reference, prompts: list[str], generated_tokens: int, top
 
     bf16, _ = load_model(reference.folder, dtype=torch.bfloat16)
     tokenizer = reference.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    continuations = reference.model.generate(
+        **batch,
+        max_new_tokens=generated_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )[:, batch["input_ids"].shape[1] :].tolist()
     out = []
-    for prompt in prompts:
+    for prompt, continuation in zip(prompts, continuations):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        sequence = reference.model.generate(
-            torch.tensor([prompt_ids]),
-            max_new_tokens=generated_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )[0].tolist()
-        ids = sequence[len(prompt_ids) :]
+        ids = [token for token in continuation if token != tokenizer.pad_token_id]
+        sequence = prompt_ids + ids
         logits = bf16(torch.tensor([sequence])).logits[0, len(prompt_ids) - 1 : len(sequence) - 1].float()
         log_q = torch.log_softmax(logits, dim=-1)
         values, indices = log_q.topk(top_k, dim=-1)

@@ -33,8 +33,8 @@ CHECKS = ("weights", "sampling", "template", "effort", "accuracy", "shape")
 ALPHA = 0.05
 
 
-def default_budget() -> int:
-    return sum(Check.lookup(name).default_budget for name in CHECKS)
+def default_budget(checks=CHECKS) -> int:
+    return sum(Check.lookup(name).default_budget for name in checks)
 
 
 def split_budget(total: int, checks: list[str]) -> dict[str, int]:
@@ -84,7 +84,12 @@ def audit(
     for name in names:
         candidate = store.subject(name)
         candidate_models.append(LocalModel(candidate.name, candidate.model_folder))
-    budgets = split_budget(budget or default_budget(), checks)
+    budgets = split_budget(budget or default_budget(checks), checks)
+    if calibrate:
+        if "weights" not in budgets:
+            raise UserError("--calibrate calibrates the weights check: run it (--check weights)")
+        # a 99th percentile needs about a hundred prompts
+        budgets["weights"] = max(budgets["weights"], calibration_module.CALIBRATION_PROMPTS)
     client = EndpointClient(base_url, timeout_s=timeout_s)
     started = time.monotonic()
     try:
