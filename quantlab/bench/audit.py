@@ -155,7 +155,15 @@ def bench_audit(
                     failed = 0
                     for seed in range(100, 100 + repeats):
                         say(f"power: {host.label}, {budget} queries, audit {seed - 99}/{repeats}")
-                        record = audit(server.base_url, seed=seed, budget=budget, checks=[host.check], artifacts=store)
+                        # detection rests on the reference's row alone: no candidates to load
+                        record = audit(
+                            server.base_url,
+                            seed=seed,
+                            budget=budget,
+                            checks=[host.check],
+                            artifacts=store,
+                            candidates=[],
+                        )
                         failed += record["record"].checks[0].verdict == "fail"
                     points.append({"queries": budget, "detected": failed, "audits": repeats})
             needed = next((p["queries"] for p in points if p["detected"] / p["audits"] >= 0.8), None)

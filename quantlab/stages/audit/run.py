@@ -8,6 +8,8 @@ record under ``<store>/audits/`` and rendered by ``quantlab report``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
 from collections.abc import Callable
@@ -74,16 +76,19 @@ def audit(
         raise UserError(f"--budget {budget}: give a positive number of queries")
     base_url = base_url_of(url)
     store = as_store(artifacts)
-    subject = store.subject(model or default_model())
+    with _hub_offline():  # the audit's only traffic goes to the URL: a hub model must be in the local cache
+        subject = store.subject(model or default_model())
+        candidate_subjects = [
+            store.subject(name)
+            for name in (candidates if candidates is not None else store.built())
+            if name != subject.name
+        ]
     questions = registry().audit_probes
     if questions is None:
         raise UserError(f"{subject.name}: no plugin provides audit questions for this model")
     reference = LocalModel(subject.name, subject.model_folder)
-    names = candidates if candidates is not None else [n for n in store.built() if n != subject.name]
-    candidate_models = []
-    for name in names:
-        candidate = store.subject(name)
-        candidate_models.append(LocalModel(candidate.name, candidate.model_folder))
+    candidate_models = [LocalModel(c.name, c.model_folder) for c in candidate_subjects]
+    names = [c.name for c in candidate_subjects]
     budgets = split_budget(budget or default_budget(checks), checks)
     if calibrate:
         if "weights" not in budgets:
@@ -133,6 +138,19 @@ def audit(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, record.model_dump_json(indent=1))
     return {"record": record, "path": path}
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
 
 
 def _run_check(check: Check, context: Context, budget: int) -> AuditCheck:
