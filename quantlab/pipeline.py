@@ -32,6 +32,9 @@ BASELINE = "bf16"
 # server ends generation at <|end|> for this vocabulary (docs/serving.md), so it serves the log-likelihood task.
 SERVED = [("bf16", "vllm", TASKS), ("gguf-q4_k_m", "llama.cpp", ["zoo_gpqa_style"])]
 SERVED_MEASURE = ("mxfp4", "vllm")  # the engine's share of the KL, vLLM's kernels on mxfp4's weights
+# The audited host: mxfp4's GGUF through llama.cpp behind a chat route that drops the reasoning effort (the provider
+# study's stale engine with quantized weights): the audit must name both, from outside.
+AUDITED = ("mxfp4", "llama.cpp")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class DemoRun:
     serving: dict[str, dict] = field(default_factory=dict)  # serving case -> its attribution
     served: list[dict] = field(default_factory=list)  # evaluate_tasks rows through an engine, against transformers
     served_measurement: dict | None = None  # measure_variant with an engine
+    audit: Any = None  # the Audit record of the audited host (None: llama.cpp not installed)
     engines_missing: list[str] = field(default_factory=list)
     report: Path | None = None
     seconds: float = 0.0
@@ -82,7 +86,7 @@ def run_demo(
     progress: Callable[[str], None] | None = None,
 ) -> DemoRun:
     """Runs the demo into ``artifacts``; ``on_stage(stage, run)`` after each of build, measure, evaluate, serve,
-    attribute, report; ``progress(message)`` for what is running now."""
+    audit, attribute, report; ``progress(message)`` for what is running now."""
     from quantlab.stages.attribute import attribute
     from quantlab.stages.build import build
     from quantlab.stages.evaluate.run import evaluate_tasks
@@ -116,6 +120,8 @@ def run_demo(
     stage("evaluate")
     _serve_stage(run, names, count, say)
     stage("serve")
+    _audit_stage(run, names, say)
+    stage("audit")
     attributed = {"limit": count, "text": MEASURE_TEXT, "tokens": MEASURE_TOKENS, "artifacts": store, "progress": say}
     run.attribution = attribute(
         run.recipes / f"{ATTRIBUTED}.yaml",
@@ -186,6 +192,33 @@ def _serve_stage(run: DemoRun, names: list[str], count: int, say: Callable[[str]
         run.served_measurement = measure_variant(
             variant, None, MEASURE_TEXT, MEASURE_TOKENS, run.store, engine=engine, serve_options=ServeOptions(load="hf")
         )
+
+
+def _audit_stage(run: DemoRun, names: list[str], say: Callable[[str], None]) -> None:
+    """A host the lab starts with two faults, audited from outside against the reference (quantlab audit)."""
+    from quantlab.runtimes.chat_front import FrontSettings
+    from quantlab.runtimes.serve import serve
+    from quantlab.stages.audit import audit
+
+    variant, engine = AUDITED
+    if engine not in installed_engines() or variant not in names:
+        return
+    say(f"auditing {variant} served through {engine} with the reasoning effort dropped")
+    with serve(variant, engine, run.store, front=FrontSettings(effort_honored=False)) as server:
+        run.audit = audit(server.base_url, artifacts=run.store)["record"]
+
+
+def audit_line(run: DemoRun) -> str | None:
+    """What the demo's audit found, in a sentence."""
+    if run.audit is None:
+        return None
+    failed = [c.name for c in run.audit.checks if c.verdict == "fail"]
+    weights = next(c for c in run.audit.checks if c.name == "weights")
+    return (
+        f"Audit of a host serving {AUDITED[0]} through {AUDITED[1]} with the reasoning effort dropped "
+        f"({run.audit.queries} queries): failed {', '.join(failed) or 'nothing'}; the weights look like "
+        f"{weights.detail.get('named')}."
+    )
 
 
 def served_lines(run: DemoRun) -> list[str]:
@@ -269,5 +302,6 @@ def summary(run: DemoRun) -> list[str]:
         f"[{task['interaction_points']['ci95'][0]:+.1f}, {task['interaction_points']['ci95'][1]:+.1f}].",
         *(_serving_line(case, attribution) for case, attribution in run.serving.items()),
         *served_lines(run),
+        *([line] if (line := audit_line(run)) else []),
         f"Report: {report / 'report.html'} (markdown twin {report / 'report.md'}).",
     ]

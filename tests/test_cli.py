@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-COMMANDS = ["build", "measure", "eval", "serve", "attribute", "report", "demo", "zoo", "bench"]
+COMMANDS = ["build", "measure", "eval", "serve", "audit", "attribute", "report", "demo", "zoo", "bench"]
 
 
 def test_help_lists_every_command_of_the_lab(cli):
@@ -13,6 +13,14 @@ def test_help_lists_every_command_of_the_lab(cli):
     assert result.returncode == 0
     for command in COMMANDS:
         assert f" {command} " in result.stdout
+
+
+def test_audit_of_an_unreachable_or_malformed_url_is_one_line_and_writes_nothing(cli, tmp_path):
+    for url in ("http://127.0.0.1:9/v1", "not-a-url"):
+        result = cli("audit", url, "--artifacts", tmp_path / "store")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert not (tmp_path / "store" / "audits").exists()
 
 
 def test_attribute_of_a_missing_recipe_is_one_line(cli, tmp_path):

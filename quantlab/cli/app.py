@@ -637,16 +637,23 @@ def _demo_stage(stage: str, run, spinner) -> None:
             render.evaluations(run.served, 0.0, 1.0, pipeline.BASELINE)
         for line in pipeline.engine_notes(run):
             console.print("  " + line, highlight=False)
+    elif stage == "audit":
+        if run.audit is not None:
+            console.print(
+                f"\n[bold]5. Audit[/bold] a host from outside: {pipeline.AUDITED[0]} served through "
+                f"{pipeline.AUDITED[1]} behind a chat route that drops the reasoning effort (quantlab audit)"
+            )
+            render.audit(run.audit)
     elif stage == "attribute":
         console.print(
-            f"\n[bold]5. Attribute[/bold] the {pipeline.ATTRIBUTED} recipe's loss on {pipeline.HEADLINE_TASK} to its choices"
+            f"\n[bold]6. Attribute[/bold] the {pipeline.ATTRIBUTED} recipe's loss on {pipeline.HEADLINE_TASK} to its choices"
         )
         render.attribution(run.attribution)
         for case, attribution in run.serving.items():
             console.print(f"\n  and the serving case {case}: its loss charged to the serving choice beside the weights")
             render.attribution(attribution)
     elif stage == "report":
-        console.print(f"\n[bold]6. Report[/bold] from the store: {run.report}/")
+        console.print(f"\n[bold]7. Report[/bold] from the store: {run.report}/")
     spinner.start()
 
 
