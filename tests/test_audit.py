@@ -45,7 +45,7 @@ def _verdicts(record) -> dict[str, str]:
 
 @needs_llama_server
 def test_the_reference_served_faithfully_passes_every_check_and_is_named(store):
-    record = _audit(store, "bf16-gguf", FrontSettings(), budget=80)
+    record = _audit(store, "bf16-gguf", FrontSettings(), budget=80, repeats=2)
     assert _verdicts(record) == {
         name: "pass" for name in ("weights", "sampling", "template", "effort", "accuracy", "shape")
     }
@@ -56,6 +56,8 @@ def test_the_reference_served_faithfully_passes_every_check_and_is_named(store):
         weights.detail["candidates"]["mxfp4"]["mean_kl"]
         > 10 * weights.detail["candidates"]["zoo-tiny-gpt-oss"]["mean_kl"]
     )
+    accuracy = next(check for check in record.checks if check.name == "accuracy")
+    assert accuracy.detail["repeats"] == 2 and set(accuracy.detail["pass_at_k"]["endpoint"]) == {"1", "2"}
     assert record.queries == 1 + sum(check.queries for check in record.checks)  # + the model list
     assert all(check.queries <= check.budget for check in record.checks)
     stored = json.loads(next((store / "audits").glob("127.0.0.1-*.json")).read_text())

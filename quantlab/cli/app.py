@@ -511,6 +511,11 @@ def audit_command(
         None, "--check", help="Run only this check (repeatable): weights, effort, template, sampling, accuracy, shape."
     ),
     seed: int = typer.Option(0, "--seed", help="Which questions are asked (and the permutations' seed)."),
+    repeats: int = typer.Option(
+        1,
+        "--repeats",
+        help="Runs per accuracy question: 1 greedy; more at temperature 1, with pass@k (the provider study ran 32).",
+    ),
     served_model: Optional[str] = typer.Option(
         None, "--served-model", help="The model name requests carry (default: the first one /v1/models lists)."
     ),
@@ -540,6 +545,7 @@ def audit_command(
             served_model=served_model,
             calibrate=calibrate,
             timeout_s=timeout_s,
+            repeats=repeats,
             on_check=lambda name, queries: status.update(f"audit: {name} ({queries} queries)") if status else None,
         )
     record = result["record"]

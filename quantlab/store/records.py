@@ -208,6 +208,7 @@ class Audit(Record):
     budget: int
     seed: int
     alpha: float
+    repeats: int = 1  # runs per accuracy question
     queries: int
     seconds: float
     finished: str = ""  # when (UTC, ISO 8601): an endpoint changes, so an audit is dated

@@ -60,6 +60,7 @@ def audit(
     served_model: str | None = None,
     calibrate: bool = False,
     timeout_s: float = REQUEST_TIMEOUT_S,
+    repeats: int = 1,
     on_check: Callable[[str, int], None] | None = None,
 ) -> dict:
     """Audits the endpoint at ``url`` against ``model`` (a variant or model source; None: the default model);
@@ -72,6 +73,8 @@ def audit(
     checks = list(checks or CHECKS)
     for name in checks:
         Check.lookup(name)  # one line naming the known checks
+    if repeats < 1:
+        raise UserError(f"--repeats {repeats}: give a positive number of runs per question")
     if budget is not None and budget < 1:
         raise UserError(f"--budget {budget}: give a positive number of queries")
     base_url = base_url_of(url)
@@ -103,7 +106,7 @@ def audit(
         if "cannot reach" in str(error):
             raise UserError(f"endpoint {base_url}: {error}; is the server running, and is the URL right?") from None
         client.model = served_model or subject.name  # the checks report what fails
-    context = Context(client, reference, candidate_models, questions, api, seed, alpha)
+    context = Context(client, reference, candidate_models, questions, api, seed, alpha, repeats)
     if "weights" in checks:
         context.calibration = calibration_module.load_or_compute(
             store, reference, subject.key, questions, TOP_K, GENERATED_TOKENS
@@ -132,7 +135,8 @@ def audit(
         seconds=round(time.monotonic() - started, 1),
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         checks=results,
-        cache_key=content_key([base_url, client.model, subject.key, names, api, budgets, seed, alpha]),
+        repeats=repeats,
+        cache_key=content_key([base_url, client.model, subject.key, names, api, budgets, seed, alpha, repeats]),
     )
     path = store.audit_path(_file_name(base_url, client.model, seed, record.cache_key))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,11 @@
 """Accuracy conformance, the provider study's way: the task's questions answered at high effort, the endpoint's
-accuracy with its interval beside the reference's on the same questions, McNemar's exact test on the items
-(greedy: one run each side, so the pairs are the items), pass@k over repeats where the budget allows them."""
+accuracy with its interval beside the reference's on the same questions, McNemar's exact test on the items.
+
+One run (``repeats`` 1, the default) is greedy on both sides, so the pairs are the items. ``--repeats N`` runs
+each question N times at temperature 1 (the provider study ran 32 at the model's default sampling) on both sides:
+the intervals then resample items and runs, McNemar takes each item's majority, and pass@k is reported for k up
+to N (the unbiased estimator of Chen et al.).
+"""
 
 from __future__ import annotations
 
@@ -16,20 +21,43 @@ class Accuracy(Check, name="accuracy"):
     minimum_budget = 8
 
     def run(self, context: Context, budget: int):
-        probes = context.probes(budget, offset=5)
-        turns = context.client.map(lambda probe: context.ask(probe, "high", temperature=0), probes)
-        endpoint = np.array([t.final.strip() == p.answer for p, t in zip(probes, turns)])
-        prompts = [context.reference.prompt(p.messages, "high") for p in probes]
-        reference = np.array(
-            [t.final.strip() == p.answer for p, t in zip(probes, context.reference.turns(prompts, TURN_TOKENS))]
+        repeats = context.repeats
+        probes = context.probes(max(1, budget // repeats), offset=5)
+        sampling = {"temperature": 0.0} if repeats == 1 else {"temperature": 1.0}
+        jobs = [(p, r) for p in probes for r in range(repeats)]
+        turns = context.client.map(
+            lambda job: context.ask(job[0], "high", seed=context.seed * 1000 + job[1], **sampling), jobs
         )
-        flips = statistics.flips(reference[:, None].astype(float), endpoint[:, None].astype(float))
+        endpoint = np.array([t.final.strip() == p.answer for (p, _), t in zip(jobs, turns)], dtype=float)
+        endpoint = endpoint.reshape(len(probes), repeats)
+        prompts = [context.reference.prompt(p.messages, "high") for p in probes]
+        local = context.reference.turns(
+            [prompt for prompt in prompts for _ in range(repeats)], TURN_TOKENS, seed=context.seed, **sampling
+        )
+        reference = np.array([t.final.strip() == p.answer for (p, _), t in zip(jobs, local)], dtype=float).reshape(
+            len(probes), repeats
+        )
+        flips = statistics.flips(reference, endpoint)
         n = len(probes)
-        interval = statistics.wilson_interval(int(endpoint.sum()), n)
+        interval = (
+            statistics.wilson_interval(int(endpoint.sum()), n)
+            if repeats == 1
+            else statistics.bootstrap_interval(endpoint, seed=context.seed)
+        )
+        reference_interval = (
+            statistics.wilson_interval(int(reference.sum()), n)
+            if repeats == 1
+            else statistics.bootstrap_interval(reference, seed=context.seed)
+        )
+        pass_at = {
+            side: {str(k): statistics.pass_at_k(values, k) for k in sorted({1, repeats // 2 or 1, repeats})}
+            for side, values in (("endpoint", endpoint), ("reference", reference))
+        }
         failed = flips["mcnemar_p"] < context.alpha
+        runs = "greedy" if repeats == 1 else f"{repeats} runs at temperature 1"
         return self.result(
             FAIL if failed else PASS,
-            test="McNemar exact on the items (greedy, high effort)",
+            test=f"McNemar exact on the items (high effort, {runs}; majority per item)",
             statistic=float(endpoint.mean() - reference.mean()),
             statistic_name="accuracy difference (endpoint - reference)",
             interval=list(interval),
@@ -37,17 +65,16 @@ class Accuracy(Check, name="accuracy"):
             alpha=context.alpha,
             reason=(
                 f"endpoint {endpoint.mean():.1%} [{interval[0]:.1%}, {interval[1]:.1%}], reference "
-                f"{reference.mean():.1%} on the same {n} items; {flips['right_to_wrong']} right->wrong, "
-                f"{flips['wrong_to_right']} wrong->right"
+                f"{reference.mean():.1%} [{reference_interval[0]:.1%}, {reference_interval[1]:.1%}] on the same "
+                f"{n} items ({runs}); {flips['right_to_wrong']} right->wrong, {flips['wrong_to_right']} wrong->right"
             ),
             detectable=f"{n} items: a loss that breaks 6 items and repairs none is detected (McNemar p = 0.031)",
             detail={
                 "items": n,
+                "repeats": repeats,
                 "endpoint": {"accuracy": float(endpoint.mean()), "ci95": list(interval)},
-                "reference": {
-                    "accuracy": float(reference.mean()),
-                    "ci95": list(statistics.wilson_interval(int(reference.sum()), n)),
-                },
+                "reference": {"accuracy": float(reference.mean()), "ci95": list(reference_interval)},
+                "pass_at_k": pass_at,
                 "flips": flips,
             },
         )

@@ -32,6 +32,7 @@ class Context:
     api: str
     seed: int
     alpha: float
+    repeats: int = 1  # runs per accuracy question (1: greedy; more: temperature 1)
     calibration: Any = None  # quantlab.stages.audit.calibration.Calibration
     # The local model the endpoint's weights look like (the weights check's choice; the reference until then):
     # the effort, template and sampling checks compare against it, so that a quantized host is not also blamed
