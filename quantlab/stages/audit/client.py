@@ -74,6 +74,9 @@ class EndpointClient:
     timeout_s: float = REQUEST_TIMEOUT_S
     queries: int = 0
     budget: int | None = None  # queries the running check may still send (None: no limit)
+    # vLLM's and llama.cpp's extension that keeps the harmony markers in the text; an endpoint that refuses
+    # unknown fields (HTTP 400) is asked again without it, and never with it after
+    special_tokens_field: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _opener: Any = field(default_factory=lambda: urllib.request.build_opener(_NoRedirects), repr=False)
 
@@ -145,7 +148,16 @@ class EndpointClient:
         return ChatAnswer(content.strip(), reasoning or "", field_name, finish, answer)
 
     def complete(self, prompt: str, **fields) -> CompletionAnswer:
-        answer = self.request("completions", {"model": self.model, "prompt": prompt} | fields)
+        if not self.special_tokens_field:
+            fields.pop("skip_special_tokens", None)
+        try:
+            answer = self.request("completions", {"model": self.model, "prompt": prompt} | fields)
+        except CouldNotCheck as error:
+            if "HTTP 400" not in str(error) or "skip_special_tokens" not in fields:
+                raise
+            self.special_tokens_field = False
+            fields.pop("skip_special_tokens")
+            answer = self.request("completions", {"model": self.model, "prompt": prompt} | fields)
         try:
             choice = answer["choices"][0]
             text = choice["text"]

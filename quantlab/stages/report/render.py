@@ -258,7 +258,7 @@ def _audits(report: Report, store: Store) -> None:
         latest = full[0]
         report.text(f"The latest audit, check by check ({latest['endpoint']}, seed {latest['seed']}):")
         report.table(
-            ["check", "verdict", "test", "p", "queries", "what it rests on"],
+            ["check", "verdict", "test", "p", "queries", "what it rests on", "what this many queries detect"],
             [
                 [
                     c["name"],
@@ -267,6 +267,7 @@ def _audits(report: Report, store: Store) -> None:
                     "" if c["p_value"] is None else f"{c['p_value']:.2g}",
                     f"{c['queries']}/{c['budget']}",
                     c["reason"],
+                    c.get("detectable") or "",
                 ]
                 for c in latest["checks"]
             ],

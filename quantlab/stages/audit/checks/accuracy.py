@@ -23,16 +23,19 @@ class Accuracy(Check, name="accuracy"):
     def run(self, context: Context, budget: int):
         repeats = context.repeats
         probes = context.probes(max(1, budget // repeats), offset=5)
-        sampling = {"temperature": 0.0} if repeats == 1 else {"temperature": 1.0}
+        temperature = 0.0 if repeats == 1 else 1.0
         jobs = [(p, r) for p in probes for r in range(repeats)]
         turns = context.client.map(
-            lambda job: context.ask(job[0], "high", seed=context.seed * 1000 + job[1], **sampling), jobs
+            lambda job: context.ask(job[0], "high", temperature=temperature, seed=context.seed * 1000 + job[1]), jobs
         )
         endpoint = np.array([t.final.strip() == p.answer for (p, _), t in zip(jobs, turns)], dtype=float)
         endpoint = endpoint.reshape(len(probes), repeats)
         prompts = [context.reference.prompt(p.messages, "high") for p in probes]
         local = context.reference.turns(
-            [prompt for prompt in prompts for _ in range(repeats)], TURN_TOKENS, seed=context.seed, **sampling
+            [prompt for prompt in prompts for _ in range(repeats)],
+            TURN_TOKENS,
+            temperature=temperature,
+            seed=context.seed,
         )
         reference = np.array([t.final.strip() == p.answer for (p, _), t in zip(jobs, local)], dtype=float).reshape(
             len(probes), repeats

@@ -31,13 +31,23 @@ class Shape(Check, name="shape"):
             cut = client.chat(probe.messages, max_tokens=2, temperature=0, reasoning_effort="high")
             cases["chat: finish_reason length"] = None if cut.finish_reason == "length" else f"got {cut.finish_reason}"
         prompt = context.reference.prompt(probe.messages, "low")
-        completion = client.complete(prompt, max_tokens=2, temperature=0)
-        cases["completions: object, text"] = (
-            None if completion.raw.get("object") == "text_completion" else f"object is {completion.raw.get('object')!r}"
-        )
-        cases["completions: finish_reason length"] = (
-            None if completion.finish_reason == "length" else f"got {completion.finish_reason}"
-        )
+        try:
+            completion = client.complete(prompt, max_tokens=2, temperature=0)
+        except CouldNotCheck as error:
+            # a chat-only endpoint has no completions route to shape (the gpt-oss test asks for none)
+            if context.api == CHAT and "HTTP 404" in str(error):
+                completion = None
+            else:
+                raise
+        if completion is not None:
+            cases["completions: object, text"] = (
+                None
+                if completion.raw.get("object") == "text_completion"
+                else f"object is {completion.raw.get('object')!r}"
+            )
+            cases["completions: finish_reason length"] = (
+                None if completion.finish_reason == "length" else f"got {completion.finish_reason}"
+            )
         failed = {case: why for case, why in cases.items() if why}
         return self.result(
             FAIL if failed else PASS,
