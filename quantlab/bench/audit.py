@@ -10,7 +10,10 @@ template, the sampling settings dropped. Three measurements:
 * ``false_positives``: audits of the faithful servers with seeds 1..N: the rate of failing verdicts per check,
   with its 95% interval, against the tests' nominal level;
 * ``power``: for each distortion, its own check alone at several budgets, ``repeats`` audits each (seeds): the
-  share that fail, and the smallest budget reaching 80%.
+  share that fail, and the smallest budget reaching 80%;
+* ``calibrated``: the weights check calibrated on a faithful vLLM server (``--calibrate``, its own questions),
+  then its false positives on both faithful servers and its power on each distorted-weights server at the
+  default budget; the store's calibration is put back afterwards.
 """
 
 from __future__ import annotations
@@ -171,8 +174,50 @@ def bench_audit(
                 {"server": host.label, "check": host.check, "points": points, "queries_for_80_percent": needed}
             )
         result["power"] = curves
+    if "calibrated" in parts:
+        result["calibrated"] = _calibrated(store, audits, repeats, say)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _calibrated(store, audits: int, repeats: int, say) -> dict:
+    from quantlab import statistics
+    from quantlab.models.loading import default_model
+    from quantlab.stages.audit import audit
+
+    path = store.audit_calibration_path(store.subject(default_model()).name)
+    saved = path.read_bytes() if path.is_file() else None
+    try:
+        say("calibrated: calibrating the weights check on bf16 through vLLM")
+        with _served(FAITHFUL[0], store) as server:
+            audit(server.base_url, checks=["weights"], calibrate=True, seed=999, artifacts=store, candidates=[])
+        threshold = None
+        rows = []
+        for host in FAITHFUL + tuple(h for h in DISTORTED if h.check == "weights"):
+            runs = audits if not host.distortion else repeats
+            failed = 0
+            with _served(host, store) as server:
+                for seed in range(1, runs + 1):
+                    say(f"calibrated: {host.label}, audit {seed}/{runs}")
+                    record = audit(server.base_url, checks=["weights"], seed=seed, artifacts=store, candidates=[])
+                    check = record["record"].checks[0]
+                    threshold = check.detail.get("threshold", threshold)
+                    failed += check.verdict == "fail"
+            rows.append(
+                {
+                    "server": host.label,
+                    "distortion": host.distortion,
+                    "failed": failed,
+                    "audits": runs,
+                    "ci95": list(statistics.wilson_interval(failed, runs)),
+                }
+            )
+        return {"threshold": threshold, "source": "bf16 through vLLM (96 questions of its own)", "rows": rows}
+    finally:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
 
 
 def save(result: dict, docs: Path = Path("docs")) -> list[Path]:

@@ -756,7 +756,7 @@ def bench_serve_command(
 @bench_app.command("audit")
 def bench_audit_command(
     parts: Optional[list[str]] = typer.Option(
-        None, "--part", help="table, false_positives or power (repeatable; default: all three)."
+        None, "--part", help="table, false_positives, power or calibrated (repeatable; default: the first three)."
     ),
     audits: int = typer.Option(20, "--audits", min=1, help="false_positives: audits per faithful server."),
     repeats: int = typer.Option(10, "--repeats", min=1, help="power: audits per distortion and budget."),
@@ -770,8 +770,8 @@ def bench_audit_command(
 
     chosen = tuple(parts or ("table", "false_positives", "power"))
     for part in chosen:
-        if part not in ("table", "false_positives", "power"):
-            raise UserError(f"--part {part!r}: choose table, false_positives or power")
+        if part not in ("table", "false_positives", "power", "calibrated"):
+            raise UserError(f"--part {part!r}: choose table, false_positives, power or calibrated")
     with render.status("benchmarking the audit", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
         result = bench_audit(artifacts, audits, repeats, chosen, say)

@@ -480,6 +480,22 @@ def bench_audit(result: dict) -> None:
                     f"{rate['failed'] / rate['audits']:.0%} [{rate['ci95'][0]:.0%}, {rate['ci95'][1]:.0%}]",
                 )
         wide().print(table)
+    if "calibrated" in result:
+        calibrated = result["calibrated"]
+        table = Table(
+            "server",
+            "weights check failed",
+            "rate [95% CI]",
+            title=f"weights check calibrated on {calibrated['source']}: threshold {calibrated['threshold']:.2e}",
+            title_justify="left",
+        )
+        for row in calibrated["rows"]:
+            table.add_row(
+                row["server"],
+                f"{row['failed']}/{row['audits']}",
+                f"{row['failed'] / row['audits']:.0%} [{row['ci95'][0]:.0%}, {row['ci95'][1]:.0%}]",
+            )
+        wide().print(table)
     if "power" in result:
         table = Table(
             "distortion", "check", "detected at each budget", "queries for 80%", title="power", title_justify="left"
