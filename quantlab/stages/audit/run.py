@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from quantlab.errors import UserError
 from quantlab.stages.audit import calibration as calibration_module
 from quantlab.stages.audit.checks import Check, Context
-from quantlab.stages.audit.checks.base import CHAT, COMPLETIONS, COULD_NOT_CHECK, NOT_APPLICABLE
+from quantlab.stages.audit.checks.base import CHAT, COMPLETIONS, COULD_NOT_CHECK, GREEDY_UNRELIABLE, NOT_APPLICABLE
 from quantlab.stages.audit.checks.weights import GENERATED_TOKENS, TOP_K
 from quantlab.stages.audit.client import REQUEST_TIMEOUT_S, CouldNotCheck, EndpointClient, base_url_of
 from quantlab.stages.audit.local import LocalModel
@@ -160,7 +160,11 @@ def _hub_offline():
 def _run_check(check: Check, context: Context, budget: int) -> AuditCheck:
     client = context.client
     if context.api not in check.apis:
-        return check.result(NOT_APPLICABLE, reason=f"asked through the {' or '.join(check.apis)} route only")
+        return check.result(
+            NOT_APPLICABLE, reason=check.not_applicable or f"asked through the {' or '.join(check.apis)} route only"
+        )
+    if check.compares_greedy_turns and not context.greedy_reproducible:
+        return check.result(COULD_NOT_CHECK, reason=GREEDY_UNRELIABLE)
     client.budget = budget
     before = client.queries
     try:

@@ -84,6 +84,8 @@ class Check(Registered):
     default_budget: ClassVar[int]  # queries, at the audit's default total
     minimum_budget: ClassVar[int]  # below this the check does not run (it says so)
     apis: ClassVar[tuple[str, ...]] = (CHAT, COMPLETIONS)
+    not_applicable: ClassVar[str] = ""  # why the check has nothing to ask through another API
+    compares_greedy_turns: ClassVar[bool] = False  # meaningless where temperature 0 does not reproduce
 
     def run(self, context: Context, budget: int) -> AuditCheck:
         raise NotImplementedError

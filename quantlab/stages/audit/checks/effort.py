@@ -14,11 +14,8 @@ import numpy as np
 from quantlab import statistics
 from quantlab.stages.audit.checks.base import (
     CHAT,
-    COULD_NOT_CHECK,
     EFFORTS,
     FAIL,
-    GREEDY_UNRELIABLE,
-    NOT_APPLICABLE,
     PASS,
     TURN_TOKENS,
     Check,
@@ -31,15 +28,10 @@ class Effort(Check, name="effort"):
     default_budget = 36
     minimum_budget = 6
     apis = (CHAT,)
+    not_applicable = "a completions endpoint takes the prompt the client rendered, effort included: nothing to honor"
+    compares_greedy_turns = True
 
     def run(self, context: Context, budget: int):
-        if context.api != CHAT:
-            return self.result(
-                NOT_APPLICABLE,
-                reason="a completions endpoint takes the prompt the client rendered, effort included: nothing to honor",
-            )
-        if not context.greedy_reproducible:
-            return self.result(COULD_NOT_CHECK, reason=GREEDY_UNRELIABLE)
         probes = context.probes(budget // len(EFFORTS), offset=2)
         jobs = [(probe, effort) for effort in EFFORTS for probe in probes]
         turns = context.client.map(lambda job: context.ask(job[0], job[1], temperature=0), jobs)

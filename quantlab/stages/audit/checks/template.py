@@ -16,10 +16,7 @@ from quantlab import statistics
 from quantlab.chat import MODEL, NAMED
 from quantlab.stages.audit.checks.base import (
     CHAT,
-    COULD_NOT_CHECK,
     FAIL,
-    GREEDY_UNRELIABLE,
-    NOT_APPLICABLE,
     PASS,
     TURN_TOKENS,
     Check,
@@ -36,14 +33,10 @@ class Template(Check, name="template"):
     default_budget = 16
     minimum_budget = 4
     apis = (CHAT,)
+    not_applicable = "a completions endpoint takes the prompt as the client rendered it"
+    compares_greedy_turns = True
 
     def run(self, context: Context, budget: int):
-        if context.api != CHAT:
-            return self.result(
-                NOT_APPLICABLE, reason="a completions endpoint takes the prompt as the client rendered it"
-            )
-        if not context.greedy_reproducible:
-            return self.result(COULD_NOT_CHECK, reason=GREEDY_UNRELIABLE)
         probes = context.probes(budget, offset=3)
         turns = context.client.map(lambda probe: context.ask(probe, None, temperature=0), probes)
         endpoint = [turn_text(t) for t in turns]
