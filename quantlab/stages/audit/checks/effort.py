@@ -71,7 +71,9 @@ class Effort(Check, name="effort"):
             p_value=p,
             alpha=context.alpha,
             reason=reason,
-            detectable=f"{len(probes)} questions per effort: a shift on every question is detected from 6 on",
+            # all n paired differences of one sign: exact two-sided p = 2 / 2^n, times 3 efforts, below 0.05 from n = 7
+            detectable=f"{len(probes)} questions per effort: an effort answered as another on every question is "
+            "detected from 7 questions per effort (21 queries) on",
             detail={
                 "questions_per_effort": len(probes),
                 "p_value_per_effort": p_values,

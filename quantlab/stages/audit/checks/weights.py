@@ -30,7 +30,7 @@ SAMPLES_PER_PROMPT = 8  # the text-only test's samples from each side
 class Weights(Check, name="weights"):
     question = "Is the endpoint's next-token distribution the reference's, and which candidate explains it?"
     default_budget = 24
-    minimum_budget = 4
+    minimum_budget = 2
 
     def run(self, context: Context, budget: int):
         probes = context.probes(budget, offset=1)
