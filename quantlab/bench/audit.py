@@ -80,8 +80,8 @@ DISTORTED = (
     ),
 )
 POWER_BUDGETS = {
-    "weights": (4, 8, 16, 32),
-    "effort": (6, 9, 12, 18),
+    "weights": (2, 3, 4, 8),
+    "effort": (18, 21, 24, 36),
     "template": (4, 6, 8, 16),
     "sampling": (10, 20, 30, 40),
 }
@@ -115,8 +115,10 @@ def bench_audit(
     repeats: int = 10,
     parts=("table", "false_positives", "power"),
     progress=None,
+    checks: tuple[str, ...] = (),
 ) -> dict:
-    """Runs the parts asked for; returns their results with the CPU, versions and timings."""
+    """Runs the parts asked for (power: only for the distortions of ``checks``, when given); returns their
+    results with the CPU, versions and timings."""
     from quantlab import statistics
     from quantlab.stages.audit import CHECKS, audit
     from quantlab.store import as_store
@@ -151,6 +153,8 @@ def bench_audit(
     if "power" in parts:
         curves = []
         for host in DISTORTED:
+            if checks and host.check not in checks:
+                continue
             budgets = POWER_BUDGETS[host.check]
             with _served(host, store) as server:
                 points = []
@@ -224,12 +228,19 @@ def save(result: dict, docs: Path = Path("docs")) -> list[Path]:
     """The results as docs/bench_audit.json (merged with earlier parts) and the power plot."""
     path = docs / "bench_audit.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
+    if "power" in result and "power" in merged:  # a partial power run replaces its own curves only
+        fresh = {curve["server"] for curve in result["power"]}
+        kept = [curve for curve in merged["power"] if curve["server"] not in fresh]
+        result = result | {"power": sorted(kept + result["power"], key=lambda c: _DISTORTED_ORDER[c["server"]])}
     merged.update(result)
     path.write_text(json.dumps(merged, indent=1) + "\n")
     written = [path]
     if "power" in merged:
         written.append(_plot_power(merged, docs / "audit_power.png"))
     return written
+
+
+_DISTORTED_ORDER = {host.label: i for i, host in enumerate(DISTORTED)}
 
 
 def _plot_power(result: dict, path: Path) -> Path:

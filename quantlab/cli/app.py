@@ -760,6 +760,9 @@ def bench_audit_command(
     ),
     audits: int = typer.Option(20, "--audits", min=1, help="false_positives: audits per faithful server."),
     repeats: int = typer.Option(10, "--repeats", min=1, help="power: audits per distortion and budget."),
+    checks: Optional[list[str]] = typer.Option(
+        None, "--check", help="power: only the distortions this check must find (repeatable)."
+    ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where bench_audit.json and audit_power.png go."),
     as_json: bool = typer.Option(False, "--json"),
@@ -774,7 +777,7 @@ def bench_audit_command(
             raise UserError(f"--part {part!r}: choose table, false_positives, power or calibrated")
     with render.status("benchmarking the audit", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
-        result = bench_audit(artifacts, audits, repeats, chosen, say)
+        result = bench_audit(artifacts, audits, repeats, chosen, say, tuple(checks or ()))
     written = save(result, docs)
     if as_json:
         return render.print_json(result)
