@@ -145,6 +145,16 @@ def excess_rate_test(events: int, n: int, null_rate: float) -> float:
     return float(stats.binomtest(events, n, null_rate, alternative="greater").pvalue)
 
 
+def exceedance_p_value(exceed: int, n: int, calibration: int, rank: int) -> float:
+    """Exact p-value that ``exceed`` of ``n`` new values lie above the ``rank``-th largest of ``calibration``
+    values drawn from the same distribution (exchangeable): their places among all the values are a uniformly
+    random choice, so that at least ``exceed`` new values are among the top ``exceed + rank - 1`` places with a
+    hypergeometric probability (scipy.stats.hypergeom). A permutation test: exact whatever the distribution."""
+    if exceed <= 0:
+        return 1.0
+    return float(stats.hypergeom.sf(exceed - 1, calibration + n, n, exceed + rank - 1))
+
+
 def detectable_rate(n: int, null_rate: float, alpha: float, power: float = 0.8) -> float | None:
     """The smallest event rate ``excess_rate_test`` on ``n`` trials detects with ``power`` at level ``alpha``
     (exact binomial; None when even a rate of 1 is not detected)."""

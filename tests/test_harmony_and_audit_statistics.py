@@ -42,6 +42,19 @@ def test_excess_rate_test_is_the_binomial_upper_tail_by_hand():
     assert statistics.excess_rate_test(0, 0, 0.05) == 1.0
 
 
+def test_exceedance_p_value_counts_the_orderings_by_hand():
+    from itertools import permutations
+
+    # 3 calibration values (c) and 2 new ones (n), every ordering equally likely: the share of orderings with both
+    # new values above the largest calibration value, and with at least one above the 2nd largest
+    orderings = set(permutations("cccnn"))
+    both_above_max = sum(o[:2] == ("n", "n") for o in orderings) / len(orderings)
+    one_above_second = sum("n" in o[:2] for o in orderings) / len(orderings)
+    assert statistics.exceedance_p_value(2, 2, 3, 1) == pytest.approx(both_above_max)  # 1/10
+    assert statistics.exceedance_p_value(1, 2, 3, 2) == pytest.approx(one_above_second)  # 7/10
+    assert statistics.exceedance_p_value(0, 2, 3, 1) == 1.0
+
+
 def test_detectable_rate_has_80_percent_power_and_nothing_smaller_does():
     n, null, alpha = 24, 0.01, 0.05
     rate = statistics.detectable_rate(n, null, alpha)

@@ -117,8 +117,8 @@ def bench_audit(
     progress=None,
     checks: tuple[str, ...] = (),
 ) -> dict:
-    """Runs the parts asked for (power: only for the distortions of ``checks``, when given); returns their
-    results with the CPU, versions and timings."""
+    """Runs the parts asked for (false positives: only ``checks``, when given; power: only their distortions);
+    returns their results with the CPU, versions and timings."""
     from quantlab import statistics
     from quantlab.stages.audit import CHECKS, audit
     from quantlab.store import as_store
@@ -138,11 +138,12 @@ def bench_audit(
     if "false_positives" in parts:
         rates = {}
         for host in FAITHFUL:
-            failures = {name: 0 for name in CHECKS}
+            failures = {name: 0 for name in (checks or CHECKS)}
             with _served(host, store) as server:
                 for seed in range(1, audits + 1):
                     say(f"false positives: {host.label}, audit {seed}/{audits}")
-                    record = audit(server.base_url, seed=seed, artifacts=store)["record"]
+                    chosen = list(checks) if checks else None
+                    record = audit(server.base_url, seed=seed, artifacts=store, checks=chosen)["record"]
                     for check in record.checks:
                         failures[check.name] += check.verdict == "fail"
             rates[host.label] = {
@@ -228,6 +229,10 @@ def save(result: dict, docs: Path = Path("docs")) -> list[Path]:
     """The results as docs/bench_audit.json (merged with earlier parts) and the power plot."""
     path = docs / "bench_audit.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
+    if "false_positives" in result and "false_positives" in merged:  # a partial run replaces its own checks
+        for server, rates in result["false_positives"].items():
+            merged["false_positives"].setdefault(server, {}).update(rates)
+        result = result | {"false_positives": merged["false_positives"]}
     if "power" in result and "power" in merged:  # a partial power run replaces its own curves only
         fresh = {curve["server"] for curve in result["power"]}
         kept = [curve for curve in merged["power"] if curve["server"] not in fresh]

@@ -761,7 +761,7 @@ def bench_audit_command(
     audits: int = typer.Option(20, "--audits", min=1, help="false_positives: audits per faithful server."),
     repeats: int = typer.Option(10, "--repeats", min=1, help="power: audits per distortion and budget."),
     checks: Optional[list[str]] = typer.Option(
-        None, "--check", help="power: only the distortions this check must find (repeatable)."
+        None, "--check", help="false_positives: only this check; power: only the distortions it must find (repeatable)."
     ),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where bench_audit.json and audit_power.png go."),

@@ -1,8 +1,13 @@
 """How far a faithful server's next-token distributions stray from the reference's: the weights check's null.
 
 No engine reproduces the reference bit for bit: bf16 activations, fused kernels and batch-dependent reductions
-move every log-probability a little. The weights check therefore asks not "is the KL zero" but "do more prompts
-exceed a faithful server's 99th percentile than the 1% a faithful server would": ``threshold`` below.
+move every log-probability a little. The weights check therefore asks not "is the KL zero" but "do more of the
+endpoint's prompts exceed a faithful server's 99th percentile than a faithful server's own would": the threshold
+is the ``rank``-th largest of ``size`` calibration values (rank = size / 100, rounded up), and the count of the
+endpoint's prompts above it is tested exactly (``statistics.exceedance_p_value``: under the null both sets of
+per-prompt KLs come from one distribution, so the test is a permutation test, exact whatever that distribution's
+tail; an earlier binomial test against a 1% rate failed 10% of faithful vLLM audits, the sample percentile of 96
+values being a noisy estimate of the true one).
 
 Where it comes from, in order of preference:
 * a faithful server audited with ``quantlab audit URL --calibrate`` (a server the user trusts: the provider's
@@ -11,8 +16,7 @@ Where it comes from, in order of preference:
   float32: the rounding a bf16 engine adds, computed on the spot on prompts of its own. A stand-in, and a loose
   one (llama.cpp computes in float32 from bf16 weights and strays far less): the first real faithful server
   calibrated replaces it.
-The threshold is the largest 99th percentile among the stored sources, so that the noisiest faithful engine
-calibrated sets it.
+With several calibrated sources, the one whose threshold is largest (the noisiest faithful engine) is used.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from quantlab.store.atomic import atomic_write_text
 from quantlab.store.records import Part
 
-NULL_EXCESS_RATE = 0.01  # the share of prompts a faithful server puts above the threshold (its 99th percentile)
+QUANTILE = 0.99  # the threshold: the calibration's 99th percentile, as an order statistic
 CALIBRATION_PROMPTS = 96
 CALIBRATION_SEED = 7_777  # questions of their own, never an audit's
 IN_PROCESS = "transformers bfloat16 (in-process)"
@@ -41,13 +45,24 @@ class CalibrationRecord(Part):
 
 @dataclass
 class Calibration:
+    """The source the weights check is tested against: its threshold, the order statistic it is (``rank``-th
+    largest of ``size`` values), and every stored source's values."""
+
     threshold: float
+    rank: int
+    size: int
     source: str
     sources: dict[str, list[float]] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, sources: dict[str, list[float]]) -> Calibration:
+        def threshold(values: list[float]) -> tuple[float, int]:
+            rank = max(1, math.ceil((1 - QUANTILE) * len(values)))
+            return float(np.sort(np.asarray(values))[::-1][rank - 1]), rank
 
-def threshold_of(sources: dict[str, list[float]]) -> float:
-    return max(float(np.percentile(np.asarray(values), 99)) for values in sources.values())
+        source = max(sources, key=lambda name: threshold(sources[name])[0])
+        value, rank = threshold(sources[source])
+        return cls(value, rank, len(sources[source]), source, dict(sources))
 
 
 def kl_of_tokens(model, prompt: str, ids: list[int], served: list[dict[int, float]]) -> float:
@@ -140,7 +155,7 @@ def load_or_compute(store, reference, reference_key: str, questions, top_k: int,
         )
         save(path, record)
     sources = record.kl_per_prompt
-    return Calibration(threshold_of(sources), ", ".join(sources), dict(sources))
+    return Calibration.of(sources)
 
 
 def add_source(store, reference, reference_key: str, source: str, values: list[float], top_k: int) -> None:

@@ -5,8 +5,8 @@ greedily, and returns the top-k log-probabilities at every generated position. E
 same tokens, and per prompt the mean KL(model ‖ endpoint) over those positions is taken (its top-k lower bound,
 ``quantlab.stages.measure.engine``). A faithful engine is not bit-exact (bf16 activations, its own kernels), so
 the test is calibrated: a prompt "exceeds" when its KL is above the 99th percentile of a faithful server's
-(``calibration``), and the endpoint fails when more prompts exceed than a faithful server's 1% allows (exact
-binomial test). The candidate with the smallest mean KL is the one named.
+(``calibration``), and the endpoint fails when more prompts exceed than a faithful server's own would (an exact
+permutation test, ``statistics.exceedance_p_value``). The candidate with the smallest mean KL is the one named.
 
 Without log-probabilities: sampled completions (temperature 1) from the endpoint and from each local model,
 compared by the Model Equality Testing MMD test (Hamming kernel, permutation p-value: exact in level, so it
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantlab import statistics
-from quantlab.stages.audit.calibration import NULL_EXCESS_RATE, kl_per_prompt
+from quantlab.stages.audit.calibration import kl_per_prompt
 from quantlab.stages.audit.checks.base import COULD_NOT_CHECK, EFFORTS, FAIL, PASS, Check, Context
 from quantlab.stages.audit.client import CouldNotCheck
 
@@ -72,7 +72,8 @@ class Weights(Check, name="weights"):
         kept = [i for i, value in enumerate(kl[context.reference.name]) if not np.isnan(value)]
         if len(kept) < 2:
             raise CouldNotCheck("the endpoint's tokens do not map to the reference's vocabulary (another tokenizer?)")
-        threshold = context.calibration.threshold
+        calibration = context.calibration
+        threshold = calibration.threshold
         rows = {}
         for name, per_prompt in kl.items():
             values = np.asarray(per_prompt)[kept]
@@ -81,7 +82,7 @@ class Weights(Check, name="weights"):
                 "mean_kl": float(values.mean()),
                 "ci95": statistics.paired_bootstrap({"kl": values}, seed=context.seed)["kl"]["ci95"],
                 "prompts_over_threshold": exceed,
-                "p_value": statistics.excess_rate_test(exceed, len(values), NULL_EXCESS_RATE),
+                "p_value": statistics.exceedance_p_value(exceed, len(values), calibration.size, calibration.rank),
             }
         named = min(rows, key=lambda name: rows[name]["mean_kl"])
         reference = rows[context.reference.name]
@@ -92,7 +93,7 @@ class Weights(Check, name="weights"):
             context.weights_explained = explained
         reason = (
             f"{reference['prompts_over_threshold']} of {len(kept)} prompts have a KL above a faithful server's 99th "
-            f"percentile ({threshold:.2e})"
+            f"percentile ({threshold:.2e}, the {_ordinal(calibration.rank)} largest of {calibration.size})"
         )
         if failed:
             reason += (
@@ -102,20 +103,22 @@ class Weights(Check, name="weights"):
             )
         return self.result(
             FAIL if failed else PASS,
-            test="calibrated exceedance (exact binomial), top-k KL(candidate ‖ endpoint) per prompt",
+            test="exceedances of a faithful server's 99th percentile (exact permutation), top-k KL(candidate ‖ endpoint) per prompt",
             statistic=reference["mean_kl"],
             statistic_name="mean KL(reference ‖ endpoint) per token",
             interval=reference["ci95"],
             p_value=reference["p_value"],
             alpha=context.alpha,
             reason=reason,
-            detectable=_detectable(len(kept), context.alpha),
+            detectable=_detectable(len(kept), calibration, context.alpha),
             detail={
                 "named": named,
                 "explains": explained,
                 "candidates": rows,
                 "threshold": threshold,
-                "calibration": context.calibration.source,
+                "threshold_rank": calibration.rank,
+                "calibration_size": calibration.size,
+                "calibration": calibration.source,
                 "prompts": len(kept),
                 "kl_per_prompt": [float(v) for v in np.asarray(kl[context.reference.name])[kept]],
                 "top_k": len(answers[0].top_logprobs[0]),
@@ -169,8 +172,19 @@ class Weights(Check, name="weights"):
         )
 
 
-def _detectable(prompts: int, alpha: float) -> str:
-    rate = statistics.detectable_rate(prompts, NULL_EXCESS_RATE, alpha)
-    if rate is None:
+def _detectable(prompts: int, calibration, alpha: float) -> str:
+    needed = next(
+        (
+            k
+            for k in range(1, prompts + 1)
+            if statistics.exceedance_p_value(k, prompts, calibration.size, calibration.rank) < alpha
+        ),
+        None,
+    )
+    if needed is None:
         return f"{prompts} prompts detect nothing at level {alpha}"
-    return f"a distortion that puts {rate:.0%} of prompts over the threshold (80% power, {prompts} prompts)"
+    return f"a distortion that puts {needed} of {prompts} prompts over the threshold"
+
+
+def _ordinal(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
