@@ -83,7 +83,7 @@ POWER_BUDGETS = {
     "weights": (2, 3, 4, 8),
     "effort": (18, 21, 24, 36),
     "template": (4, 6, 8, 16),
-    "sampling": (10, 20, 30, 40),
+    "sampling": (14, 20, 30, 40),
 }
 
 

@@ -28,7 +28,7 @@ SAMPLES = 6  # temperature-1 samples per question, each side
 class Sampling(Check, name="sampling"):
     question = "Are temperature and top_p applied as requested?"
     default_budget = 40
-    minimum_budget = 10
+    minimum_budget = 14  # 2 questions x 3 greedy asks, 2 top_p asks, 1 question x 6 samples
 
     def run(self, context: Context, budget: int):
         # the budget split: greedy repeats, top_p, temperature-1 samples, about 3 : 1 : 6
