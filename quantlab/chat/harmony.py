@@ -21,6 +21,8 @@ END_MARKERS = ("<|end|>", "<|return|>", "<|endoftext|>", "<|call|>")
 # and the turn goes on to its next message.
 MESSAGE_END = "<|end|>"
 NEXT_ASSISTANT_MESSAGE = "<|end|><|start|>assistant"
+# Where a chat API returns the analysis channel: vLLM's older and newer names; OpenAI's gpt-oss test reads either.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 MAX_MESSAGES = 5  # messages a turn may hold (analysis ones before its final one)
 _END = re.compile("|".join(re.escape(marker) for marker in END_MARKERS))
 

@@ -31,10 +31,6 @@ from typing import Any
 from quantlab.chat import MODEL, harmony, render, template_source
 from quantlab.errors import UserError
 
-REASONING_FIELDS = (
-    "reasoning_content",
-    "reasoning",
-)  # vLLM's older and newer names; OpenAI's gpt-oss test reads either
 DEFAULT_MAX_TOKENS = 256
 UPSTREAM_TIMEOUT_S = 300.0
 
@@ -51,8 +47,9 @@ class FrontSettings:
     reasoning_field: str = "reasoning_content"
 
     def __post_init__(self):
-        if self.reasoning_field not in REASONING_FIELDS:
-            raise UserError(f"reasoning field {self.reasoning_field!r}: give one of {', '.join(REASONING_FIELDS)}")
+        if self.reasoning_field not in harmony.REASONING_FIELDS:
+            fields = ", ".join(harmony.REASONING_FIELDS)
+            raise UserError(f"reasoning field {self.reasoning_field!r}: give one of {fields}")
 
     @property
     def faithful(self) -> bool:
@@ -101,10 +98,6 @@ class Upstream:
                 return error.code, json.loads(body)
             except ValueError:
                 return error.code, {"error": {"message": body[:500]}}
-
-    def get(self, route: str) -> tuple[int, dict]:
-        with urllib.request.urlopen(f"{self.base_url}/{route}", timeout=30) as response:
-            return response.status, json.loads(response.read())
 
 
 class ChatRequestError(Exception):

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from quantlab.chat import REASONING_EFFORTS
 from quantlab.store.atomic import atomic_write_text
-from quantlab.store.records import Part
+from quantlab.store.records import Record
 
 QUANTILE = 0.99  # the threshold: the calibration's 99th percentile, as an order statistic
 CALIBRATION_PROMPTS = 96
@@ -36,7 +38,12 @@ CALIBRATION_SEED = 7_777  # questions of their own, never an audit's
 IN_PROCESS = "transformers bfloat16 (in-process)"
 
 
-class CalibrationRecord(Part):
+class CalibrationRecord(Record):
+    """``audits/calibration/<reference>.json``: read back through ``Record.from_json``, so that a damaged file
+    is one line naming it."""
+
+    kind: ClassVar[str] = "audit calibration"
+
     reference: str
     reference_key: str
     top_k: int
@@ -137,15 +144,12 @@ def load_or_compute(store, reference, reference_key: str, questions, top_k: int,
     path = store.audit_calibration_path(reference.name)
     record = None
     if path.is_file():
-        from quantlab.store.artifacts import read_json
-
-        record = CalibrationRecord.model_validate(read_json(path))
+        record = CalibrationRecord.from_json(path)
         if record.reference_key != reference_key:
             record = None  # the reference changed: its calibration with it
     if record is None:
-        efforts = ("low", "medium", "high")
         probes = questions(CALIBRATION_PROMPTS, CALIBRATION_SEED)
-        prompts = [reference.prompt(p.messages, efforts[i % 3]) for i, p in enumerate(probes)]
+        prompts = [reference.prompt(p.messages, REASONING_EFFORTS[i % 3]) for i, p in enumerate(probes)]
         values = bf16_kl_per_prompt(reference, prompts, generated_tokens, top_k)
         record = CalibrationRecord(
             reference=reference.name,
@@ -154,16 +158,13 @@ def load_or_compute(store, reference, reference_key: str, questions, top_k: int,
             kl_per_prompt={IN_PROCESS: [v for v in values if not math.isnan(v)]},
         )
         save(path, record)
-    sources = record.kl_per_prompt
-    return Calibration.of(sources)
+    return Calibration.of(record.kl_per_prompt)
 
 
 def add_source(store, reference, reference_key: str, source: str, values: list[float], top_k: int) -> None:
     """Adds a faithful server's per-prompt KLs to the reference's calibration (``quantlab audit --calibrate``)."""
     path = store.audit_calibration_path(reference.name)
-    from quantlab.store.artifacts import read_json
-
-    record = CalibrationRecord.model_validate(read_json(path))
+    record = CalibrationRecord.from_json(path)
     # a real faithful server replaces the in-process stand-in, which only emulates one
     record.kl_per_prompt.pop(IN_PROCESS, None)
     record.kl_per_prompt[source] = [v for v in values if not math.isnan(v)]
@@ -171,7 +172,5 @@ def add_source(store, reference, reference_key: str, source: str, values: list[f
 
 
 def save(path, record: CalibrationRecord) -> None:
-    import json
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record.model_dump(), indent=1))
+    atomic_write_text(path, record.model_dump_json(indent=1))

@@ -22,7 +22,6 @@ from quantlab.errors import UserError
 
 REQUEST_TIMEOUT_S = 120.0
 CONCURRENT_REQUESTS = 8
-REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class CouldNotCheck(Exception):
@@ -140,7 +139,7 @@ class EndpointClient:
             raise CouldNotCheck("chat/completions: the answer has no choices[0].message") from None
         if not isinstance(content, str):
             raise CouldNotCheck("chat/completions: choices[0].message.content is not a string")
-        field_name = next((name for name in REASONING_FIELDS if isinstance(message.get(name), str)), None)
+        field_name = next((name for name in harmony.REASONING_FIELDS if isinstance(message.get(name), str)), None)
         reasoning = message.get(field_name, "") if field_name else ""
         if field_name is None and harmony.MESSAGE in content:  # the channels left in the content
             turn = harmony.split_turn(content)

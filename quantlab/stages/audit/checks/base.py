@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from quantlab.chat import harmony
+from quantlab.chat import REASONING_EFFORTS, harmony
 from quantlab.plugins import Probe
 from quantlab.registry import Registered
 from quantlab.stages.audit.client import EndpointClient
@@ -15,7 +15,7 @@ from quantlab.store.records import AuditCheck
 
 PASS, FAIL, COULD_NOT_CHECK, NOT_APPLICABLE = "pass", "fail", "could not check", "not applicable"
 CHAT, COMPLETIONS = "chat", "completions"
-EFFORTS = ("low", "medium", "high")
+EFFORTS = REASONING_EFFORTS
 TURN_TOKENS = 96  # enough for the longest turn of the reference's tasks at high effort
 
 
