@@ -230,7 +230,7 @@ def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
         writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
     elif rope.get("rope_type", "default") != "default":
         raise UserError(f"gguf export: rope_type {rope.get('rope_type')!r} is not mapped yet (default and yarn are)")
-    _add_tokenizer(writer, tokenizer)
+    _add_tokenizer(writer, tokenizer, config.vocab_size)
     for t in tensors:
         if t.ggml_type == "F32":
             writer.add_tensor(t.name, np.ascontiguousarray(t.data, dtype=np.float32))
@@ -256,7 +256,12 @@ def _is_space_split_bpe(data: dict) -> bool:
     )
 
 
-def _add_tokenizer(writer, tokenizer) -> None:
+def _token_type(index: int, token: str, special: dict, unused: set[int]) -> int:
+    """llama.cpp's token type: 1 normal, 3 control (a special token), 5 unused (padding)."""
+    return 5 if index in unused else 3 if token in special else 1
+
+
+def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     """The variant's vocabulary for llama.cpp.
 
     The zoo's tokenizer (character BPE split at spaces and digits) is written as llama.cpp's SentencePiece-style
@@ -268,12 +273,17 @@ def _add_tokenizer(writer, tokenizer) -> None:
     """
     data = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = data["model"]["vocab"]
-    tokens = [None] * len(tokenizer)
+    tokens: list = [None] * max(len(tokenizer), vocab_size)
     for token, index in vocab.items():
         tokens[index] = token
     special = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
     for token, index in special.items():
         tokens[index] = token
+    # Embedding rows past the tokenizer (a vocabulary padded for the hardware, as released checkpoints pad it)
+    # get placeholder tokens that nothing produces, as llama.cpp's converter writes them: its token list must
+    # have as many entries as token_embd has rows.
+    unused = {i for i, t in enumerate(tokens) if t is None}
+    tokens = [f"[PAD{i}]" if i in unused else t for i, t in enumerate(tokens)]
     merges = [m if isinstance(m, list) else m.split(" ", 1) for m in data["model"].get("merges", [])]
     if _is_space_split_bpe(data):
         rank = {a + b: i for i, (a, b) in enumerate(merges)}
@@ -281,14 +291,14 @@ def _add_tokenizer(writer, tokenizer) -> None:
         writer.add_tokenizer_pre("default")
         writer.add_token_list([t if t in special else t.replace(" ", "\u2581") for t in tokens])
         writer.add_token_scores([-float(rank[t]) - 1.0 if t in rank else 0.0 for t in tokens])
-        writer.add_token_types([3 if t in special else 1 for t in tokens])
+        writer.add_token_types([_token_type(i, t, special, unused) for i, t in enumerate(tokens)])
         writer.add_add_space_prefix(False)
         writer.add_add_bos_token(False)
     else:
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("default")
         writer.add_token_list(tokens)
-        writer.add_token_types([3 if t in special else 1 for t in tokens])
+        writer.add_token_types([_token_type(i, t, special, unused) for i, t in enumerate(tokens)])
         writer.add_token_merges([" ".join(m) for m in merges])
     if getattr(tokenizer, "chat_template", None):
         # llama.cpp's servers and llama-cpp-python render prompts with the template the GGUF carries
@@ -319,7 +329,8 @@ def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> 
     """
     from quantlab.runtimes.llama_cpp import logits, open_gguf, version
 
-    llm = open_gguf(path, model.config.max_position_embeddings, seed=0, n_threads=torch.get_num_threads())
+    n_ctx = min(model.config.max_position_embeddings, 512)  # the prompts are short; a 131k-token cache is not
+    llm = open_gguf(path, n_ctx, seed=0, n_threads=torch.get_num_threads())
     worst, squared_error, squared_norm, count = 0.0, 0.0, 0.0, 0
     for prompt in prompts:
         ids = tokenizer(prompt)["input_ids"]

@@ -82,6 +82,12 @@ def load_model(folder: Path, dtype=None):
     except Exception as error:  # any failure to load means the checkpoint is unusable: say so in one line
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{folder}: model does not load ({first_line}); check or re-download it") from None
+    if getattr(config, "quantization_config", None) is not None and getattr(model, "hf_quantizer", None) is None:
+        # A quantized release dequantized on load (gpt-oss's MXFP4 without its GPU kernels): the model now holds
+        # plain weights, and saving it must not rename them back to the release's packed names (transformers
+        # would write bf16 values under ``*_blocks``, which then load as missing weights). Without the load's
+        # conversions, saving uses the architecture's default layout.
+        model._weight_conversions = None
     model.eval()
     return model, tokenizer
 

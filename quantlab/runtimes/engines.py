@@ -82,7 +82,11 @@ def _variant_folder(subject: Subject) -> Path | None:
 
 
 def _context_length(folder: Path) -> int:
-    return int(json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 2048))
+    from quantlab.runtimes import evaluation_context
+
+    return evaluation_context(
+        int(json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 2048))
+    )
 
 
 def max_logprobs(folder: Path, options) -> int:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 _QUIET: list[Any] = []  # keeps the ctypes log callback alive for as long as llama.cpp may call it
+_ERRORS: list[str] = []  # llama.cpp's latest error lines, for the one-line message when a load fails
+_GGML_LOG_LEVEL_ERROR = 4
 
 
 def llama_cpp_module():
@@ -26,7 +28,8 @@ def llama_cpp_module():
 
         @llama_cpp.llama_log_callback
         def quiet(level, text, user_data):
-            return None
+            if level == _GGML_LOG_LEVEL_ERROR and text:
+                _ERRORS[:] = [*_ERRORS[-3:], text.decode(errors="replace").strip()]
 
         _QUIET.append(quiet)
         llama_cpp.llama_log_set(quiet, None)
@@ -34,10 +37,21 @@ def llama_cpp_module():
 
 
 def open_gguf(path: Path, n_ctx: int, seed: int = 0, n_threads: int | None = None):
-    """A ``llama_cpp.Llama`` on ``path`` keeping the logits of every position (close it when done)."""
+    """A ``llama_cpp.Llama`` on ``path`` keeping the logits of every position (close it when done); a file
+    llama.cpp refuses is a one-line ``UserError`` with llama.cpp's own reason."""
+    from quantlab.errors import UserError
+
     llama_cpp = llama_cpp_module()
     threads = {} if n_threads is None else {"n_threads": n_threads}
-    return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=seed, **threads)
+    _ERRORS.clear()
+    try:
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=seed, **threads)
+    except ValueError:
+        reason = next((line for line in _ERRORS if "check_tensor" in line or "error" in line), None)
+        raise UserError(
+            f"{path}: llama.cpp does not load this GGUF ({reason or 'no reason logged'}); "
+            "re-export it or check that this llama.cpp knows its architecture"
+        ) from None
 
 
 def logits(llm, ids: list[int]) -> np.ndarray:

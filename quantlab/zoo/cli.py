@@ -12,7 +12,10 @@ from quantlab.cli.render import console
 from quantlab.errors import UserError
 from quantlab.zoo.settings import DEFAULT_MINUTES, TrainSettings
 
-zoo_app = typer.Typer(help="The embedded reference MoE (tiny-gpt-oss): train, score, info.", no_args_is_help=True)
+zoo_app = typer.Typer(
+    help="The embedded reference MoE (tiny-gpt-oss): train, score, info; synthetic checkpoints of real shapes.",
+    no_args_is_help=True,
+)
 
 
 @zoo_app.command("train")
@@ -107,3 +110,36 @@ def zoo_info(
 
     card = model_card(model)
     render.print_json(card) if as_json else render.model_card(card)
+
+
+@zoo_app.command("synth")
+def zoo_synth(
+    family: str = typer.Argument(
+        ..., help="A released configuration: gpt-oss-20b, gpt-oss-120b, qwen3-30b-a3b, mixtral-8x7b, olmoe-1b-7b."
+    ),
+    out: Path = typer.Option(..., help="Checkpoint directory to write."),
+    layers: int = typer.Option(..., help="Layers to keep (the released count is recorded in the config)."),
+    experts: Optional[int] = typer.Option(None, help="Fewer experts than released (recorded as a departure)."),
+    vocab: Optional[int] = typer.Option(None, help="A smaller vocabulary than released (recorded as a departure)."),
+    seed: int = typer.Option(0, help="Seed of the random weights (with each tensor's name)."),
+    shard_size: str = typer.Option("5GB", help="Largest shard, e.g. 5GB, 500MB (as the hub shards)."),
+    force: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Write a random-weight checkpoint with a real model family's published shapes and hub layout (sharded
+    safetensors with an index; gpt-oss's experts in the released MXFP4 blocks and scales)."""
+    from quantlab.store import check_output_directory
+    from quantlab.zoo.synth import parse_size, synth_config, synthesize
+
+    synth_config(family, layers, experts, vocab)  # a wrong family or count fails before anything is written
+    shard_bytes = parse_size(shard_size)
+    check_output_directory(out, force)
+    if force and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    with render.status(f"writing {family} shapes to {out}", False) as spinner:
+        progress = (lambda i, n, name: spinner.update(f"writing {name} ({i + 1}/{n})")) if spinner else None
+        synthesize(
+            family, out, layers, experts=experts, vocab=vocab, seed=seed, shard_bytes=shard_bytes, progress=progress
+        )
+    console.print(f"wrote {out}: {family} shapes, {layers} layers")

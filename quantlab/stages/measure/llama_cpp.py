@@ -20,7 +20,9 @@ def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> 
     from quantlab.runtimes.llama_cpp import logits, open_gguf, version
     from quantlab.stages.measure.run import TOKEN_STATISTICS, logit_summaries, token_statistics
 
-    llm = open_gguf(gguf_path, baseline.config.max_position_embeddings, seed=0, n_threads=torch.get_num_threads())
+    # a cache as long as the text's rows: a released context (131k positions for gpt-oss) would be gigabytes
+    n_ctx = min(baseline.config.max_position_embeddings, max(256, text.tokens.shape[1]))
+    llm = open_gguf(gguf_path, n_ctx, seed=0, n_threads=torch.get_num_threads())
     per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "answer", "analysis")}
     analysis_mask = text.analysis_mask if text.analysis_mask is not None else torch.zeros_like(text.answer_mask)
     try:
