@@ -119,7 +119,7 @@ def test_a_recipe_builds_and_the_variant_loads(tiny_model_folder, tmp_path):
         changed = not torch.equal(unit.read(params), unit.read(original))
         assert changed == (row["format"] != "keep"), unit.name
         if row["format"] != "keep":
-            assert row["error"]["relative_error"] < 0.2, unit.name
+            assert 0 < row["error"]["relative_error"] < 0.2, unit.name  # the matrix changed: its error is not 0
     tokens = torch.tensor([[1, 5, 9, 12, 3]])
     with torch.no_grad():
         assert torch.isfinite(variant(tokens).logits).all()

@@ -77,6 +77,18 @@ class Slot:
         return [f"{self.hf_name}[{e}]" for e in range(experts)] if self.kind == "experts" else [self.hf_name]
 
 
+def runtime_departures(config) -> list[str]:
+    """What llama.cpp computes differently from transformers for this config, in words (empty: nothing known).
+
+    llama.cpp always rounds YaRN's correction range to whole rotary dimensions (``ggml_rope_yarn_corr_dims``);
+    gpt-oss's release says ``truncate: false``, as OpenAI's reference computes it, which transformers follows.
+    """
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type") == "yarn" and rope.get("truncate") is False:
+        return ["llama.cpp rounds YaRN's correction range to whole dimensions; this config says truncate: false"]
+    return []
+
+
 def _rope_permutation(rows: int, heads: int) -> list[int]:
     """llama.cpp's "llama" architecture rotates interleaved pairs where transformers rotates halves: its
     converter reorders q and k rows per head (half i of a head's rows goes to position 2i); same here."""

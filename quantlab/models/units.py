@@ -41,7 +41,8 @@ class WeightUnit:
     transposed: bool = False  # the parameter stores this matrix as (in, out)
 
     def read(self, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
-        """This unit's matrix (out, in) as float32."""
+        """This unit's matrix (out, in) as float32: a view of the parameter when it is float32 already (a later
+        ``write`` changes it), a copy otherwise."""
         value = parameters[self.tensor].detach()
         if self.expert is not None and value.dim() == 3:
             value = value[self.expert]

@@ -156,6 +156,11 @@ def _build(
                 "(re-download or re-export it)"
             )
         result = _apply(entry, original, statistics.get(entry.unit.name))
+        tensors, description = _packed_tensors(entry, result, entry.format_spec)
+        stored.update(tensors)
+        described[entry.unit.name] = description
+        # the row before the write: a float32 parameter's ``original`` is a view of the values the write replaces
+        rows.append(_row(entry, original, result, description))
         parameter = parameters[entry.unit.tensor]
         if parameter.dtype != torch.float32 and not _exact_in(result.dequantized, parameter.dtype):
             parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
@@ -163,10 +168,6 @@ def _build(
         entry.unit.write({entry.unit.tensor: parameter.data}, result.dequantized)
         if isinstance(result.stored.get(""), Packed):
             packed_by_unit[entry.unit.name] = result.stored[""]
-        tensors, description = _packed_tensors(entry, result, entry.format_spec)
-        stored.update(tensors)
-        described[entry.unit.name] = description
-        rows.append(_row(entry, original, result, description))
     quantized = time.perf_counter()
 
     upcast = sorted(set(upcast))
@@ -207,7 +208,7 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
     """The exports the recipe asks for, each with what it holds and how it compares with the variant."""
     exports = {}
     if "gguf" in recipe.exports:
-        from quantlab.export.gguf import compare_logits, export_gguf
+        from quantlab.export.gguf import compare_logits, export_gguf, runtime_departures
 
         tensor_types = export_gguf(model, tokenizer, packed_by_unit, folder / "model.gguf")
         exports["gguf"] = {
@@ -215,6 +216,7 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
             "bytes": (folder / "model.gguf").stat().st_size,
             "tensor_types": tensor_types,
             "logits_vs_variant": compare_logits(model, tokenizer, folder / "model.gguf"),
+            "runtime_departures": runtime_departures(model.config),
         }
     if "native" in recipe.exports:
         from quantlab.export.native import export_native
