@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -77,6 +78,27 @@ def build_command(
                 status.update(f"quantizing {i + 1}/{n}: {name}")
 
         result = builder.build(recipe, out, force=force, progress=progress)
+    if as_json:
+        return render.print_json(result.manifest)
+    render.build_result(result)
+
+
+@app.command("import")
+def import_command(
+    gguf_file: Path = typer.Argument(..., help="A GGUF file quantized elsewhere (llama-quantize, a community upload)."),
+    model: str = typer.Option(..., "--model", help="The model it was quantized from (a folder, a hub id, zoo:...)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The variant's name in the store (default: the file's)."),
+    force: bool = typer.Option(False, "--force", help="Import again even when the store holds this file's import."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", "--out", help="The store to import into."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Import a GGUF file as a variant of its model: measure, eval and report then treat it like a built one."""
+    from quantlab.stages.import_gguf import import_gguf
+
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"--name {name!r}: letters, digits, '.', '_' and '-' only, starting with a letter or digit")
+    with render.status(f"importing {gguf_file}", as_json):
+        result = import_gguf(gguf_file, model, name, artifacts, force=force)
     if as_json:
         return render.print_json(result.manifest)
     render.build_result(result)
