@@ -5,6 +5,7 @@ import ctypes
 
 import pytest
 import torch
+
 from quantlab.errors import UserError
 from quantlab.stages import build as builder
 
