@@ -17,7 +17,7 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 # constraints.txt pins what the shipped checkpoint, the docs' numbers and the tests were produced with.
-python -m pip install -q -c constraints.txt -e ".[dev,gguf]"
+python -m pip install -q -c constraints.txt -e ".[dev,gguf,ray]"
 python -c "import torch, transformers, quantlab; print(f'quantlab {quantlab.__version__}: torch {torch.__version__}, transformers {transformers.__version__}')"
 deactivate
 

@@ -268,3 +268,21 @@ def test_a_serving_case_is_charged_to_its_serving_factor(recipe, factor, tmp_pat
     serving, weights = task["shares_points"][factor], task["shares_points"]["groups[0]"]
     assert serving["ci95"][0] > 0 and serving["value"] > weights["ci95"][1]
     assert serving["value"] >= 0.5 * task["loss_points"]["value"]
+
+
+def test_cells_computed_as_ray_tasks_give_the_stored_sequential_attribution(attributed_store, tmp_path):
+    """The same three-factor attribution with its cells run as Ray tasks (a local cluster of two workers, a
+    fresh store): the stored record is the sequential run's, byte for byte, but for the store's own path."""
+    pytest.importorskip("ray", reason="--ray needs quantlab[ray]")
+    sequential, sequential_store = attributed_store
+    path = tmp_path / "two-choices.yaml"
+    path.write_text(RECIPE)
+    store = tmp_path / "artifacts"
+    spread = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store, ray="local", workers=2)
+    ours = Path(spread["path"]).read_text().replace(str(store), "STORE").replace(str(path), "RECIPE")
+    theirs = Path(sequential["path"]).read_text().replace(str(sequential_store), "STORE")
+    theirs = theirs.replace(sequential["recipe_file"], "RECIPE")
+    assert ours == theirs
+    # every cell the designs read was built and evaluated by the workers, once each
+    built = sorted(p.parent.name for p in (store / "attribution").rglob("manifest.json"))
+    assert built == sorted(p.parent.name for p in (sequential_store / "attribution").rglob("manifest.json"))

@@ -105,3 +105,20 @@ def test_score_json_counts_what_it_scored(cli):
         assert set(entry) >= {"task", "effort", "template", "score", "ci95", "n"}
         assert entry["n"] == 5 and entry["correct"] == round(entry["score"] * 5)
         assert entry["ci95"][0] <= entry["score"] <= entry["ci95"][1]
+
+
+def test_ray_alone_means_a_local_cluster_and_an_unreachable_one_is_one_line(cli, tmp_path):
+    from quantlab.cli.app import _optional_values
+
+    assert _optional_values(["attribute", "r.yaml", "--ray"]) == ["attribute", "r.yaml", "--ray", "local"]
+    assert _optional_values(["attribute", "--ray", "--workers", "2"]) == [
+        "attribute",
+        "--ray",
+        "local",
+        "--workers",
+        "2",
+    ]
+    assert _optional_values(["attribute", "--ray", "ray://head:10001"]) == ["attribute", "--ray", "ray://head:10001"]
+    result = cli("attribute", "int4-rtn", "--limit", "2", "--ray", "127.0.0.1:9", "--artifacts", tmp_path / "store")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no Ray cluster answers" in result.stderr
+    assert not (tmp_path / "store").exists()

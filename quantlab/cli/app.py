@@ -388,6 +388,13 @@ def attribute_command(
         help="The runtime factor: llama.cpp (in-process on the GGUF export; the default when the recipe exports "
         "GGUF) or vllm (vLLM's server on each cell's weights, against transformers on the same weights).",
     ),
+    ray: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        help="Compute the cells as Ray tasks: --ray starts a local cluster, --ray ADDRESS joins one "
+        "(the store must be shared); the stored result is the sequential run's.",
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--ray: tasks at a time (local cluster)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
 ) -> None:
@@ -415,6 +422,8 @@ def attribute_command(
             permutations,
             reasoning_effort,
             engine,
+            ray,
+            workers,
         )
     if as_json:
         return render.print_json(result)
@@ -840,12 +849,26 @@ def _quiet_third_party_import_noise() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+# Options whose value may be left out (typer has no optional-value options): ``--ray`` alone means a local cluster.
+OPTIONAL_VALUES = {"--ray": "local"}
+
+
+def _optional_values(args: list[str]) -> list[str]:
+    """``args`` with the implied value after an optional-value option given bare (last, or before an option)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def main() -> None:
     """Entry point: runs the app, turning usage mistakes and ``UserError`` into one line and exit code 2."""
     _quiet_third_party_import_noise()
     command = typer.main.get_command(app)
     try:
-        command.main(prog_name="quantlab", standalone_mode=False)
+        command.main(args=_optional_values(sys.argv[1:]), prog_name="quantlab", standalone_mode=False)
     except UserError as error:
         Console(stderr=True).print(f"error: {error}", markup=False, soft_wrap=True)
         sys.exit(2)

@@ -333,11 +333,15 @@ def attribute(
     permutations: int = 200,
     reasoning_effort: str | None = None,
     engine: str | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution-<settings hash>.json`` (attributions of one recipe under
     other settings stay beside it) and returns it, with ``path`` set to that file. ``reasoning_effort``: what every
-    cell asks for, unless the recipe's ``serve:`` names it."""
+    cell asks for, unless the recipe's ``serve:`` names it. ``ray``: compute the cells as Ray tasks first
+    (``quantlab.stages.parallel``: "local" or a cluster address), ``workers`` of them at a time on a local
+    cluster; the attribution itself then reads them from the store, as a sequential run would."""
     if design not in DESIGNS:
         raise UserError(f"--design {design!r}: choose one of {', '.join(DESIGNS)}")
     if granularity not in GRANULARITIES:
@@ -371,6 +375,28 @@ def attribute(
     serve = serve.model_copy(update={"reasoning_effort": serve.reasoning_effort or reasoning_effort})
     eval_options = {"limit": limit, "repeats": repeats, "temperature": temperature, "top_p": top_p, "seed": seed}
     runner = CellRunner(recipe, factors, eval_options, text, tokens, artifacts, progress, granularity, serve, engine)
+    if ray is not None:
+        runner_args = (
+            recipe,
+            factors,
+            eval_options,
+            text,
+            tokens,
+            str(runner.store.root),
+            None,
+            granularity,
+            serve,
+            engine,
+        )
+        weight_keys = [f.key for f in factors if f.kind == "weights"]
+        jobs = _cell_jobs(design, keys, weight_keys, tasks, seed, permutations)
+        if progress:
+            progress(f"computing {sum(len(j[0]) + len(j[1]) for j in jobs)} cell results as {len(jobs)} Ray tasks")
+        from quantlab.stages.parallel import run_on_ray
+
+        _, ray_run = run_on_ray(_compute_cells, [(runner_args, *job) for job in jobs], ray, workers)
+        if progress:
+            progress(f"Ray: {ray_run.tasks} tasks on {ray_run.workers} workers in {ray_run.wall_s:.1f} s")
 
     result = {
         "recipe": recipe.name,
@@ -420,6 +446,47 @@ def attribute(
     result = {"schema_version": SCHEMA_VERSION, "cache_key": key} | result
     atomic_write_text(path, Attribution.from_dict(result, path).to_json(indent=1))
     return result | {"path": str(path)}
+
+
+def cells_a_design_reads(design: str, keys: list[str], seed: int, permutations: int) -> list[frozenset]:
+    """The cells ``design`` evaluates, in order: its own run on a value function that only records (every design
+    is deterministic given its seed, so the real run reads the same cells)."""
+    seen: dict[frozenset, None] = {frozenset(): None, frozenset(keys): None}
+
+    def record(cell: frozenset):
+        seen[frozenset(cell)] = None
+        return np.zeros(1)
+
+    _design(design, keys, record, seed, permutations)
+    return list(seen)
+
+
+def _cell_jobs(
+    design: str, keys: list[str], weight_keys: list[str], tasks: list[str], seed: int, permutations: int
+) -> list[tuple[list, list]]:
+    """The attribution's cell work grouped by the weights a cell builds (one build per group, on one worker):
+    [(evaluations [(cell, task)], measurements [cell])] per group."""
+    groups: dict[frozenset, tuple[list, list]] = {}
+
+    def group(cell: frozenset) -> tuple[list, list]:
+        return groups.setdefault(frozenset(k for k in cell if not k.startswith("serve.") and k != "runtime"), ([], []))
+
+    for cell in cells_a_design_reads(design, keys, seed, permutations):
+        group(cell)[0].extend((cell, task) for task in tasks)
+    if weight_keys:
+        for cell in cells_a_design_reads(design, weight_keys, seed, permutations):
+            group(cell)[1].append(cell)
+    return list(groups.values())
+
+
+def _compute_cells(runner_args: tuple, evaluations: list, measurements: list) -> int:
+    """One Ray task: a group's build, measurements and evaluations, written to the store."""
+    runner = CellRunner(*runner_args)
+    for cell in measurements:
+        runner.measure(cell)
+    for cell, task in evaluations:
+        runner.score(cell, task)
+    return len(measurements) + len(evaluations)
 
 
 def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int, permutations: int) -> dict | None:
