@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -52,3 +53,25 @@ def attributed_store(tmp_path_factory):
     store = root / "artifacts"
     result = attribute(path, ["zoo_aime_style"], limit=ATTRIBUTED_LIMIT, tokens=1024, artifacts=store)
     return result, store
+
+
+def _shipped_vocab() -> int:
+    from quantlab.zoo import SHIPPED_CHECKPOINT
+
+    return int(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["vocab_size"])
+
+
+def small_family_config(family: str) -> dict:
+    """The family's released config at toy widths: what changes is sizes, never names or layout."""
+    from quantlab.zoo.synth import synth_config
+
+    config = synth_config(family, layers=2, experts=8 if family.startswith(("qwen3", "olmoe")) else 4)
+    heads = 4
+    config |= {"hidden_size": 64, "num_attention_heads": heads, "vocab_size": _shipped_vocab()}
+    config["num_key_value_heads"] = heads if config["model_type"] == "olmoe" else 2
+    config["intermediate_size"] = 64 if config["model_type"] == "gpt_oss" else 96
+    if "head_dim" in config:
+        config["head_dim"] = 16
+    if "moe_intermediate_size" in config:
+        config["moe_intermediate_size"] = 32
+    return config

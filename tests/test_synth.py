@@ -8,29 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import small_family_config as _small
 from safetensors import safe_open
 
 from quantlab.errors import UserError
-from quantlab.zoo import SHIPPED_CHECKPOINT
 from quantlab.zoo.synth import FAMILIES, checkpoint_tensors, synth_config, synthesize
 
-VOCAB = int(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["vocab_size"])
 # OCP MXFP4 (E2M1) code -> value, from the OCP Microscaling Formats specification v1.0, table 5
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
-
-
-def _small(family: str) -> dict:
-    """The family's released config at toy widths: what changes is sizes, never names or layout."""
-    config = synth_config(family, layers=2, experts=8 if family.startswith(("qwen3", "olmoe")) else 4)
-    heads = 4
-    config |= {"hidden_size": 64, "num_attention_heads": heads, "vocab_size": VOCAB}
-    config["num_key_value_heads"] = heads if config["model_type"] == "olmoe" else 2
-    config["intermediate_size"] = 64 if config["model_type"] == "gpt_oss" else 96
-    if "head_dim" in config:
-        config["head_dim"] = 16
-    if "moe_intermediate_size" in config:
-        config["moe_intermediate_size"] = 32
-    return config
 
 
 @pytest.mark.parametrize("family", ["gpt-oss-20b", "qwen3-30b-a3b", "mixtral-8x7b", "olmoe-1b-7b"])

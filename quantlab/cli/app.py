@@ -63,6 +63,12 @@ def build_command(
         help="Where variants go: <out>/<recipe name>/ (the store the other commands read with --artifacts).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan (--dry-run) or the manifest as JSON."),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="One layer at a time: read, quantize and write each layer before the next (models larger than "
+        "memory; no presets or exports).",
+    ),
 ) -> None:
     """Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml."""
     from quantlab.stages import build as builder
@@ -77,7 +83,7 @@ def build_command(
             if status is not None:
                 status.update(f"quantizing {i + 1}/{n}: {name}")
 
-        result = builder.build(recipe, out, force=force, progress=progress)
+        result = builder.build(recipe, out, force=force, progress=progress, stream=stream)
     if as_json:
         return render.print_json(result.manifest)
     render.build_result(result)

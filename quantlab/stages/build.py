@@ -61,7 +61,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
+def cache_key(recipe: Recipe, model_sha256: str, versions: dict, stream: bool = False) -> str:
     weights = {k: v for k, v in recipe.resolved().items() if k != "serve"}  # serving settings do not change the bytes
     # a recipe calibrated on a built-in text gets a new cache key when the text changes (its revision)
     revision = None if recipe.calibration is None else calibration_revision(recipe.calibration.dataset)
@@ -70,7 +70,10 @@ def cache_key(recipe: Recipe, model_sha256: str, versions: dict) -> str:
     if any(get_method(g.method.name).needs_calibration for g in recipe.groups):
         # statistics from a float32 forward pass (before: in the model's dtype, bf16 for the embedded model)
         weights["calibration_compute_dtype"] = "float32"
-    return content_key({"recipe": weights, "model_sha256": model_sha256, "versions": versions})
+    inputs = {"recipe": weights, "model_sha256": model_sha256, "versions": versions}
+    if stream:  # the same values, laid out in shards (model and packed tensors) and without exports
+        inputs["layout"] = "streamed"
+    return content_key(inputs)
 
 
 def plan_for(recipe: Recipe, model, tokenizer=None) -> Plan:
@@ -103,21 +106,29 @@ def build(
     artifacts: ArtifactStore | Path | str = Path("artifacts"),
     force: bool = False,
     progress=None,
+    stream: bool = False,
 ) -> BuildResult:
     """Builds (or finds in the cache) the variant a recipe describes; returns where it is. ``recipe_path``: a
-    recipe file or the name of a shipped recipe."""
+    recipe file or the name of a shipped recipe. ``stream``: one layer at a time, never the whole model in memory
+    (``quantlab.stages.build_streaming``)."""
     started = time.perf_counter()
     recipe_path = find_recipe(recipe_path)
     recipe = load_recipe(recipe_path)
     folder = resolve_model(recipe.model)
     model_sha256 = weights_sha256(folder)
     versions = library_versions()
-    key = cache_key(recipe, model_sha256, versions)
+    key = cache_key(recipe, model_sha256, versions, stream)
     out = as_store(artifacts).variant_folder(recipe.name)
+    if stream:
+        from quantlab.stages.build_streaming import build_streaming, check_streamable
+
+        check_streamable(recipe)  # before waiting on a lock: a recipe that cannot stream is one line at once
     with ArtifactStore.lock(out):
         existing = ArtifactStore.cached(out / MANIFEST, key)
         if existing is not None and not force:
             return BuildResult(out, True, existing)
+        if stream:
+            return build_streaming(recipe, recipe_path, folder, model_sha256, versions, key, out, started, progress)
         return _build(recipe, recipe_path, folder, model_sha256, versions, key, out, started, progress)
 
 
@@ -140,37 +151,11 @@ def _build(
 
     statistics = _input_statistics(recipe, model, tokenizer, plan)
     parameters = dict(model.named_parameters())
-    stored: dict[str, torch.Tensor] = {}
-    packed_by_unit: dict[str, Packed] = {}  # for exports: each matrix stored as one Packed
-    described: dict[str, dict] = {}
-    rows = []
-    upcast: list[str] = []
     todo = [e for e in plan.entries if e.quantized]
-    for i, entry in enumerate(todo):
-        if progress:
-            progress(i, len(todo), entry.unit.name)
-        original = entry.unit.read(parameters)
-        if not torch.isfinite(original).all():  # a damaged checkpoint: say where, before anything is written
-            raise UserError(
-                f"{folder}: {entry.unit.name} holds NaN or Inf values; the checkpoint is damaged "
-                "(re-download or re-export it)"
-            )
-        result = _apply(entry, original, statistics.get(entry.unit.name))
-        tensors, description = _packed_tensors(entry, result, entry.format_spec)
-        stored.update(tensors)
-        described[entry.unit.name] = description
-        # the row before the write: a float32 parameter's ``original`` is a view of the values the write replaces
-        rows.append(_row(entry, original, result, description))
-        parameter = parameters[entry.unit.tensor]
-        if parameter.dtype != torch.float32 and not _exact_in(result.dequantized, parameter.dtype):
-            parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
-            upcast.append(entry.unit.tensor)
-        entry.unit.write({entry.unit.tensor: parameter.data}, result.dequantized)
-        if isinstance(result.stored.get(""), Packed):
-            packed_by_unit[entry.unit.name] = result.stored[""]
+    done = quantize_entries(todo, parameters, statistics, folder, progress, len(todo))
     quantized = time.perf_counter()
 
-    upcast = sorted(set(upcast))
+    upcast = sorted(set(done.upcast))
     if upcast:
         model.config.dtype = torch.float32  # so that loading with dtype="auto" keeps the values exact
     manifest = {
@@ -183,14 +168,14 @@ def _build(
         "versions": versions,
         "plan": plan.summary(),
         "stored_float32": upcast,
-        "tensors": rows + [_kept_row(e) for e in plan.entries if not e.quantized],
+        "tensors": done.rows + [_kept_row(e) for e in plan.entries if not e.quantized],
     }
     with atomic_directory(out, force=True, needed_bytes=_needed_bytes(model, plan)) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
-        _save_packed(stored, described, tmp / PACKED)
+        _save_packed(done.stored, done.described, tmp / PACKED)
         manifest["sizes"] = _sizes(tmp, plan)
-        manifest["exports"] = _exports(recipe, model, tokenizer, packed_by_unit, tmp)
+        manifest["exports"] = _exports(recipe, model, tokenizer, done.packed_by_unit, tmp)
         manifest["run"] = {
             "command": "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None,
             "seconds": {
@@ -202,6 +187,55 @@ def _build(
         }
         (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
     return BuildResult(out, False, manifest)
+
+
+@dataclass
+class Quantization:
+    """What quantizing some of a plan's entries gives: packed tensors and their descriptions, manifest rows, the
+    parameters made float32, and each matrix's Packed (for exports)."""
+
+    stored: dict[str, torch.Tensor]
+    packed_by_unit: dict[str, Packed]
+    described: dict[str, dict]
+    rows: list[dict]
+    upcast: list[str]
+
+
+def quantize_entries(
+    entries: list[PlanEntry],
+    parameters: dict[str, torch.Tensor],
+    statistics: dict,
+    folder: Path,
+    progress=None,
+    total: int = 0,
+    done_before: int = 0,
+) -> Quantization:
+    """Quantizes each entry's matrix in ``parameters`` (their values replaced by the dequantized ones, a parameter
+    made float32 where a value is not exact in its dtype), in order; ``progress(i, total, name)`` before each."""
+    result = Quantization({}, {}, {}, [], [])
+    for i, entry in enumerate(entries):
+        if progress:
+            progress(done_before + i, total, entry.unit.name)
+        original = entry.unit.read(parameters)
+        if not torch.isfinite(original).all():  # a damaged checkpoint: say where, before anything is written
+            raise UserError(
+                f"{folder}: {entry.unit.name} holds NaN or Inf values; the checkpoint is damaged "
+                "(re-download or re-export it)"
+            )
+        quantized = _apply(entry, original, statistics.get(entry.unit.name))
+        tensors, description = _packed_tensors(entry, quantized, entry.format_spec)
+        result.stored.update(tensors)
+        result.described[entry.unit.name] = description
+        # the row before the write: a float32 parameter's ``original`` is a view of the values the write replaces
+        result.rows.append(_row(entry, original, quantized, description))
+        parameter = parameters[entry.unit.tensor]
+        if parameter.dtype != torch.float32 and not _exact_in(quantized.dequantized, parameter.dtype):
+            parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
+            result.upcast.append(entry.unit.tensor)
+        entry.unit.write({entry.unit.tensor: parameter.data}, quantized.dequantized)
+        if isinstance(quantized.stored.get(""), Packed):
+            result.packed_by_unit[entry.unit.name] = quantized.stored[""]
+    return result
 
 
 def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Path) -> dict:

@@ -317,13 +317,19 @@ def synthesize(
     progress=None,
 ) -> Path:
     """Writes the synthetic checkpoint to ``out`` (through a temporary sibling, renamed at the end)."""
+    config = synth_config(family, layers, experts, vocab)
+    return write_checkpoint(config, out, seed=seed, shard_bytes=shard_bytes, progress=progress)
+
+
+def write_checkpoint(config: dict, out: Path, *, seed: int = 0, shard_bytes: int = 5 * 10**9, progress=None) -> Path:
+    """Random weights for ``config`` (a family's config, any sizes) in its hub layout, shard by shard."""
     from safetensors.torch import save_file
 
     from quantlab.store import atomic_directory
     from quantlab.zoo import SHIPPED_CHECKPOINT
 
-    config = synth_config(family, layers, experts, vocab)
-    config["quantlab_synth"]["seed"] = seed
+    config = json.loads(json.dumps(config))
+    config.setdefault("quantlab_synth", {})["seed"] = seed
     tensors = checkpoint_tensors(config)
     shards = shard_plan(tensors, shard_bytes)
     total = sum(t.nbytes for t in tensors)

@@ -1,0 +1,216 @@
+"""``quantlab build --stream``: the same variant as ``quantlab build``, built one layer at a time.
+
+The model is never loaded whole. Its structure comes from its config (a model on the ``meta`` device: names and
+shapes, no memory), so the plan, the units and every manifest row are the in-memory build's. Then, for each
+layer in turn (the embeddings, norm and output head as a last group), the layer's parameters are read from the
+source shards (``quantlab.models.checkpoint``: memory-mapped, converted from the hub layout as transformers
+converts it), quantized by the same code as the in-memory build (``build.quantize_entries``), and written out
+as one shard of the variant (and one shard of its packed tensors) before the next layer is read. Peak memory is
+about one layer's parameters, their float32 copies and one matrix's temporaries, whatever the model's size
+(``quantlab bench build-memory --stream``).
+
+Data-driven methods (GPTQ, imatrix) get their statistics layer by layer (``quantlab.stages.layerwise``): the
+calibration tokens' hidden states are carried from layer to layer, each layer's Hessians are computed, used and
+freed before the next layer is read; ``calibration.sequential: true`` feeds each layer the quantized layers'
+outputs instead of the baseline's.
+
+What the in-memory build does and this one does not (yet): llama.cpp presets (they ask llama.cpp's quantizer to
+choose over the whole model's F32 GGUF) and the exports (GGUF, native, compressed-tensors write whole files);
+either is a one-line error naming the recipe field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from quantlab.models.checkpoint import Checkpoint
+from quantlab.recipe import Recipe
+from quantlab.stages.build import (
+    BuildResult,
+    _kept_row,
+    _save_packed,
+    plan_for,
+    quantize_entries,
+)
+from quantlab.store import MANIFEST, atomic_directory
+from quantlab.store.records import Manifest
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+PACKED_INDEX = "packed.safetensors.index.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def meta_model(folder: Path):
+    """The model's structure on the ``meta`` device (no memory): its parameter names and shapes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # the release's packed format is read and dequantized by Checkpoint
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return model
+
+
+def layer_groups(names: list[str]) -> list[tuple[str, list[str]]]:
+    """Parameter names grouped by decoder layer, in order, then everything outside the layers."""
+    groups: dict[int, list[str]] = {}
+    rest = []
+    for name in names:
+        match = _LAYER.match(name)
+        if match:
+            groups.setdefault(int(match[1]), []).append(name)
+        else:
+            rest.append(name)
+    return [(f"layer {i}", groups[i]) for i in sorted(groups)] + ([("embeddings and head", rest)] if rest else [])
+
+
+def check_streamable(recipe: Recipe) -> None:
+    if recipe.preset:
+        raise recipe.error("preset", "a llama.cpp preset is resolved over the whole model; build it without --stream")
+    if recipe.exports:
+        raise recipe.error("exports", "exports write whole files; build without --stream, or drop the exports")
+
+
+def build_streaming(
+    recipe: Recipe,
+    recipe_path: Path,
+    folder: Path,
+    model_sha256: str,
+    versions: dict,
+    key: str,
+    out: Path,
+    started: float,
+    progress=None,
+) -> BuildResult:
+    check_streamable(recipe)
+    torch.manual_seed(recipe.seed)
+    checkpoint = Checkpoint(folder)
+    model = meta_model(folder)
+    from quantlab.models.units import architecture
+
+    arch = architecture(model.config)
+    plan = plan_for(recipe, model)
+    dtype = _dtype(model)
+    entries_by_tensor: dict[str, list] = {}
+    for entry in plan.entries:
+        if entry.quantized:
+            entries_by_tensor.setdefault(entry.unit.tensor, []).append(entry)
+    groups = layer_groups([name for name, _ in model.named_parameters()])
+    total = sum(len(v) for v in entries_by_tensor.values())
+    calibration = None
+    if any(e.method_spec and _needs_calibration(e.method_spec.name) for v in entries_by_tensor.values() for e in v):
+        raise recipe.error("groups", "calibrated methods do not stream yet; build without --stream")
+    loaded = time.perf_counter()
+
+    rows: list[dict] = []
+    upcast: list[str] = []
+    weight_map: dict[str, str] = {}
+    packed_map: dict[str, str] = {}
+    count = len(groups)
+    with atomic_directory(out, force=True, needed_bytes=checkpoint.bytes_on_disk()) as tmp:
+        (tmp / "model").mkdir()
+        done_before = 0
+        for index, (label, names) in enumerate(groups):
+            parameters = checkpoint.read(names, dtype)
+            entries = [e for name in names for e in entries_by_tensor.get(name, [])]
+            statistics = calibration.statistics(index, label, parameters, entries) if calibration else {}
+            done = quantize_entries(entries, parameters, statistics, folder, progress, total, done_before)
+            if calibration:
+                calibration.advance(index, label, parameters)
+            done_before += len(entries)
+            rows += done.rows
+            upcast += done.upcast
+            shard = f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+            _save_shard({n: t.contiguous() for n, t in parameters.items()}, tmp / "model" / shard)
+            weight_map |= dict.fromkeys(parameters, shard)
+            if done.stored:
+                packed = f"packed-{index + 1:05d}-of-{count:05d}.safetensors"
+                _save_packed(done.stored, done.described, tmp / packed)
+                packed_map |= dict.fromkeys(done.stored, packed)
+            del parameters, done, statistics  # this layer's memory, before the next layer is read
+        quantized = time.perf_counter()
+        _write_index(tmp / "model" / "model.safetensors.index.json", weight_map, tmp / "model")
+        _write_index(tmp / PACKED_INDEX, packed_map, tmp)
+        _write_config(folder, tmp / "model")
+        _copy_tokenizer(folder, tmp / "model")
+        order = {e.unit.name: i for i, e in enumerate(plan.entries)}
+        kept = [_kept_row(e) for e in plan.entries if not e.quantized]
+        manifest = {
+            "variant": recipe.name,
+            "cache_key": key,
+            "recipe": recipe.resolved(),
+            "recipe_file": str(recipe_path),
+            "model": {"source": recipe.model, "folder": str(folder), "sha256": model_sha256, "architecture": arch},
+            "seed": recipe.seed,
+            "versions": versions,
+            "plan": plan.summary(),
+            "stored_float32": sorted(set(upcast)),
+            "tensors": sorted(rows, key=lambda r: order[r["name"]]) + kept,
+            "sizes": {
+                "model_safetensors_bytes": sum(p.stat().st_size for p in (tmp / "model").glob("*.safetensors")),
+                "packed_safetensors_bytes": sum(p.stat().st_size for p in tmp.glob("packed-*.safetensors")),
+                "planned_size_bytes": plan.summary()["size_bytes"],
+                "average_bits_per_weight": plan.summary()["average_bits_per_weight"],
+            },
+            "exports": {},
+            "run": {
+                "command": "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None,
+                "streamed": True,
+                "seconds": {
+                    "load": round(loaded - started, 3),
+                    "quantize": round(quantized - loaded, 3),
+                    "total": round(time.perf_counter() - started, 3),
+                },
+                "torch_threads": torch.get_num_threads(),
+            },
+        }
+        (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
+    return BuildResult(out, False, manifest)
+
+
+def _needs_calibration(method: str) -> bool:
+    from quantlab.methods import get_method
+
+    return get_method(method).needs_calibration
+
+
+def _dtype(model) -> torch.dtype:
+    dtype = getattr(model.config, "dtype", None) or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _write_index(path: Path, weight_map: dict[str, str], folder: Path) -> None:
+    total = sum((folder / name).stat().st_size for name in set(weight_map.values()))
+    path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+
+
+def _write_config(source: Path, target: Path) -> None:
+    """The source's config, less the release's quantization (the variant holds plain values). Its dtype stays the
+    source's, as the in-memory build's saved config says: parameters stored in float32 are listed in the
+    manifest's ``stored_float32``, and the lab loads variants in float32."""
+    config = json.loads((source / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if (source / "generation_config.json").is_file():
+        shutil.copy(source / "generation_config.json", target / "generation_config.json")
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    for name in _TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, target / name)
