@@ -213,6 +213,9 @@ class Calibration(BaseModel):
     samples: int = Field(default=128, ge=1)
     sequence_length: int = Field(default=64, ge=8)
     seed: int = 0
+    # Layer by layer, each layer fed the outputs of the layers before it as quantized (GPTQ's "true sequential"),
+    # instead of the baseline's; needs the streaming build, which computes statistics layer by layer anyway.
+    sequential: bool = False
 
 
 class Serve(BaseModel):
@@ -322,7 +325,10 @@ class Recipe(BaseModel):
 
     def resolved(self) -> dict:
         """The recipe with every default filled in, as the manifest records it."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        if data.get("calibration") and not data["calibration"]["sequential"]:
+            del data["calibration"]["sequential"]  # so recipes written before the option keep their cache keys
+        return data
 
     def as_yaml(self) -> str:
         """The recipe as a YAML file that loads back to an equal recipe (formats and methods in their

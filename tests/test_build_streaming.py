@@ -54,7 +54,8 @@ def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
         results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=mode == "stream")
     memory, stream = results["memory"], results["stream"]
     assert stream.manifest["run"]["streamed"] is True
-    assert len(list((stream.path / "model").glob("*.safetensors"))) == _small(family)["num_hidden_layers"] + 1
+    layers = _small(family)["num_hidden_layers"]
+    assert len(list((stream.path / "model").glob("*.safetensors"))) == layers + 3  # embeddings, norm, head alone
     assert stream.manifest["tensors"] == memory.manifest["tensors"]
     assert stream.manifest["stored_float32"] == memory.manifest["stored_float32"]
     ours, theirs = _packed(stream.path), _packed(memory.path)
@@ -72,3 +73,28 @@ def test_what_does_not_stream_is_one_line(tmp_path):
     with pytest.raises(UserError, match="preset: a llama.cpp preset is resolved over the whole model"):
         builder.build(recipe, tmp_path / "artifacts", stream=True)
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_streamed_gptq_is_the_in_memory_gptq_and_sequential_differs(hub_checkpoint, tmp_path):
+    """Statistics layer by layer (each layer's Hessians freed before the next is read) are the in-memory build's
+    one pass; feeding each layer the quantized layers' outputs (``sequential``) changes the layers after the first."""
+    _, folder = hub_checkpoint
+    body = (
+        'calibration: {dataset: "zoo:aime-style", samples: 20, sequence_length: 32, seed: 0SEQ}\ngroups:\n'
+        "  - select: {component: [experts, attention, lm_head]}\n    format: {name: int4, group_size: 16}\n"
+        "    method: {name: gptq, min_tokens: 8}\n"
+    )
+    results = {}
+    for mode, stream, sequential in (("memory", False, ""), ("stream", True, ""), ("seq", True, ", sequential: true")):
+        recipe = tmp_path / f"{mode}.yaml"
+        recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body.replace('SEQ', sequential)}")
+        results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=stream)
+    memory, stream, sequential = (results[m].manifest["tensors"] for m in ("memory", "stream", "seq"))
+    assert any(r.get("method", "").startswith("gptq") and "method_fallback" not in r for r in memory)
+    assert stream == memory
+    ours, theirs = _packed(results["stream"].path), _packed(results["memory"].path)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    changed = {r["name"] for r, s in zip(memory, sequential) if r != s}
+    assert changed and not any(".layers.0." in name for name in changed)  # layer 0 sees the same inputs either way
+    with pytest.raises(UserError, match="calibration.sequential: .* build with --stream"):
+        builder.build(tmp_path / "seq.yaml", tmp_path / "other")

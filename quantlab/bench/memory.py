@@ -100,3 +100,95 @@ def measure_build(model_source: str, format_name: str = "mxfp4") -> dict:
         "build_over_load_bytes": build_peak - load_peak,
         "build_over_load_vs_model": round((build_peak - load_peak) / model_bytes, 3),
     }
+
+
+# --- the streaming build under an enforced memory limit ---------------------------------------------------------
+
+
+def _resident_bytes(pid: int) -> int:
+    """The process's resident memory now (VmRSS), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def run_under_limit(args: list[str], limit_bytes: int, poll_s: float = 0.02) -> dict:
+    """Runs ``quantlab *args`` in a fresh process that is killed the moment its resident memory exceeds
+    ``limit_bytes`` (sampled every ``poll_s``); its kernel-counted peak (``ru_maxrss``) is checked against the
+    limit too, so a spike between two samples cannot pass unseen. Returns the peak, the verdict and stdout."""
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _REPORT_PEAK + BUILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    killed_at = None
+    while process.poll() is None:
+        resident = _resident_bytes(process.pid)
+        if resident > limit_bytes:
+            process.kill()
+            killed_at = resident
+            break
+        time.sleep(poll_s)
+    out, err = process.communicate()
+    peaks = [line for line in err.splitlines() if line.startswith("PEAK_KIB ")]
+    peak = int(peaks[-1].split()[1]) * 1024 if peaks else killed_at or 0
+    return {
+        "returncode": process.returncode,
+        "peak_bytes": peak,
+        "within_limit": killed_at is None and process.returncode == 0 and peak <= limit_bytes,
+        "killed_at_bytes": killed_at,
+        "stdout": out,
+        "stderr_tail": err.strip().splitlines()[-1] if err.strip() else "",
+    }
+
+
+def measure_streaming_build(
+    family: str,
+    layers: int,
+    folder: Path,
+    experts: int | None = None,
+    groups: str = "  - select: {component: experts}\n    format: mxfp4\n",
+    calibration: str = "",
+    ratio: float = 4.0,
+    label: str = "mxfp4 experts",
+) -> dict:
+    """``quantlab build --stream`` of a synthetic ``family`` model under a memory limit of 1/``ratio`` of the
+    model's in-memory size (what the in-memory build holds): its peak against the limit and the largest layer."""
+    from quantlab.stages.build_streaming import layer_groups, meta_model
+    from quantlab.zoo.synth import synthesize
+
+    source = folder / f"{family}-{layers}l"
+    if not (source / "config.json").is_file():
+        synthesize(family, source, layers, experts=experts)
+    model = meta_model(source)
+    sizes = {name: p.numel() * p.element_size() for name, p in model.named_parameters()}
+    model_bytes = sum(sizes.values())
+    largest_label, largest = max(
+        ((label_, sum(sizes[n] for n in names)) for label_, names in layer_groups(list(sizes))), key=lambda x: x[1]
+    )
+    limit = int(model_bytes / ratio)
+    recipe = folder / "streamed.yaml"
+    recipe.write_text(f"name: streamed\nmodel: {source}\n{calibration}groups:\n{groups}")
+    run = run_under_limit(
+        ["build", str(recipe), "--stream", "--out", str(folder / "store"), "--force", "--json"], limit
+    )
+    manifest = json.loads(run["stdout"]) if run["within_limit"] else {}
+    return {
+        "model": f"{family} shapes, {layers} layers" + (f", {experts} experts" if experts else ""),
+        "recipe": label,
+        "model_bytes_in_memory": model_bytes,
+        "source_bytes_on_disk": sum(p.stat().st_size for p in source.glob("*.safetensors")),
+        "largest_layer": largest_label,
+        "largest_layer_bytes": largest,
+        "limit_bytes": limit,
+        "model_over_limit": round(model_bytes / limit, 2),
+        "peak_bytes": run["peak_bytes"],
+        "peak_over_largest_layer": round(run["peak_bytes"] / largest, 2),
+        "within_limit": run["within_limit"],
+        "failure": None if run["within_limit"] else (run["stderr_tail"] or f"killed at {run['killed_at_bytes']} bytes"),
+        "build_seconds": manifest.get("run", {}).get("seconds", {}).get("total"),
+    }

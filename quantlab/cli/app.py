@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -731,6 +732,17 @@ def bench_build_memory(
     synthetic: bool = typer.Option(
         True, help="Also measure a synthetic ~100M-parameter gpt-oss (written to a temp folder)."
     ),
+    stream: bool = typer.Option(
+        False, "--stream", help="Instead: build --stream of a synthetic model 4x larger than an enforced limit."
+    ),
+    family: str = typer.Option("gpt-oss-20b", "--family", help="--stream: the synthetic model's shapes."),
+    layers: int = typer.Option(12, "--layers", min=1, help="--stream: its layers."),
+    experts: Optional[int] = typer.Option(None, "--experts", min=1, help="--stream: fewer experts than released."),
+    ratio: float = typer.Option(4.0, "--ratio", min=1.0, help="--stream: model size over the memory limit."),
+    gptq: bool = typer.Option(False, "--gptq", help="--stream: also int4 GPTQ of every expert (layer by layer)."),
+    workdir: Optional[Path] = typer.Option(
+        None, "--workdir", help="--stream: where the synthetic model and the variant go (default: a temp folder)."
+    ),
 ) -> None:
     """Peak memory of quantlab build (mxfp4 experts) against the load-only floor, the model and the output."""
     import tempfile
@@ -738,6 +750,8 @@ def bench_build_memory(
     from quantlab.bench import memory
     from quantlab.models.loading import default_model
 
+    if stream:
+        return _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_json)
     results = []
     with render.status("measuring build memory", as_json):
         results.append(memory.measure_build(default_model()))
@@ -750,6 +764,34 @@ def bench_build_memory(
     if as_json:
         return render.print_json(results)
     render.bench_build_memory(results)
+
+
+def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_json) -> None:
+    import tempfile
+
+    from quantlab.bench import memory
+    from quantlab.zoo.synth import synth_config
+
+    synth_config(family, layers, experts)  # a wrong family or count: one line before anything is written
+    runs = [("mxfp4 experts", "  - select: {component: experts}\n    format: mxfp4\n", "")]
+    if gptq:
+        calibration = 'calibration: {dataset: "zoo:aime-style", samples: 16, sequence_length: 64, seed: 0}\n'
+        groups = "  - select: {component: experts}\n    format: {name: int4, group_size: 32}\n    method: gptq\n"
+        runs.append(("int4 GPTQ experts (g32), layer by layer", groups, calibration))
+    with contextlib.ExitStack() as stack:
+        folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="quantlab-stream-")))
+        folder.mkdir(parents=True, exist_ok=True)
+        results = []
+        with render.status("building under a memory limit", as_json):
+            for label, groups, calibration in runs:
+                results.append(
+                    memory.measure_streaming_build(
+                        family, layers, folder, experts, groups, calibration, ratio=ratio, label=label
+                    )
+                )
+    if as_json:
+        return render.print_json(results)
+    render.bench_streaming_memory(results)
 
 
 @bench_app.command("measure")

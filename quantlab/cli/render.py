@@ -504,3 +504,34 @@ def bench_audit(result: dict) -> None:
             points = ", ".join(f"{p['queries']}: {p['detected']}/{p['audits']}" for p in curve["points"])
             table.add_row(curve["server"], curve["check"], points, str(curve["queries_for_80_percent"] or "> largest"))
         wide().print(table)
+
+
+def bench_streaming_memory(results: list[dict]) -> None:
+    """``quantlab bench build-memory --stream``: each build's peak against its enforced limit and largest layer."""
+    table = Table(
+        "model",
+        "recipe",
+        "in memory",
+        "limit",
+        "model / limit",
+        "largest layer",
+        "peak",
+        "peak / layer",
+        "within limit",
+        title="build --stream under an enforced memory limit (peak: ru_maxrss of the build process)",
+        title_justify="left",
+    )
+    gib = 2**30
+    for r in results:
+        table.add_row(
+            r["model"],
+            r["recipe"],
+            f"{r['model_bytes_in_memory'] / gib:.2f} GiB",
+            f"{r['limit_bytes'] / gib:.2f} GiB",
+            f"{r['model_over_limit']:.1f}x",
+            f"{r['largest_layer']} {r['largest_layer_bytes'] / gib:.2f} GiB",
+            f"{r['peak_bytes'] / gib:.2f} GiB",
+            f"{r['peak_over_largest_layer']:.2f}",
+            "yes" if r["within_limit"] else f"no: {r['failure']}",
+        )
+    wide().print(table)

@@ -5,9 +5,9 @@ diagonal is llama.cpp's importance matrix) and how many tokens it saw. An expert
 router sends it (those whose top-k includes it), so a rarely chosen expert can see few or none: the methods
 fall back to rtn below a minimum and say so per expert.
 
-Statistics come from the baseline model in one pass (not layer by layer through already-quantized layers,
-as GPTQ's "true sequential" mode does): simpler and the same for every group, at the cost of ignoring how the
-quantization of earlier layers shifts later inputs.
+Statistics come from the baseline model in one pass by default (the streaming build computes the same ones
+layer by layer, ``quantlab.stages.layerwise``, and there ``calibration.sequential`` feeds each layer the
+quantized layers' outputs instead, as GPTQ's "true sequential" mode does).
 """
 
 from __future__ import annotations
@@ -50,40 +50,49 @@ def collect_input_statistics(
     model, units: list[WeightUnit], tokens: torch.Tensor, batch_size: int = 16
 ) -> dict[str, InputStatistics]:
     """Unit name -> input statistics of that matrix over ``tokens`` (samples, length), from one pass."""
-    stats: dict[str, InputStatistics] = {}
-    by_module: dict[str, list[WeightUnit]] = {}
-    for unit in units:
-        module_name = unit.tensor.rsplit(".", 1)[0]
-        by_module.setdefault(module_name, []).append(unit)
+    with StatisticsHooks(model, units) as hooks, torch.no_grad():
+        for start in range(0, tokens.shape[0], batch_size):
+            model(tokens[start : start + batch_size])
+    return hooks.statistics
 
-    def add(name: str, x: torch.Tensor) -> None:
+
+class StatisticsHooks:
+    """Forward pre-hooks on the modules of ``units`` that add up each unit's input statistics while the block
+    runs; ``statistics`` then holds every unit (a unit that saw no token: zeros, 0 tokens)."""
+
+    def __init__(self, model, units: list[WeightUnit]):
+        self.model, self.units = model, units
+        self.statistics: dict[str, InputStatistics] = {}
+        self.handles: list = []
+
+    def add(self, name: str, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).double()
-        entry = stats.get(name)
+        entry = self.statistics.get(name)
         gram = x.T @ x
         if entry is None:
-            stats[name] = InputStatistics(gram, x.shape[0])
+            self.statistics[name] = InputStatistics(gram, x.shape[0])
         else:
             entry.gram += gram
             entry.tokens += x.shape[0]
 
-    handles = []
-    for module_name, module_units in by_module.items():
-        module = model.get_submodule(module_name)
-        fused = [u for u in module_units if u.expert is not None and u.tensor != u.name]
-        if fused:
-            handles.append(module.register_forward_pre_hook(_experts_hook(module, fused, add)))
-        else:
-            handles.append(module.register_forward_pre_hook(_linear_hook(module_units, add)))
-    try:
-        with torch.no_grad():
-            for start in range(0, tokens.shape[0], batch_size):
-                model(tokens[start : start + batch_size])
-    finally:
-        for handle in handles:
+    def __enter__(self) -> StatisticsHooks:
+        by_module: dict[str, list[WeightUnit]] = {}
+        for unit in self.units:
+            by_module.setdefault(unit.tensor.rsplit(".", 1)[0], []).append(unit)
+        for module_name, module_units in by_module.items():
+            module = self.model.get_submodule(module_name)
+            fused = [u for u in module_units if u.expert is not None and u.tensor != u.name]
+            hook = _experts_hook(module, fused, self.add) if fused else _linear_hook(module_units, self.add)
+            self.handles.append(module.register_forward_pre_hook(hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
             handle.remove()
-    for unit in units:  # units that never saw a token (an expert no token was routed to)
-        stats.setdefault(unit.name, InputStatistics(torch.zeros(unit.shape[1], unit.shape[1], dtype=torch.float64), 0))
-    return stats
+        for unit in self.units:  # units that never saw a token (an expert no token was routed to)
+            self.statistics.setdefault(
+                unit.name, InputStatistics(torch.zeros(unit.shape[1], unit.shape[1], dtype=torch.float64), 0)
+            )
 
 
 def _linear_hook(units: list[WeightUnit], add):

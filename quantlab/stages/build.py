@@ -123,6 +123,11 @@ def build(
         from quantlab.stages.build_streaming import build_streaming, check_streamable
 
         check_streamable(recipe)  # before waiting on a lock: a recipe that cannot stream is one line at once
+    elif recipe.calibration is not None and recipe.calibration.sequential:
+        raise recipe.error(
+            "calibration.sequential",
+            "statistics through the quantized layers are computed layer by layer: build with --stream",
+        )
     with ArtifactStore.lock(out):
         existing = ArtifactStore.cached(out / MANIFEST, key)
         if existing is not None and not force:

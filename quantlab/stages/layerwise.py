@@ -1,0 +1,157 @@
+"""Calibration statistics one layer at a time, for the streaming build: never more than one decoder layer in
+memory, each layer's Hessians computed, used and freed before the next layer is read.
+
+How: the model's own forward runs once over the calibration tokens with every decoder layer replaced by a
+recorder, which keeps what the model hands each layer (the attention mask of its kind, the rotary position
+embeddings) and passes the hidden states through. Then layer by layer: the layer is built from its parameters
+(in float32, as the in-memory build computes its statistics), the same forward pre-hooks as the in-memory
+build's (``StatisticsHooks``) add up each matrix's inputs while the layer runs on the carried hidden states,
+and its outputs become the next layer's inputs: the baseline layer's outputs by default, which makes every
+statistic the in-memory build's (``tests/test_build_streaming.py``), or with ``calibration.sequential`` the
+quantized layer's (the inputs the quantized model will really see).
+
+The output head's statistics are those of the final norm's outputs, computed the same way; embeddings have no
+input activations (data-driven methods fall back to rtn on them, as in the in-memory build).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from quantlab.methods import get_method
+from quantlab.methods.activations import StatisticsHooks
+from quantlab.models.checkpoint import Checkpoint
+from quantlab.plan import Plan
+from quantlab.recipe import Recipe
+
+_LAYER = re.compile(r"^layer (\d+)$")
+BATCH = 16  # calibration samples per forward, as the in-memory build's pass
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for a decoder layer: keeps the keyword arguments the model gives it, returns its input."""
+
+    def __init__(self, calls: list):
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls.append(
+            {k: v for k, v in kwargs.items() if k in ("attention_mask", "position_embeddings", "position_ids")}
+        )
+        return hidden_states
+
+
+class LayerwiseCalibration:
+    """The calibration tokens' hidden states carried through the model layer by layer (see the module docstring)."""
+
+    def __init__(self, recipe: Recipe, model, checkpoint: Checkpoint, plan: Plan, folder: Path):
+        from transformers import AutoTokenizer
+
+        from quantlab.calibration import calibration_tokens
+
+        self.sequential = recipe.calibration is not None and recipe.calibration.sequential
+        self.model, self.checkpoint = model, checkpoint
+        self.calibrated = {
+            e.unit.name
+            for e in plan.entries
+            if e.quantized and get_method(e.method_spec.name).needs_calibration and e.unit.component != "embeddings"
+        }
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokens = calibration_tokens(recipe.calibration, tokenizer)
+        base = model.model
+        self._materialize(base, ["embed_tokens", "norm"])
+        base.rotary_emb = type(base.rotary_emb)(config=model.config)  # its buffers, computed (they were on meta)
+        layers = base.layers
+        self.calls: list[list[dict]] = [[] for _ in layers]
+        base.layers = torch.nn.ModuleList([_Recorder(self.calls[i]) for i in range(len(layers))])
+        self.hidden: list[torch.Tensor] = []
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], BATCH):
+                batch = tokens[start : start + BATCH]
+                self.hidden.append(base.embed_tokens(batch))
+                base(input_ids=batch, use_cache=False)
+        self.layers = layers  # the meta layers: a structure to build each real layer from
+        base.layers = layers
+        self.next_hidden: list[torch.Tensor] | None = None
+
+    def _materialize(self, base, names: list[str]) -> None:
+        for name in names:
+            module = getattr(base, name)
+            prefix = f"model.{name}."
+            values = self.checkpoint.read([prefix + n for n, _ in module.named_parameters()])
+            for parameter_name, value in values.items():
+                _set(base, parameter_name.removeprefix("model."), value.float())
+
+    def statistics(self, index: int, label: str, parameters: dict, entries: list) -> dict:
+        """Input statistics of the group's calibrated matrices (empty for a group without any)."""
+        wanted = [e.unit for e in entries if e.unit.name in self.calibrated]
+        match = _LAYER.match(label)
+        if match is None:
+            return self._head_statistics(wanted)
+        layer = int(match[1])
+        module = self._build_layer(layer, parameters)
+        outputs = []
+        with StatisticsHooks(self.model, wanted) as hooks, torch.no_grad():
+            for hidden, call in zip(self.hidden, self.calls[layer]):
+                outputs.append(_first(module(hidden, **call)))
+        self.model.model.layers[layer] = self.layers[layer]  # back to meta: the float32 copy is freed
+        self.next_hidden = None if self.sequential else outputs
+        return hooks.statistics if wanted else {}
+
+    def advance(self, index: int, label: str, parameters: dict) -> None:
+        """Moves the hidden states past the group just quantized (``parameters`` hold its quantized values)."""
+        match = _LAYER.match(label)
+        if match is None:
+            return
+        if self.sequential:
+            layer = int(match[1])
+            module = self._build_layer(layer, parameters)
+            with torch.no_grad():
+                self.next_hidden = [_first(module(h, **c)) for h, c in zip(self.hidden, self.calls[layer])]
+            self.model.model.layers[layer] = self.layers[layer]
+        assert self.next_hidden is not None
+        self.hidden, self.next_hidden = self.next_hidden, None
+
+    def _build_layer(self, layer: int, parameters: dict):
+        """The real decoder layer ``layer`` from ``parameters`` (float32 copies), placed in the model."""
+        prefix = f"model.layers.{layer}."
+        real = _clone_structure(self.layers[layer])
+        for name, value in parameters.items():
+            if name.startswith(prefix):
+                _set(real, name.removeprefix(prefix), value.detach().float().clone())
+        self.model.model.layers[layer] = real
+        return real
+
+    def _head_statistics(self, wanted: list) -> dict:
+        if not wanted:
+            return {}
+        hooks = StatisticsHooks(self.model, [])  # the head is a linear layer: its input is the final norm's output
+        hooks.units = wanted
+        with torch.no_grad():
+            for hidden in self.hidden:
+                normed = self.model.model.norm(hidden)
+                for unit in wanted:
+                    hooks.add(unit.name, normed)
+        hooks.__exit__(None, None, None)
+        return hooks.statistics
+
+
+def _clone_structure(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a meta module's structure whose parameters are then set one by one (no memory until then)."""
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def _set(root: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    owner, _, attribute = name.rpartition(".")
+    module = root.get_submodule(owner) if owner else root
+    setattr(module, attribute, torch.nn.Parameter(value, requires_grad=False))
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
