@@ -87,7 +87,11 @@ class Checkpoint:
             from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
             blocks, scales = tensor(f"{layer}mlp.experts.{which}_blocks"), tensor(f"{layer}mlp.experts.{which}_scales")
-            return convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
+            experts, rows, groups = scales.shape
+            out = torch.empty(experts, groups * 32, rows, dtype=torch.bfloat16)  # (experts, in, out), contiguous
+            for e in range(experts):  # one expert at a time: the lookup's temporaries stay one expert's size
+                out[e] = convert_moe_packed_tensors(blocks[e : e + 1], scales[e : e + 1], dtype=torch.bfloat16)[0]
+            return out
         if self.model_type not in _PER_EXPERT:
             raise UserError(f"{self.folder}: streaming does not know {self.model_type!r}'s on-disk expert layout")
         block, gate, up, down = _PER_EXPERT[self.model_type]
