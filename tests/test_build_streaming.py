@@ -98,3 +98,24 @@ def test_streamed_gptq_is_the_in_memory_gptq_and_sequential_differs(hub_checkpoi
     assert changed and not any(".layers.0." in name for name in changed)  # layer 0 sees the same inputs either way
     with pytest.raises(UserError, match="calibration.sequential: .* build with --stream"):
         builder.build(tmp_path / "seq.yaml", tmp_path / "other")
+
+
+def test_a_model_larger_than_available_memory_is_one_line_before_loading(tmp_path, monkeypatch):
+    """Measure and transformers evaluation say what they need instead of swapping or being killed."""
+    from quantlab.models import loading
+    from quantlab.stages.evaluate.run import evaluate
+    from quantlab.stages.measure.run import measure_variant
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: r\nmodel: zoo:tiny-gpt-oss\ngroups:\n  - select: {component: experts}\n    format: mxfp4\n"
+    )
+    builder.build(recipe, tmp_path / "artifacts")
+    need = loading.float32_bytes(tmp_path / "artifacts" / "r" / "model")
+    assert need == 4 * sum(p.numel() for p in load_model(tmp_path / "artifacts" / "r" / "model")[0].parameters())
+    monkeypatch.setattr(loading, "available_memory_bytes", lambda: need // 2)  # a machine this model outgrows
+    with pytest.raises(UserError, match=r"measuring r against its baseline needs about .* GiB .* --backend llama.cpp"):
+        measure_variant("r", artifacts=tmp_path / "artifacts", max_tokens=256)
+    with pytest.raises(UserError, match="evaluating r with transformers needs about"):
+        evaluate("r", "zoo_gpqa_style", limit=2, artifacts=tmp_path / "artifacts")
+    assert not (tmp_path / "artifacts" / "r" / "measure").exists()

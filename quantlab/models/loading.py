@@ -92,6 +92,46 @@ def load_model(folder: Path, dtype=None):
     return model, tokenizer
 
 
+def meta_model(folder: Path):
+    """The model's structure on the ``meta`` device (no memory): its parameter names and shapes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # the release's packed format is read and dequantized by Checkpoint
+    import torch
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return model
+
+
+def float32_bytes(folder: Path) -> int:
+    """The model's parameters in float32 (how the lab computes on a CPU), counted on its structure alone."""
+    return 4 * sum(p.numel() for p in meta_model(folder).parameters())
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def require_memory(needed_bytes: int, what: str, instead: str) -> None:
+    """A one-line error before loading when ``what`` needs more memory than this machine has available."""
+    available = available_memory_bytes()
+    if available is not None and needed_bytes > available:
+        raise UserError(
+            f"{what} needs about {needed_bytes / 2**30:.1f} GiB in memory (float32) and this machine has "
+            f"{available / 2**30:.1f} GiB available; run it where that fits, or {instead}"
+        )
+
+
 def load_config_and_tokenizer(folder: Path):
     """(config, tokenizer) from a local folder, without the weights: what a client of a served model needs."""
     from transformers import AutoConfig, AutoTokenizer

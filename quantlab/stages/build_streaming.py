@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from quantlab.models.checkpoint import Checkpoint
+from quantlab.models.loading import meta_model
 from quantlab.recipe import Recipe
 from quantlab.stages.build import (
     BuildResult,
@@ -46,18 +47,6 @@ from quantlab.store.records import Manifest
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 PACKED_INDEX = "packed.safetensors.index.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
-
-
-def meta_model(folder: Path):
-    """The model's structure on the ``meta`` device (no memory): its parameter names and shapes."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    if getattr(config, "quantization_config", None) is not None:
-        del config.quantization_config  # the release's packed format is read and dequantized by Checkpoint
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    return model
 
 
 def layer_groups(names: list[str]) -> list[tuple[str, list[str]]]:

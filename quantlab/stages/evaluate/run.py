@@ -342,8 +342,9 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
     spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
     from quantlab import chat
 
-    if settings["backend"] in ("served", "endpoint"):
-        # a server runs the model: the client needs its tokenizer and config, not its weights in memory
+    if settings["backend"] in ("served", "endpoint", "llama.cpp"):
+        # a server or llama.cpp (which maps the GGUF file) runs the model: the client needs its tokenizer and
+        # config, not its weights in memory, so a model larger than memory is evaluated this way
         from types import SimpleNamespace
 
         from quantlab.models.loading import load_config_and_tokenizer
@@ -351,6 +352,13 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
         config, tokenizer = load_config_and_tokenizer(subject.model_folder)
         model = SimpleNamespace(config=config)
     else:
+        from quantlab.models.loading import float32_bytes, require_memory
+
+        require_memory(
+            float32_bytes(subject.model_folder),
+            f"evaluating {subject.name} with transformers",
+            "evaluate its GGUF export with --backend llama.cpp, or serve it (--engine vllm)",
+        )
         model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
     template = None  # the Jinja source prompts are rendered with; None: no chat template (plain)
     if settings["chat_template"] != "plain":

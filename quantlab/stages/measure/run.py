@@ -407,8 +407,13 @@ def _measure(
     max_tokens: int,
     llama_perplexity_ctx: int | None = None,
 ) -> dict:
-    from quantlab.models.loading import load_model
+    from quantlab.models.loading import float32_bytes, load_model, require_memory
 
+    require_memory(  # the variant and its baseline side by side
+        2 * float32_bytes(folder / MODEL),
+        f"measuring {manifest['variant']} against its baseline",
+        "evaluate its GGUF export with --backend llama.cpp (llama.cpp maps the file instead of loading it)",
+    )
     variant, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
     baseline, baseline_name = load_baseline(store, manifest, baseline_ref)
     if baseline.config.model_type != variant.config.model_type:
