@@ -794,6 +794,23 @@ def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_js
     render.bench_streaming_memory(results)
 
 
+@bench_app.command("ray")
+def bench_ray(
+    limit: int = typer.Option(100, "--limit", min=1, help="AIME-style items each cell is evaluated on."),
+    tokens: int = typer.Option(2048, "--tokens", min=256, help="Measurement tokens of each cell."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A three-factor attribution sequentially and with --ray on 1 and 2 local workers: wall times, and whether
+    each stored attribution equals the sequential one."""
+    from quantlab.bench.ray_cells import compare_ray
+
+    with render.status("attributing", as_json) as status:
+        result = compare_ray(limit, tokens, progress=(lambda m: status.update(m)) if status is not None else None)
+    if as_json:
+        return render.print_json(result)
+    render.bench_ray(result)
+
+
 @bench_app.command("measure")
 def bench_measure(
     variant: str = typer.Argument("mxfp4", help="A built variant (artifact folder or name under --artifacts)."),

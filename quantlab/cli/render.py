@@ -535,3 +535,25 @@ def bench_streaming_memory(results: list[dict]) -> None:
             "yes" if r["within_limit"] else f"no: {r['failure']}",
         )
     wide().print(table)
+
+
+def bench_ray(result: dict) -> None:
+    """``quantlab bench ray``: the wall time of each run and whether its stored attribution is the sequential one."""
+    table = Table(
+        "run",
+        "wall s",
+        "vs sequential",
+        "same stored attribution",
+        "cells",
+        title=f"3-factor attribution, {result['limit']} items, {result['torch_threads']} torch threads per task",
+        title_justify="left",
+    )
+    for row in result["runs"]:
+        table.add_row(
+            row["run"],
+            f"{row['wall_s']:.1f}",
+            f"{row['vs_sequential']:.2f}",
+            str(row["same_stored_attribution"]),
+            str(row["cells"]),
+        )
+    console.print(table)
