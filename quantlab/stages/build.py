@@ -227,7 +227,7 @@ def quantize_entries(
                 f"{folder}: {entry.unit.name} holds NaN or Inf values; the checkpoint is damaged "
                 "(re-download or re-export it)"
             )
-        quantized = _apply(entry, original, statistics.get(entry.unit.name))
+        quantized = _apply_on_device(entry, original, statistics.get(entry.unit.name))
         tensors, description = _packed_tensors(entry, quantized, entry.format_spec)
         result.stored.update(tensors)
         result.described[entry.unit.name] = description
@@ -295,6 +295,34 @@ def _apply(entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:
     method = get_method(method_spec.name)
     fmt = None if spec.name == KEEP else get_format(spec.name, **spec.params)
     return method.apply(matrix, fmt, method.params(method_spec.params), statistics, entry.unit.component)
+
+
+def compute_device() -> str:
+    """Where matrices are quantized: ``QUANTLAB_DEVICE`` (e.g. ``cuda``), else the CPU. Every format stores the same
+    bytes on CUDA as on the CPU (tests/test_formats_cuda.py), so the variant is the same; only the time differs."""
+    import os
+
+    return os.environ.get("QUANTLAB_DEVICE", "cpu")
+
+
+def _apply_on_device(entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:
+    """``_apply`` on ``compute_device()`` for the methods that need no statistics (those stay on the CPU), the
+    result brought back to the CPU."""
+    device = compute_device()
+    if device == "cpu" or statistics is not None or entry.method_spec is None:
+        return _apply(entry, matrix, statistics)
+    if get_method(entry.method_spec.name).needs_calibration:
+        return _apply(entry, matrix, statistics)
+    result = _apply(entry, matrix.to(device), None)
+
+    def cpu(value):
+        if isinstance(value, Packed):
+            return Packed(
+                value.format, value.shape, {k: v.cpu() for k, v in value.data.items()}, value.fallback, value.notes
+            )
+        return value.cpu()
+
+    return Quantized({k: cpu(v) for k, v in result.stored.items()}, result.dequantized.cpu(), result.notes)
 
 
 def _exact_in(values: torch.Tensor, dtype: torch.dtype) -> bool:
