@@ -794,6 +794,33 @@ def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_js
     render.bench_streaming_memory(results)
 
 
+@bench_app.command("families")
+def bench_families(
+    families: str = typer.Option(
+        "gpt-oss-20b,gpt-oss-120b,qwen3-30b-a3b,mixtral-8x7b,olmoe-1b-7b", "--families", help="Comma-separated."
+    ),
+    layers: int = typer.Option(1, "--layers", min=1, help="Layers of each synthetic model."),
+    experts: Optional[int] = typer.Option(
+        None, "--experts", min=1, help="Experts of every family (default: a CPU-sized count per family)."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every synthetic family of real shapes through build (F32 export, mxfp4, int4 GPTQ, Q4_K_M), llama-quantize's
+    choices, measure and a short eval."""
+    from quantlab.bench.families import run_families
+    from quantlab.zoo.synth import synth_config
+
+    names = [f.strip() for f in families.split(",") if f.strip()]
+    for name in names:
+        synth_config(name, layers, experts)  # a wrong family: one line before any work
+    with render.status("running the families", as_json) as status:
+        say = (lambda m: status.update(m)) if status is not None else None
+        rows = run_families(names, layers, dict.fromkeys(names, experts) if experts else None, progress=say)
+    if as_json:
+        return render.print_json(rows)
+    render.bench_families(rows)
+
+
 @bench_app.command("ray")
 def bench_ray(
     limit: int = typer.Option(100, "--limit", min=1, help="AIME-style items each cell is evaluated on."),

@@ -557,3 +557,30 @@ def bench_ray(result: dict) -> None:
             str(row["cells"]),
         )
     console.print(table)
+
+
+def bench_families(rows: list[dict]) -> None:
+    """``quantlab bench families``: one row per synthetic family."""
+    table = Table(
+        "family",
+        "layers, experts",
+        "F32 export rel. L2",
+        "Q4_K_M = llama-quantize (types, bytes)",
+        "Q4_K_M mean KLD (n tokens)",
+        "GPQA-style accuracy (n)",
+        "seconds",
+        title="Synthetic families of real shapes (random weights)",
+        title_justify="left",
+    )
+    for r in rows:
+        same = r["q4_k_m_vs_llama_quantize"]
+        table.add_row(
+            r["family"],
+            f"{r['layers']}, {r['experts']}",
+            f"{r['f32_logits_relative_l2']:.1e}" + (" (YaRN rounding)" if r["runtime_departures"] else ""),
+            f"{same['same_types']}, {same['same_bytes']} ({same['tensors']} tensors: {', '.join(same['types'])})",
+            f"{r['q4_k_m_kld']['mean']:.4f} ({r['q4_k_m_kld']['n']})",
+            f"{100 * r['q4_k_m_eval']['accuracy']:.0f}% ({r['q4_k_m_eval']['items']})",
+            f"{r['seconds']['total']:.0f}",
+        )
+    wide().print(table)
