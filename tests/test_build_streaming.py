@@ -75,9 +75,13 @@ def test_what_does_not_stream_is_one_line(tmp_path):
     assert not (tmp_path / "artifacts").exists()
 
 
-def test_streamed_gptq_is_the_in_memory_gptq_and_sequential_differs(hub_checkpoint, tmp_path):
-    """Statistics layer by layer (each layer's Hessians freed before the next is read) are the in-memory build's
-    one pass; feeding each layer the quantized layers' outputs (``sequential``) changes the layers after the first."""
+def test_streamed_gptq_is_the_in_memory_gptq_and_sequential_differs(hub_checkpoint, tmp_path, monkeypatch):
+    """Statistics layer by layer (each layer's Hessians freed before the next is read), here one matrix's Hessian
+    at a time, are the in-memory build's one pass; feeding each layer the quantized layers' outputs
+    (``sequential``) changes the layers after the first."""
+    from quantlab.stages import layerwise
+
+    monkeypatch.setattr(layerwise, "HESSIAN_BYTES", 1)  # every matrix its own chunk: the layer runs once per matrix
     _, folder = hub_checkpoint
     body = (
         'calibration: {dataset: "zoo:aime-style", samples: 20, sequence_length: 32, seed: 0SEQ}\ngroups:\n'

@@ -122,18 +122,21 @@ def run_under_limit(args: list[str], limit_bytes: int, poll_s: float = 0.02) -> 
     limit too, so a spike between two samples cannot pass unseen. Returns the peak, the verdict and stdout."""
     import time
 
-    process = subprocess.Popen(
-        [sys.executable, "-c", _REPORT_PEAK + BUILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    killed_at = None
-    while process.poll() is None:
-        resident = _resident_bytes(process.pid)
-        if resident > limit_bytes:
-            process.kill()
-            killed_at = resident
-            break
-        time.sleep(poll_s)
-    out, err = process.communicate()
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        # files, not pipes: a manifest larger than a pipe's buffer would block the child while we only poll
+        process = subprocess.Popen([sys.executable, "-c", _REPORT_PEAK + BUILD, *args], stdout=stdout, stderr=stderr)
+        killed_at = None
+        while process.poll() is None:
+            resident = _resident_bytes(process.pid)
+            if resident > limit_bytes:
+                process.kill()
+                killed_at = resident
+                break
+            time.sleep(poll_s)
+        process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
     peaks = [line for line in err.splitlines() if line.startswith("PEAK_KIB ")]
     peak = int(peaks[-1].split()[1]) * 1024 if peaks else killed_at or 0
     return {

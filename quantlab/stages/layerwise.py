@@ -29,6 +29,7 @@ from quantlab.recipe import Recipe
 
 _LAYER = re.compile(r"^layer (\d+)$")
 BATCH = 16  # calibration samples per forward, as the in-memory build's pass
+HESSIAN_BYTES = 512 * 2**20  # Gram matrices held at once (float64): 16 of gpt-oss's 2880-wide inputs
 
 
 class _Recorder(torch.nn.Module):
@@ -86,27 +87,37 @@ class LayerwiseCalibration:
             for parameter_name, value in values.items():
                 _set(base, parameter_name.removeprefix("model."), value.float())
 
-    def statistics(self, index: int, label: str, parameters: dict, entries: list) -> dict:
-        """Input statistics of the group's calibrated matrices (empty for a group without any)."""
+    def statistics(self, index: int, label: str, parameters: dict, entries: list):
+        """Input statistics of the group's calibrated matrices, as a mapping the build asks matrix by matrix:
+        they are computed a few matrices at a time (``HESSIAN_BYTES`` of Gram matrices at most, each chunk's
+        freed when the next is computed), by running the layer again over the carried hidden states, so a
+        layer of 128 experts never holds 256 Hessians at once."""
         wanted = [e.unit for e in entries if e.unit.name in self.calibrated]
         match = _LAYER.match(label)
         if match is None:
             return self._head_statistics(wanted)
         layer = int(match[1])
         module = self._build_layer(layer, parameters)
-        outputs = []
-        with StatisticsHooks(self.model, wanted) as hooks, torch.no_grad():
-            for hidden, call in zip(self.hidden, self.calls[layer]):
-                outputs.append(_first(module(hidden, **call)))
-        self.model.model.layers[layer] = self.layers[layer]  # back to meta: the float32 copy is freed
+        with torch.no_grad():  # the layer's outputs, before its parameters are quantized (the baseline's)
+            outputs = [_first(module(hidden, **call)) for hidden, call in zip(self.hidden, self.calls[layer])]
         self.next_hidden = None if self.sequential else outputs
-        return hooks.statistics if wanted else {}
+        if not wanted:
+            self.model.model.layers[layer] = self.layers[layer]
+            return {}
+        return _ChunkedStatistics(self, layer, module, wanted)
+
+    def _run_layer(self, layer: int, module, units: list) -> dict:
+        with StatisticsHooks(self.model, units) as hooks, torch.no_grad():
+            for hidden, call in zip(self.hidden, self.calls[layer]):
+                module(hidden, **call)
+        return hooks.statistics
 
     def advance(self, index: int, label: str, parameters: dict) -> None:
         """Moves the hidden states past the group just quantized (``parameters`` hold its quantized values)."""
         match = _LAYER.match(label)
         if match is None:
             return
+        self.model.model.layers[int(match[1])] = self.layers[int(match[1])]  # the float32 copy is freed
         if self.sequential:
             layer = int(match[1])
             module = self._build_layer(layer, parameters)
@@ -138,6 +149,34 @@ class LayerwiseCalibration:
                     hooks.add(unit.name, normed)
         hooks.__exit__(None, None, None)
         return hooks.statistics
+
+
+class _ChunkedStatistics:
+    """``get(unit name)``: the unit's statistics, computing the chunk of units it belongs to when first asked."""
+
+    def __init__(self, owner: LayerwiseCalibration, layer: int, module, units: list):
+        self.owner, self.layer, self.module = owner, layer, module
+        self.chunks: list[list] = [[]]
+        size = 0
+        for unit in units:  # consecutive units (the build's order) up to HESSIAN_BYTES of float64 Gram matrices
+            gram = 8 * unit.shape[1] ** 2
+            if self.chunks[-1] and size + gram > HESSIAN_BYTES:
+                self.chunks.append([])
+                size = 0
+            self.chunks[-1].append(unit)
+            size += gram
+        self.chunk_of = {u.name: i for i, chunk in enumerate(self.chunks) for u in chunk}
+        self.current, self.values = -1, {}
+
+    def get(self, name: str):
+        index = self.chunk_of.get(name)
+        if index is None:
+            return None
+        if index != self.current:
+            self.values = {}  # the previous chunk's Hessians, freed before the next are computed
+            self.values = self.owner._run_layer(self.layer, self.module, self.chunks[index])
+            self.current = index
+        return self.values.get(name)
 
 
 def _clone_structure(module: torch.nn.Module) -> torch.nn.Module:
