@@ -251,11 +251,13 @@ def _documented_commands() -> list[str]:
 def test_the_documented_commands_are_commands_the_cli_accepts():
     import typer
 
+    from quantlab.cli.app import _optional_values
+
     group = typer.main.get_command(cli.app)
     commands = _documented_commands()
     assert len(commands) >= 12, commands
     for command in commands:
-        args = shlex.split(command)[1:]
+        args = _optional_values(shlex.split(command)[1:])  # as main() hands them to click (a bare --ray)
         ctx = group.make_context("quantlab", list(args))
         name, sub, rest = group.resolve_command(ctx, _remaining(ctx))
         while hasattr(sub, "resolve_command"):  # a command group (zoo, bench)
