@@ -87,7 +87,7 @@ def load_model(folder: Path, dtype=None):
         # plain weights, and saving it must not rename them back to the release's packed names (transformers
         # would write bf16 values under ``*_blocks``, which then load as missing weights). Without the load's
         # conversions, saving uses the architecture's default layout.
-        model._weight_conversions = None
+        model._weight_conversions = None  # type: ignore[assignment]  # a plain attribute transformers keeps
     model.eval()
     return model, tokenizer
 

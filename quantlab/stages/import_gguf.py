@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,7 +204,7 @@ def _rows(model, original: dict, types: dict[str, set[str]]) -> list[dict]:
         kinds = sorted(types.get(unit.name, set()))
         quantized = [k for k in kinds if k not in _FLOAT_TYPES]
         before, after = unit.read(original), unit.read(parameters)
-        row = {
+        row: dict[str, Any] = {
             "tensor": unit.tensor,
             "name": unit.name,
             "component": unit.component,

@@ -59,7 +59,9 @@ class LayerwiseCalibration:
         self.calibrated = {
             e.unit.name
             for e in plan.entries
-            if e.quantized and get_method(e.method_spec.name).needs_calibration and e.unit.component != "embeddings"
+            if e.method_spec is not None
+            and get_method(e.method_spec.name).needs_calibration
+            and e.unit.component != "embeddings"
         }
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         tokens = calibration_tokens(recipe.calibration, tokenizer)
@@ -166,7 +168,8 @@ class _ChunkedStatistics:
             self.chunks[-1].append(unit)
             size += gram
         self.chunk_of = {u.name: i for i, chunk in enumerate(self.chunks) for u in chunk}
-        self.current, self.values = -1, {}
+        self.current = -1
+        self.values: dict = {}
 
     def get(self, name: str):
         index = self.chunk_of.get(name)
