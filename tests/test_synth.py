@@ -102,18 +102,37 @@ def _recipe(root, name: str, body: str, model) -> str:
 
 def test_mxfp4_of_the_release_is_the_release_and_its_gguf_is_mxfp4(gpt_oss_20b):
     """The release already lies on the MXFP4 grid, so re-quantizing it to MXFP4 changes nothing (the OCP scale
-    of a block is recovered from its largest value, or halved with every code doubled, which stays on the grid)."""
+        of a block is recovered from its largest value, or a smaller power of two with every code scaled up by the same
+        factor, which stays on the grid). The native export is the released layout again, holding the release's values
+    (decoded by transformers' own MXFP4 decoder; a block whose largest code is below 4 is re-encoded with the OCP
+    rule's smaller scale, so its bytes may differ)."""
     from quantlab.stages import build as builder
 
     root, folder = gpt_oss_20b
-    recipe = _recipe(
-        root, "mxfp4", "groups:\n  - select: {component: experts}\n    format: mxfp4\nexports: [gguf]\n", folder
-    )
+    body = "groups:\n  - select: {component: experts}\n    format: mxfp4\nexports: [gguf, native]\n"
+    recipe = _recipe(root, "mxfp4", body, folder)
     result = builder.build(recipe, root / "artifacts")
     rows = [r for r in result.manifest["tensors"] if r["component"] == "experts"]
     assert len(rows) == 8 and all(r["error"]["relative_error"] == 0 for r in rows)
     types = {t["name"]: t["type"] for t in result.manifest["exports"]["gguf"]["tensor_types"]}
     assert types["blk.0.ffn_down_exps.weight"] == types["blk.0.ffn_gate_exps.weight"] == "MXFP4"
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    exported = {}
+    for file in (result.path / "native").glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            exported |= {k: f.get_tensor(k) for k in f.keys() if k.endswith(("_blocks", "_scales"))}
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    assert len(exported) == 4
+    for name in [n for n in exported if n.endswith("_blocks")]:
+        scales = name.replace("_blocks", "_scales")
+        with (
+            safe_open(folder / index["weight_map"][name], "pt") as f,
+            safe_open(folder / index["weight_map"][scales], "pt") as g,
+        ):
+            released = convert_moe_packed_tensors(f.get_tensor(name), g.get_tensor(scales), dtype=torch.float32)
+        ours = convert_moe_packed_tensors(exported[name], exported[scales], dtype=torch.float32)
+        assert torch.equal(ours, released), name
 
 
 def test_f32_gguf_export_matches_transformers(gpt_oss_20b):
