@@ -518,7 +518,7 @@ def bench_streaming_memory(results: list[dict]) -> None:
         "peak",
         "peak / layer",
         "within limit",
-        title="build --stream under an enforced memory limit (peak: ru_maxrss of the build process)",
+        title="build --stream under an enforced memory limit (peak: VmHWM of the build process)",
         title_justify="left",
     )
     gib = 2**30

@@ -79,6 +79,8 @@ class LayerwiseCalibration:
                 base(input_ids=batch, use_cache=False)
         self.layers = layers  # the meta layers: a structure to build each real layer from
         base.layers = layers
+        with torch.device("meta"):  # the embedding's float32 copy is no longer needed (a released one: 2.3 GB)
+            base.embed_tokens = type(base.embed_tokens)(*base.embed_tokens.weight.shape)
         self.next_hidden: list[torch.Tensor] | None = None
 
     def _materialize(self, base, names: list[str]) -> None:
