@@ -438,6 +438,36 @@ def attribute_command(
     console.print(f"written: {result['path']}")
 
 
+@app.command("sweep")
+def sweep_command(
+    recipes: list[Path] = typer.Argument(..., help="Recipes (files or shipped names); with --set, a grid of each."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="PATH=V1,V2,...: a recipe setting and its values, e.g. groups.0.format.group_size=32,64."
+    ),
+    tasks: str = typer.Option("zoo_gpqa_style", "--tasks", help="Comma-separated lm-eval tasks."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
+    text: Optional[str] = typer.Option(None, "--text", help="Measurement text (default: measure's)."),
+    tokens: int = typer.Option(4096, "--tokens", min=256, help="About this many measurement tokens."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run the points as Ray tasks: --ray (a local cluster) or --ray ADDRESS."
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--ray: tasks at a time (local cluster)."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    as_json: bool = typer.Option(False, "--json", help="Print the sweep as JSON."),
+) -> None:
+    """Build, measure and evaluate several recipes, or a grid of one recipe's settings."""
+    from quantlab.stages.sweep import sweep
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    with render.status("sweeping", as_json) as status:
+        say = (lambda message: status.update(message)) if status is not None else None
+        result = sweep(recipes, settings, names, limit, text, tokens, artifacts, ray, workers, say)
+    if as_json:
+        return render.print_json(result)
+    render.sweep(result)
+    console.print(f"written: {result['path']}")
+
+
 @app.command("serve")
 def serve_command(
     subject: str = typer.Argument(..., help="A built variant (folder or name under --artifacts) or a model source."),

@@ -584,3 +584,25 @@ def bench_families(rows: list[dict]) -> None:
             f"{r['seconds']['total']:.0f}",
         )
     wide().print(table)
+
+
+def sweep(result: dict) -> None:
+    """``quantlab sweep``: one row per point: its settings, bits per weight, mean KLD and scores with intervals."""
+    tasks = result["tasks"]
+    table = Table(
+        "point", "settings", "bits/w", "mean KLD ± s.e. (n tokens)", *tasks, title=f"sweep of {result['name']}"
+    )
+    for point in result["points"]:
+        scores = [
+            f"{100 * t['score']:.1f}% [{100 * t['ci95'][0]:.1f}, {100 * t['ci95'][1]:.1f}] (n={t['items']})"
+            for t in (point["tasks"][task] for task in tasks)
+        ]
+        settings = ", ".join(f"{k}={v}" for k, v in point["settings"].items()) or "(as written)"
+        table.add_row(
+            point["variant"],
+            settings,
+            f"{point['bits_per_weight']:.3f}",
+            f"{point['kld_mean']:.5f} ± {point['kld_stderr']:.5f} ({point['kld_n']})",
+            *scores,
+        )
+    wide().print(table)

@@ -175,6 +175,20 @@ class Attribution(Record):
     cells: list[dict[str, Any]]
 
 
+class Sweep(Record):
+    """``sweeps/<name>-<key>/sweep.json``: every point of a sweep with its bits, KL and scores."""
+
+    kind: ClassVar[str] = "sweep"
+
+    name: str
+    settings: list[str]
+    tasks: list[str]
+    limit: int | None
+    text: str | None
+    tokens: int
+    points: list[dict[str, Any]]
+
+
 class AuditCheck(Part):
     """One check of an audit: its question, the test and its outcome, what it cost."""
 
