@@ -5,7 +5,20 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-COMMANDS = ["build", "import", "sweep", "measure", "eval", "serve", "audit", "attribute", "report", "demo", "zoo", "bench"]
+COMMANDS = [
+    "build",
+    "import",
+    "sweep",
+    "measure",
+    "eval",
+    "serve",
+    "audit",
+    "attribute",
+    "report",
+    "demo",
+    "zoo",
+    "bench",
+]
 
 
 def test_help_lists_every_command_of_the_lab(cli):

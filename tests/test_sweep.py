@@ -56,3 +56,30 @@ def test_a_setting_that_does_not_fit_the_recipe_is_one_line(tmp_path):
         sweep(["int4-rtn"], ["groups.0.format.group_size"], ["zoo_gpqa_style"], artifacts=tmp_path)
     with pytest.raises(UserError, match=r"int4-rtn\.0\.yaml"):  # a value the recipe refuses: its own error, its file
         sweep(["int4-rtn"], ["groups.0.format.group_size=-3"], ["zoo_gpqa_style"], artifacts=tmp_path)
+
+
+def test_evaluation_repeats_as_ray_tasks_are_the_sequential_repeats(tmp_path):
+    """Sampled repeats, each a function of its seed: run as Ray tasks, the stored evaluation is the sequential one's
+    (but for its wall time)."""
+    pytest.importorskip("ray", reason="--ray needs quantlab[ray]")
+    from quantlab.stages.evaluate.run import evaluate
+
+    records = {}
+    for mode in ("sequential", "ray"):
+        options = {"ray": "local", "workers": 2} if mode == "ray" else {}
+        result = evaluate(
+            "zoo:tiny-gpt-oss",
+            "zoo_aime_style",
+            limit=6,
+            repeats=3,
+            temperature=1.0,
+            artifacts=tmp_path / mode,
+            generation={"max_gen_toks": 48},
+            **options,
+        )
+        assert result["repeats"] == 3 and not result["cache_hit"]
+        records[mode] = {k: v for k, v in result.items() if k not in ("seconds", "cache_hit")}
+    assert records["ray"] == records["sequential"]
+    assert records["ray"]["seeds"] == [0, 1, 2]
+    samples = [[s["generated"] for s in run["samples"]] for run in records["ray"]["lm_eval"]]
+    assert samples[0] != samples[1]  # temperature 1: the repeats really sample, differently per seed

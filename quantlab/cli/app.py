@@ -256,6 +256,10 @@ def eval_command(
         help="low / medium / high, passed to the chat template as gpt-oss's reads it (none: the template's "
         "default, medium for gpt-oss).",
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run the repeats as Ray tasks: --ray (a local cluster) or --ray ADDRESS."
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--ray: tasks at a time (local cluster)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -291,6 +295,8 @@ def eval_command(
             engine=engine,
             serve_options=_serve_options(dtype, load, None),
             concurrent=concurrent,
+            ray=ray,
+            workers=workers,
         )
     if as_json:
         return render.print_json(rows)

@@ -15,6 +15,7 @@ import copy
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,13 +212,17 @@ def evaluate(
     engine: str | None = None,
     serve_options=None,
     concurrent: int = 64,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> dict:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}. ``chat_template``: a name of ``quantlab.chat`` (``model``, ``chatml``,
     ``final-only``, ``plain``) or a Jinja file; None: the model's own if it has one, else none (``plain``).
     ``reasoning_effort``: what reaches the template (None: the template's default). ``task_metadata``: merged into
     the task's metadata as lm-eval's ``--metadata`` does. ``engine``: serve the subject through this engine
-    (``quantlab.runtimes.engines``) for the evaluation, with ``serve_options``, ``concurrent`` requests at a time."""
+    (``quantlab.runtimes.engines``) for the evaluation, with ``serve_options``, ``concurrent`` requests at a time.
+    ``ray``: run the repeats as Ray tasks ("local" or a cluster address, ``workers`` at a time on a local cluster);
+    the stored evaluation is the sequential one's (each repeat is a function of its seed)."""
     from quantlab import chat
 
     store = as_store(artifacts)
@@ -242,6 +247,8 @@ def evaluate(
             raise UserError(f"--engine {engine} serves the subject itself; drop --backend {backend}")
         settings |= _engine_settings(store, subject, engine, serve_options, concurrent)
     get_runtime(settings["backend"]).check(subject, settings)
+    if ray is not None and settings.get("engine"):
+        raise UserError("--ray runs repeats in separate processes; a served evaluation (--engine) runs one server")
     settings_hash = content_key(settings, 16)
     key = content_key({"subject_key": subject.key, "settings": settings})
     path = ArtifactStore.evaluation_path(subject, task, settings_hash)
@@ -249,7 +256,7 @@ def evaluate(
         stored = ArtifactStore.cached(path, key)
         if stored is not None:
             return stored | {"cache_hit": True}
-        result = _evaluate(subject, task, settings, seed, batch_size)
+        result = _evaluate(subject, task, settings, seed, batch_size, ray, workers)
         result = {
             "schema_version": SCHEMA_VERSION,
             "cache_key": key,
@@ -282,8 +289,30 @@ def _engine_settings(store: ArtifactStore, subject: Subject, engine: str, serve_
     } | options.record()
 
 
-def _evaluate(subject: Subject, task: str, settings: dict, seed: int, batch_size: int) -> dict:
+def _one_repeat(subject: Subject, task: str, settings: dict, seed: int, batch_size: int) -> tuple[dict, Any]:
+    """One repeat in a process of its own (a Ray task): its result, and the experts kernel transformers chose."""
+    prepared = _prepare(subject, task, settings)
+    experts = getattr(prepared["loaded"].model.config, "_experts_implementation", None)
+    return _run_once(prepared, task, settings, seed, batch_size), experts
+
+
+def _evaluate(
+    subject: Subject,
+    task: str,
+    settings: dict,
+    seed: int,
+    batch_size: int,
+    ray: str | None = None,
+    workers: int | None = None,
+) -> dict:
     """Every repeat of one task on one model: per-item correctness, the score with its interval, pass@k."""
+    if ray is not None:
+        from quantlab.stages.parallel import run_on_ray
+
+        started = time.perf_counter()
+        jobs = [(subject, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
+        done, _ = run_on_ray(_one_repeat, jobs, ray, workers)
+        return _summary([result for result, _ in done], seed, done[0][1], time.perf_counter() - started, None)
     prepared = _prepare(subject, task, settings)  # once: task index, model, generation settings
     server_record = None
     with contextlib.ExitStack() as stack:
@@ -301,6 +330,11 @@ def _evaluate(subject: Subject, task: str, settings: dict, seed: int, batch_size
         started = time.perf_counter()
         per_repeat = [_run_once(prepared, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
         seconds = time.perf_counter() - started
+    experts = getattr(prepared["loaded"].model.config, "_experts_implementation", None)
+    return _summary(per_repeat, seed, experts, seconds, server_record)
+
+
+def _summary(per_repeat: list[dict], seed: int, experts, seconds: float, server_record) -> dict:
     correct = np.array([[s["correct"] for s in repeat["samples"]] for repeat in per_repeat]).T  # (items, repeats)
     low, high = bootstrap_interval(correct, seed=seed)
     return {
@@ -316,14 +350,27 @@ def _evaluate(subject: Subject, task: str, settings: dict, seed: int, batch_size
         "pass_at_k": {str(k): pass_at_k(correct, k) for k in sorted({1, correct.shape[1]})},
         "correct": correct.tolist(),
         "doc_ids": [s["doc_id"] for s in per_repeat[0]["samples"]],
-        "lm_eval": [{"results": r["results"], "config": r["config"], "samples": r["samples"]} for r in per_repeat],
+        "lm_eval": [
+            {"results": r["results"], "config": _portable(r["config"]), "samples": r["samples"]} for r in per_repeat
+        ],
         # transformers picks the MoE experts' kernel at load time (grouped_mm by default in 5.23, recorded since
         # the checkpoint's config does not name one): part of what produced these answers
-        "versions": _versions()
-        | {"experts_implementation": getattr(prepared["loaded"].model.config, "_experts_implementation", None)},
+        "versions": _versions() | {"experts_implementation": experts},
         "seconds": round(seconds, 2),
         "server": server_record,
     }
+
+
+def _portable(value):
+    """lm-eval's task config with its functions named (``module.name``) rather than written as ``repr``, whose
+    memory address would make two runs of the same evaluation store different bytes."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return value
 
 
 def _versions() -> dict[str, str]:
