@@ -80,7 +80,9 @@ class LayerwiseCalibration:
                 self.hidden.append(embedding[tokens[start : start + BATCH]].float())
                 base(inputs_embeds=self.hidden[-1], use_cache=False)
         del embedding
-        self.layers = layers  # the meta layers: a structure to build each real layer from
+        # the meta layers, in a list of their own: the ModuleList gets each real layer in turn, and this list is
+        # how it gets its meta layer back (the real one, and its float32 copy of the weights, then freed)
+        self.layers = list(layers)
         base.layers = layers
         self.next_hidden: list[torch.Tensor] | None = None
 
