@@ -61,10 +61,10 @@ def _same_as_llama_quantize(model_folder: Path, variant_gguf: Path, work: Path) 
 
 def run_family(family: str, layers: int, experts: int | None, work: Path, progress=None) -> dict:
     """One family through synth, the builds, the llama-quantize comparison, measure and a short eval."""
+    from quantlab.models.synthetic import synthesize
     from quantlab.stages import build as builder
     from quantlab.stages.evaluate.run import evaluate
     from quantlab.stages.measure.run import measure_variant
-    from quantlab.zoo.synth import synthesize
 
     say = progress or (lambda message: None)
     folder = work / family

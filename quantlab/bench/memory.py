@@ -169,8 +169,8 @@ def measure_streaming_build(
     """``quantlab build --stream`` of a synthetic ``family`` model under a memory limit of 1/``ratio`` of the
     model's in-memory size (what the in-memory build holds): its peak against the limit and the largest layer."""
     from quantlab.models.loading import meta_model
+    from quantlab.models.synthetic import synthesize
     from quantlab.stages.build_streaming import layer_groups
-    from quantlab.zoo.synth import synthesize
 
     source = folder / f"{family}-{layers}l"
     if not (source / "config.json").is_file():

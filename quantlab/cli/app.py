@@ -806,7 +806,7 @@ def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_js
     import tempfile
 
     from quantlab.bench import memory
-    from quantlab.zoo.synth import synth_config
+    from quantlab.models.synthetic import synth_config
 
     synth_config(family, layers, experts)  # a wrong family or count: one line before anything is written
     runs = [("mxfp4 experts", "  - select: {component: experts}\n    format: mxfp4\n", "")]
@@ -844,7 +844,7 @@ def bench_families(
     """Every synthetic family of real shapes through build (F32 export, mxfp4, int4 GPTQ, Q4_K_M), llama-quantize's
     choices, measure and a short eval."""
     from quantlab.bench.families import run_families
-    from quantlab.zoo.synth import synth_config
+    from quantlab.models.synthetic import synth_config
 
     names = [f.strip() for f in families.split(",") if f.strip()]
     for name in names:

@@ -127,8 +127,8 @@ def zoo_synth(
 ) -> None:
     """Write a random-weight checkpoint with a real model family's published shapes and hub layout (sharded
     safetensors with an index; gpt-oss's experts in the released MXFP4 blocks and scales)."""
+    from quantlab.models.synthetic import parse_size, synth_config, synthesize
     from quantlab.store import check_output_directory
-    from quantlab.zoo.synth import parse_size, synth_config, synthesize
 
     synth_config(family, layers, experts, vocab)  # a wrong family or count fails before anything is written
     shard_bytes = parse_size(shard_size)

@@ -12,8 +12,8 @@ measures against is the dequantized release, as it is for the real model.
 The weights are random (normal, std 0.02; norms 1), drawn per tensor from a generator seeded by the seed and
 the tensor's name: the same command writes the same bytes, and a tensor does not depend on the shard size.
 Tensors are generated and written one shard at a time, so a checkpoint larger than memory can be written.
-The tokenizer is the embedded model's (its harmony chat template included): the vocabulary rows past it are
-never used by a prompt but keep the released embedding shapes.
+The tokenizer is the default model's (a plugin's: the embedded model's, with its harmony chat template): the
+vocabulary rows past it are never used by a prompt but keep the released embedding shapes.
 """
 
 from __future__ import annotations
@@ -326,8 +326,8 @@ def write_checkpoint(config: dict, out: Path, *, seed: int = 0, shard_bytes: int
     from safetensors.torch import save_file
 
     from quantlab.store import atomic_directory
-    from quantlab.zoo import SHIPPED_CHECKPOINT
 
+    tokenizer_folder = _tokenizer_folder()
     config = json.loads(json.dumps(config))
     config.setdefault("quantlab_synth", {})["seed"] = seed
     tensors = checkpoint_tensors(config)
@@ -345,14 +345,20 @@ def write_checkpoint(config: dict, out: Path, *, seed: int = 0, shard_bytes: int
         (tmp / _INDEX).write_text(json.dumps(index_json, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for name in _TOKENIZER_FILES:
-            shutil.copy(SHIPPED_CHECKPOINT / name, tmp / name)
+            if (tokenizer_folder / name).is_file():
+                shutil.copy(tokenizer_folder / name, tmp / name)
     return out
 
 
-def _tokenizer_size() -> int:
-    from quantlab.zoo import SHIPPED_CHECKPOINT
+def _tokenizer_folder() -> Path:
+    """Where the tokenizer files come from: the default model's folder (a plugin registers it)."""
+    from quantlab.models.loading import default_model, resolve_model
 
-    return int(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["vocab_size"])
+    return resolve_model(default_model())
+
+
+def _tokenizer_size() -> int:
+    return int(json.loads((_tokenizer_folder() / "config.json").read_text())["vocab_size"])
 
 
 def parse_size(text: str) -> int:
