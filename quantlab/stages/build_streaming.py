@@ -129,6 +129,7 @@ def build_streaming(
                 _save_packed(done.stored, done.described, tmp / packed)
                 packed_map |= dict.fromkeys(done.stored, packed)
             del parameters, done, statistics  # this layer's memory, before the next layer is read
+            _return_freed_memory()
         quantized = time.perf_counter()
         _write_index(tmp / "model" / "model.safetensors.index.json", weight_map, tmp / "model")
         _write_index(tmp / PACKED_INDEX, packed_map, tmp)
@@ -167,6 +168,19 @@ def build_streaming(
         }
         (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
     return BuildResult(out, False, manifest)
+
+
+def _return_freed_memory() -> None:
+    """Hands the freed layer's memory back to the system (glibc keeps freed heap pages for reuse, and a layer's
+    worth of fragments per layer adds up over a deep model: measured, 0.7 GB per gpt-oss layer of 8 experts)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _needs_calibration(method: str) -> bool:
