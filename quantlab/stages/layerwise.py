@@ -29,7 +29,7 @@ from quantlab.recipe import Recipe
 
 _LAYER = re.compile(r"^layer (\d+)$")
 BATCH = 16  # calibration samples per forward, as the in-memory build's pass
-HESSIAN_BYTES = 512 * 2**20  # Gram matrices held at once (float64): 16 of gpt-oss's 2880-wide inputs
+HESSIAN_BYTES = 256 * 2**20  # Gram matrices held at once (float64): 4 of gpt-oss's 2880-wide inputs
 
 
 class _Recorder(torch.nn.Module):
