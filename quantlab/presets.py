@@ -36,20 +36,27 @@ def llama_cpp_tensor_types(model, tokenizer, preset: str) -> dict[str, str]:
     """GGUF tensor name -> the ggml type llama.cpp's quantizer gives it under ``preset``."""
     import gguf
 
+    with tempfile.TemporaryDirectory(prefix="quantlab-preset-") as folder:
+        target = llama_quantize(model, tokenizer, preset, Path(folder))
+        return {t.name: t.tensor_type.name for t in gguf.GGUFReader(target).tensors}
+
+
+def llama_quantize(model, tokenizer, preset: str, folder: Path) -> Path:
+    """``folder/quantized.gguf``: llama.cpp's quantizer (``llama_model_quantize``, as llama-quantize runs it) on
+    the model written as ``folder/f32.gguf``."""
     from quantlab.export.gguf import export_gguf
     from quantlab.runtimes.llama_cpp import llama_cpp_module
 
     llama_cpp = llama_cpp_module()
-    with tempfile.TemporaryDirectory(prefix="quantlab-preset-") as folder:
-        source, target = Path(folder) / "f32.gguf", Path(folder) / "quantized.gguf"
-        export_gguf(model, tokenizer, {}, source)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{LLAMA_CPP_PRESETS[preset]}")
-        params.nthread = torch.get_num_threads()
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
-        if status != 0:
-            raise UserError(f"preset {preset}: llama.cpp's quantizer failed (status {status}) on this model")
-        return {t.name: t.tensor_type.name for t in gguf.GGUFReader(target).tensors}
+    source, target = folder / "f32.gguf", folder / "quantized.gguf"
+    export_gguf(model, tokenizer, {}, source)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{LLAMA_CPP_PRESETS[preset]}")
+    params.nthread = torch.get_num_threads()
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0:
+        raise UserError(f"preset {preset}: llama.cpp's quantizer failed (status {status}) on this model")
+    return target
 
 
 def preset_formats(model, tokenizer, preset: str) -> dict[str, str]:

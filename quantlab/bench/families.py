@@ -12,7 +12,6 @@ The weights are random, so accuracies say only that the evaluation ran; the KL s
 
 from __future__ import annotations
 
-import ctypes
 import tempfile
 import time
 from pathlib import Path
@@ -35,26 +34,17 @@ def _same_as_llama_quantize(model_folder: Path, variant_gguf: Path, work: Path) 
     import numpy as np
     import torch
 
-    from quantlab.export.gguf import export_gguf
     from quantlab.models.loading import load_model
-    from quantlab.runtimes.llama_cpp import llama_cpp_module
+    from quantlab.presets import llama_quantize
 
-    llama_cpp = llama_cpp_module()
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
-    export_gguf(model, tokenizer, {}, work / "f32.gguf")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    status = llama_cpp.llama_model_quantize(
-        str(work / "f32.gguf").encode(), str(work / "llama.gguf").encode(), ctypes.byref(params)
-    )
-    theirs = {t.name: t for t in gguf.GGUFReader(work / "llama.gguf").tensors} if status == 0 else {}
+    theirs = {t.name: t for t in gguf.GGUFReader(llama_quantize(model, tokenizer, "gguf-q4_k_m", work)).tensors}
     ours = {t.name: t for t in gguf.GGUFReader(variant_gguf).tensors}
     types = {n: t.tensor_type.name for n, t in theirs.items()}
     return {
         "tensors": len(theirs),
-        "same_types": bool(theirs) and all(ours[n].tensor_type == t.tensor_type for n, t in theirs.items()),
-        "same_bytes": bool(theirs)
-        and all(np.array_equal(np.asarray(ours[n].data), np.asarray(t.data)) for n, t in theirs.items()),
+        "same_types": all(ours[n].tensor_type == t.tensor_type for n, t in theirs.items()),
+        "same_bytes": all(np.array_equal(np.asarray(ours[n].data), np.asarray(t.data)) for n, t in theirs.items()),
         "types": sorted(set(types.values())),
     }
 

@@ -27,7 +27,7 @@ from quantlab.errors import UserError
 
 _INDEX = "model.safetensors.index.json"
 _FUSED = re.compile(r"^(model\.layers\.\d+\.)mlp\.experts\.(gate_up_proj|down_proj)$")
-_PER_EXPERT = {  # model_type -> (MoE block prefix on disk, gate name, up name, down name)
+PER_EXPERT_LAYOUT = {  # model_type -> (MoE block prefix on disk, gate name, up name, down name), as the hub stores it
     "mixtral": ("block_sparse_moe.", "w1", "w3", "w2"),
     "qwen3_moe": ("mlp.", "gate_proj", "up_proj", "down_proj"),
     "olmoe": ("mlp.", "gate_proj", "up_proj", "down_proj"),
@@ -92,9 +92,9 @@ class Checkpoint:
             for e in range(experts):  # one expert at a time: the lookup's temporaries stay one expert's size
                 out[e] = convert_moe_packed_tensors(blocks[e : e + 1], scales[e : e + 1], dtype=torch.bfloat16)[0]
             return out
-        if self.model_type not in _PER_EXPERT:
+        if self.model_type not in PER_EXPERT_LAYOUT:
             raise UserError(f"{self.folder}: streaming does not know {self.model_type!r}'s on-disk expert layout")
-        block, gate, up, down = _PER_EXPERT[self.model_type]
+        block, gate, up, down = PER_EXPERT_LAYOUT[self.model_type]
         experts = self.config.get("num_local_experts") or self.config["num_experts"]
         prefix = f"{layer}{block}experts."
         if which == "down_proj":

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
+from quantlab.models.checkpoint import PER_EXPERT_LAYOUT
 
 _GPT_OSS = {
     "architectures": ["GptOssForCausalLM"],
@@ -256,22 +257,14 @@ def _feed_forward(arch: str, p: str, hidden: int, inter: int, experts: int, head
             SynthTensor(e + "down_proj_scales", (experts, hidden, inter // MXFP4_BLOCK), u8, "scales"),
             SynthTensor(e + "down_proj_bias", (experts, hidden), bf16, "zeros"),
         ]
-    if arch == "mixtral":
-        moe = p + "block_sparse_moe."
-        tensors = [SynthTensor(moe + "gate.weight", (experts, hidden), bf16, "normal")]
-        for x in range(experts):
-            tensors += [
-                SynthTensor(moe + f"experts.{x}.w1.weight", (inter, hidden), bf16, "normal"),
-                SynthTensor(moe + f"experts.{x}.w2.weight", (hidden, inter), bf16, "normal"),
-                SynthTensor(moe + f"experts.{x}.w3.weight", (inter, hidden), bf16, "normal"),
-            ]
-        return tensors
-    tensors = [SynthTensor(p + "mlp.gate.weight", (experts, hidden), bf16, "normal")]  # Qwen3-MoE, OLMoE
+    block, gate, up, down = PER_EXPERT_LAYOUT[arch]  # the hub's names, which the streaming build reads back
+    moe = p + block
+    tensors = [SynthTensor(moe + "gate.weight", (experts, hidden), bf16, "normal")]  # the router
     for x in range(experts):
         tensors += [
-            SynthTensor(p + f"mlp.experts.{x}.gate_proj.weight", (inter, hidden), bf16, "normal"),
-            SynthTensor(p + f"mlp.experts.{x}.up_proj.weight", (inter, hidden), bf16, "normal"),
-            SynthTensor(p + f"mlp.experts.{x}.down_proj.weight", (hidden, inter), bf16, "normal"),
+            SynthTensor(moe + f"experts.{x}.{gate}.weight", (inter, hidden), bf16, "normal"),
+            SynthTensor(moe + f"experts.{x}.{up}.weight", (inter, hidden), bf16, "normal"),
+            SynthTensor(moe + f"experts.{x}.{down}.weight", (hidden, inter), bf16, "normal"),
         ]
     return tensors
 

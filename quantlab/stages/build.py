@@ -163,7 +163,33 @@ def _build(
     upcast = sorted(set(done.upcast))
     if upcast:
         model.config.dtype = torch.float32  # so that loading with dtype="auto" keeps the values exact
-    manifest = {
+    rows = done.rows + [_kept_row(e) for e in plan.entries if not e.quantized]
+    manifest = manifest_head(recipe, recipe_path, key, folder, model_sha256, arch, versions, plan, upcast, rows)
+    with atomic_directory(out, force=True, needed_bytes=_needed_bytes(model, plan)) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        _save_packed(done.stored, done.described, tmp / PACKED)
+        manifest["sizes"] = _sizes(tmp, plan)
+        manifest["exports"] = _exports(recipe, model, tokenizer, done.packed_by_unit, tmp)
+        manifest["run"] = run_record(started, loaded, quantized)
+        (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
+    return BuildResult(out, False, manifest)
+
+
+def manifest_head(
+    recipe: Recipe,
+    recipe_path: Path,
+    key: str,
+    folder: Path,
+    model_sha256: str,
+    arch: str,
+    versions: dict,
+    plan: Plan,
+    upcast: list[str],
+    rows: list[dict],
+) -> dict:
+    """A built variant's manifest up to what its folder adds (sizes, exports, run): what was built, from what."""
+    return {
         "variant": recipe.name,
         "cache_key": key,
         "recipe": recipe.resolved(),
@@ -173,25 +199,18 @@ def _build(
         "versions": versions,
         "plan": plan.summary(),
         "stored_float32": upcast,
-        "tensors": done.rows + [_kept_row(e) for e in plan.entries if not e.quantized],
+        "tensors": rows,
     }
-    with atomic_directory(out, force=True, needed_bytes=_needed_bytes(model, plan)) as tmp:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
-        _save_packed(done.stored, done.described, tmp / PACKED)
-        manifest["sizes"] = _sizes(tmp, plan)
-        manifest["exports"] = _exports(recipe, model, tokenizer, done.packed_by_unit, tmp)
-        manifest["run"] = {
-            "command": "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None,
-            "seconds": {
-                "load": round(loaded - started, 3),
-                "quantize": round(quantized - loaded, 3),
-                "total": round(time.perf_counter() - started, 3),
-            },
-            "torch_threads": torch.get_num_threads(),
-        }
-        (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
-    return BuildResult(out, False, manifest)
+
+
+def run_record(started: float, loaded: float | None = None, quantized: float | None = None, **extra) -> dict:
+    """The manifest's ``run``: the command, the phases' seconds (from ``time.perf_counter`` marks), the threads."""
+    seconds = {} if loaded is None else {"load": round(loaded - started, 3)}
+    if quantized is not None and loaded is not None:
+        seconds["quantize"] = round(quantized - loaded, 3)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    command = "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
+    return {"command": command, **extra, "seconds": seconds, "torch_threads": torch.get_num_threads()}
 
 
 @dataclass
@@ -306,12 +325,10 @@ def compute_device() -> str:
 
 
 def _apply_on_device(entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:
-    """``_apply`` on ``compute_device()`` for the methods that need no statistics (those stay on the CPU), the
+    """``_apply`` on ``compute_device()`` for a matrix quantized without statistics (with them: on the CPU), the
     result brought back to the CPU."""
     device = compute_device()
-    if device == "cpu" or statistics is not None or entry.method_spec is None:
-        return _apply(entry, matrix, statistics)
-    if get_method(entry.method_spec.name).needs_calibration:
+    if device == "cpu" or statistics is not None:  # GPTQ's Hessians and its matrix stay on one device: the CPU
         return _apply(entry, matrix, statistics)
     result = _apply(entry, matrix.to(device), None)
 

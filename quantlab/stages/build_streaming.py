@@ -23,30 +23,29 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from quantlab.models.checkpoint import Checkpoint
-from quantlab.models.loading import meta_model
+from quantlab.models.loading import load_config_and_tokenizer, meta_model
 from quantlab.recipe import Recipe
 from quantlab.stages.build import (
     BuildResult,
     _kept_row,
     _save_packed,
+    manifest_head,
     plan_for,
     quantize_entries,
+    run_record,
 )
 from quantlab.store import MANIFEST, atomic_directory
 from quantlab.store.records import Manifest
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 PACKED_INDEX = "packed.safetensors.index.json"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
 def layer_groups(names: list[str]) -> list[tuple[str, list[str]]]:
@@ -134,38 +133,21 @@ def build_streaming(
         _write_index(tmp / "model" / "model.safetensors.index.json", weight_map, tmp / "model")
         _write_index(tmp / PACKED_INDEX, packed_map, tmp)
         _write_config(folder, tmp / "model")
-        _copy_tokenizer(folder, tmp / "model")
+        load_config_and_tokenizer(folder)[1].save_pretrained(tmp / "model")  # as the in-memory build saves it
         order = {e.unit.name: i for i, e in enumerate(plan.entries)}
         kept = [_kept_row(e) for e in plan.entries if not e.quantized]
-        manifest = {
-            "variant": recipe.name,
-            "cache_key": key,
-            "recipe": recipe.resolved(),
-            "recipe_file": str(recipe_path),
-            "model": {"source": recipe.model, "folder": str(folder), "sha256": model_sha256, "architecture": arch},
-            "seed": recipe.seed,
-            "versions": versions,
-            "plan": plan.summary(),
-            "stored_float32": sorted(set(upcast)),
-            "tensors": sorted(rows, key=lambda r: order[r["name"]]) + kept,
-            "sizes": {
-                "model_safetensors_bytes": sum(p.stat().st_size for p in (tmp / "model").glob("*.safetensors")),
-                "packed_safetensors_bytes": sum(p.stat().st_size for p in tmp.glob("packed-*.safetensors")),
-                "planned_size_bytes": plan.summary()["size_bytes"],
-                "average_bits_per_weight": plan.summary()["average_bits_per_weight"],
-            },
-            "exports": {},
-            "run": {
-                "command": "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None,
-                "streamed": True,
-                "seconds": {
-                    "load": round(loaded - started, 3),
-                    "quantize": round(quantized - loaded, 3),
-                    "total": round(time.perf_counter() - started, 3),
-                },
-                "torch_threads": torch.get_num_threads(),
-            },
+        rows = sorted(rows, key=lambda r: order[r["name"]]) + kept
+        manifest = manifest_head(
+            recipe, recipe_path, key, folder, model_sha256, arch, versions, plan, sorted(set(upcast)), rows
+        )
+        manifest["sizes"] = {
+            "model_safetensors_bytes": sum(p.stat().st_size for p in (tmp / "model").glob("*.safetensors")),
+            "packed_safetensors_bytes": sum(p.stat().st_size for p in tmp.glob("packed-*.safetensors")),
+            "planned_size_bytes": plan.summary()["size_bytes"],
+            "average_bits_per_weight": plan.summary()["average_bits_per_weight"],
         }
+        manifest["exports"] = {}
+        manifest["run"] = run_record(started, loaded, quantized, streamed=True)
         (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
     return BuildResult(out, False, manifest)
 
@@ -214,9 +196,3 @@ def _write_config(source: Path, target: Path) -> None:
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if (source / "generation_config.json").is_file():
         shutil.copy(source / "generation_config.json", target / "generation_config.json")
-
-
-def _copy_tokenizer(source: Path, target: Path) -> None:
-    for name in _TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, target / name)

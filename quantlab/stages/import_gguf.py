@@ -10,9 +10,7 @@ architecture, another layer count, or other shapes than the baseline's is refuse
 
 from __future__ import annotations
 
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from quantlab.errors import UserError
 from quantlab.formats import Packed, get_format
 from quantlab.models.loading import load_model, resolve_model, weights_sha256
 from quantlab.models.units import architecture, weight_units
-from quantlab.stages.build import BuildResult, error_summary, library_versions
+from quantlab.stages.build import BuildResult, error_summary, library_versions, run_record
 from quantlab.store import MANIFEST, ArtifactStore, as_store, atomic_directory, content_key, sha256_file
 from quantlab.store.records import Manifest
 
@@ -121,11 +119,7 @@ def _import(gguf_path, model_ref, folder, name, model_sha256, file_sha256, versi
                 "runtime_departures": runtime_departures(model.config),
             }
         }
-        manifest["run"] = {
-            "command": "quantlab " + shlex.join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None,
-            "seconds": {"total": round(time.perf_counter() - started, 3)},
-            "torch_threads": torch.get_num_threads(),
-        }
+        manifest["run"] = run_record(started)
         (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
     return BuildResult(out, False, manifest)
 

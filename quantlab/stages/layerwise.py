@@ -16,6 +16,7 @@ input activations (data-driven methods fall back to rtn on them, as in the in-me
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class LayerwiseCalibration:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         tokens = calibration_tokens(recipe.calibration, tokenizer)
         base = model.model
-        self._materialize(base, ["norm"])
+        self._materialize_norm(base)
         base.rotary_emb = type(base.rotary_emb)(config=model.config)  # its buffers, computed (they were on meta)
         # The embedding rows of the calibration tokens only (a released embedding is 2.3 GB in float32): exactly
         # what the embedding module computes in float32, handed to the model as its input embeddings.
@@ -86,13 +87,11 @@ class LayerwiseCalibration:
         base.layers = layers
         self.next_hidden: list[torch.Tensor] | None = None
 
-    def _materialize(self, base, names: list[str]) -> None:
-        for name in names:
-            module = getattr(base, name)
-            prefix = f"model.{name}."
-            values = self.checkpoint.read([prefix + n for n, _ in module.named_parameters()])
-            for parameter_name, value in values.items():
-                _set(base, parameter_name.removeprefix("model."), value.float())
+    def _materialize_norm(self, base) -> None:
+        """The final norm in float32 (the output head's input comes out of it)."""
+        names = [f"model.norm.{n}" for n, _ in base.norm.named_parameters()]
+        for name, value in self.checkpoint.read(names).items():
+            _set(base, name.removeprefix("model."), value.float())
 
     def statistics(self, index: int, label: str, parameters: dict, entries: list):
         """Input statistics of the group's calibrated matrices, as a mapping the build asks matrix by matrix:
@@ -137,7 +136,7 @@ class LayerwiseCalibration:
     def _build_layer(self, layer: int, parameters: dict):
         """The real decoder layer ``layer`` from ``parameters`` (float32 copies), placed in the model."""
         prefix = f"model.layers.{layer}."
-        real = _clone_structure(self.layers[layer])
+        real = copy.deepcopy(self.layers[layer])  # the meta structure: no memory until each parameter is set
         for name, value in parameters.items():
             if name.startswith(prefix):
                 _set(real, name.removeprefix(prefix), value.detach().float().clone())
@@ -145,16 +144,13 @@ class LayerwiseCalibration:
         return real
 
     def _head_statistics(self, wanted: list) -> dict:
-        if not wanted:
-            return {}
-        hooks = StatisticsHooks(self.model, [])  # the head is a linear layer: its input is the final norm's output
-        hooks.units = wanted
+        """The output head's statistics: its input is the final norm's output (no hooks needed)."""
+        hooks = StatisticsHooks(self.model, wanted)
         with torch.no_grad():
             for hidden in self.hidden:
                 normed = self.model.model.norm(hidden)
                 for unit in wanted:
                     hooks.add(unit.name, normed)
-        hooks.__exit__(None, None, None)
         return hooks.statistics
 
 
@@ -185,13 +181,6 @@ class _ChunkedStatistics:
             self.values = self.owner._run_layer(self.layer, self.module, self.chunks[index])
             self.current = index
         return self.values.get(name)
-
-
-def _clone_structure(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a meta module's structure whose parameters are then set one by one (no memory until then)."""
-    import copy
-
-    return copy.deepcopy(module)
 
 
 def _set(root: torch.nn.Module, name: str, value: torch.Tensor) -> None:
