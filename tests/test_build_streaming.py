@@ -104,6 +104,33 @@ def test_streamed_gptq_is_the_in_memory_gptq_and_sequential_differs(hub_checkpoi
         builder.build(tmp_path / "seq.yaml", tmp_path / "other")
 
 
+def test_values_exact_in_bfloat16_do_not_reach_later_statistics(hub_checkpoint, tmp_path, monkeypatch):
+    """The streamed statistics read the layer's stored experts while the layer is being quantized. mxfp4 values
+    are exact in bfloat16, so the build would write them into the very tensor those statistics read: each
+    expert's down projection must still see the baseline gate_up's outputs, as in the in-memory build."""
+    from quantlab.stages import layerwise
+
+    monkeypatch.setattr(layerwise, "HESSIAN_BYTES", 1)  # down_proj's Hessians computed after gate_up is written
+    _, folder = hub_checkpoint
+    body = (
+        'calibration: {dataset: "zoo:aime-style", samples: 20, sequence_length: 32, seed: 0}\ngroups:\n'
+        "  - select: {component: experts, re: gate_up}\n    format: mxfp4\n"
+        "  - select: {component: experts, re: down_proj}\n    format: {name: int4, group_size: 16}\n"
+        "    method: {name: gptq, min_tokens: 8}\n"
+    )
+    results = {}
+    for mode in ("memory", "stream"):
+        recipe = tmp_path / f"{mode}.yaml"
+        recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body}")
+        results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=mode == "stream")
+    memory = results["memory"].manifest["tensors"]
+    assert any(".gate_up_proj" in r["name"] and r.get("format", "").startswith("mxfp4") for r in memory)
+    assert any(r.get("method", "").startswith("gptq") and "method_fallback" not in r for r in memory)
+    assert results["stream"].manifest["tensors"] == memory
+    ours, theirs = _packed(results["stream"].path), _packed(results["memory"].path)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 def test_a_model_larger_than_available_memory_is_one_line_before_loading(tmp_path, monkeypatch):
     """Measure and transformers evaluation say what they need instead of swapping or being killed."""
     from quantlab.models import loading

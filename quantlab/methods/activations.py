@@ -40,10 +40,13 @@ def activate(experts, gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def expert_intermediate(experts, expert: int, x: torch.Tensor) -> torch.Tensor:
-    """The input of expert ``expert``'s down projection for its inputs ``x``."""
+    """The input of expert ``expert``'s down projection for its inputs ``x``, computed in ``x``'s dtype (the
+    streaming build's statistics keep the experts in their stored bfloat16 and convert one expert at a time:
+    exact, and the same products as a float32 model's)."""
+    weight = experts.gate_up_proj[expert].to(x.dtype)
     if hasattr(experts, "gate_up_proj_bias"):  # gpt-oss: (experts, in, out) weights and biases
-        return activate(experts, x @ experts.gate_up_proj[expert] + experts.gate_up_proj_bias[expert])
-    return activate(experts, torch.nn.functional.linear(x, experts.gate_up_proj[expert]))
+        return activate(experts, x @ weight + experts.gate_up_proj_bias[expert].to(x.dtype))
+    return activate(experts, torch.nn.functional.linear(x, weight))
 
 
 def collect_input_statistics(

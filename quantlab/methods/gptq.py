@@ -38,6 +38,9 @@ def gptq_quantize(
     zeros = torch.empty(rows, n_groups)
     codes = torch.empty(rows, columns)
     scale32 = zero = torch.empty(0)  # set at each group's first column (column 0 starts one)
+    # the rank-1 update's products, written into one buffer: a fresh (rows, block) temporary per column is 2880
+    # allocations per matrix, each fresh memory from the system when large blocks are mmapped (the streaming build)
+    update = torch.empty(rows, block_size)
     for start in range(0, columns, block_size):
         end = min(start + block_size, columns)
         block = w[:, start:end].clone()
@@ -57,7 +60,9 @@ def gptq_quantize(
             codes[:, column] = q
             dequantized = scale32 * (q - zero)
             error = (block[:, i] - dequantized) / inv_block[i, i]
-            block[:, i:] -= error.unsqueeze(1) * inv_block[i, i:].unsqueeze(0)
+            products = update[:, : end - start - i]
+            torch.mul(error.unsqueeze(1), inv_block[i, i:].unsqueeze(0), out=products)
+            block[:, i:] -= products
             errors[:, i] = error
         w[:, end:] -= errors @ inverse[start:end, end:]
     stored = {"codes": pack_bits(codes, fmt.bits), "scale": scales} | (

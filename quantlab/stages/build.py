@@ -233,10 +233,16 @@ def quantize_entries(
     progress=None,
     total: int = 0,
     done_before: int = 0,
+    out_of_place: bool = False,
 ) -> Quantization:
     """Quantizes each entry's matrix in ``parameters`` (their values replaced by the dequantized ones, a parameter
-    made float32 where a value is not exact in its dtype), in order; ``progress(i, total, name)`` before each."""
+    made float32 where a value is not exact in its dtype), in order; ``progress(i, total, name)`` before each.
+
+    ``out_of_place``: each parameter gets new storage before its first write, so that whoever else holds the
+    tensor read (the streaming build's layerwise calibration, which still reads the layer's original values)
+    keeps them. Free where the values go to float32 anyway (the write is then a copy): GPTQ's usual case."""
     result = Quantization({}, {}, {}, [], [])
+    own_storage: set[str] = set()
     for i, entry in enumerate(entries):
         if progress:
             progress(done_before + i, total, entry.unit.name)
@@ -256,6 +262,10 @@ def quantize_entries(
         if parameter.dtype != torch.float32 and not _exact_in(quantized.dequantized, parameter.dtype):
             parameter.data = parameter.data.float()  # stored exactly, in float32 (see the module docstring)
             result.upcast.append(entry.unit.tensor)
+            own_storage.add(entry.unit.tensor)
+        elif out_of_place and entry.unit.tensor not in own_storage:
+            parameter.data = parameter.data.clone()
+            own_storage.add(entry.unit.tensor)
         entry.unit.write({entry.unit.tensor: parameter.data}, quantized.dequantized)
         if isinstance(quantized.stored.get(""), Packed):
             result.packed_by_unit[entry.unit.name] = quantized.stored[""]

@@ -86,6 +86,9 @@ class LayerwiseCalibration:
         self.layers = list(layers)
         base.layers = layers
         self.next_hidden: list[torch.Tensor] | None = None
+        # between ``statistics`` and ``advance``, the layer being quantized shares its experts' stored values with
+        # the chunk runs: the build writes its quantized values out of place meanwhile (``quantize_entries``)
+        self.reads_originals = False
 
     def _materialize_norm(self, base) -> None:
         """The final norm in float32 (the output head's input comes out of it)."""
@@ -110,6 +113,8 @@ class LayerwiseCalibration:
         if not wanted:
             self.model.model.layers[layer] = self.layers[layer]
             return {}
+        _experts_as_stored(module, f"model.layers.{layer}.", parameters)
+        self.reads_originals = True
         return _ChunkedStatistics(self, layer, module, wanted)
 
     def _run_layer(self, layer: int, module, units: list) -> dict:
@@ -124,6 +129,7 @@ class LayerwiseCalibration:
         if match is None:
             return
         self.model.model.layers[int(match[1])] = self.layers[int(match[1])]  # the float32 copy is freed
+        self.reads_originals = False
         if self.sequential:
             layer = int(match[1])
             module = self._build_layer(layer, parameters)
@@ -134,12 +140,13 @@ class LayerwiseCalibration:
         self.hidden, self.next_hidden = self.next_hidden, None
 
     def _build_layer(self, layer: int, parameters: dict):
-        """The real decoder layer ``layer`` from ``parameters`` (float32 copies), placed in the model."""
+        """The real decoder layer ``layer`` from ``parameters`` in float32 (converted copies; a float32 value is
+        shared, which is safe because the build never writes into a tensor this layer reads), placed in the model."""
         prefix = f"model.layers.{layer}."
         real = copy.deepcopy(self.layers[layer])  # the meta structure: no memory until each parameter is set
         for name, value in parameters.items():
             if name.startswith(prefix):
-                _set(real, name.removeprefix(prefix), value.detach().float().clone())
+                _set(real, name.removeprefix(prefix), value.detach().float())
         self.model.model.layers[layer] = real
         return real
 
@@ -181,6 +188,24 @@ class _ChunkedStatistics:
             self.values = self.owner._run_layer(self.layer, self.module, self.chunks[index])
             self.current = index
         return self.values.get(name)
+
+
+def _experts_as_stored(layer: torch.nn.Module, prefix: str, parameters: dict) -> None:
+    """Readies a layer whose outputs are computed for its chunk runs, which only need its matrices' inputs: each
+    experts module (most of a MoE layer) gets back its stored values (bfloat16: half its float32 copy's memory,
+    shared with the build's ``parameters``), and its forward returns zeros. The statistics hook runs before
+    that forward and computes what it needs in float32 one expert at a time (``expert_intermediate``); what the
+    experts would return only feeds the layer's outputs, already computed."""
+    for name, module in layer.named_modules():
+        if not hasattr(module, "gate_up_proj"):
+            continue
+        for attribute, _ in list(module.named_parameters(recurse=False)):
+            _set(module, attribute, parameters[f"{prefix}{name}.{attribute}"].detach())
+        module.forward = _no_experts_output
+
+
+def _no_experts_output(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return torch.zeros_like(hidden_states)  # an experts module's output has its input's shape (transformers 5)
 
 
 def _set(root: torch.nn.Module, name: str, value: torch.Tensor) -> None:
