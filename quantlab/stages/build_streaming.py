@@ -7,7 +7,8 @@ source shards (``quantlab.models.checkpoint``: memory-mapped, converted from the
 converts it), quantized by the same code as the in-memory build (``build.quantize_entries``), and written out
 as one shard of the variant (and one shard of its packed tensors) before the next layer is read. Peak memory is
 about one layer's parameters, their float32 copies and one matrix's temporaries, whatever the model's size
-(``quantlab bench build-memory --stream``).
+(``quantlab bench build-memory --stream``). Blocks of 1 MiB and more come straight from the system meanwhile
+(``_large_blocks_returned``), so that what a layer frees is returned rather than kept by the allocator.
 
 Data-driven methods (GPTQ, imatrix) get their statistics layer by layer (``quantlab.stages.layerwise``): the
 calibration tokens' hidden states are carried from layer to layer, each layer's Hessians are computed, used and

@@ -10,6 +10,14 @@ and its outputs become the next layer's inputs: the baseline layer's outputs by 
 statistic the in-memory build's (``tests/test_build_streaming.py``), or with ``calibration.sequential`` the
 quantized layer's (the inputs the quantized model will really see).
 
+Memory: a layer's Gram matrices are computed a chunk at a time (``HESSIAN_BYTES``), each chunk by running the
+layer again over the carried hidden states. Those runs only need the matrices' inputs, so the float32 copies of
+the experts (most of a MoE layer) are dropped after the layer's outputs are computed: the experts module gets
+back its stored bfloat16 tensors and skips its forward, and the down projection's inputs are computed one expert
+at a time in float32 (``_experts_as_stored``). The build writes the layer's quantized values out of place until
+``advance`` (``quantize_entries``), so these runs read the original values even after part of the layer has been
+quantized.
+
 The output head's statistics are those of the final norm's outputs, computed the same way; embeddings have no
 input activations (data-driven methods fall back to rtn on them, as in the in-memory build).
 """
