@@ -46,6 +46,7 @@ def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
         "groups:\n  - select: {component: experts}\n    format: mxfp4\n"
         "  - select: {component: attention}\n    format: {name: int4, group_size: 32}\n"
         "  - select: {component: lm_head}\n    format: {name: int4, group_size: 16}\n"
+        "exports: [gguf]\n"
     )
     results = {}
     for mode in ("memory", "stream"):
@@ -65,12 +66,22 @@ def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
     mine = dict(streamed.named_parameters())
     for name, value in built.named_parameters():
         assert mine[name].dtype == value.dtype and torch.equal(mine[name], value), name
+    # the GGUF written from the shards one tensor at a time is the in-memory build's file, byte for byte
+    gguf_stream, gguf_memory = stream.manifest["exports"]["gguf"], memory.manifest["exports"]["gguf"]
+    assert gguf_stream["tensor_types"] == gguf_memory["tensor_types"]
+    assert {t["type"] for t in gguf_memory["tensor_types"]} >= {"F32", "MXFP4"}
+    assert (stream.path / "model.gguf").read_bytes() == (memory.path / "model.gguf").read_bytes()
 
 
 def test_what_does_not_stream_is_one_line(tmp_path):
     recipe = tmp_path / "preset.yaml"
     recipe.write_text("name: p\nmodel: zoo:tiny-gpt-oss\npreset: gguf-q4_k_m\nexports: [gguf]\n")
     with pytest.raises(UserError, match="preset: a llama.cpp preset is resolved over the whole model"):
+        builder.build(recipe, tmp_path / "artifacts", stream=True)
+    recipe.write_text(
+        "name: p\nmodel: zoo:tiny-gpt-oss\ngroups:\n  - select: {component: experts}\n    format: mxfp4\nexports: [gguf, native]\n"
+    )
+    with pytest.raises(UserError, match="exports: the native export writes whole files .only gguf streams."):
         builder.build(recipe, tmp_path / "artifacts", stream=True)
     assert not (tmp_path / "artifacts").exists()
 

@@ -13,6 +13,7 @@ Only the architectures llama.cpp and quantlab both know are mapped; gpt-oss is t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,16 @@ def _matrix_as_gguf(packed: Packed | None, dequantized: torch.Tensor):
 def export_gguf(model, tokenizer, packed_by_unit: dict[str, Packed], path: Path) -> list[dict]:
     """Writes the variant ``model`` (its parameters hold the dequantized values) as a GGUF file; returns each
     tensor's name, type and why."""
-    tensors = _gguf_tensors(model, packed_by_unit)
-    _write(model, tokenizer, tensors, path)
-    return [{"name": t.name, "type": t.ggml_type, "why": t.why} for t in tensors]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    return _write(model.config, tokenizer, _gguf_tensors(model.config, params.__getitem__, packed_by_unit), path)
+
+
+def export_gguf_streamed(config, tokenizer, parameter: Callable[[str], torch.Tensor], packed_by_unit, path: Path):
+    """The same file as ``export_gguf``, with one GGUF tensor in memory at a time: ``parameter(name)`` reads a
+    parameter's values (from the streamed variant's shards) and ``packed_by_unit`` reads packed matrices on
+    demand (``get`` and ``in``); gguf-py's writer spools each tensor's bytes to a temporary file until the
+    header, which needs every tensor's size, is written."""
+    return _write(config, tokenizer, _gguf_tensors(config, parameter, packed_by_unit), path, spool=True)
 
 
 @dataclass(frozen=True)
@@ -169,26 +177,24 @@ def _gpt_oss_feed_forward(p: str, b: str) -> list[Slot]:
     ]
 
 
-def _gguf_tensors(model, packed_by_unit: dict[str, Packed]) -> list[GGUFTensor]:
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    out: list[GGUFTensor] = []
-    for slot in gguf_layout(model.config):
-        value = params[slot.hf_name]
+def _gguf_tensors(config, parameter: Callable[[str], torch.Tensor], packed_by_unit) -> Iterator[GGUFTensor]:
+    """Each GGUF tensor of the layout in turn, from ``parameter(hf_name)`` and the packed matrices."""
+    for slot in gguf_layout(config):
+        value = parameter(slot.hf_name)
         if slot.kind == "vector":
             value = value if slot.columns is None else value[..., slot.columns]
-            out.append(GGUFTensor(slot.gguf_name, value.float().numpy().astype(np.float32), "F32", "vector"))
+            yield GGUFTensor(slot.gguf_name, value.float().numpy().astype(np.float32), "F32", "vector")
         elif slot.kind == "matrix":
             packed = packed_by_unit.get(slot.hf_name)
             as_gguf = _matrix_as_gguf(packed, value.float())
             rows = slice(None) if slot.rows is None else slot.rows
             if as_gguf is not None:
-                out.append(GGUFTensor(slot.gguf_name, as_gguf[0][rows], as_gguf[1], "the plan's format"))
+                yield GGUFTensor(slot.gguf_name, as_gguf[0][rows], as_gguf[1], "the plan's format")
             else:
                 why = "kept" if packed is None else f"{packed.format} has no GGUF type: dequantized values"
-                out.append(_float_tensor(slot.gguf_name, value[rows], why))
+                yield _float_tensor(slot.gguf_name, value[rows], why)
         else:
-            out.append(_expert_tensor(slot, value, packed_by_unit, model.config.model_type == "gpt_oss"))
-    return out
+            yield _expert_tensor(slot, value, packed_by_unit, config.model_type == "gpt_oss")
 
 
 def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit, transposed: bool) -> GGUFTensor:
@@ -208,11 +214,12 @@ def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit, transposed: 
     return _float_tensor(slot.gguf_name, torch.stack([m[slot.rows] for m in matrices]), why)
 
 
-def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
+def _write(config, tokenizer, tensors: Iterable[GGUFTensor], path: Path, spool: bool = False) -> list[dict]:
+    """Writes the GGUF file; returns each tensor's name, type and why. ``spool``: each tensor's bytes go to a
+    temporary file as it comes (gguf-py's ``use_temp_file``), so only one tensor is held at a time."""
     import gguf
 
-    config = model.config
-    writer = gguf.GGUFWriter(str(path), GGUF_ARCH[config.model_type])
+    writer = gguf.GGUFWriter(str(path), GGUF_ARCH[config.model_type], use_temp_file=spool)
     writer.add_name("quantlab variant")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(config.max_position_embeddings)
@@ -243,16 +250,19 @@ def _write(model, tokenizer, tensors: list[GGUFTensor], path: Path) -> None:
     elif rope.get("rope_type", "default") != "default":
         raise UserError(f"gguf export: rope_type {rope.get('rope_type')!r} is not mapped yet (default and yarn are)")
     _add_tokenizer(writer, tokenizer, config.vocab_size)
+    written = []
     for t in tensors:
         if t.ggml_type == "F32":
             writer.add_tensor(t.name, np.ascontiguousarray(t.data, dtype=np.float32))
         else:
             qtype = gguf.GGMLQuantizationType[t.ggml_type]
             writer.add_tensor(t.name, np.ascontiguousarray(t.data), raw_dtype=qtype)
+        written.append({"name": t.name, "type": t.ggml_type, "why": t.why})
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return written
 
 
 def _is_space_split_bpe(data: dict) -> bool:

@@ -388,6 +388,17 @@ def _packed_tensors(entry: PlanEntry, result: Quantized, spec) -> tuple[dict[str
     return tensors, description
 
 
+def packed_matrix(description: dict, read) -> Packed | None:
+    """The packed matrix a ``_packed_tensors`` description holds (``read(field)``: its tensors), or None for a
+    matrix kept as low-rank factors: what ``quantize_entries`` puts in ``packed_by_unit``, read back."""
+    part = description["parts"].get("matrix")  # a matrix kept as factors has its parts under their own names
+    if part is None:
+        return None
+    notes = {"ggml_type": part["name"][5:]} if part["name"].startswith("gguf:") else {}
+    data = {field: read(field) for field in part["fields"]}
+    return Packed(part["format"], tuple(part["shape"]), data, part["fallback"], notes)
+
+
 def _save_packed(tensors: dict, described: dict, path: Path) -> None:
     from safetensors.torch import save_file
 

@@ -15,9 +15,10 @@ calibration tokens' hidden states are carried from layer to layer, each layer's 
 freed before the next layer is read; ``calibration.sequential: true`` feeds each layer the quantized layers'
 outputs instead of the baseline's.
 
-What the in-memory build does and this one does not (yet): llama.cpp presets (they ask llama.cpp's quantizer to
-choose over the whole model's F32 GGUF) and the exports (GGUF, native, compressed-tensors write whole files);
-either is a one-line error naming the recipe field.
+The GGUF export is written after the layers, from the variant's shards one tensor at a time (the in-memory
+build's file, byte for byte). What the in-memory build does and this one does not (yet): llama.cpp presets (they
+ask llama.cpp's quantizer to choose over the whole model's F32 GGUF) and the native and compressed-tensors
+exports (one whole file each); either is a one-line error naming the recipe field.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def layer_groups(names: list[str]) -> list[tuple[str, list[str]]]:
 def check_streamable(recipe: Recipe) -> None:
     if recipe.preset:
         raise recipe.error("preset", "a llama.cpp preset is resolved over the whole model; build it without --stream")
-    if recipe.exports:
-        raise recipe.error("exports", "exports write whole files; build without --stream, or drop the exports")
+    whole = [name for name in recipe.exports if name != "gguf"]
+    if whole:
+        raise recipe.error(
+            "exports",
+            f"the {', '.join(whole)} export writes whole files (only gguf streams); build without --stream, or drop it",
+        )
 
 
 def build_streaming(
@@ -172,10 +177,65 @@ def _build_streaming(
             "planned_size_bytes": plan.summary()["size_bytes"],
             "average_bits_per_weight": plan.summary()["average_bits_per_weight"],
         }
-        manifest["exports"] = {}
+        manifest["exports"] = _exports(recipe, model.config, folder, tmp, packed_map)
         manifest["run"] = run_record(started, loaded, quantized, streamed=True)
         (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
     return BuildResult(out, False, manifest)
+
+
+def _exports(recipe: Recipe, config, source: Path, tmp: Path, packed_map: dict[str, str]) -> dict:
+    """The GGUF export, written from the variant's shards one tensor at a time: the in-memory build's file, byte
+    for byte. Its logits are not compared here (that needs the whole variant in memory)."""
+    if "gguf" not in recipe.exports:
+        return {}
+    from quantlab.export.gguf import export_gguf_streamed, runtime_departures
+
+    variant = Checkpoint(tmp / "model")
+    tensor_types = export_gguf_streamed(
+        config,
+        load_config_and_tokenizer(source)[1],
+        lambda name: variant.read([name])[name],
+        _PackedShards(tmp, set(packed_map.values())),
+        tmp / "model.gguf",
+    )
+    return {
+        "gguf": {
+            "file": "model.gguf",
+            "bytes": (tmp / "model.gguf").stat().st_size,
+            "tensor_types": tensor_types,
+            "logits_vs_variant": None,
+            "runtime_departures": runtime_departures(config),
+        }
+    }
+
+
+class _PackedShards:
+    """The streamed variant's packed matrices by unit name, read from their shards when asked (``get`` and ``in``,
+    as the in-memory build's ``packed_by_unit`` dict answers them)."""
+
+    def __init__(self, folder: Path, files: set[str]):
+        from safetensors import safe_open
+
+        self.folder = folder
+        self.units: dict[str, tuple[str, dict]] = {}
+        for file in sorted(files):
+            with safe_open(folder / file, "pt") as f:
+                described = json.loads((f.metadata() or {})["quantlab"])
+            self.units |= {unit: (file, description) for unit, description in described.items()}
+
+    def get(self, name: str):
+        from safetensors import safe_open
+
+        from quantlab.stages.build import packed_matrix
+
+        if name not in self:
+            return None
+        file, description = self.units[name]
+        with safe_open(self.folder / file, "pt") as f:
+            return packed_matrix(description, lambda field: f.get_tensor(f"{name}.{field}"))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.units and "matrix" in self.units[name][1]["parts"]
 
 
 @contextmanager
