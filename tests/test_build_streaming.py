@@ -73,15 +73,44 @@ def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
     assert (stream.path / "model.gguf").read_bytes() == (memory.path / "model.gguf").read_bytes()
 
 
+def test_streamed_native_export_holds_the_in_memory_export(tmp_path):
+    """gpt-oss's native MXFP4 checkpoint written a layer at a time (sharded, as the release is): the in-memory
+    export's tensors and config, and transformers loads it to the variant's values."""
+    folder = write_checkpoint(_small("gpt-oss-20b"), tmp_path / "model", shard_bytes=40_000)
+    body = "groups:\n  - select: {component: experts}\n    format: mxfp4\nexports: [native]\n"
+    results = {}
+    for mode in ("memory", "stream"):
+        recipe = tmp_path / f"{mode}.yaml"
+        recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body}")
+        results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=mode == "stream")
+    streamed, built = (results[m].path / "native" for m in ("stream", "memory"))
+    assert len(list(streamed.glob("model-*.safetensors"))) == _small("gpt-oss-20b")["num_hidden_layers"] + 3
+    ours = {k: v for f in sorted(streamed.glob("model-*.safetensors")) for k, v in _tensors(f).items()}
+    theirs = _tensors(built / "model.safetensors")
+    assert set(ours) == set(theirs) and any(k.endswith("_blocks") for k in theirs)
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert (streamed / "config.json").read_text() == (built / "config.json").read_text()
+    loaded, _ = load_model(streamed)
+    variant, _ = load_model(results["stream"].path / "model")
+    mine = dict(loaded.named_parameters())
+    assert all(torch.equal(mine[n], v) for n, v in variant.named_parameters())
+
+
+def _tensors(path) -> dict:
+    with safe_open(path, "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
 def test_what_does_not_stream_is_one_line(tmp_path):
     recipe = tmp_path / "preset.yaml"
     recipe.write_text("name: p\nmodel: zoo:tiny-gpt-oss\npreset: gguf-q4_k_m\nexports: [gguf]\n")
     with pytest.raises(UserError, match="preset: a llama.cpp preset is resolved over the whole model"):
         builder.build(recipe, tmp_path / "artifacts", stream=True)
     recipe.write_text(
-        "name: p\nmodel: zoo:tiny-gpt-oss\ngroups:\n  - select: {component: experts}\n    format: mxfp4\nexports: [gguf, native]\n"
+        "name: p\nmodel: zoo:tiny-gpt-oss\ngroups:\n  - select: {component: experts}\n    format: int8\n"
+        "exports: [gguf, compressed-tensors]\n"
     )
-    with pytest.raises(UserError, match="exports: the native export writes whole files .only gguf streams."):
+    with pytest.raises(UserError, match="exports: the compressed-tensors export writes one whole file"):
         builder.build(recipe, tmp_path / "artifacts", stream=True)
     assert not (tmp_path / "artifacts").exists()
 

@@ -10,6 +10,7 @@ rearranged; every other tensor is the variant's own.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,27 +26,66 @@ def export_native(model, tokenizer, packed_by_unit: dict[str, Packed], folder: P
     from safetensors.torch import save_file
 
     config = model.config
-    if config.model_type != "gpt_oss":
-        raise UserError(f"native export: only gpt-oss has a native MXFP4 layout (this model is {config.model_type})")
+    _check_gpt_oss(config)
     state = {}
-    experts = config.num_local_experts
     for name, parameter in model.named_parameters():
-        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-            packed = [packed_by_unit.get(f"{name}[{e}]") for e in range(experts)]
-            if any(p is None or not p.format.startswith("mxfp4(") for p in packed):
-                raise UserError(
-                    f"native export: {name} has experts not in mxfp4; the released gpt-oss layout holds every "
-                    "expert matrix in MXFP4 (use a recipe whose experts group is format: mxfp4, or drop 'native')"
-                )
-            out, inner = packed[0].shape
-            state[name + "_blocks"] = torch.stack([p.data["codes"].reshape(out, inner // 32, 16) for p in packed])
-            state[name + "_scales"] = torch.stack([p.data["scale_e8m0"].reshape(out, inner // 32) for p in packed])
-        else:
-            state[name] = parameter.detach().contiguous()
+        state |= _native_tensors(config, name, parameter.detach(), packed_by_unit)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _write_config_and_tokenizer(config, tokenizer, folder)
+    return {"folder": folder.name, "bytes": (folder / "model.safetensors").stat().st_size}
+
+
+def export_native_streamed(
+    config, tokenizer, groups: list[list[str]], parameter: Callable[[str], torch.Tensor], packed_by_unit, folder: Path
+) -> dict:
+    """The same tensors as ``export_native``, one shard per group of parameter names (the streamed build's
+    layers) with ``model.safetensors.index.json``, as the released checkpoints are sharded: one group in memory
+    at a time. ``parameter(name)`` reads a value, ``packed_by_unit.get`` a packed matrix."""
+    from safetensors.torch import save_file
+
+    _check_gpt_oss(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map, total = {}, 0
+    for index, names in enumerate(groups):
+        state = {}
+        for name in names:
+            state |= _native_tensors(config, name, parameter(name), packed_by_unit)
+        shard = f"model-{index + 1:05d}-of-{len(groups):05d}.safetensors"
+        save_file(state, str(folder / shard), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(state, shard)
+        total += (folder / shard).stat().st_size
+    index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
+    _write_config_and_tokenizer(config, tokenizer, folder)
+    return {"folder": folder.name, "bytes": total}
+
+
+def _check_gpt_oss(config) -> None:
+    if config.model_type != "gpt_oss":
+        raise UserError(f"native export: only gpt-oss has a native MXFP4 layout (this model is {config.model_type})")
+
+
+def _native_tensors(config, name: str, value: torch.Tensor, packed_by_unit) -> dict[str, torch.Tensor]:
+    """What the released layout stores for the parameter ``name``: its ``_blocks`` and ``_scales`` for a fused
+    expert tensor (every expert in mxfp4), else the value itself."""
+    if not name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+        return {name: value.contiguous()}
+    packed = [packed_by_unit.get(f"{name}[{e}]") for e in range(config.num_local_experts)]
+    if any(p is None or not p.format.startswith("mxfp4(") for p in packed):
+        raise UserError(
+            f"native export: {name} has experts not in mxfp4; the released gpt-oss layout holds every "
+            "expert matrix in MXFP4 (use a recipe whose experts group is format: mxfp4, or drop 'native')"
+        )
+    out, inner = packed[0].shape
+    return {
+        name + "_blocks": torch.stack([p.data["codes"].reshape(out, inner // 32, 16) for p in packed]),
+        name + "_scales": torch.stack([p.data["scale_e8m0"].reshape(out, inner // 32) for p in packed]),
+    }
+
+
+def _write_config_and_tokenizer(config, tokenizer, folder: Path) -> None:
     config_dict = config.to_dict()
     config_dict["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": NOT_CONVERTED}
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(folder)
-    return {"folder": folder.name, "bytes": (folder / "model.safetensors").stat().st_size}

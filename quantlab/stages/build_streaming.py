@@ -15,10 +15,10 @@ calibration tokens' hidden states are carried from layer to layer, each layer's 
 freed before the next layer is read; ``calibration.sequential: true`` feeds each layer the quantized layers'
 outputs instead of the baseline's.
 
-The GGUF export is written after the layers, from the variant's shards one tensor at a time (the in-memory
-build's file, byte for byte). What the in-memory build does and this one does not (yet): llama.cpp presets (they
-ask llama.cpp's quantizer to choose over the whole model's F32 GGUF) and the native and compressed-tensors
-exports (one whole file each); either is a one-line error naming the recipe field.
+The exports are written after the layers, from the variant's shards: the GGUF one tensor at a time (the
+in-memory build's file, byte for byte), the native checkpoint one layer at a time. What the in-memory build does
+and this one does not (yet): llama.cpp presets (they ask llama.cpp's quantizer to choose over the whole model's
+F32 GGUF) and the compressed-tensors export (one whole file); either is a one-line error naming the recipe field.
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def layer_groups(names: list[str]) -> list[tuple[str, list[str]]]:
 def check_streamable(recipe: Recipe) -> None:
     if recipe.preset:
         raise recipe.error("preset", "a llama.cpp preset is resolved over the whole model; build it without --stream")
-    whole = [name for name in recipe.exports if name != "gguf"]
-    if whole:
+    if "compressed-tensors" in recipe.exports:
         raise recipe.error(
             "exports",
-            f"the {', '.join(whole)} export writes whole files (only gguf streams); build without --stream, or drop it",
+            "the compressed-tensors export writes one whole file (gguf and native stream); build without "
+            "--stream, or drop it",
         )
 
 
@@ -177,36 +177,44 @@ def _build_streaming(
             "planned_size_bytes": plan.summary()["size_bytes"],
             "average_bits_per_weight": plan.summary()["average_bits_per_weight"],
         }
-        manifest["exports"] = _exports(recipe, model.config, folder, tmp, packed_map)
+        manifest["exports"] = _exports(recipe, model.config, folder, tmp, packed_map, [n for _, n in groups])
         manifest["run"] = run_record(started, loaded, quantized, streamed=True)
         (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
     return BuildResult(out, False, manifest)
 
 
-def _exports(recipe: Recipe, config, source: Path, tmp: Path, packed_map: dict[str, str]) -> dict:
-    """The GGUF export, written from the variant's shards one tensor at a time: the in-memory build's file, byte
-    for byte. Its logits are not compared here (that needs the whole variant in memory)."""
-    if "gguf" not in recipe.exports:
-        return {}
-    from quantlab.export.gguf import export_gguf_streamed, runtime_departures
-
+def _exports(
+    recipe: Recipe, config, source: Path, tmp: Path, packed_map: dict[str, str], groups: list[list[str]]
+) -> dict:
+    """The exports, written from the variant's shards: the GGUF one tensor at a time (the in-memory build's file,
+    byte for byte; its logits are not compared here, which needs the whole variant in memory), the native
+    checkpoint one layer at a time (sharded, the in-memory build's tensors)."""
+    exports: dict = {}
+    if not recipe.exports:
+        return exports
+    tokenizer = load_config_and_tokenizer(source)[1]
     variant = Checkpoint(tmp / "model")
-    tensor_types = export_gguf_streamed(
-        config,
-        load_config_and_tokenizer(source)[1],
-        lambda name: variant.read([name])[name],
-        _PackedShards(tmp, set(packed_map.values())),
-        tmp / "model.gguf",
-    )
-    return {
-        "gguf": {
+    packed = _PackedShards(tmp, set(packed_map.values()))
+
+    def parameter(name: str) -> torch.Tensor:
+        return variant.read([name])[name]
+
+    if "gguf" in recipe.exports:
+        from quantlab.export.gguf import export_gguf_streamed, runtime_departures
+
+        tensor_types = export_gguf_streamed(config, tokenizer, parameter, packed, tmp / "model.gguf")
+        exports["gguf"] = {
             "file": "model.gguf",
             "bytes": (tmp / "model.gguf").stat().st_size,
             "tensor_types": tensor_types,
             "logits_vs_variant": None,
             "runtime_departures": runtime_departures(config),
         }
-    }
+    if "native" in recipe.exports:
+        from quantlab.export.native import export_native_streamed
+
+        exports["native"] = export_native_streamed(config, tokenizer, groups, parameter, packed, tmp / "native")
+    return exports
 
 
 class _PackedShards:
