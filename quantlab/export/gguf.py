@@ -198,12 +198,14 @@ def _gguf_tensors(config, parameter: Callable[[str], torch.Tensor], packed_by_un
 
 
 def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit, transposed: bool) -> GGUFTensor:
-    """A fused expert tensor (experts, out, in): one GGUF type if every expert has the same one."""
-    matrices = [
-        (value[e].T if transposed else value[e]).float() for e in range(value.shape[0])
-    ]  # gpt-oss: (E, in, out)
+    """A fused expert tensor (experts, out, in): one GGUF type if every expert has the same one. Experts are
+    converted to float32 one at a time (a streamed export of a 32-expert gate_up would otherwise hold 2 GB)."""
+
+    def matrix(e: int) -> torch.Tensor:
+        return (value[e].T if transposed else value[e]).float()  # gpt-oss: (E, in, out)
+
     names = slot.units(value.shape[0])
-    encoded = [_matrix_as_gguf(packed_by_unit.get(name), m) for name, m in zip(names, matrices)]
+    encoded = [_matrix_as_gguf(packed_by_unit.get(name), matrix(e)) for e, name in enumerate(names)]
     types = {None if x is None else x[1] for x in encoded}
     if len(types) == 1 and None not in types:
         return GGUFTensor(
@@ -211,7 +213,7 @@ def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit, transposed: 
         )
     quantized = any(name in packed_by_unit for name in names)
     why = "experts in different or non-GGUF formats: dequantized values" if quantized else "kept"
-    return _float_tensor(slot.gguf_name, torch.stack([m[slot.rows] for m in matrices]), why)
+    return _float_tensor(slot.gguf_name, torch.stack([matrix(e)[slot.rows] for e in range(len(names))]), why)
 
 
 def _write(config, tokenizer, tensors: Iterable[GGUFTensor], path: Path, spool: bool = False) -> list[dict]:
