@@ -40,6 +40,16 @@ def _packed(path) -> dict:
     return tensors
 
 
+def _built_both_ways(folder, body: str, tmp_path) -> dict:
+    """The recipe ``body`` on ``folder`` built in memory and streamed: {"memory": result, "stream": result}."""
+    results = {}
+    for mode in ("memory", "stream"):
+        recipe = tmp_path / f"{mode}.yaml"
+        recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body}")
+        results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=mode == "stream")
+    return results
+
+
 def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
     family, folder = hub_checkpoint
     body = (
@@ -48,11 +58,7 @@ def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
         "  - select: {component: lm_head}\n    format: {name: int4, group_size: 16}\n"
         "exports: [gguf]\n"
     )
-    results = {}
-    for mode in ("memory", "stream"):
-        recipe = tmp_path / f"{mode}.yaml"
-        recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body}")
-        results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=mode == "stream")
+    results = _built_both_ways(folder, body, tmp_path)
     memory, stream = results["memory"], results["stream"]
     assert stream.manifest["run"]["streamed"] is True
     layers = _small(family)["num_hidden_layers"]
@@ -78,11 +84,7 @@ def test_streamed_native_export_holds_the_in_memory_export(tmp_path):
     export's tensors and config, and transformers loads it to the variant's values."""
     folder = write_checkpoint(_small("gpt-oss-20b"), tmp_path / "model", shard_bytes=40_000)
     body = "groups:\n  - select: {component: experts}\n    format: mxfp4\nexports: [native]\n"
-    results = {}
-    for mode in ("memory", "stream"):
-        recipe = tmp_path / f"{mode}.yaml"
-        recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body}")
-        results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=mode == "stream")
+    results = _built_both_ways(folder, body, tmp_path)
     streamed, built = (results[m].path / "native" for m in ("stream", "memory"))
     assert len(list(streamed.glob("model-*.safetensors"))) == _small("gpt-oss-20b")["num_hidden_layers"] + 3
     ours = {k: v for f in sorted(streamed.glob("model-*.safetensors")) for k, v in _tensors(f).items()}
@@ -158,11 +160,7 @@ def test_values_exact_in_bfloat16_do_not_reach_later_statistics(hub_checkpoint, 
         "  - select: {component: experts, re: down_proj}\n    format: {name: int4, group_size: 16}\n"
         "    method: {name: gptq, min_tokens: 8}\n"
     )
-    results = {}
-    for mode in ("memory", "stream"):
-        recipe = tmp_path / f"{mode}.yaml"
-        recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body}")
-        results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=mode == "stream")
+    results = _built_both_ways(folder, body, tmp_path)
     memory = results["memory"].manifest["tensors"]
     assert any(".gate_up_proj" in r["name"] and r.get("format", "").startswith("mxfp4") for r in memory)
     assert any(r.get("method", "").startswith("gptq") and "method_fallback" not in r for r in memory)

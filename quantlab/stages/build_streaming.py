@@ -40,6 +40,7 @@ from quantlab.stages.build import (
     _kept_row,
     _save_packed,
     manifest_head,
+    packed_matrix,
     plan_for,
     quantize_entries,
     run_record,
@@ -65,6 +66,28 @@ def layer_groups(names: list[str]) -> list[tuple[str, list[str]]]:
     return [(f"layer {i}", groups[i]) for i in sorted(groups)] + [(name, [name]) for name in rest]
 
 
+@contextmanager
+def _large_blocks_returned():
+    """Blocks of 1 MiB and more allocated straight from the system (mmap) while it runs, so that each is returned
+    the moment it is freed. glibc's default threshold grows to 32 MiB as large tensors come and go, and the
+    GPTQ and hook temporaries below it (a 5760-row block of columns is 3 MiB) then fragment the heap: measured on
+    3 gpt-oss-20b-shaped layers of 8 experts, GPTQ peaked at 3.24 GiB against 2.51 GiB with the threshold fixed
+    (``docs/scale.md``). The threshold goes back to glibc's largest dynamic value."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc: its own allocator's policy stands
+        yield
+        return
+    m_mmap_threshold = -3
+    mallopt(m_mmap_threshold, 2**20)
+    try:
+        yield
+    finally:
+        mallopt(m_mmap_threshold, 32 * 2**20)
+
+
 def check_streamable(recipe: Recipe) -> None:
     if recipe.preset:
         raise recipe.error("preset", "a llama.cpp preset is resolved over the whole model; build it without --stream")
@@ -76,6 +99,7 @@ def check_streamable(recipe: Recipe) -> None:
         )
 
 
+@_large_blocks_returned()
 def build_streaming(
     recipe: Recipe,
     recipe_path: Path,
@@ -88,21 +112,6 @@ def build_streaming(
     progress=None,
 ) -> BuildResult:
     check_streamable(recipe)
-    with _large_blocks_returned():
-        return _build_streaming(recipe, recipe_path, folder, model_sha256, versions, key, out, started, progress)
-
-
-def _build_streaming(
-    recipe: Recipe,
-    recipe_path: Path,
-    folder: Path,
-    model_sha256: str,
-    versions: dict,
-    key: str,
-    out: Path,
-    started: float,
-    progress,
-) -> BuildResult:
     torch.manual_seed(recipe.seed)
     checkpoint = Checkpoint(folder)
     model = meta_model(folder)
@@ -234,8 +243,6 @@ class _PackedShards:
     def get(self, name: str):
         from safetensors import safe_open
 
-        from quantlab.stages.build import packed_matrix
-
         if name not in self:
             return None
         file, description = self.units[name]
@@ -244,28 +251,6 @@ class _PackedShards:
 
     def __contains__(self, name: str) -> bool:
         return name in self.units and "matrix" in self.units[name][1]["parts"]
-
-
-@contextmanager
-def _large_blocks_returned():
-    """Blocks of 1 MiB and more allocated straight from the system (mmap) for the block, so that each is returned
-    the moment it is freed. glibc's default threshold grows to 32 MiB as large tensors come and go, and the
-    GPTQ and hook temporaries below it (a 5760-row block of columns is 3 MiB) then fragment the heap: measured on
-    gpt-oss-20b layers of 8 experts, 0.8 GB of freed memory held per layer, and a peak of 3.5 GB against 2.6 GB
-    with the threshold fixed (``docs/scale.md``). The threshold goes back to glibc's largest dynamic value."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc: its own allocator's policy stands
-        yield
-        return
-    m_mmap_threshold = -3
-    mallopt(m_mmap_threshold, 2**20)
-    try:
-        yield
-    finally:
-        mallopt(m_mmap_threshold, 32 * 2**20)
 
 
 def _return_freed_memory() -> None:
