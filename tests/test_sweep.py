@@ -83,3 +83,29 @@ def test_evaluation_repeats_as_ray_tasks_are_the_sequential_repeats(tmp_path):
     assert records["ray"]["seeds"] == [0, 1, 2]
     samples = [[s["generated"] for s in run["samples"]] for run in records["ray"]["lm_eval"]]
     assert samples[0] != samples[1]  # temperature 1: the repeats really sample, differently per seed
+
+
+def test_a_ray_evaluation_stores_exactly_the_sequential_runs_settings(tmp_path):
+    """A length the model cannot hold is clamped by the run, and the run says so in the stored settings. Before
+    the settings were a frozen record, the run wrote the clamp into its own copy of them: a Ray worker's copy, so
+    the Ray evaluation stored settings without it while the sequential one stored them with it."""
+    pytest.importorskip("ray", reason="--ray needs quantlab[ray]")
+    from quantlab.stages.evaluate.run import evaluate
+
+    records = {}
+    for mode in ("sequential", "ray"):
+        options = {"ray": "local", "workers": 2} if mode == "ray" else {}
+        records[mode] = evaluate(
+            "zoo:tiny-gpt-oss",
+            "zoo_aime_style",
+            limit=2,
+            repeats=2,
+            temperature=1.0,
+            artifacts=tmp_path / mode,
+            generation={"max_gen_toks": 4096},  # more than the embedded model's 256 positions
+            **options,
+        )
+    assert records["ray"]["settings"] == records["sequential"]["settings"]
+    assert records["ray"]["settings_hash"] == records["sequential"]["settings_hash"]
+    # the clamp itself, by hand: half of the model's 256-position context
+    assert records["ray"]["settings"]["max_gen_toks_clamped"] == {"requested": 4096, "used": 128, "context": 256}

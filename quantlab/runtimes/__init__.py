@@ -19,7 +19,10 @@ from typing import Any, ClassVar
 
 from quantlab.errors import UserError
 from quantlab.registry import Registered
+from quantlab.runtimes.settings import RuntimeSettings, runtime_label
 from quantlab.store import Subject
+
+__all__ = ["Loaded", "Runtime", "RuntimeSettings", "get_runtime", "render_chat", "runtime_label"]
 
 
 @dataclass
@@ -33,15 +36,13 @@ class Loaded:
     chat_template: str | None = None  # the Jinja source prompts are rendered with (None: no chat template)
     server: Any = None  # the running server of a served evaluation (quantlab.runtimes.serve.Server)
 
-    def chat_template_args(self, settings: dict) -> dict:
+    def chat_template_args(self, settings: RuntimeSettings) -> dict:
         """The keyword arguments of ``apply_chat_template`` these settings ask for: a template other than the
         tokenizer's own, and the reasoning effort where one is asked."""
         args: dict[str, Any] = {}
         if self.chat_template is not None and self.chat_template != getattr(self.tokenizer, "chat_template", None):
             args["chat_template"] = self.chat_template
-        if settings.get("reasoning_effort"):
-            args["reasoning_effort"] = settings["reasoning_effort"]
-        return args
+        return args | settings.chat_template_args()
 
     @property
     def context_length(self) -> int:
@@ -74,11 +75,14 @@ def render_chat(tokenizer, template: str | None, template_args: dict, history, a
 class Runtime(Registered):
     kind: ClassVar[str] = "backend"
     _entries: ClassVar[dict[str, Registered]] = {}
+    # The model runs outside this process (a server) or from a mapped file (llama.cpp): a client needs the
+    # subject's tokenizer and config, not its weights in memory.
+    runs_elsewhere: ClassVar[bool] = False
 
-    def check(self, subject: Subject, settings: dict) -> None:
+    def check(self, subject: Subject, settings: RuntimeSettings) -> None:
         """A one-line error when this runtime cannot run the subject with these settings."""
 
-    def language_model(self, loaded: Loaded, settings: dict, seed: int, batch_size: int):
+    def language_model(self, loaded: Loaded, settings: RuntimeSettings, seed: int, batch_size: int):
         """The lm-eval model of one repeat."""
         raise NotImplementedError
 
@@ -96,6 +100,8 @@ class Transformers(Runtime, name="hf"):
 
 
 class LlamaCpp(Runtime, name="llama.cpp"):
+    runs_elsewhere = True
+
     def check(self, subject, settings):
         if subject.gguf is None:
             raise UserError(
@@ -110,23 +116,26 @@ class LlamaCpp(Runtime, name="llama.cpp"):
             loaded.tokenizer,
             loaded.context_length,
             seed=seed,
-            temperature=settings["temperature"],
-            top_p=settings["top_p"],
+            temperature=settings.temperature,
+            top_p=settings.top_p,
             chat_template=loaded.chat_template,
             chat_template_args=loaded.chat_template_args(settings),
         )
 
 
 class Endpoint(Runtime, name="endpoint"):
+    runs_elsewhere = True
+
     def check(self, subject, settings):
-        if not settings.get("endpoint"):
+        if not settings.endpoint:
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
 
     def language_model(self, loaded, settings, seed, batch_size):
-        return self.client(loaded, settings, settings["endpoint"], loaded.folder.parent.name)
+        assert settings.endpoint is not None  # check() refused a run without one
+        return self.client(loaded, settings, settings.endpoint, loaded.folder.parent.name)
 
     @staticmethod
-    def client(loaded: Loaded, settings: dict, base_url: str, model: str, concurrent: int = 1):
+    def client(loaded: Loaded, settings: RuntimeSettings, base_url: str, model: str, concurrent: int = 1):
         # lm-eval's OpenAI-compatible completions client: text prompts rendered here with the evaluation's chat
         # template (the server tokenizes), the variant's tokenizer for lm-eval's own bookkeeping; log-likelihoods
         # through echo + logprobs.
@@ -150,20 +159,15 @@ class Served(Runtime, name="served"):
     """A server quantlab starts (``--engine``): lm-eval's completions client, as for an endpoint, with the
     requests a serving stack's users send concurrently (the engine batches them)."""
 
+    runs_elsewhere = True
+
     def check(self, subject, settings):
-        if not settings.get("engine"):
+        if not settings.engine:
             raise UserError("backend served: name the engine, --engine vllm or --engine llama.cpp")
 
     def language_model(self, loaded, settings, seed, batch_size):
         server = loaded.server
-        return Endpoint.client(loaded, settings, server.base_url, server.model, settings.get("concurrent", 1))
-
-
-def runtime_label(settings: dict) -> str:
-    """What ran an evaluation: the in-process runtime, or the served engine with what it loaded and its dtype."""
-    if settings.get("engine"):
-        return f"{settings['engine']} ({settings['loaded']}, {settings['dtype']})"
-    return {"hf": "transformers"}.get(settings.get("backend", "hf"), settings.get("backend", "hf"))
+        return Endpoint.client(loaded, settings, server.base_url, server.model, settings.concurrent or 1)
 
 
 def get_runtime(name: str) -> Runtime:

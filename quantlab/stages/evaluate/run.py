@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
-from quantlab.runtimes import Loaded, get_runtime, runtime_label
+from quantlab.runtimes import Loaded, RuntimeSettings, get_runtime, runtime_label
+from quantlab.stages.evaluate.settings import EvaluationSettings, GenerationLimits
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
 from quantlab.store import ArtifactStore, Subject, as_store, atomic_write_text, content_key
 from quantlab.store.records import Evaluation
@@ -74,34 +76,14 @@ def _data_files(data) -> dict[str, Path]:
     return {split: Path(path) for split, path in data.items()}
 
 
-def _settings(
-    task: str,
-    limit: int | None,
-    repeats: int,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int | None,
-    seed: int,
-    data: dict[str, Path],
-    backend: str = "hf",
-    num_fewshot: int | None = None,
-) -> dict:
+def _data_settings(task: str, data: dict[str, Path]) -> dict[str, Any]:
+    """What an evaluation records of its local data files: their paths and hashes (None without any)."""
     from quantlab.store import sha256_file
 
-    get_runtime(backend)  # one line naming the available ones
     for split, path in data.items():
         if not path.is_file():
             raise UserError(f"--data {task}:{split}={path}: no such file")
     return {
-        "task": task,
-        "backend": backend,
-        "limit": limit,
-        "repeats": repeats if temperature > 0 else 1,
-        "temperature": temperature,
-        "top_p": top_p,
-        "max_new_tokens": max_new_tokens,
-        "num_fewshot": num_fewshot,
-        "seed": seed,
         "data_files": {split: str(path) for split, path in data.items()} or None,
         "data_sha256": {split: sha256_file(path) for split, path in data.items()} or None,
     }
@@ -227,50 +209,66 @@ def evaluate(
 
     store = as_store(artifacts)
     subject = store.subject(reference)
-    settings = _settings(
-        task, limit, repeats, temperature, top_p, max_new_tokens, seed, _data_files(data_file), backend, num_fewshot
-    )
-    settings["generation"] = dict(sorted((generation or {}).items())) or None  # task-specific generation settings
-    settings |= chat.template_setting(chat_template or chat.default_choice(subject.model_folder))
+    get_runtime(backend)  # one line naming the available ones
+    template = chat.template_setting(chat_template or chat.default_choice(subject.model_folder))
     if reasoning_effort is not None:
         if reasoning_effort not in chat.REASONING_EFFORTS:
             raise UserError(f"--reasoning-effort {reasoning_effort}: give one of {', '.join(chat.REASONING_EFFORTS)}")
-        if settings["chat_template"] == "plain":
+        if template["chat_template"] == "plain":
             raise UserError("--reasoning-effort goes through a chat template; this evaluation applies none (plain)")
-        settings["reasoning_effort"] = reasoning_effort  # gpt-oss's chat templates read it
-    if task_metadata:
-        settings["task_metadata"] = dict(sorted(task_metadata.items()))
-    if backend == "endpoint" and endpoint:
-        settings["endpoint"] = endpoint
+    runtime = RuntimeSettings(
+        backend=backend,
+        temperature=temperature,
+        top_p=top_p,
+        reasoning_effort=reasoning_effort,  # gpt-oss's chat templates read it
+        endpoint=endpoint if backend == "endpoint" else None,
+        **template,
+    )
     if engine is not None:
         if backend not in ("hf", "served"):
             raise UserError(f"--engine {engine} serves the subject itself; drop --backend {backend}")
-        settings |= _engine_settings(store, subject, engine, serve_options, concurrent)
-    get_runtime(settings["backend"]).check(subject, settings)
-    if ray is not None and settings.get("engine"):
+        runtime = dataclasses.replace(runtime, **_engine_settings(store, subject, engine, serve_options, concurrent))
+    settings = EvaluationSettings(
+        task=task,
+        limit=limit,
+        repeats=repeats if temperature > 0 else 1,
+        max_new_tokens=max_new_tokens,
+        num_fewshot=num_fewshot,
+        seed=seed,
+        generation=dict(sorted((generation or {}).items())) or None,  # task-specific generation settings
+        task_metadata=dict(sorted(task_metadata.items())) if task_metadata else None,
+        runtime=runtime,
+        **_data_settings(task, _data_files(data_file)),
+    )
+    get_runtime(runtime.backend).check(subject, runtime)
+    if ray is not None and runtime.engine:
         raise UserError("--ray runs repeats in separate processes; a served evaluation (--engine) runs one server")
-    settings_hash = content_key(settings, 16)
-    key = content_key({"subject_key": subject.key, "settings": settings})
+    recorded = settings.record()
+    settings_hash = content_key(recorded, 16)
+    key = content_key({"subject_key": subject.key, "settings": recorded})
     path = ArtifactStore.evaluation_path(subject, task, settings_hash)
     with ArtifactStore.lock(path):
         stored = ArtifactStore.cached(path, key)
         if stored is not None:
             return stored | {"cache_hit": True}
-        result = _evaluate(subject, task, settings, seed, batch_size, ray, workers)
+        limits, result = _evaluate(subject, settings, batch_size, ray, workers)
         result = {
             "schema_version": SCHEMA_VERSION,
             "cache_key": key,
             "subject": subject.name,
             "subject_key": subject.key,
             "task": task,
-            "settings": settings,
+            # what the run chose where the request left the length open, beside what was asked
+            "settings": recorded | limits.record(),
             "settings_hash": settings_hash,
         } | result
         atomic_write_text(path, Evaluation.from_dict(result, path).to_json(indent=1, default=str))
     return result | {"cache_hit": False}
 
 
-def _engine_settings(store: ArtifactStore, subject: Subject, engine: str, serve_options, concurrent: int) -> dict:
+def _engine_settings(
+    store: ArtifactStore, subject: Subject, engine: str, serve_options, concurrent: int
+) -> dict[str, Any]:
     """What a served evaluation records of its server: the engine, its version, what it loaded, its options,
     and the request fields that keep it faithful (not its port, which changes every start)."""
     from quantlab.runtimes.engines import get_engine
@@ -289,38 +287,42 @@ def _engine_settings(store: ArtifactStore, subject: Subject, engine: str, serve_
     } | options.record()
 
 
-def _one_repeat(subject: Subject, task: str, settings: dict, seed: int, batch_size: int) -> tuple[dict, Any]:
+def _one_repeat(subject: Subject, settings: EvaluationSettings, seed: int, batch_size: int) -> tuple[dict, Any]:
     """One repeat in a process of its own (a Ray task): its result, and the experts kernel transformers chose."""
-    prepared = _prepare(subject, task, settings)
+    prepared = _prepare(subject, settings)
     experts = getattr(prepared["loaded"].model.config, "_experts_implementation", None)
-    return _run_once(prepared, task, settings, seed, batch_size), experts
+    return _run_once(prepared, settings, seed, batch_size), experts
 
 
 def _evaluate(
     subject: Subject,
-    task: str,
-    settings: dict,
-    seed: int,
+    settings: EvaluationSettings,
     batch_size: int,
     ray: str | None = None,
     workers: int | None = None,
-) -> dict:
-    """Every repeat of one task on one model: per-item correctness, the score with its interval, pass@k."""
+) -> tuple[GenerationLimits, dict]:
+    """Every repeat of one task on one model: the generation length chosen where the request left it open, and
+    per-item correctness, the score with its interval, pass@k."""
+    seed, task = settings.seed, settings.task
     if ray is not None:
         from quantlab.stages.parallel import run_on_ray
 
+        # The workers choose the same limits from the same task and config; the driver works them out itself
+        # (no weights loaded) rather than trust a worker's copy of the settings.
+        limits = _generation_plan(subject, settings)[3]
         started = time.perf_counter()
-        jobs = [(subject, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
+        jobs = [(subject, settings, seed + r, batch_size) for r in range(settings.repeats)]
         done, _ = run_on_ray(_one_repeat, jobs, ray, workers)
-        return _summary([result for result, _ in done], seed, done[0][1], time.perf_counter() - started, None)
-    prepared = _prepare(subject, task, settings)  # once: task index, model, generation settings
+        return limits, _summary([result for result, _ in done], seed, done[0][1], time.perf_counter() - started, None)
+    prepared = _prepare(subject, settings)  # once: task index, model, generation settings
     server_record = None
+    runtime = settings.runtime
     with contextlib.ExitStack() as stack:
-        if settings.get("engine"):
+        if runtime.engine:
             from quantlab.runtimes.serve import ServeOptions, serve
 
-            options = ServeOptions(dtype=settings["dtype"], load=settings["load"])
-            server = stack.enter_context(serve(subject, settings["engine"], None, options=options))
+            options = ServeOptions(dtype=runtime.dtype or "auto", load=runtime.load or "auto")
+            server = stack.enter_context(serve(subject, runtime.engine, None, options=options))
             prepared["loaded"].server = server
             server_record = {
                 "startup_s": round(server.startup_s, 2),
@@ -328,10 +330,10 @@ def _evaluate(
                 "loaded": str(server.loaded_path),
             }
         started = time.perf_counter()
-        per_repeat = [_run_once(prepared, task, settings, seed + r, batch_size) for r in range(settings["repeats"])]
+        per_repeat = [_run_once(prepared, settings, seed + r, batch_size) for r in range(settings.repeats)]
         seconds = time.perf_counter() - started
     experts = getattr(prepared["loaded"].model.config, "_experts_implementation", None)
-    return _summary(per_repeat, seed, experts, seconds, server_record)
+    return prepared["limits"], _summary(per_repeat, seed, experts, seconds, server_record)
 
 
 def _summary(per_repeat: list[dict], seed: int, experts, seconds: float, server_record) -> dict:
@@ -381,15 +383,48 @@ def _versions() -> dict[str, str]:
     return library_versions() | {"lm_eval": metadata.version("lm_eval")}
 
 
-def _prepare(subject: Subject, task: str, settings: dict) -> dict:
+def _generation_plan(subject: Subject, settings: EvaluationSettings) -> tuple[Any, Any, dict | None, GenerationLimits]:
+    """lm-eval's task index, the task spec, the generation settings every repeat is given, and the length chosen
+    where the request left it open: from the task and the model's config alone (no weights)."""
+    from quantlab.models.loading import load_config_and_tokenizer
+
+    task = settings.task
+    manager = _task_manager(dict(settings.task_metadata) if settings.task_metadata else None)
+    spec = _task_spec(manager, task, _data_files(settings.data_files), settings.num_fewshot)
+    runtime = settings.runtime
+    parts: dict[str, Any] = {}
+    if runtime.temperature > 0 or settings.max_new_tokens:
+        parts = {"do_sample": runtime.temperature > 0}
+        if runtime.temperature > 0:
+            parts |= {"temperature": runtime.temperature, "top_p": runtime.top_p}
+        if settings.max_new_tokens:
+            parts["max_gen_toks"] = settings.max_new_tokens
+    parts |= runtime.request_defaults or {}  # what keeps a served engine faithful (llama.cpp's penalty off)
+    parts |= settings.generation or {}  # --gen TASK:key=value wins over the global options
+    config = spec if isinstance(spec, dict) else manager._get_config(task)
+    context = int(load_config_and_tokenizer(subject.model_folder)[0].max_position_embeddings)
+    limits = GenerationLimits()
+    if config.get("output_type") == "generate_until":
+        asked = parts.get("max_gen_toks", (config.get("generation_kwargs") or {}).get("max_gen_toks"))
+        if asked is None:
+            # lm-eval's HFLM would silently cut every answer at 256 new tokens: give half the context instead, and say so.
+            parts["max_gen_toks"] = max(1, min(32768, context // 2))
+            limits = GenerationLimits(default=parts["max_gen_toks"])
+        elif int(asked) >= context:
+            # A task written for a long-context model (aime25 asks for 32768 new tokens): lm-eval refuses a length
+            # the model cannot hold. Keep half the context for the prompt and say so in the stored settings.
+            parts["max_gen_toks"] = max(1, context // 2)
+            limits = GenerationLimits(requested=int(asked), used=parts["max_gen_toks"], context=context)
+    return manager, spec, parts or None, limits
+
+
+def _prepare(subject: Subject, settings: EvaluationSettings) -> dict:
     """What every repeat shares: lm-eval's task index and the task spec, the loaded model, the generation settings."""
+    from quantlab import chat
     from quantlab.models.loading import load_model
 
-    manager = _task_manager(settings.get("task_metadata"))
-    spec = _task_spec(manager, task, _data_files(settings["data_files"]), settings["num_fewshot"])
-    from quantlab import chat
-
-    if settings["backend"] in ("served", "endpoint", "llama.cpp"):
+    manager, spec, gen_kwargs, limits = _generation_plan(subject, settings)
+    if get_runtime(settings.runtime.backend).runs_elsewhere:
         # a server or llama.cpp (which maps the GGUF file) runs the model: the client needs its tokenizer and
         # config, not its weights in memory, so a model larger than memory is evaluated this way
         from types import SimpleNamespace
@@ -397,7 +432,7 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
         from quantlab.models.loading import load_config_and_tokenizer
 
         config, tokenizer = load_config_and_tokenizer(subject.model_folder)
-        model = SimpleNamespace(config=config)
+        model: Any = SimpleNamespace(config=config)
     else:
         from quantlab.models.loading import float32_bytes, require_memory
 
@@ -408,46 +443,22 @@ def _prepare(subject: Subject, task: str, settings: dict) -> dict:
         )
         model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
     template = None  # the Jinja source prompts are rendered with; None: no chat template (plain)
-    if settings["chat_template"] != "plain":
-        template = chat.template_source(settings["chat_template"], getattr(tokenizer, "chat_template", None))
-    parts = {}
-    if settings["temperature"] > 0 or settings["max_new_tokens"]:
-        parts = {"do_sample": settings["temperature"] > 0}
-        if settings["temperature"] > 0:
-            parts |= {"temperature": settings["temperature"], "top_p": settings["top_p"]}
-        if settings["max_new_tokens"]:
-            parts["max_gen_toks"] = settings["max_new_tokens"]
-    parts |= settings.get("request_defaults") or {}  # what keeps a served engine faithful (llama.cpp's penalty off)
-    parts |= settings.get("generation") or {}  # --gen TASK:key=value wins over the global options
-    config = spec if isinstance(spec, dict) else manager._get_config(task)
-    context = model.config.max_position_embeddings
-    if config.get("output_type") == "generate_until":
-        asked = parts.get("max_gen_toks", (config.get("generation_kwargs") or {}).get("max_gen_toks"))
-        if asked is None:
-            # lm-eval's HFLM would silently cut every answer at 256 new tokens: give half the context instead, and say so.
-            parts["max_gen_toks"] = max(1, min(32768, context // 2))
-            settings["max_gen_toks_default"] = parts["max_gen_toks"]
-        elif int(asked) >= context:
-            # A task written for a long-context model (aime25 asks for 32768 new tokens): lm-eval refuses a length
-            # the model cannot hold. Keep half the context for the prompt and say so in the stored settings.
-            parts["max_gen_toks"] = max(1, context // 2)
-            settings["max_gen_toks_clamped"] = {
-                "requested": int(asked),
-                "used": parts["max_gen_toks"],
-                "context": context,
-            }
+    if settings.runtime.chat_template != "plain":
+        template = chat.template_source(settings.runtime.chat_template, getattr(tokenizer, "chat_template", None))
     return {
         "manager": manager,
         "spec": spec,
         "loaded": Loaded(subject.model_folder, model, tokenizer, subject.gguf, template),
-        "gen_kwargs": parts or None,
+        "gen_kwargs": gen_kwargs,
+        "limits": limits,
     }
 
 
-def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: int) -> dict:
+def _run_once(prepared: dict, settings: EvaluationSettings, seed: int, batch_size: int) -> dict:
     import lm_eval
 
-    lm = get_runtime(settings["backend"]).language_model(prepared["loaded"], settings, seed, batch_size)
+    task = settings.task
+    lm = get_runtime(settings.runtime.backend).language_model(prepared["loaded"], settings.runtime, seed, batch_size)
     # Copies: lm-eval may edit the task config and generation settings it is given, and they serve every repeat.
     spec, gen_kwargs = copy.deepcopy(prepared["spec"]), copy.deepcopy(prepared["gen_kwargs"])
     torch.manual_seed(seed)
@@ -456,10 +467,10 @@ def _run_once(prepared: dict, task: str, settings: dict, seed: int, batch_size: 
             model=lm,
             tasks=[spec],
             task_manager=prepared["manager"],
-            limit=settings["limit"],
+            limit=settings.limit,
             log_samples=True,
             gen_kwargs=gen_kwargs,
-            num_fewshot=settings["num_fewshot"],
+            num_fewshot=settings.num_fewshot,
             apply_chat_template=prepared["loaded"].chat_template is not None,
             random_seed=seed,
             numpy_random_seed=seed,
