@@ -303,7 +303,7 @@ def _evaluate(
 ) -> tuple[GenerationLimits, dict]:
     """Every repeat of one task on one model: the generation length chosen where the request left it open, and
     per-item correctness, the score with its interval, pass@k."""
-    seed, task = settings.seed, settings.task
+    seed = settings.seed
     if ray is not None:
         from quantlab.stages.parallel import run_on_ray
 
