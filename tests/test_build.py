@@ -122,7 +122,7 @@ def test_an_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as if stopped while the packed tensors were being written
 
-    monkeypatch.setattr(builder, "_save_packed", interrupted)
+    monkeypatch.setattr(builder, "save_packed", interrupted)
     with pytest.raises(KeyboardInterrupt):
         builder.build(recipe, tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,7 @@ import torch
 from scipy.stats import entropy
 
 from quantlab.errors import UserError
-from quantlab.stages.measure.engine import topk_token_statistics
+from quantlab.token_statistics import topk_token_statistics
 
 REPO = Path(__file__).resolve().parent.parent
 

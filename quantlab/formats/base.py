@@ -96,24 +96,3 @@ def register(name: str):
         return factory
 
     return add
-
-
-def get_format(name: str, **params) -> Format:
-    """The format a recipe names, e.g. ``get_format("int4", group_size=32, symmetric=True)``."""
-    from quantlab import formats  # noqa: F401  (importing the package registers every format)
-
-    key = name.strip()
-    factory = _REGISTRY.get(key) or _REGISTRY.get(key.lower())
-    if factory is None:
-        known = ", ".join(sorted(_REGISTRY))
-        raise UserError(f"unknown format {name!r}; known formats: {known}")
-    try:
-        return factory(**params)
-    except TypeError as error:
-        raise UserError(f"format {name!r}: bad parameters {params} ({error})") from None
-
-
-def available_formats() -> list[str]:
-    from quantlab import formats  # noqa: F401
-
-    return sorted(_REGISTRY)

@@ -8,7 +8,7 @@ Each is a registered ``Method`` (``base.py``); ``get_method(name)`` finds it. Ea
 result: what is stored (packed tensors in the format's real layout) and the dequantized matrix.
 """
 
-from quantlab.methods.base import DEFAULT_METHOD, Method, Quantized, get_method, method_names
+from quantlab.methods.base import DEFAULT_METHOD, Method, Quantized
 from quantlab.methods.calibrated import GPTQ, Imatrix
 from quantlab.methods.lowrank import LowRank, lowrank, lowrank_rank
 from quantlab.methods.rtn import RoundToNearest, rtn
@@ -27,3 +27,12 @@ __all__ = [
     "method_names",
     "rtn",
 ]
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; a one-line error listing the known ones otherwise."""
+    return Method.lookup(name)
+
+
+def method_names() -> list[str]:
+    return Method.names()

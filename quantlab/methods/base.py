@@ -79,16 +79,3 @@ class Method(Registered):
     def apply(self, matrix: torch.Tensor, fmt, params: Any, statistics=None, component: str = "") -> Quantized:
         """The matrix (out, in) quantized to ``fmt`` (None: kept as it is) by this method."""
         raise NotImplementedError
-
-
-def get_method(name: str) -> Method:
-    """The registered method called ``name``; a one-line error listing the known ones otherwise."""
-    import quantlab.methods  # noqa: F401  (registers the shipped methods)
-
-    return Method.lookup(name)
-
-
-def method_names() -> list[str]:
-    import quantlab.methods  # noqa: F401
-
-    return Method.names()

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from quantlab.errors import UserError
+from quantlab.store.keys import sha256_file
 
 
 def resolve_model(source: str) -> Path:
@@ -49,8 +50,6 @@ def _from_hub(repo_id: str) -> Path:
 
 def weights_sha256(folder: Path) -> str:
     """One SHA-256 over the model's safetensors files and config, in name order: the model's identity."""
-    from quantlab.store import sha256_file
-
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
         digest.update(f"{path.name}:{sha256_file(path)}\n".encode())

@@ -19,10 +19,21 @@ from typing import Any, ClassVar
 
 from quantlab.errors import UserError
 from quantlab.registry import Registered
+from quantlab.runtimes.context import MAX_EVALUATION_CONTEXT, evaluation_context
+from quantlab.runtimes.prompts import render_chat
 from quantlab.runtimes.settings import RuntimeSettings, runtime_label
 from quantlab.store import Subject
 
-__all__ = ["Loaded", "Runtime", "RuntimeSettings", "get_runtime", "render_chat", "runtime_label"]
+__all__ = [
+    "MAX_EVALUATION_CONTEXT",
+    "Loaded",
+    "Runtime",
+    "RuntimeSettings",
+    "evaluation_context",
+    "get_runtime",
+    "render_chat",
+    "runtime_label",
+]
 
 
 @dataclass
@@ -47,29 +58,6 @@ class Loaded:
     @property
     def context_length(self) -> int:
         return evaluation_context(int(self.model.config.max_position_embeddings))
-
-
-# The longest context a runtime is opened with. The lab's prompts and chains are short, and a released model's
-# own context (131,072 positions for gpt-oss) would make llama.cpp keep logits for every position of it
-# (positions x vocabulary floats: 105 GB for gpt-oss) and vLLM reserve a cache that size.
-MAX_EVALUATION_CONTEXT = 4096
-
-
-def evaluation_context(max_position_embeddings: int) -> int:
-    """The context a runtime is opened with: the model's own, at most ``MAX_EVALUATION_CONTEXT``."""
-    return min(max_position_embeddings, MAX_EVALUATION_CONTEXT)
-
-
-def render_chat(tokenizer, template: str | None, template_args: dict, history, add_generation_prompt: bool) -> str:
-    """lm-eval's chat history rendered with an evaluation's template and effort, as lm-eval's HFLM renders it: what
-    the runtimes that take text (llama.cpp in-process, a completions endpoint) are sent."""
-    return tokenizer.apply_chat_template(
-        history,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        continue_final_message=not add_generation_prompt,
-        **({"chat_template": template} | template_args),
-    )
 
 
 class Runtime(Registered):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-from quantlab.runtimes import render_chat
+from quantlab.runtimes.prompts import render_chat
 
 
 class RenderedCompletionsLM(LocalCompletionsAPI):

@@ -24,6 +24,7 @@ from typing import ClassVar
 
 from quantlab.errors import UserError
 from quantlab.registry import Registered
+from quantlab.runtimes.context import evaluation_context
 from quantlab.store import ArtifactStore, Subject
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -82,8 +83,6 @@ def _variant_folder(subject: Subject) -> Path | None:
 
 
 def _context_length(folder: Path) -> int:
-    from quantlab.runtimes import evaluation_context
-
     return evaluation_context(
         int(json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 2048))
     )
@@ -187,9 +186,7 @@ class VLLM(Engine, name="vllm"):
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         if config.get("model_type") != "gpt_oss" or rope.get("rope_type", "default") != "default":
             return load
-        from quantlab.runtimes.serve import serve_folder
-
-        folder = serve_folder(subject) / f"vllm-{load.kind}"
+        folder = ArtifactStore.serve_folder(subject) / f"vllm-{load.kind}"
         folder.mkdir(parents=True, exist_ok=True)
         for item in load.path.iterdir():
             link = folder / item.name

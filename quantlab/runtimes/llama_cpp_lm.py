@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from lm_eval.api.model import LM
 
-from quantlab.runtimes import render_chat
 from quantlab.runtimes.llama_cpp import logits, open_gguf
+from quantlab.runtimes.prompts import render_chat
 
 
 class LlamaCppLM(LM):

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from quantlab.errors import UserError
-from quantlab.store import Subject, as_store
+from quantlab.runtimes.engines import get_engine
+from quantlab.store import ArtifactStore, Subject, as_store
 
 READY_TIMEOUT_S = 600.0  # vLLM's CPU build starts in 30-60 s on 2 cores; a real model on a GPU takes minutes
 STOP_GRACE_S = 20.0
@@ -138,11 +139,6 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def serve_folder(subject: Subject) -> Path:
-    """Where a subject's serving files go: the server's log and what an engine needs prepared."""
-    return subject.results.parent / "serve"
-
-
 @contextlib.contextmanager
 def serve(
     reference: str | Subject,
@@ -157,8 +153,6 @@ def serve(
     """A running server for the variant (or model source) ``reference`` (or a resolved ``Subject``), stopped
     when the block ends. ``front`` (``chat_front.FrontSettings``): a chat API the lab renders conversations for,
     listening on ``port`` in front of the engine (on a free port of its own), faithful or with a host's mistakes."""
-    from quantlab.runtimes.engines import get_engine
-
     options = options or ServeOptions()
     store = as_store(artifacts)
     subject = reference if isinstance(reference, Subject) else store.subject(reference)
@@ -175,7 +169,7 @@ def serve(
 
         template_source(front.chat_template, model_template(subject.model_folder))  # one line before any start
         front_port, port = port, free_port(host)
-    folder = serve_folder(subject)
+    folder = ArtifactStore.serve_folder(subject)
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{chosen.name}.log"
     command = launcher + chosen.arguments(load, subject, host, port, options)

@@ -4,7 +4,7 @@ The model is never loaded whole. Its structure comes from its config (a model on
 shapes, no memory), so the plan, the units and every manifest row are the in-memory build's. Then, for each
 layer in turn (the embeddings, norm and output head as a last group), the layer's parameters are read from the
 source shards (``quantlab.models.checkpoint``: memory-mapped, converted from the hub layout as transformers
-converts it), quantized by the same code as the in-memory build (``build.quantize_entries``), and written out
+converts it), quantized by the same code as the in-memory build (``plan_quantization.quantize_entries``), and written out
 as one shard of the variant (and one shard of its packed tensors) before the next layer is read. Peak memory is
 about one layer's parameters, their float32 copies and one matrix's temporaries, whatever the model's size
 (``quantlab bench build-memory --stream``). Blocks of 1 MiB and more come straight from the system meanwhile
@@ -35,16 +35,8 @@ import torch
 from quantlab.models.checkpoint import Checkpoint
 from quantlab.models.loading import load_config_and_tokenizer, meta_model
 from quantlab.recipe import Recipe
-from quantlab.stages.build import (
-    BuildResult,
-    _kept_row,
-    _save_packed,
-    manifest_head,
-    packed_matrix,
-    plan_for,
-    quantize_entries,
-    run_record,
-)
+from quantlab.stages.build_records import BuildResult, manifest_head, run_record
+from quantlab.stages.plan_quantization import kept_row, packed_matrix, plan_for, quantize_entries, save_packed
 from quantlab.store import MANIFEST, atomic_directory
 from quantlab.store.records import Manifest
 
@@ -165,7 +157,7 @@ def build_streaming(
             weight_map |= dict.fromkeys(parameters, shard)
             if done.stored:
                 packed = f"packed-{index + 1:05d}-of-{count:05d}.safetensors"
-                _save_packed(done.stored, done.described, tmp / packed)
+                save_packed(done.stored, done.described, tmp / packed)
                 packed_map |= dict.fromkeys(done.stored, packed)
             del parameters, done, statistics  # this layer's memory, before the next layer is read
             _return_freed_memory()
@@ -175,7 +167,7 @@ def build_streaming(
         _write_config(folder, tmp / "model")
         load_config_and_tokenizer(folder)[1].save_pretrained(tmp / "model")  # as the in-memory build saves it
         order = {e.unit.name: i for i, e in enumerate(plan.entries)}
-        kept = [_kept_row(e) for e in plan.entries if not e.quantized]
+        kept = [kept_row(e) for e in plan.entries if not e.quantized]
         rows = sorted(rows, key=lambda r: order[r["name"]]) + kept
         manifest = manifest_head(
             recipe, recipe_path, key, folder, model_sha256, arch, versions, plan, sorted(set(upcast)), rows

@@ -22,7 +22,8 @@ from quantlab.errors import UserError
 from quantlab.formats import Packed, get_format
 from quantlab.models.loading import load_model, resolve_model, weights_sha256
 from quantlab.models.units import architecture, weight_units
-from quantlab.stages.build import BuildResult, error_summary, library_versions, run_record
+from quantlab.stages.build_records import BuildResult, library_versions, run_record
+from quantlab.stages.plan_quantization import error_summary
 from quantlab.store import MANIFEST, ArtifactStore, as_store, atomic_directory, content_key, sha256_file
 from quantlab.store.records import Manifest
 

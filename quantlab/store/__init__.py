@@ -10,17 +10,15 @@ from quantlab.store.artifacts import (
     ArtifactStore,
     Subject,
     as_store,
-    read_json,
-    record_json,
 )
 from quantlab.store.atomic import (
     atomic_directory,
     atomic_write_text,
     check_free_space,
     check_output_directory,
-    sha256_file,
 )
-from quantlab.store.keys import content_key
+from quantlab.store.json_records import read_json, record_json
+from quantlab.store.keys import content_key, sha256_file
 
 __all__ = [
     "EVAL",

@@ -26,10 +26,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from quantlab.errors import UserError
+from quantlab.models.loading import resolve_model, weights_sha256
 from quantlab.store.keys import content_key
+from quantlab.store.records import Manifest
 
 MANIFEST = "manifest.json"
 MODEL = "model"
@@ -50,22 +51,6 @@ class Subject:
     results: Path  # where its evaluations go
     key: str  # its identity: the variant's cache key, or the model's weights hash
     gguf: Path | None = None  # the variant's GGUF export, when it has one (llama.cpp runs it)
-
-
-def read_json(path: Path) -> dict:
-    """A stored record; a corrupt or unreadable one is a one-line error naming the file."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-        raise UserError(
-            f"{path}: unreadable record ({reason}); delete it and re-run the command that wrote it"
-        ) from None
-    if not isinstance(value, dict):
-        raise UserError(
-            f"{path}: not a quantlab record (a JSON object); delete it and re-run the command that wrote it"
-        )
-    return value
 
 
 class ArtifactStore:
@@ -103,8 +88,6 @@ class ArtifactStore:
 
     def manifest(self, folder: Path) -> dict:
         """A variant's manifest, checked against the ``Manifest`` record (one line naming a bad field)."""
-        from quantlab.store.records import Manifest  # records build on this module's read_json
-
         return Manifest.from_json(folder / MANIFEST).to_dict()
 
     def built(self) -> list[str]:
@@ -120,8 +103,6 @@ class ArtifactStore:
             manifest = self.manifest(folder)
             gguf = folder / GGUF if (folder / GGUF).is_file() else None
             return Subject(manifest["variant"], folder / MODEL, folder / EVAL, manifest["cache_key"], gguf)
-        from quantlab.models.loading import resolve_model, weights_sha256
-
         try:
             source = resolve_model(reference)
         except UserError as error:
@@ -154,6 +135,11 @@ class ArtifactStore:
     @staticmethod
     def evaluation_path(subject: Subject, task: str, settings_hash: str) -> Path:
         return subject.results / f"{task}-{settings_hash}.json"
+
+    @staticmethod
+    def serve_folder(subject: Subject) -> Path:
+        """Where a subject's serving files go: the server's log and what an engine needs prepared."""
+        return subject.results.parent / "serve"
 
     @staticmethod
     def evaluations(variant_folder: Path) -> list[Path]:
@@ -222,21 +208,3 @@ class ArtifactStore:
 def as_store(artifacts: ArtifactStore | Path | str | None) -> ArtifactStore:
     """An ``ArtifactStore`` from what a caller gave: a store, a folder, or None (the default ``artifacts/``)."""
     return artifacts if isinstance(artifacts, ArtifactStore) else ArtifactStore(artifacts)
-
-
-def record_json(record: dict[str, Any], indent: int = 1, default: Any = None) -> str:
-    """A record as the store writes it: numpy scalars and sets made plain (``default``: another fallback, such
-    as ``str`` for lm-eval's configs, which hold functions)."""
-    return json.dumps(record, indent=indent, default=default or _plain) + "\n"
-
-
-def _plain(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from quantlab.errors import UserError
-from quantlab.store.artifacts import read_json, record_json
+from quantlab.store.json_records import read_json, record_json
 
 R = TypeVar("R", bound="Record")
 

@@ -31,6 +31,7 @@ import torch
 from quantlab.chat import REASONING_EFFORTS
 from quantlab.store.atomic import atomic_write_text
 from quantlab.store.records import Record
+from quantlab.token_statistics import topk_token_statistics
 
 QUANTILE = 0.99  # the threshold: the calibration's 99th percentile, as an order statistic
 CALIBRATION_PROMPTS = 96
@@ -74,7 +75,6 @@ class Calibration:
 
 def kl_of_tokens(model, prompt: str, ids: list[int], served: list[dict[int, float]]) -> float:
     """Mean top-k KL(model ‖ served) over the generated positions whose token the served top-k lists."""
-    from quantlab.stages.measure.engine import topk_token_statistics
 
     keep = [j for j in range(len(ids)) if ids[j] in served[j]]
     if not keep:

@@ -21,49 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from quantlab.errors import UserError
-from quantlab.stages.measure.text import EvaluationText
-
-SERVED_TAIL_RESOLUTION = 1e-6  # how well 1 - sum(top-k probabilities) is known from float32 log-probabilities
-
-
-def topk_token_statistics(
-    base_logits: torch.Tensor, served: list[dict[int, float]], targets: torch.Tensor, top_k: int
-) -> dict[str, np.ndarray]:
-    """Per predicted position: the statistics of ``token_statistics`` with the served distribution known only
-    on the tokens ``served[j]`` lists (token id -> log-probability), the KL as its lower bound (module doc)."""
-    log_p = torch.log_softmax(base_logits.double(), dim=-1).numpy()
-    positions, vocabulary = log_p.shape
-    p = np.exp(log_p)
-    columns = {key: np.zeros(positions) for key in ("kl", "delta_p", "delta_p_top", "nll_variant", "tail_mass")}
-    same_top = np.zeros(positions, dtype=bool)
-    for j in range(positions):
-        entries = served[j]
-        ids = np.fromiter(entries.keys(), dtype=np.int64, count=len(entries))
-        log_q = np.fromiter(entries.values(), dtype=np.float64, count=len(entries))
-        if ids.size == 0 or ids.max() >= vocabulary:
-            raise UserError(f"served log-probabilities name token ids outside the vocabulary ({vocabulary}) at {j}")
-        q_known = float(np.exp(log_q).sum())
-        tail_p = max(0.0, 1.0 - float(p[j, ids].sum()))
-        tail_q = max(0.0, 1.0 - q_known) + SERVED_TAIL_RESOLUTION
-        kl = float((p[j, ids] * (log_p[j, ids] - log_q)).sum())
-        if tail_p > 1e-15:
-            kl += tail_p * np.log(tail_p / tail_q)
-        columns["kl"][j] = kl
-        columns["tail_mass"][j] = tail_p
-        target = int(targets[j])
-        if target not in entries:
-            raise UserError(f"the server returned no log-probability for the prompt's own token at position {j + 1}")
-        columns["nll_variant"][j] = -entries[target]
-        columns["delta_p"][j] = np.exp(entries[target]) - p[j, target]
-        top = int(log_p[j].argmax())
-        # the baseline's top token outside the top k: its served probability is at most the k-th largest
-        kth = float(np.sort(log_q)[::-1][min(top_k, log_q.size) - 1])
-        q_top = np.exp(entries[top]) if top in entries else float(np.exp(kth))
-        columns["delta_p_top"][j] = q_top - p[j, top]
-        same_top[j] = int(ids[log_q.argmax()]) == top
-    nll_base = -log_p[np.arange(positions), targets.numpy()]
-    return columns | {"same_top": same_top, "nll_base": nll_base}
+from quantlab.stages.measure.baseline import load_baseline
+from quantlab.stages.measure.text import EvaluationText, measurement_text
+from quantlab.token_statistics import TOKEN_STATISTICS, logit_summaries, topk_token_statistics
 
 
 def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int, concurrent: int = 8) -> dict:
@@ -71,7 +31,6 @@ def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int, con
     from concurrent.futures import ThreadPoolExecutor
 
     from quantlab.runtimes.engines import get_engine
-    from quantlab.stages.measure.run import TOKEN_STATISTICS, logit_summaries
 
     engine = get_engine(server.engine)
     per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "tail_mass", "answer", "analysis")}
@@ -117,7 +76,6 @@ def measure_served(
     from quantlab.runtimes.engines import get_engine, max_logprobs
     from quantlab.runtimes.serve import ServeOptions, serve
     from quantlab.stages.measure.llama_cpp import runtime_share
-    from quantlab.stages.measure.run import load_baseline, measurement_text
     from quantlab.store import MODEL, ArtifactStore, atomic_write_text, content_key, record_json
 
     chosen, options = get_engine(engine), serve_options or ServeOptions()  # measure_variant checked the engine

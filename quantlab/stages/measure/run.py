@@ -22,10 +22,11 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.methods.activations import activate
+from quantlab.stages.measure.baseline import load_baseline
 from quantlab.stages.measure.outputs import expert_weight_errors, write_measurement
-from quantlab.stages.measure.text import EvaluationText
-from quantlab.statistics import distribution, perplexity, rate
+from quantlab.stages.measure.text import LLAMA_PERPLEXITY, SCORINGS, EvaluationText, measurement_text
 from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, read_json, sha256_file
+from quantlab.token_statistics import TOKEN_STATISTICS, logit_summaries, token_statistics
 
 
 def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
@@ -126,30 +127,6 @@ def _router_agreement(base: torch.Tensor, variant: torch.Tensor, experts: int, a
     acc.tokens_variant += one_hot_variant.sum(0).numpy()
 
 
-TOKEN_STATISTICS = ("kl", "same_top", "delta_p", "delta_p_top", "nll_base", "nll_variant")
-
-
-def token_statistics(
-    base_logits: torch.Tensor, variant_logits: torch.Tensor, targets: torch.Tensor
-) -> dict[str, np.ndarray]:
-    """Per predicted position: KL(base ‖ variant), same top token, both NLLs, and two probability changes:
-    ``delta_p`` as llama-perplexity defines Δp (the *target* token's probability, variant minus baseline) and
-    ``delta_p_top`` (the baseline's top token's probability, variant minus baseline)."""
-    log_p = torch.log_softmax(base_logits.double(), dim=-1)
-    log_q = torch.log_softmax(variant_logits.double(), dim=-1)
-    p = log_p.exp()
-    top = log_p.argmax(dim=-1, keepdim=True)
-    target = targets.unsqueeze(-1)
-    return {
-        "kl": (p * (log_p - log_q)).sum(-1).numpy(),
-        "same_top": (top.squeeze(-1) == log_q.argmax(dim=-1)).numpy(),
-        "delta_p": (log_q.gather(-1, target).exp() - log_p.gather(-1, target).exp()).squeeze(-1).numpy(),
-        "delta_p_top": (log_q.gather(-1, top).exp() - p.gather(-1, top)).squeeze(-1).numpy(),
-        "nll_base": (-log_p.gather(-1, target)).squeeze(-1).numpy(),
-        "nll_variant": (-log_q.gather(-1, target)).squeeze(-1).numpy(),
-    }
-
-
 def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -> dict:
     """Everything ``quantlab measure`` reports for one variant against one baseline."""
     started = time.perf_counter()
@@ -231,20 +208,6 @@ def measure_pair(baseline, variant, text: EvaluationText, batch_size: int = 8) -
     return result
 
 
-def logit_summaries(arrays: dict) -> dict:
-    """The logit statistics over all predicted tokens, the answer tokens, the response tokens (what the model
-    writes: its analysis and its answer) and, where the text marks them, the analysis channel's tokens."""
-    answer, analysis = arrays["answer"].astype(bool), arrays["analysis"].astype(bool)
-    summaries = {
-        "all_tokens": _logit_summary(arrays, np.ones_like(answer)),
-        "answer_tokens": _logit_summary(arrays, answer),
-        "response_tokens": _logit_summary(arrays, answer | analysis),
-    }
-    if analysis.any():
-        summaries["analysis_tokens"] = _logit_summary(arrays, analysis)
-    return summaries
-
-
 def _per_row(arrays: dict, rows: int) -> dict[str, list]:
     """Response-token sums per row (one problem per row on task text): what attribution resamples to put an
     interval on a share of the KL drift or of the NLL (rows, not tokens, are the independent units)."""
@@ -259,23 +222,6 @@ def _per_row(arrays: dict, rows: int) -> dict[str, list]:
         "kl_sum": total(arrays["kl"]),
         "nll_base_sum": total(arrays["nll_base"]),
         "nll_variant_sum": total(arrays["nll_variant"]),
-    }
-
-
-def _logit_summary(arrays: dict, mask: np.ndarray) -> dict:
-    if not mask.any():
-        return {"n": 0}
-    base, variant = perplexity(arrays["nll_base"][mask]), perplexity(arrays["nll_variant"][mask])
-    delta_p, delta_p_top = arrays["delta_p"][mask], arrays["delta_p_top"][mask]
-    return {
-        "n": int(mask.sum()),
-        "perplexity_baseline": base,
-        "perplexity_variant": variant,
-        "perplexity_ratio": variant["ppl"] / base["ppl"],
-        "kl_divergence": distribution(arrays["kl"][mask]),
-        "same_top": rate(int(arrays["same_top"][mask].sum()), int(mask.sum())),
-        "delta_p": distribution(delta_p) | {"rms": float(np.sqrt((delta_p**2).mean()))},  # llama-perplexity's Δp
-        "delta_p_top": distribution(delta_p_top) | {"rms": float(np.sqrt((delta_p_top**2).mean()))},
     }
 
 
@@ -337,7 +283,6 @@ def measure_variant(
     model's context, at most 512, the tool's default). ``engine``: also serve the variant through this engine and
     add its statistics from the prompt log-probabilities (``quantlab.stages.measure.engine``), ``top_k`` per
     position (default: the server's maximum), beside the torch model's."""
-    from quantlab.stages.measure.text import LLAMA_PERPLEXITY, SCORINGS
 
     store = as_store(artifacts)
     folder = store.variant(variant_ref)
@@ -433,30 +378,6 @@ def _measure(
         logits = llama_cpp_logit_summary(baseline, folder / GGUF, text)
         result["llama_cpp"] = {"logits": logits, "runtime_share": runtime_share(result["logits"], logits)}
     return result
-
-
-def load_baseline(store: ArtifactStore, manifest: dict, baseline_ref: str | None):
-    """(the baseline model in float32, its name): the variant's source model, or another built variant."""
-    from quantlab.models.loading import load_model, resolve_model
-
-    if baseline_ref is None:
-        name = manifest["model"]["source"]
-        model, _ = load_model(resolve_model(name), dtype=torch.float32)
-        return model, name
-    folder = store.variant(baseline_ref)
-    model, _ = load_model(folder / MODEL, dtype=torch.float32)
-    return model, folder.name
-
-
-def measurement_text(tokenizer, baseline, text_file, max_tokens: int, llama_perplexity_ctx: int | None = None):
-    """The token rows a measurement reads (``quantlab.stages.measure.text``)."""
-    from quantlab.stages.measure.text import evaluation_text, llama_perplexity_text
-
-    if llama_perplexity_ctx:
-        return llama_perplexity_text(tokenizer, text_file, llama_perplexity_ctx, max_tokens)
-    return evaluation_text(
-        tokenizer, text_file, max_tokens=max_tokens, length=min(128, baseline.config.max_position_embeddings)
-    )
 
 
 def _settings(store: ArtifactStore, manifest: dict, baseline_ref, text_file, max_tokens: int) -> dict:

@@ -152,3 +152,12 @@ def llama_perplexity_text(tokenizer, text_file: Path | str, n_ctx: int, max_toke
     scored[:, n_ctx // 2 + 1 :] = True  # targets of the logits at first = n_ctx/2 ... n_ctx-2
     name = f"{path} (llama-perplexity: {chunks} chunks of {n_ctx}, second half scored)"
     return EvaluationText(name, tokens, torch.ones_like(tokens), scored)
+
+
+def measurement_text(tokenizer, baseline, text_file, max_tokens: int, llama_perplexity_ctx: int | None = None):
+    """The token rows a measurement reads (``quantlab.stages.measure.text``)."""
+    if llama_perplexity_ctx:
+        return llama_perplexity_text(tokenizer, text_file, llama_perplexity_ctx, max_tokens)
+    return evaluation_text(
+        tokenizer, text_file, max_tokens=max_tokens, length=min(128, baseline.config.max_position_embeddings)
+    )
