@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 def load_recipe(recipe):
     """The validated recipe (``quantlab.recipe.Recipe``) of a YAML file or a shipped recipe's name."""
+    # on use: `import quantlab` stays light; each stage loads torch
     from quantlab.recipe import load_recipe as load
 
     return load(recipe)
@@ -25,6 +26,7 @@ def load_recipe(recipe):
 
 def build(recipe, artifacts="artifacts", force: bool = False, progress=None):
     """Builds the variant a recipe describes into the store (a cache hit when it is there already)."""
+    # on use: `import quantlab` stays light; each stage loads torch
     from quantlab.stages.build import build as run
 
     return run(recipe, artifacts, force=force, progress=progress)
@@ -32,6 +34,7 @@ def build(recipe, artifacts="artifacts", force: bool = False, progress=None):
 
 def measure(variant, baseline=None, text=None, tokens: int = 16384, artifacts="artifacts", force: bool = False) -> dict:
     """Per-expert error, routing drift, perplexity and KL drift of a built variant against its baseline."""
+    # on use: `import quantlab` stays light; each stage loads torch
     from quantlab.stages.measure.run import measure_variant
 
     return measure_variant(variant, baseline, text, tokens, artifacts, force=force)
@@ -39,6 +42,7 @@ def measure(variant, baseline=None, text=None, tokens: int = 16384, artifacts="a
 
 def evaluate(subject, task: str, artifacts="artifacts", **options) -> dict:
     """One lm-eval task on a variant or model source, with repeats and a 95% interval (``quantlab eval``)."""
+    # on use: `import quantlab` stays light; each stage loads torch
     from quantlab.stages.evaluate.run import evaluate as run
 
     return run(subject, task, artifacts=artifacts, **options)
@@ -46,7 +50,10 @@ def evaluate(subject, task: str, artifacts="artifacts", **options) -> dict:
 
 def attribute(recipe, tasks: list[str], artifacts="artifacts", **options) -> dict:
     """The recipe's accuracy loss and KL drift attributed to its choices (``quantlab attribute``)."""
+    # on use: `import quantlab` stays light; each stage loads torch
     from quantlab.recipe import find_recipe
+
+    # on use: `import quantlab` stays light; each stage loads torch
     from quantlab.stages.attribute import attribute as run
 
     return run(find_recipe(recipe), tasks, artifacts=artifacts, **options)
@@ -54,6 +61,7 @@ def attribute(recipe, tasks: list[str], artifacts="artifacts", **options) -> dic
 
 def report(artifacts="artifacts", out="artifacts/report", variants=None, baseline: str | None = "bf16"):
     """Writes the HTML report and its markdown twin from the store; returns their paths."""
+    # on use: `import quantlab` stays light; each stage loads torch
     from quantlab.stages.report import write_report
 
     return write_report(artifacts, out, variants, baseline)

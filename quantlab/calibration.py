@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
+from quantlab.plugins import registry
 
 
 def calibration_text(dataset: str, approx_chars: int) -> str:
-    from quantlab.plugins import registry
-
     texts = registry().calibration_texts
     if dataset in texts:
         return texts[dataset].text(approx_chars)
@@ -32,7 +31,6 @@ def calibration_text(dataset: str, approx_chars: int) -> str:
 
 def calibration_revision(dataset: str) -> int | None:
     """The revision of a built-in calibration text (part of a calibrated build's cache key), None for files."""
-    from quantlab.plugins import registry
 
     text = registry().calibration_texts.get(dataset)
     return None if text is None else text.revision

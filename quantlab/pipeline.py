@@ -17,6 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantlab.errors import UserError
+from quantlab.formats import ggml
+from quantlab.recipe import SHIPPED_RECIPES
+from quantlab.runtimes import runtime_label
+from quantlab.runtimes.chat_front import FrontSettings
+from quantlab.runtimes.engines import Engine, get_engine
+from quantlab.runtimes.serve import ServeOptions, serve
+from quantlab.stages.attribute import attribute
+from quantlab.stages.audit import audit
+from quantlab.stages.build import build
+from quantlab.stages.evaluate.run import evaluate_tasks
+from quantlab.stages.measure.run import measure_variant
+from quantlab.stages.report import write_report
 from quantlab.store import ArtifactStore, as_store
 
 VARIANTS = ["bf16", "mxfp4", "int4-rtn", "int4-gptq", "gguf-q4_k_m", "compactifai-like"]
@@ -64,7 +77,6 @@ class DemoRun:
 
 def demo_variants() -> list[str]:
     """The shipped recipes the demo builds: the GGUF ones only where llama.cpp's ggml is installed."""
-    from quantlab.formats import ggml
 
     return [n for n in VARIANTS if ggml.available() or not n.startswith("gguf-")]
 
@@ -72,7 +84,6 @@ def demo_variants() -> list[str]:
 def shipped_recipes_folder() -> Path:
     """The shipped recipes, named as a user in the repository types them (recipes/, a link to the package's
     folder) when that is where they are; manifests and the report's commands then say recipes/<name>.yaml."""
-    from quantlab.recipe import SHIPPED_RECIPES
 
     if Path("recipes").is_dir() and Path("recipes").resolve() == SHIPPED_RECIPES:
         return Path("recipes")
@@ -87,11 +98,6 @@ def run_demo(
 ) -> DemoRun:
     """Runs the demo into ``artifacts``; ``on_stage(stage, run)`` after each of build, measure, evaluate, serve,
     audit, attribute, report; ``progress(message)`` for what is running now."""
-    from quantlab.stages.attribute import attribute
-    from quantlab.stages.build import build
-    from quantlab.stages.evaluate.run import evaluate_tasks
-    from quantlab.stages.measure.run import measure_variant
-    from quantlab.stages.report import write_report
 
     started = time.perf_counter()
     store = as_store(artifacts)
@@ -149,8 +155,6 @@ def run_demo(
 
 def installed_engines() -> list[str]:
     """The engines whose servers this machine can start."""
-    from quantlab.errors import UserError
-    from quantlab.runtimes.engines import Engine, get_engine
 
     found = []
     for name in Engine.names():
@@ -165,9 +169,6 @@ def installed_engines() -> list[str]:
 def _serve_stage(run: DemoRun, names: list[str], count: int, say: Callable[[str], None]) -> None:
     """The variants served by real engines, each against transformers on the same items; the engine's share of
     the KL. An engine that is not installed is named in the summary and skipped."""
-    from quantlab.runtimes.serve import ServeOptions
-    from quantlab.stages.evaluate.run import evaluate_tasks
-    from quantlab.stages.measure.run import measure_variant
 
     engines = installed_engines()
     run.engines_missing = sorted({engine for _, engine, _ in SERVED} - set(engines))
@@ -196,9 +197,6 @@ def _serve_stage(run: DemoRun, names: list[str], count: int, say: Callable[[str]
 
 def _audit_stage(run: DemoRun, names: list[str], say: Callable[[str], None]) -> None:
     """A host the lab starts with two faults, audited from outside against the reference (quantlab audit)."""
-    from quantlab.runtimes.chat_front import FrontSettings
-    from quantlab.runtimes.serve import serve
-    from quantlab.stages.audit import audit
 
     variant, engine = AUDITED
     if engine not in installed_engines() or variant not in names:
@@ -223,7 +221,6 @@ def audit_line(run: DemoRun) -> str | None:
 
 def served_lines(run: DemoRun) -> list[str]:
     """One line per served evaluation against transformers, then ``engine_notes``."""
-    from quantlab.runtimes import runtime_label
 
     lines = []
     for row in run.served:

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
+from quantlab.export.gguf import export_gguf, gguf_layout
+from quantlab.formats import get_format
+from quantlab.runtimes.llama_cpp import llama_cpp_module
 
 LLAMA_CPP_PRESETS = {
     "gguf-q8_0": "Q8_0",
@@ -44,8 +47,6 @@ def llama_cpp_tensor_types(model, tokenizer, preset: str) -> dict[str, str]:
 def llama_quantize(model, tokenizer, preset: str, folder: Path) -> Path:
     """``folder/quantized.gguf``: llama.cpp's quantizer (``llama_model_quantize``, as llama-quantize runs it) on
     the model written as ``folder/f32.gguf``."""
-    from quantlab.export.gguf import export_gguf
-    from quantlab.runtimes.llama_cpp import llama_cpp_module
 
     llama_cpp = llama_cpp_module()
     source, target = folder / "f32.gguf", folder / "quantized.gguf"
@@ -65,7 +66,6 @@ def preset_formats(model, tokenizer, preset: str) -> dict[str, str]:
     gpt-oss's fused gate_up holds two GGUF tensors (gate and up); should llama.cpp give them different types,
     the one with more bits per weight wins (the unit is one matrix, quantized once).
     """
-    from quantlab.export.gguf import gguf_layout
 
     types = llama_cpp_tensor_types(model, tokenizer, preset)
     experts = getattr(model.config, "num_local_experts", 1)
@@ -83,6 +83,4 @@ def preset_formats(model, tokenizer, preset: str) -> dict[str, str]:
 
 
 def _bits(name: str) -> float:
-    from quantlab.formats import get_format
-
     return 32.0 if name == "keep" else get_format(name).bits_per_weight

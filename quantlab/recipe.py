@@ -25,9 +25,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from quantlab.chat import NAMED
 from quantlab.errors import UserError
+from quantlab.formats import get_format
+from quantlab.methods import get_method
 from quantlab.methods.base import DEFAULT_METHOD
 from quantlab.models import COMPONENTS
+from quantlab.presets import LLAMA_CPP_PRESETS
 
 EXPORTS = ("gguf", "native")
 KEEP = "keep"  # the format name that leaves a tensor as the model stores it
@@ -167,7 +171,6 @@ class Group(BaseModel):
             if value.params:
                 raise ValueError("format 'keep' takes no parameters")
             return value
-        from quantlab.formats import get_format
 
         try:
             get_format(value.name, **value.params)
@@ -178,8 +181,6 @@ class Group(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: Named):
-        from quantlab.methods import get_method
-
         try:
             method = get_method(value.name)
         except UserError as error:
@@ -197,8 +198,6 @@ class Group(BaseModel):
 
 
 def _method_fits_format(group: Group) -> None:
-    from quantlab.methods import get_method
-
     problem = get_method(group.method.name).format_problem(group.format.name)
     if problem:
         raise ValueError(problem)
@@ -239,8 +238,6 @@ class Serve(BaseModel):
     @field_validator("chat_template")
     @classmethod
     def _template(cls, value):
-        from quantlab.chat import NAMED
-
         if value is not None and value not in NAMED and not value.endswith((".jinja", ".j2", ".jinja2")):
             raise ValueError(f"chat_template must be one of {', '.join(NAMED)} or a Jinja file (.jinja), got {value!r}")
         return value
@@ -295,8 +292,6 @@ class Recipe(BaseModel):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value):
-        from quantlab.presets import LLAMA_CPP_PRESETS
-
         if value is not None and value not in LLAMA_CPP_PRESETS:
             raise ValueError(f"unknown preset {value!r}; known: {', '.join(LLAMA_CPP_PRESETS)}")
         return value
@@ -309,8 +304,6 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _calibration_when_needed(self):
-        from quantlab.methods import get_method
-
         if any(get_method(g.method.name).needs_calibration for g in self.groups) and self.calibration is None:
             self.calibration = Calibration()  # the default: the embedded model's own task text
         return self

@@ -63,7 +63,7 @@ def _shipped_vocab() -> int:
 
 def small_family_config(family: str) -> dict:
     """The family's released config at toy widths: what changes is sizes, never names or layout."""
-    from quantlab.models.synthetic import synth_config
+    from quantlab.stages.synthetic import synth_config
 
     config = synth_config(family, layers=2, experts=8 if family.startswith(("qwen3", "olmoe")) else 4)
     heads = 4

@@ -9,8 +9,8 @@ from safetensors import safe_open
 from quantlab.errors import UserError
 from quantlab.models.checkpoint import Checkpoint
 from quantlab.models.loading import load_model
-from quantlab.models.synthetic import write_checkpoint
 from quantlab.stages import build as builder
+from quantlab.stages.synthetic import write_checkpoint
 
 FAMILIES = ["gpt-oss-20b", "qwen3-30b-a3b", "mixtral-8x7b", "olmoe-1b-7b"]
 

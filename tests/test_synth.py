@@ -12,7 +12,7 @@ from conftest import small_family_config as _small
 from safetensors import safe_open
 
 from quantlab.errors import UserError
-from quantlab.models.synthetic import FAMILIES, checkpoint_tensors, synth_config, synthesize
+from quantlab.stages.synthetic import FAMILIES, checkpoint_tensors, synth_config, synthesize
 
 # OCP MXFP4 (E2M1) code -> value, from the OCP Microscaling Formats specification v1.0, table 5
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)

@@ -24,8 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantlab import statistics
 from quantlab.bench.serve import _cpu
+from quantlab.models.loading import default_model
 from quantlab.runtimes.chat_front import FrontSettings
+from quantlab.runtimes.serve import ServeOptions, serve
+from quantlab.stages.audit import CHECKS, audit
+from quantlab.stages.build import build
+from quantlab.store import as_store
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,6 @@ POWER_BUDGETS = {
 
 @contextlib.contextmanager
 def _served(host: Host, store):
-    from quantlab.runtimes.serve import ServeOptions, serve
-    from quantlab.stages.build import build
-
     if store.find_variant(host.variant) is None:
         build(host.variant, store.root)
     with serve(host.variant, host.engine, store, options=ServeOptions(load=host.load), front=host.front) as server:
@@ -119,9 +122,6 @@ def bench_audit(
 ) -> dict:
     """Runs the parts asked for (false positives: only ``checks``, when given; power: only their distortions);
     returns their results with the CPU, versions and timings."""
-    from quantlab import statistics
-    from quantlab.stages.audit import CHECKS, audit
-    from quantlab.store import as_store
 
     store = as_store(artifacts)
     say = progress or (lambda message: None)
@@ -186,10 +186,6 @@ def bench_audit(
 
 
 def _calibrated(store, audits: int, repeats: int, say) -> dict:
-    from quantlab import statistics
-    from quantlab.models.loading import default_model
-    from quantlab.stages.audit import audit
-
     path = store.audit_calibration_path(store.subject(default_model()).name)
     saved = path.read_bytes() if path.is_file() else None
     try:

@@ -16,6 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantlab.models.loading import load_model
+from quantlab.presets import llama_quantize
+from quantlab.stages import build as builder
+from quantlab.stages.evaluate.run import evaluate
+from quantlab.stages.measure.run import measure_variant
+from quantlab.stages.synthetic import synthesize
+
 DEFAULT_EXPERTS = {"gpt-oss-20b": 4, "gpt-oss-120b": 4, "qwen3-30b-a3b": 8, "mixtral-8x7b": 2, "olmoe-1b-7b": 8}
 RECIPES = {
     "f32-export": "groups:\n  - select: {component: experts}\n    format: bf16\nexports: [gguf]\n",
@@ -34,9 +41,6 @@ def _same_as_llama_quantize(model_folder: Path, variant_gguf: Path, work: Path) 
     import numpy as np
     import torch
 
-    from quantlab.models.loading import load_model
-    from quantlab.presets import llama_quantize
-
     model, tokenizer = load_model(model_folder, dtype=torch.float32)
     theirs = {t.name: t for t in gguf.GGUFReader(llama_quantize(model, tokenizer, "gguf-q4_k_m", work)).tensors}
     ours = {t.name: t for t in gguf.GGUFReader(variant_gguf).tensors}
@@ -51,10 +55,6 @@ def _same_as_llama_quantize(model_folder: Path, variant_gguf: Path, work: Path) 
 
 def run_family(family: str, layers: int, experts: int | None, work: Path, progress=None) -> dict:
     """One family through synth, the builds, the llama-quantize comparison, measure and a short eval."""
-    from quantlab.models.synthetic import synthesize
-    from quantlab.stages import build as builder
-    from quantlab.stages.evaluate.run import evaluate
-    from quantlab.stages.measure.run import measure_variant
 
     say = progress or (lambda message: None)
     folder = work / family

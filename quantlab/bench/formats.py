@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from quantlab.formats import fused, get_format
-from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED, dequantize_blocks
+from quantlab.formats import fused, get_format, ggml
+from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED, dequantize_blocks, quantize_legacy
+from quantlab.models.loading import default_model, load_model, resolve_model
 
 # The formats a recipe can name, with the parameters the benchmark uses.
 BENCH_FORMATS = [
@@ -110,9 +111,6 @@ def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
             "dequantize_vs_copy": round(_rate(n, dequantize_s) / copy, 3),
         }
         if name.startswith("gguf:"):
-            from quantlab.formats import ggml
-            from quantlab.formats.gguf import quantize_legacy
-
             qtype = name[5:]
             if ggml.available():  # quantlab's GGUF quantize is ggml's, on row slices over torch's threads
                 single = best_seconds(lambda: ggml.quantize_rows(matrix, GGUF_TYPES[qtype][0], threads=1), repeats)
@@ -156,8 +154,6 @@ def sqnr_db(weight: torch.Tensor, approx: torch.Tensor) -> float:
 def reference_model_matrices() -> list[tuple[str, torch.Tensor]]:
     """The shipped reference model's weight matrices, as (out, in) rows the way runtimes quantize them."""
     import torch
-
-    from quantlab.models.loading import default_model, load_model, resolve_model
 
     model, _ = load_model(resolve_model(default_model()), dtype=torch.float32)
     matrices = []

@@ -11,7 +11,10 @@ import time
 
 import torch
 
+from quantlab.models.loading import load_model, resolve_model
 from quantlab.stages.measure.run import measure_pair
+from quantlab.stages.measure.text import evaluation_text
+from quantlab.store import MODEL, as_store
 
 
 def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 5) -> dict:
@@ -49,9 +52,6 @@ def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 5)
 
 def measure_variant_cost(variant: str, artifacts, tokens: int = 16384) -> dict:
     """``measure_cost`` of a built variant against its source model, on measure's default text."""
-    from quantlab.models.loading import load_model, resolve_model
-    from quantlab.stages.measure.text import evaluation_text
-    from quantlab.store import MODEL, as_store
 
     store = as_store(artifacts)
     folder = store.variant(variant)

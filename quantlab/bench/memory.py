@@ -13,6 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from quantlab.models.loading import default_model, meta_model, resolve_model
+from quantlab.stages.build_streaming import layer_groups
+from quantlab.stages.synthetic import synthesize
+
 LOAD_ONLY = """
 import sys, torch
 from pathlib import Path
@@ -55,8 +59,6 @@ def synthetic_model(folder: Path, hidden: int = 512, layers: int = 8, experts: i
 
     import torch
     import transformers
-
-    from quantlab.models.loading import default_model, resolve_model
 
     tokenizer_source = resolve_model(default_model())  # its tokenizer files serve the synthetic model
 
@@ -168,9 +170,6 @@ def measure_streaming_build(
 ) -> dict:
     """``quantlab build --stream`` of a synthetic ``family`` model under a memory limit of 1/``ratio`` of the
     model's in-memory size (what the in-memory build holds): its peak against the limit and the largest layer."""
-    from quantlab.models.loading import meta_model
-    from quantlab.models.synthetic import synthesize
-    from quantlab.stages.build_streaming import layer_groups
 
     source = folder / f"{family}-{layers}l"
     if not (source / "config.json").is_file():

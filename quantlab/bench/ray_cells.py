@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantlab.stages.attribute import attribute
+
 RECIPE = """\
 # three factors: each group is one choice of the recipe
 name: three-factors
@@ -32,8 +34,6 @@ def _stored(result: dict, store: Path, recipe: Path) -> str:
 def compare_ray(limit: int = 100, tokens: int = 2048, workers: tuple[int, ...] = (1, 2), progress=None) -> dict:
     """Wall times of the sequential attribution and of each Ray run, each from an empty store."""
     import torch
-
-    from quantlab.stages.attribute import attribute
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="quantlab-bench-ray-") as folder:

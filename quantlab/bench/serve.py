@@ -14,6 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantlab.models.loading import load_model
+from quantlab.runtimes.serve import ServeOptions
+from quantlab.stages.build import build
+from quantlab.stages.evaluate.run import different_answers, evaluate
+
 TASK = "zoo_aime_style"
 
 
@@ -36,11 +41,6 @@ def bench_serve(
     recipe: Path, engine: str = "vllm", items: int = 200, dtype: str = "auto", concurrent: int = 64, progress=None
 ) -> dict:
     import os
-
-    from quantlab.models.loading import load_model
-    from quantlab.runtimes.serve import ServeOptions
-    from quantlab.stages.build import build
-    from quantlab.stages.evaluate.run import different_answers, evaluate
 
     with tempfile.TemporaryDirectory(prefix="quantlab-bench-serve-") as folder:
         store = Path(folder)

@@ -42,6 +42,7 @@ LOAD_HELP = (
 
 
 def _serve_options(dtype: str, load: str, max_logprobs: Optional[int]):
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.runtimes.engines import LOADS
     from quantlab.runtimes.serve import ServeOptions
 
@@ -72,6 +73,7 @@ def build_command(
     ),
 ) -> None:
     """Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages import build as builder
 
     if dry_run:
@@ -100,6 +102,7 @@ def import_command(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Import a GGUF file as a variant of its model: measure, eval and report then treat it like a built one."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages.import_gguf import import_gguf
 
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -153,6 +156,7 @@ def measure_command(
     ),
 ) -> None:
     """Per-expert error, routing drift, perplexity and KL drift of variants against their baseline."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages.measure.run import measure_variant
 
     results = []
@@ -264,6 +268,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Run lm-eval tasks on the baseline and variants, with repeats and intervals."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages.evaluate.run import evaluate_tasks
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -306,6 +311,7 @@ def eval_command(
 def _default_subjects(artifacts: Path, quiet: bool) -> list[str]:
     """What ``quantlab eval`` without a subject evaluates: every variant built in the store, or, in an empty
     store, the default model; said on stderr so that --json output stays clean."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.models.loading import default_model
     from quantlab.store import ArtifactStore
 
@@ -412,6 +418,7 @@ def attribute_command(
     as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
 ) -> None:
     """Attribute a recipe's accuracy loss and KL drift to its choices (Shapley shares with 95% intervals)."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages.attribute import attribute
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -462,6 +469,7 @@ def sweep_command(
     as_json: bool = typer.Option(False, "--json", help="Print the sweep as JSON."),
 ) -> None:
     """Build, measure and evaluate several recipes, or a grid of one recipe's settings."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages.sweep import sweep
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -521,6 +529,7 @@ def serve_command(
     import signal
     import threading
 
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.runtimes.chat_front import FrontSettings
     from quantlab.runtimes.serve import serve
 
@@ -604,6 +613,7 @@ def audit_command(
 ) -> None:
     """Audit an OpenAI-compatible endpoint: weights, reasoning effort, prompt format, sampling, accuracy and
     response shape, each a statistical test with its verdict and the queries it spent."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages.audit import audit
 
     with render.status("auditing", as_json) as status:
@@ -640,6 +650,7 @@ def report_command(
     """Write a self-contained HTML report and its markdown twin from stored results (never recomputing)."""
     import shlex
 
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.stages.report import write_report
 
     command = shlex.join(
@@ -670,6 +681,7 @@ def demo(
     """The lab end to end on the embedded default: build the shipped recipes, measure them against the baseline,
     evaluate them against bf16, attribute the compactifai-like recipe's loss, write the report (every step
     cached in artifacts/; a second run is fast)."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.pipeline import run_demo, summary
     from quantlab.plugins import registry
 
@@ -686,6 +698,7 @@ def demo(
 
 def _demo_stage(stage: str, run, spinner) -> None:
     """Prints a finished demo stage (the spinner paused so that the lines stay clean)."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab import pipeline
 
     spinner.stop()
@@ -748,12 +761,14 @@ def bench_formats(
 ) -> None:
     """Quantize/dequantize throughput of every format vs its reference and a plain copy; or, with --quality,
     SQNR against bits per weight on Gaussian and on the reference model's weights."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench import formats as bench
 
     with render.status("benchmarking", as_json) as status:
         progress = (lambda name: status.update(f"benchmarking {name}")) if status is not None else None
         result = bench.rate_distortion(progress) if quality else bench.time_formats(size, repeats, progress)
     if quality and plot is not None:
+        # on use: `quantlab --help` starts without torch, transformers and lm-eval
         from quantlab.bench.plots import plot_rate_distortion
 
         plot_rate_distortion(result, plot)
@@ -783,6 +798,7 @@ def bench_build_memory(
     """Peak memory of quantlab build (mxfp4 experts) against the load-only floor, the model and the output."""
     import tempfile
 
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench import memory
     from quantlab.models.loading import default_model
 
@@ -805,8 +821,9 @@ def bench_build_memory(
 def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_json) -> None:
     import tempfile
 
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench import memory
-    from quantlab.models.synthetic import synth_config
+    from quantlab.stages.synthetic import synth_config
 
     synth_config(family, layers, experts)  # a wrong family or count: one line before anything is written
     runs = [("mxfp4 experts", "  - select: {component: experts}\n    format: mxfp4\n", "")]
@@ -843,8 +860,9 @@ def bench_families(
 ) -> None:
     """Every synthetic family of real shapes through build (F32 export, mxfp4, int4 GPTQ, Q4_K_M), llama-quantize's
     choices, measure and a short eval."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench.families import run_families
-    from quantlab.models.synthetic import synth_config
+    from quantlab.stages.synthetic import synth_config
 
     names = [f.strip() for f in families.split(",") if f.strip()]
     for name in names:
@@ -865,6 +883,7 @@ def bench_ray(
 ) -> None:
     """A three-factor attribution sequentially and with --ray on 1 and 2 local workers: wall times, and whether
     each stored attribution equals the sequential one."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench.ray_cells import compare_ray
 
     with render.status("attributing", as_json) as status:
@@ -882,6 +901,7 @@ def bench_measure(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Time of quantlab measure against two plain forward passes (baseline and variant) over the same tokens."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench.measure_cost import measure_variant_cost
 
     with render.status("timing", as_json):
@@ -902,6 +922,7 @@ def bench_serve_command(
 ) -> None:
     """Evaluation throughput (generated tokens/s) through a served engine against transformers' generate on the
     same items, as a ratio in one run; the server's start-up time."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench.serve import bench_serve
 
     with render.status("benchmarking", as_json) as status:
@@ -928,6 +949,7 @@ def bench_audit_command(
 ) -> None:
     """The audit against servers the lab starts (faithful and distorted): verdict table, false-positive rate
     over repeated audits, and the queries each distortion needs for 80% power."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench.audit import bench_audit, save
 
     chosen = tuple(parts or ("table", "false_positives", "power"))
@@ -945,6 +967,7 @@ def bench_audit_command(
 
 
 def _add_plugin_commands() -> None:
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.plugins import load, registry
 
     for name, commands in registry().commands:

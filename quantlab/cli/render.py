@@ -103,6 +103,7 @@ def plan_json(plan) -> dict:
 
 def plan_table(plan) -> None:
     """One row per tensor; the experts of a fused tensor that share a spec collapse into one row ``[0-7]``."""
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.recipe import _ranges
 
     table = Table(
@@ -302,6 +303,7 @@ def attribution(result: dict) -> None:
 
 
 def bench_formats(result: dict, quality: bool, markdown: bool) -> None:
+    # on use: `quantlab --help` starts without torch, transformers and lm-eval
     from quantlab.bench import formats as bench
 
     if markdown and not quality:

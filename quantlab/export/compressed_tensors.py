@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
-from quantlab.formats import Packed
+from quantlab.formats import Packed, get_format
 
 _INTEGER = re.compile(r"^int(\d+)\((.*)\)$")
 
@@ -41,8 +41,6 @@ def integer_layout(description: str) -> tuple[int, int | None] | None:
 
 
 def _signed_codes(packed: Packed, bits: int, group_size: int | None) -> torch.Tensor:
-    from quantlab.formats import get_format
-
     fmt = get_format(f"int{bits}", group_size=group_size, symmetric=True)
     codes = fmt.codes(packed).reshape(packed.shape).to(torch.int16)  # type: ignore[attr-defined]
     return (codes - (1 << (bits - 1))).to(torch.int8)

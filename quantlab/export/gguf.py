@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
-from quantlab.formats import Packed
+from quantlab.formats import Packed, get_format
+from quantlab.runtimes.llama_cpp import logits, open_gguf, version
 
 # transformers model_type -> llama.cpp architecture (Mixtral is llama.cpp's "llama" with experts)
 GGUF_ARCH = {"gpt_oss": "gpt-oss", "llama": "llama", "mixtral": "llama", "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}
@@ -47,8 +48,6 @@ def _matrix_as_gguf(packed: Packed | None, dequantized: torch.Tensor):
     if "blocks" in packed.data:  # a GGUF type: its block bytes as stored (a fallback's type is in the notes)
         return packed.data["blocks"].numpy(), packed.notes["ggml_type"]
     if packed.format.startswith("mxfp4("):
-        from quantlab.formats import get_format
-
         # Same values in GGUF MXFP4: re-encode the (on-grid) dequantized values with ggml's quantizer.
         regguf = get_format("gguf:MXFP4").quantize(dequantized)
         if torch.equal(get_format("gguf:MXFP4").dequantize(regguf), dequantized):
@@ -351,7 +350,6 @@ def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> 
     For an F32 export this is the two runtimes' arithmetic alone; for quantized tensors it adds llama.cpp's
     kernels (which may quantize activations, e.g. to Q8 for k-quant dot products): the runtime's share.
     """
-    from quantlab.runtimes.llama_cpp import logits, open_gguf, version
 
     n_ctx = min(model.config.max_position_embeddings, 512)  # the prompts are short; a 131k-token cache is not
     llm = open_gguf(path, n_ctx, seed=0, n_threads=torch.get_num_threads())

@@ -22,6 +22,7 @@ from typing import cast
 import torch
 
 from quantlab.errors import UserError
+from quantlab.formats import ggml
 from quantlab.formats.base import Format, Packed, register
 from quantlab.formats.fused import FUSE_MIN_BYTES, fused
 from quantlab.formats.fused import enabled as fusing_enabled
@@ -266,7 +267,6 @@ class GGUFType(Format):
             importance = importance.reshape(-1).float()
             if importance.numel() != row:
                 raise UserError(f"{self.name}: importance has {importance.numel()} values; rows have {row}")
-        from quantlab.formats import ggml
 
         use = importance if self.qtype in ACCEPTS_IMPORTANCE else None
         torch_can = self.qtype in TORCH_QUANTIZED and use is None
@@ -285,7 +285,6 @@ class GGUFType(Format):
         qtype = packed.notes.get("ggml_type", self.qtype)
         raw = packed.data["blocks"]
         _, block, size = GGUF_TYPES[qtype]
-        from quantlab.formats import ggml
 
         if not raw.is_cuda and ggml.available():  # ggml's own dequantize_row_*, 2.5-8x the torch code below
             return ggml.dequantize_rows(raw.reshape(raw.shape[0], -1), qtype, packed.shape[-1]).reshape(packed.shape)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from quantlab.formats.gguf import ACCEPTS_IMPORTANCE
 from quantlab.methods.base import Method, Quantized
+from quantlab.methods.gptq import gptq_quantize
 from quantlab.methods.rtn import rtn
 
 
@@ -53,8 +55,6 @@ class GPTQ(CalibratedMethod, name="gptq"):
         return None
 
     def quantize(self, matrix, fmt, params, statistics):
-        from quantlab.methods.gptq import gptq_quantize
-
         return gptq_quantize(
             matrix, statistics.gram, statistics.tokens, fmt, damp=params.damp, block_size=params.block_size
         )
@@ -69,8 +69,6 @@ class Imatrix(CalibratedMethod, name="imatrix"):
     Params = ImatrixParams
 
     def format_problem(self, format_name):
-        from quantlab.formats.gguf import ACCEPTS_IMPORTANCE
-
         if not (format_name.startswith("gguf:") and format_name[5:] in ACCEPTS_IMPORTANCE):
             return (
                 f"method imatrix works with the GGUF types whose ggml quantizer reads importance "

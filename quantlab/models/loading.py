@@ -8,13 +8,13 @@ import hashlib
 import os
 from pathlib import Path
 
+from quantlab.content_keys import sha256_file
 from quantlab.errors import UserError
-from quantlab.store.keys import sha256_file
+from quantlab.plugins import registry
 
 
 def resolve_model(source: str) -> Path:
     """The local folder holding the model ``source`` names (checked for a config and safetensors weights)."""
-    from quantlab.plugins import registry
 
     plugin_source = registry().model_source(source)  # e.g. zoo:tiny-gpt-oss, the embedded reference model
     if plugin_source is not None:
@@ -149,7 +149,6 @@ def load_config_and_tokenizer(folder: Path):
 
 def default_model() -> str:
     """The model a command runs when given none (a plugin's: the embedded reference model)."""
-    from quantlab.plugins import registry
 
     model = registry().default_model
     if model is None:

@@ -32,6 +32,7 @@ __all__ = [
     "evaluation_context",
     "get_runtime",
     "render_chat",
+    "runs_as_built",
     "runtime_label",
 ]
 
@@ -60,12 +61,18 @@ class Loaded:
         return evaluation_context(int(self.model.config.max_position_embeddings))
 
 
+DEFAULT_BACKEND = "hf"  # what an evaluation runs on when no --backend is given
+
+
 class Runtime(Registered):
     kind: ClassVar[str] = "backend"
     _entries: ClassVar[dict[str, Registered]] = {}
     # The model runs outside this process (a server) or from a mapped file (llama.cpp): a client needs the
     # subject's tokenizer and config, not its weights in memory.
     runs_elsewhere: ClassVar[bool] = False
+    runs_as_built: ClassVar[bool] = False  # the variant's own model in-process: what other runtimes are held to
+    needs_endpoint: ClassVar[bool] = False  # it is pointed at a server someone else runs (--endpoint)
+    accepts_engine: ClassVar[bool] = False  # --engine may serve the subject for it
 
     def check(self, subject: Subject, settings: RuntimeSettings) -> None:
         """A one-line error when this runtime cannot run the subject with these settings."""
@@ -76,6 +83,9 @@ class Runtime(Registered):
 
 
 class Transformers(Runtime, name="hf"):
+    runs_as_built = True
+    accepts_engine = True  # --engine alone: the subject served, the same client as ``served``
+
     def language_model(self, loaded, settings, seed, batch_size):
         from lm_eval.models.huggingface import HFLM
 
@@ -97,6 +107,7 @@ class LlamaCpp(Runtime, name="llama.cpp"):
             )
 
     def language_model(self, loaded, settings, seed, batch_size):
+        # on use: lm-eval's client classes load lm-eval (the CLI imports this module at start)
         from quantlab.runtimes.llama_cpp_lm import LlamaCppLM
 
         return LlamaCppLM(
@@ -113,6 +124,7 @@ class LlamaCpp(Runtime, name="llama.cpp"):
 
 class Endpoint(Runtime, name="endpoint"):
     runs_elsewhere = True
+    needs_endpoint = True
 
     def check(self, subject, settings):
         if not settings.endpoint:
@@ -148,6 +160,7 @@ class Served(Runtime, name="served"):
     requests a serving stack's users send concurrently (the engine batches them)."""
 
     runs_elsewhere = True
+    accepts_engine = True
 
     def check(self, subject, settings):
         if not settings.engine:
@@ -156,6 +169,11 @@ class Served(Runtime, name="served"):
     def language_model(self, loaded, settings, seed, batch_size):
         server = loaded.server
         return Endpoint.client(loaded, settings, server.base_url, server.model, settings.concurrent or 1)
+
+
+def runs_as_built(settings: dict) -> bool:
+    """Whether stored evaluation settings name the runtime the others are held to (the model in-process)."""
+    return get_runtime(settings.get("backend", DEFAULT_BACKEND)).runs_as_built
 
 
 def get_runtime(name: str) -> Runtime:

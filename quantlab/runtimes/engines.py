@@ -44,6 +44,9 @@ class Load:
 class Engine(Registered):
     kind: ClassVar[str] = "engine"
     _entries: ClassVar[dict[str, Registered]] = {}
+    # What the stages ask of an engine, so that none of them compares its name:
+    runs_the_gguf_export: ClassVar[bool] = False  # it runs the variant's GGUF file, as llama.cpp in-process does
+    prompt_logprobs_by_token_id: ClassVar[bool] = True  # its prompt log-probabilities name token ids
 
     def launcher(self) -> list[str]:
         """The command that starts the server (before its arguments); a one-line error when not installed."""
@@ -267,6 +270,10 @@ def _quantized_formats(store: ArtifactStore, variant: Path) -> list[str]:
 
 
 class LlamaCppServer(Engine, name="llama.cpp"):
+    runs_the_gguf_export = True
+    # keyed by token text (control tokens all decode to "") and aligned only after a BOS
+    prompt_logprobs_by_token_id = False
+
     def launcher(self) -> list[str]:
         if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
             raise UserError(

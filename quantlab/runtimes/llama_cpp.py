@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from quantlab.errors import UserError
+from quantlab.formats import ggml
+
 _QUIET: list[Any] = []  # keeps the ctypes log callback alive for as long as llama.cpp may call it
 _ERRORS: list[str] = []  # llama.cpp's latest error lines, for the one-line message when a load fails
 _GGML_LOG_LEVEL_ERROR = 4
@@ -19,7 +22,6 @@ _GGML_LOG_LEVEL_ERROR = 4
 def llama_cpp_module():
     """The ``llama_cpp`` module, its logging silenced (llama.cpp logs every load to stderr, even with
     verbose=False; quantlab reports what matters itself); a one-line error when the gguf extra is missing."""
-    from quantlab.formats import ggml
 
     ggml.library()
     import llama_cpp
@@ -39,7 +41,6 @@ def llama_cpp_module():
 def open_gguf(path: Path, n_ctx: int, seed: int = 0, n_threads: int | None = None):
     """A ``llama_cpp.Llama`` on ``path`` keeping the logits of every position (close it when done); a file
     llama.cpp refuses is a one-line ``UserError`` with llama.cpp's own reason."""
-    from quantlab.errors import UserError
 
     llama_cpp = llama_cpp_module()
     threads = {} if n_threads is None else {"n_threads": n_threads}

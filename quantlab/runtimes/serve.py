@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantlab.chat import model_template, template_source
 from quantlab.errors import UserError
+from quantlab.runtimes.chat_front import Upstream, chat_front
 from quantlab.runtimes.engines import get_engine
 from quantlab.store import ArtifactStore, Subject, as_store
 
@@ -165,8 +167,6 @@ def serve(
         check_port(host, port)
     front_port = None
     if front is not None:
-        from quantlab.chat import model_template, template_source
-
         template_source(front.chat_template, model_template(subject.model_folder))  # one line before any start
         front_port, port = port, free_port(host)
     folder = ArtifactStore.serve_folder(subject)
@@ -220,9 +220,6 @@ def serve(
 
 
 def _chat_front(server: Server, subject: Subject, front, host: str, port: int):
-    from quantlab.chat import model_template
-    from quantlab.runtimes.chat_front import Upstream, chat_front
-
     upstream = Upstream(server.base_url, server.model, server.request_defaults)
     return chat_front(upstream, model_template(subject.model_folder), front, server.model, host, port)
 

@@ -25,9 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from quantlab.errors import UserError
+from quantlab.formats import get_format, ggml
 from quantlab.methods import DEFAULT_METHOD, get_method
 from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, Serve, load_recipe
+from quantlab.runtimes.engines import get_engine
+from quantlab.runtimes.serve import ServeOptions
 from quantlab.stages import factor_designs as attribution
+from quantlab.stages.build import build
+from quantlab.stages.evaluate.run import evaluate
+from quantlab.stages.measure.run import measure_variant
+from quantlab.stages.parallel import run_on_ray
 from quantlab.statistics import RESAMPLES, paired_bootstrap
 from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key
 from quantlab.store.records import Attribution
@@ -45,6 +52,11 @@ class Factor:
 
 
 GRANULARITIES = ("choices", "groups", "all")
+
+
+def _runs_gguf(engine: str | None) -> bool:
+    """Whether the runtime factor's engine runs the GGUF export (llama.cpp, in-process, as the default)."""
+    return engine is None or get_engine(engine).runs_the_gguf_export
 
 
 RUNTIME_LABELS = {
@@ -114,7 +126,6 @@ def _per_row_possible(fmt: Named) -> bool:
     """A format given a group size that also takes one scale per row (group_size None: the integer formats)."""
     if fmt.params.get("group_size") is None:
         return False
-    from quantlab.formats import get_format
 
     try:
         get_format(fmt.name, **(fmt.params | {"group_size": None}))
@@ -213,7 +224,7 @@ class CellRunner:
     def subject(self, cell: frozenset) -> str:
         """The built cell's folder (or the baseline model's source), built if needed."""
         weights = frozenset(k for k in cell if not k.startswith("serve."))
-        gguf_runtime = self.runtime and self.engine == "llama.cpp"
+        gguf_runtime = self.runtime and _runs_gguf(self.engine)
         if gguf_runtime and "runtime" not in weights:
             weights = weights | {"runtime"}  # same build either way: one GGUF-exporting build per weight cell
         if not gguf_runtime:
@@ -224,8 +235,6 @@ class CellRunner:
         if derived is None:
             subject = self.recipe.model
         else:
-            from quantlab.stages.build import build
-
             code = _cell_code(self.factors, weights)
             derived = derived.model_copy(update={"name": f"{self.recipe.name}.{code}"})
             path = self.cells / f"{derived.name}.yaml"
@@ -245,15 +254,11 @@ class CellRunner:
     def score(self, cell: frozenset, task: str) -> dict:
         key = (cell, task)
         if key not in self.scores:
-            from quantlab.stages.evaluate.run import evaluate
-
             applied = {k.removeprefix("serve.") for k in cell if k.startswith("serve.")}
             options = dict(self.eval_options) | self.serve.evaluation_options(applied)
-            if "runtime" in cell and self.engine == "llama.cpp":
+            if "runtime" in cell and _runs_gguf(self.engine):
                 options["backend"] = "llama.cpp"
             elif "runtime" in cell:
-                from quantlab.runtimes.serve import ServeOptions
-
                 # the cell's weights as built (dequantized where vLLM has no kernel for their format on this
                 # machine): the factor is the engine's arithmetic, as llama.cpp's is on the same GGUF
                 options |= {"engine": self.engine, "serve_options": ServeOptions(load="hf")}
@@ -279,8 +284,6 @@ class CellRunner:
             if subject == self.recipe.model:
                 self.measures[weights] = None
             else:
-                from quantlab.stages.measure.run import measure_variant
-
                 self._say(f"measuring {Path(subject).name}")
                 self.measures[weights] = measure_variant(subject, None, self.text, self.tokens, self.store)
         return self.measures[weights]
@@ -349,13 +352,11 @@ def attribute(
     recipe = load_recipe(recipe_path)
     if engine is not None and engine not in RUNTIME_LABELS:
         raise UserError(f"--engine {engine!r}: the runtime factor is one of {', '.join(RUNTIME_LABELS)}")
-    if engine == "vllm":
+    if engine is not None and not _runs_gguf(engine):
         if runtime is False:
             raise UserError("--engine vllm makes the runtime a factor; drop --no-runtime")
         runtime = True
     elif runtime is None:  # by default whenever there is a GGUF to run and llama.cpp to run it
-        from quantlab.formats import ggml
-
         runtime = "gguf" in recipe.exports and ggml.available()
     elif runtime and "gguf" not in recipe.exports:
         raise UserError(f"{recipe_path}: --runtime needs a GGUF export; add exports: [gguf] to the recipe")
@@ -392,7 +393,6 @@ def attribute(
         jobs = _cell_jobs(design, keys, weight_keys, tasks, seed, permutations)
         if progress:
             progress(f"computing {sum(len(j[0]) + len(j[1]) for j in jobs)} cell results as {len(jobs)} Ray tasks")
-        from quantlab.stages.parallel import run_on_ray
 
         _, ray_run = run_on_ray(_compute_cells, [(runner_args, *job) for job in jobs], ray, workers)
         if progress:
@@ -407,7 +407,7 @@ def attribute(
         "settings": eval_options
         | {"text": text, "tokens": tokens, "reasoning_effort": serve.reasoning_effort}
         # only when not llama.cpp: attributions made before the engine was a choice keep their keys
-        | ({"runtime_engine": engine} if runtime and engine != "llama.cpp" else {}),
+        | ({"runtime_engine": engine} if runtime and not _runs_gguf(engine) else {}),
         "resamples": RESAMPLES,
         "seed": seed,
         "permutations": permutations,

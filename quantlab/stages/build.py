@@ -22,10 +22,14 @@ from pathlib import Path
 
 import torch
 
-from quantlab.calibration import calibration_revision
+from quantlab.calibration import calibration_revision, calibration_tokens
+from quantlab.export.compressed_tensors import export_compressed_tensors
+from quantlab.export.gguf import compare_logits, export_gguf, runtime_departures
+from quantlab.export.native import export_native
 from quantlab.methods import get_method
+from quantlab.methods.activations import collect_input_statistics
 from quantlab.models.loading import computing_in_float32, load_model, resolve_model, weights_sha256
-from quantlab.models.units import architecture
+from quantlab.models.units import architecture, weight_units
 from quantlab.plan import Plan
 from quantlab.recipe import Recipe, find_recipe, load_recipe
 from quantlab.stages.build_records import BuildResult, library_versions, manifest_head, run_record
@@ -155,8 +159,6 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
     """The exports the recipe asks for, each with what it holds and how it compares with the variant."""
     exports = {}
     if "gguf" in recipe.exports:
-        from quantlab.export.gguf import compare_logits, export_gguf, runtime_departures
-
         tensor_types = export_gguf(model, tokenizer, packed_by_unit, folder / "model.gguf")
         exports["gguf"] = {
             "file": "model.gguf",
@@ -166,13 +168,8 @@ def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Pat
             "runtime_departures": runtime_departures(model.config),
         }
     if "native" in recipe.exports:
-        from quantlab.export.native import export_native
-
         exports["native"] = export_native(model, tokenizer, packed_by_unit, folder / "native")
     if "compressed-tensors" in recipe.exports:
-        from quantlab.export.compressed_tensors import export_compressed_tensors
-        from quantlab.models.units import weight_units
-
         exports["compressed-tensors"] = export_compressed_tensors(
             model, tokenizer, weight_units(model), packed_by_unit, folder / "compressed-tensors"
         )
@@ -190,8 +187,6 @@ def _input_statistics(recipe: Recipe, model, tokenizer, plan: Plan) -> dict:
     units = [e.unit for e in plan.entries if e.quantized and get_method(e.method_spec.name).needs_calibration]
     if not units:
         return {}
-    from quantlab.calibration import calibration_tokens
-    from quantlab.methods.activations import collect_input_statistics
 
     tokens = calibration_tokens(recipe.calibration, tokenizer)
     with computing_in_float32(model):  # as the lab runs its baselines; bf16 weights convert exactly and back

@@ -32,10 +32,15 @@ from pathlib import Path
 
 import torch
 
+from quantlab.export.gguf import export_gguf_streamed, runtime_departures
+from quantlab.export.native import export_native_streamed
+from quantlab.methods import get_method
 from quantlab.models.checkpoint import Checkpoint
 from quantlab.models.loading import load_config_and_tokenizer, meta_model
+from quantlab.models.units import architecture
 from quantlab.recipe import Recipe
 from quantlab.stages.build_records import BuildResult, manifest_head, run_record
+from quantlab.stages.layerwise import LayerwiseCalibration
 from quantlab.stages.plan_quantization import kept_row, packed_matrix, plan_for, quantize_entries, save_packed
 from quantlab.store import MANIFEST, atomic_directory
 from quantlab.store.records import Manifest
@@ -107,7 +112,6 @@ def build_streaming(
     torch.manual_seed(recipe.seed)
     checkpoint = Checkpoint(folder)
     model = meta_model(folder)
-    from quantlab.models.units import architecture
 
     arch = architecture(model.config)
     plan = plan_for(recipe, model)
@@ -120,8 +124,6 @@ def build_streaming(
     total = sum(len(v) for v in entries_by_tensor.values())
     calibration = None
     if any(e.method_spec and _needs_calibration(e.method_spec.name) for v in entries_by_tensor.values() for e in v):
-        from quantlab.stages.layerwise import LayerwiseCalibration
-
         calibration = LayerwiseCalibration(recipe, model, checkpoint, plan, folder)
     loaded = time.perf_counter()
 
@@ -201,8 +203,6 @@ def _exports(
         return variant.read([name])[name]
 
     if "gguf" in recipe.exports:
-        from quantlab.export.gguf import export_gguf_streamed, runtime_departures
-
         tensor_types = export_gguf_streamed(config, tokenizer, parameter, packed, tmp / "model.gguf")
         exports["gguf"] = {
             "file": "model.gguf",
@@ -212,8 +212,6 @@ def _exports(
             "runtime_departures": runtime_departures(config),
         }
     if "native" in recipe.exports:
-        from quantlab.export.native import export_native_streamed
-
         exports["native"] = export_native_streamed(config, tokenizer, groups, parameter, packed, tmp / "native")
     return exports
 
@@ -259,8 +257,6 @@ def _return_freed_memory() -> None:
 
 
 def _needs_calibration(method: str) -> bool:
-    from quantlab.methods import get_method
-
     return get_method(method).needs_calibration
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
+from quantlab.export.gguf import GGUF_ARCH, compare_logits, gguf_layout, runtime_departures
 from quantlab.formats import Packed, get_format
 from quantlab.models.loading import load_model, resolve_model, weights_sha256
 from quantlab.models.units import architecture, weight_units
@@ -56,8 +57,6 @@ def import_gguf(
 
 
 def _import(gguf_path, model_ref, folder, name, model_sha256, file_sha256, versions, key, out, started):
-    from quantlab.export.gguf import GGUF_ARCH, compare_logits, gguf_layout, runtime_departures
-
     reader = _reader(gguf_path)
     model, tokenizer = load_model(folder, dtype=torch.float32)  # the dequantized values are exact in float32
     arch = architecture(model.config)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from quantlab.calibration import calibration_tokens
 from quantlab.methods import get_method
 from quantlab.methods.activations import StatisticsHooks
 from quantlab.models.checkpoint import Checkpoint
@@ -60,8 +61,6 @@ class LayerwiseCalibration:
 
     def __init__(self, recipe: Recipe, model, checkpoint: Checkpoint, plan: Plan, folder: Path):
         from transformers import AutoTokenizer
-
-        from quantlab.calibration import calibration_tokens
 
         self.sequential = recipe.calibration is not None and recipe.calibration.sequential
         self.model, self.checkpoint = model, checkpoint

@@ -17,6 +17,7 @@ from quantlab.formats import Packed, get_format
 from quantlab.methods import Quantized, get_method
 from quantlab.models.units import weight_units
 from quantlab.plan import Plan, PlanEntry, resolve_plan
+from quantlab.presets import preset_formats
 from quantlab.recipe import KEEP, Recipe
 
 DTYPE_BITS = {torch.float32: 32, torch.bfloat16: 16, torch.float16: 16}
@@ -29,8 +30,6 @@ def plan_for(recipe: Recipe, model, tokenizer=None) -> Plan:
     others = sum(p.numel() for n, p in model.named_parameters() if n not in unit_tensors)
     preset = None
     if recipe.preset:
-        from quantlab.presets import preset_formats
-
         preset = preset_formats(model, tokenizer, recipe.preset)
     return resolve_plan(recipe, units, keep_bits, others, preset)
 

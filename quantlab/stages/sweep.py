@@ -23,6 +23,10 @@ import yaml
 
 from quantlab.errors import UserError
 from quantlab.recipe import load_recipe
+from quantlab.stages.build import build
+from quantlab.stages.evaluate.run import evaluate
+from quantlab.stages.measure.run import measure_variant
+from quantlab.stages.parallel import run_on_ray
 from quantlab.store import as_store, atomic_write_text, content_key
 from quantlab.store.records import Sweep
 
@@ -83,9 +87,6 @@ def sweep_points(recipes: list[Path], settings: list[tuple[str, list[Any]]], fol
 
 def run_point(recipe: Path, store_root: str, tasks: list[str], options: dict, text: str | None, tokens: int) -> dict:
     """One point: built, measured, evaluated (each through the store's cache); its row of the sweep."""
-    from quantlab.stages.build import build
-    from quantlab.stages.evaluate.run import evaluate
-    from quantlab.stages.measure.run import measure_variant
 
     built = build(recipe, store_root)
     measured = measure_variant(str(built.path), None, text, tokens, store_root)
@@ -130,8 +131,6 @@ def sweep(
     options = {"limit": limit}
     jobs = [(path, str(store.root), tasks, options, text, tokens) for path, _ in points]
     if ray is not None:
-        from quantlab.stages.parallel import run_on_ray
-
         if progress:
             progress(f"{len(jobs)} sweep points as Ray tasks")
         run_on_ray(run_point, jobs, ray, workers)

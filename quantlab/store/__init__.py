@@ -1,5 +1,6 @@
 """The store: where every variant and result lives (``ArtifactStore``), its content keys, and atomic writes."""
 
+from quantlab.content_keys import content_key, sha256_file
 from quantlab.store.artifacts import (
     EVAL,
     GGUF,
@@ -18,7 +19,6 @@ from quantlab.store.atomic import (
     check_output_directory,
 )
 from quantlab.store.json_records import read_json, record_json
-from quantlab.store.keys import content_key, sha256_file
 
 __all__ = [
     "EVAL",

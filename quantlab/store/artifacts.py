@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantlab.content_keys import content_key
 from quantlab.errors import UserError
 from quantlab.models.loading import resolve_model, weights_sha256
-from quantlab.store.keys import content_key
 from quantlab.store.records import Manifest
 
 MANIFEST = "manifest.json"

@@ -42,6 +42,7 @@ def zoo_train(
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
     """Train tiny-gpt-oss from scratch on the synthetic tasks."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.store import check_output_directory
 
     if minutes is not None and steps is not None:
@@ -59,6 +60,7 @@ def zoo_train(
             "and sum to at most 1"
         )
     check_output_directory(out, force)  # fail before training (and before the heavy imports), not after
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo.train import train
 
     settings = TrainSettings(
@@ -86,7 +88,10 @@ def zoo_score(
 ) -> None:
     """Greedy AIME-style exact match and GPQA-style accuracy on the test split: one row per task, reasoning
     effort and chat template (the model's own, and the wrong renderings a host makes)."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo import load_reference_model, resolve_checkpoint
+
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo.scoring import record_scores, score_reference_tasks
 
     if count < 1:
@@ -106,6 +111,7 @@ def zoo_info(
     as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
 ) -> None:
     """Print the model card: config, parameters per component, training record and scores."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo.card import model_card
 
     card = model_card(model)
@@ -127,7 +133,10 @@ def zoo_synth(
 ) -> None:
     """Write a random-weight checkpoint with a real model family's published shapes and hub layout (sharded
     safetensors with an index; gpt-oss's experts in the released MXFP4 blocks and scales)."""
-    from quantlab.models.synthetic import parse_size, synth_config, synthesize
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
+    from quantlab.stages.synthetic import parse_size, synth_config, synthesize
+
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.store import check_output_directory
 
     synth_config(family, layers, experts, vocab)  # a wrong family or count fails before anything is written

@@ -35,6 +35,7 @@ def register(registry: Registry) -> None:
 
 
 def resolve(source: str) -> Path:
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo import SHIPPED_CHECKPOINT, resolve_checkpoint
 
     name = source[len(PREFIX) :]
@@ -46,6 +47,7 @@ def resolve(source: str) -> Path:
 def calibration_text(dataset: str, approx_chars: int) -> str:
     """The embedded model's own conversations, validation split, one after another as in training: AIME-style at
     each effort in turn, or GPQA-style (the question with its right worked answer, high effort)."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo import tasks
 
     count = max(64, approx_chars // 150)
@@ -61,6 +63,7 @@ def calibration_text(dataset: str, approx_chars: int) -> str:
 def measure_documents(spec: str | None, count: int) -> tuple[str, Documents]:
     """``zoo:aime-style:SPLIT:EFFORT``: one conversation per row at that effort, its final answer the answer part
     and its chain the analysis part; None (measure's default): the validation split at each effort in turn."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo import tasks
 
     if spec is None:
@@ -82,6 +85,7 @@ def measure_documents(spec: str | None, count: int) -> tuple[str, Documents]:
 def corpus_documents(spec: str | None, count: int) -> tuple[str, Documents]:
     """``zoo:chat-corpus:SPLIT``: conversations at each effort in turn, packed one after another with no answer
     part, so that measure reads them as a corpus (consecutive windows), as llama-perplexity reads a text."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo import tasks
 
     parts = (spec or "").split(":")
@@ -94,12 +98,14 @@ def corpus_documents(spec: str | None, count: int) -> tuple[str, Documents]:
 
 def audit_probes(count: int, seed: int) -> list[Probe]:
     """``count`` AIME-style test problems (drawn with ``seed``) as audit questions: the expression, its value."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo import tasks
 
     return [Probe(p.expression, str(p.answer)) for p in tasks.problems("test", count, seed)]
 
 
 def _card() -> dict:
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo.card import model_card
 
     return model_card()

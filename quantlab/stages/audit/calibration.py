@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from quantlab.chat import REASONING_EFFORTS
+from quantlab.models.loading import load_model
 from quantlab.store.atomic import atomic_write_text
 from quantlab.store.records import Record
 from quantlab.token_statistics import topk_token_statistics
@@ -112,7 +113,6 @@ def kl_per_prompt(model, prompts: list[str], answers) -> list[float]:
 def bf16_kl_per_prompt(reference, prompts: list[str], generated_tokens: int, top_k: int) -> list[float]:
     """Per prompt: KL(reference in float32 ‖ reference in bfloat16) along the float32 greedy continuation, the
     bf16 side known on its top-k only, as a server returns it."""
-    from quantlab.models.loading import load_model
 
     bf16, _ = load_model(reference.folder, dtype=torch.bfloat16)
     tokenizer = reference.tokenizer

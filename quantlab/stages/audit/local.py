@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from quantlab.chat import harmony, model_template, render, template_source
+from quantlab.models.loading import load_model
 
 
 @dataclass
@@ -25,8 +26,6 @@ class LocalModel:
 
     @cached_property
     def loaded(self):
-        from quantlab.models.loading import load_model
-
         return load_model(self.folder, dtype=torch.float32)
 
     @property

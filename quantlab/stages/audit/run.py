@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+from quantlab.content_keys import content_key
 from quantlab.errors import UserError
+from quantlab.models.loading import default_model
+from quantlab.plugins import registry
 from quantlab.stages.audit import calibration as calibration_module
 from quantlab.stages.audit.checks import Check, Context
 from quantlab.stages.audit.checks.base import CHAT, COMPLETIONS, COULD_NOT_CHECK, GREEDY_UNRELIABLE, NOT_APPLICABLE
@@ -24,7 +27,6 @@ from quantlab.stages.audit.client import REQUEST_TIMEOUT_S, CouldNotCheck, Endpo
 from quantlab.stages.audit.local import LocalModel
 from quantlab.store import as_store
 from quantlab.store.atomic import atomic_write_text
-from quantlab.store.keys import content_key
 from quantlab.store.records import Audit, AuditCheck
 
 APIS = (CHAT, COMPLETIONS)
@@ -65,8 +67,6 @@ def audit(
 ) -> dict:
     """Audits the endpoint at ``url`` against ``model`` (a variant or model source; None: the default model);
     returns {"record": Audit, "path": where it is stored}."""
-    from quantlab.models.loading import default_model
-    from quantlab.plugins import registry
 
     if api not in APIS:
         raise UserError(f"--api {api!r}: choose chat or completions")

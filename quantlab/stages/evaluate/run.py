@@ -21,11 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantlab import chat
 from quantlab.errors import UserError
+from quantlab.models.loading import float32_bytes, load_config_and_tokenizer, load_model, require_memory
+from quantlab.plugins import registry
 from quantlab.runtimes import Loaded, RuntimeSettings, get_runtime, runtime_label
+from quantlab.runtimes.engines import get_engine
+from quantlab.runtimes.serve import ServeOptions, serve
+from quantlab.stages.build import library_versions
 from quantlab.stages.evaluate.settings import EvaluationSettings, GenerationLimits
+from quantlab.stages.parallel import run_on_ray
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
-from quantlab.store import ArtifactStore, Subject, as_store, atomic_write_text, content_key
+from quantlab.store import ArtifactStore, Subject, as_store, atomic_write_text, content_key, sha256_file
 from quantlab.store.records import Evaluation
 
 METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
@@ -78,7 +85,6 @@ def _data_files(data) -> dict[str, Path]:
 
 def _data_settings(task: str, data: dict[str, Path]) -> dict[str, Any]:
     """What an evaluation records of its local data files: their paths and hashes (None without any)."""
-    from quantlab.store import sha256_file
 
     for split, path in data.items():
         if not path.is_file():
@@ -91,7 +97,6 @@ def _data_settings(task: str, data: dict[str, Path]) -> dict[str, Any]:
 
 def task_folders() -> list[Path]:
     """The lm-eval task folders the plugins bring (the embedded model's tasks), searched besides lm-eval's own."""
-    from quantlab.plugins import registry
 
     return registry().task_folders
 
@@ -205,7 +210,6 @@ def evaluate(
     (``quantlab.runtimes.engines``) for the evaluation, with ``serve_options``, ``concurrent`` requests at a time.
     ``ray``: run the repeats as Ray tasks ("local" or a cluster address, ``workers`` at a time on a local cluster);
     the stored evaluation is the sequential one's (each repeat is a function of its seed)."""
-    from quantlab import chat
 
     store = as_store(artifacts)
     subject = store.subject(reference)
@@ -221,11 +225,11 @@ def evaluate(
         temperature=temperature,
         top_p=top_p,
         reasoning_effort=reasoning_effort,  # gpt-oss's chat templates read it
-        endpoint=endpoint if backend == "endpoint" else None,
+        endpoint=endpoint if get_runtime(backend).needs_endpoint else None,
         **template,
     )
     if engine is not None:
-        if backend not in ("hf", "served"):
+        if not get_runtime(backend).accepts_engine:
             raise UserError(f"--engine {engine} serves the subject itself; drop --backend {backend}")
         runtime = dataclasses.replace(runtime, **_engine_settings(store, subject, engine, serve_options, concurrent))
     settings = EvaluationSettings(
@@ -271,8 +275,6 @@ def _engine_settings(
 ) -> dict[str, Any]:
     """What a served evaluation records of its server: the engine, its version, what it loaded, its options,
     and the request fields that keep it faithful (not its port, which changes every start)."""
-    from quantlab.runtimes.engines import get_engine
-    from quantlab.runtimes.serve import ServeOptions
 
     chosen, options = get_engine(engine), serve_options or ServeOptions()
     chosen.launcher()  # one line when it is not installed
@@ -305,8 +307,6 @@ def _evaluate(
     per-item correctness, the score with its interval, pass@k."""
     seed = settings.seed
     if ray is not None:
-        from quantlab.stages.parallel import run_on_ray
-
         # The workers choose the same limits from the same task and config; the driver works them out itself
         # (no weights loaded) rather than trust a worker's copy of the settings.
         limits = _generation_plan(subject, settings)[3]
@@ -319,8 +319,6 @@ def _evaluate(
     runtime = settings.runtime
     with contextlib.ExitStack() as stack:
         if runtime.engine:
-            from quantlab.runtimes.serve import ServeOptions, serve
-
             options = ServeOptions(dtype=runtime.dtype or "auto", load=runtime.load or "auto")
             server = stack.enter_context(serve(subject, runtime.engine, None, options=options))
             prepared["loaded"].server = server
@@ -378,15 +376,12 @@ def _portable(value):
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
-    from quantlab.stages.build import library_versions
-
     return library_versions() | {"lm_eval": metadata.version("lm_eval")}
 
 
 def _generation_plan(subject: Subject, settings: EvaluationSettings) -> tuple[Any, Any, dict | None, GenerationLimits]:
     """lm-eval's task index, the task spec, the generation settings every repeat is given, and the length chosen
     where the request left it open: from the task and the model's config alone (no weights)."""
-    from quantlab.models.loading import load_config_and_tokenizer
 
     task = settings.task
     manager = _task_manager(dict(settings.task_metadata) if settings.task_metadata else None)
@@ -420,8 +415,6 @@ def _generation_plan(subject: Subject, settings: EvaluationSettings) -> tuple[An
 
 def _prepare(subject: Subject, settings: EvaluationSettings) -> dict:
     """What every repeat shares: lm-eval's task index and the task spec, the loaded model, the generation settings."""
-    from quantlab import chat
-    from quantlab.models.loading import load_model
 
     manager, spec, gen_kwargs, limits = _generation_plan(subject, settings)
     if get_runtime(settings.runtime.backend).runs_elsewhere:
@@ -429,13 +422,9 @@ def _prepare(subject: Subject, settings: EvaluationSettings) -> dict:
         # config, not its weights in memory, so a model larger than memory is evaluated this way
         from types import SimpleNamespace
 
-        from quantlab.models.loading import load_config_and_tokenizer
-
         config, tokenizer = load_config_and_tokenizer(subject.model_folder)
         model: Any = SimpleNamespace(config=config)
     else:
-        from quantlab.models.loading import float32_bytes, require_memory
-
         require_memory(
             float32_bytes(subject.model_folder),
             f"evaluating {subject.name} with transformers",

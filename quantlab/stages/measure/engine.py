@@ -21,16 +21,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from quantlab.models.loading import load_model
+from quantlab.runtimes.engines import get_engine, max_logprobs
+from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.stages.measure.baseline import load_baseline
+from quantlab.stages.measure.llama_cpp import runtime_share
 from quantlab.stages.measure.text import EvaluationText, measurement_text
+from quantlab.store import MODEL, ArtifactStore, atomic_write_text, content_key, record_json
 from quantlab.token_statistics import TOKEN_STATISTICS, logit_summaries, topk_token_statistics
 
 
 def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int, concurrent: int = 8) -> dict:
     """The logit statistics of the served variant against the torch baseline over ``text``'s rows."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from quantlab.runtimes.engines import get_engine
 
     engine = get_engine(server.engine)
     per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "tail_mass", "answer", "analysis")}
@@ -72,11 +75,6 @@ def measure_served(
     """The served variant's statistics on the same text and baseline as ``torch_result`` (its stored
     measurement), each engine's share beside the torch model's; stored as ``measure/<engine>.json``, reused
     while the measurement, the engine's version and the serving options are the same."""
-    from quantlab.models.loading import load_model
-    from quantlab.runtimes.engines import get_engine, max_logprobs
-    from quantlab.runtimes.serve import ServeOptions, serve
-    from quantlab.stages.measure.llama_cpp import runtime_share
-    from quantlab.store import MODEL, ArtifactStore, atomic_write_text, content_key, record_json
 
     chosen, options = get_engine(engine), serve_options or ServeOptions()  # measure_variant checked the engine
     load = chosen.what_to_load(store, store.subject(str(folder)), options)

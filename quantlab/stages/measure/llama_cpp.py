@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantlab.runtimes.llama_cpp import logits, open_gguf, version
 from quantlab.stages.measure.text import EvaluationText
 from quantlab.token_statistics import TOKEN_STATISTICS, logit_summaries, token_statistics
 
 
 def llama_cpp_logit_summary(baseline, gguf_path: Path, text: EvaluationText) -> dict:
-    from quantlab.runtimes.llama_cpp import logits, open_gguf, version
-
     # a cache as long as the text's rows: a released context (131k positions for gpt-oss) would be gigabytes
     n_ctx = min(baseline.config.max_position_embeddings, max(256, text.tokens.shape[1]))
     llm = open_gguf(gguf_path, n_ctx, seed=0, n_threads=torch.get_num_threads())

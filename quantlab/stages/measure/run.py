@@ -22,7 +22,12 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.methods.activations import activate
+from quantlab.models.loading import float32_bytes, load_model, require_memory
+from quantlab.runtimes.engines import get_engine
+from quantlab.runtimes.serve import ServeOptions
 from quantlab.stages.measure.baseline import load_baseline
+from quantlab.stages.measure.engine import measure_served
+from quantlab.stages.measure.llama_cpp import llama_cpp_logit_summary, runtime_share
 from quantlab.stages.measure.outputs import expert_weight_errors, write_measurement
 from quantlab.stages.measure.text import LLAMA_PERPLEXITY, SCORINGS, EvaluationText, measurement_text
 from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, read_json, sha256_file
@@ -288,9 +293,6 @@ def measure_variant(
     folder = store.variant(variant_ref)
     manifest = store.manifest(folder)
     if engine is not None:  # before any measuring: an engine that cannot serve the variant is one line at once
-        from quantlab.runtimes.engines import get_engine
-        from quantlab.runtimes.serve import ServeOptions
-
         chosen = get_engine(engine)
         chosen.launcher()
         chosen.what_to_load(store, store.subject(str(folder)), serve_options or ServeOptions())
@@ -332,13 +334,12 @@ def measure_variant(
 def _with_engine(result: dict, store, folder: Path, manifest: dict, engine, serve_options, top_k, force: bool) -> dict:
     if engine is None:
         return result
-    if engine == "llama.cpp":
+    if not get_engine(engine).prompt_logprobs_by_token_id:
         # llama-cpp-python's server returns prompt log-probabilities keyed by token text (control tokens all
         # decode to "") and aligned only after a BOS: the KL needs ids. Its server runs the same library as the
         # in-process runtime whose share measure already reports for every GGUF variant (measure_variant has
         # checked that this one has its GGUF).
         return result
-    from quantlab.stages.measure.engine import measure_served
 
     return result | {"engine": measure_served(store, folder, manifest, result, engine, serve_options, top_k, force)}
 
@@ -352,8 +353,6 @@ def _measure(
     max_tokens: int,
     llama_perplexity_ctx: int | None = None,
 ) -> dict:
-    from quantlab.models.loading import float32_bytes, load_model, require_memory
-
     require_memory(  # the variant and its baseline side by side
         2 * float32_bytes(folder / MODEL),
         f"measuring {manifest['variant']} against its baseline",
@@ -373,8 +372,6 @@ def _measure(
             expert["weight_error"] = weight_errors.get((layer["layer"], expert["expert"]), {})
     result["worst_expert"] = worst_expert(result)
     if (folder / GGUF).is_file():  # a GGUF variant: the same statistics with llama.cpp running it
-        from quantlab.stages.measure.llama_cpp import llama_cpp_logit_summary, runtime_share
-
         logits = llama_cpp_logit_summary(baseline, folder / GGUF, text)
         result["llama_cpp"] = {"logits": logits, "runtime_share": runtime_share(result["logits"], logits)}
     return result

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
-from quantlab.plugins import ANALYSIS, ANSWER, Document
+from quantlab.plugins import ANALYSIS, ANSWER, Document, registry
 
 
 @dataclass
@@ -36,7 +36,6 @@ class EvaluationText:
 
 def _documents(text_file: Path | str | None, count: int) -> tuple[str, list[Document]]:
     """(name, documents); plain text is one long context with no answer part."""
-    from quantlab.plugins import registry
 
     spec = None if text_file is None else str(text_file)
     plugin_text = registry().measure_text(spec)  # zoo:aime-style:SPLIT:EFFORT, or the default text

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlab.errors import UserError
+from quantlab.stages.report.collect import collect
+from quantlab.stages.report.render import build_report, write
 
 
 def write_report(
@@ -17,9 +19,6 @@ def write_report(
     baseline: str | None = "bf16",
     command: str = "quantlab report",
 ) -> dict[str, Path]:
-    from quantlab.stages.report.collect import collect
-    from quantlab.stages.report.render import build_report, write
-
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "report.html").is_file():
         raise UserError(f"--out {out}: a non-empty folder that holds no earlier report; choose an empty or new folder")

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from quantlab.runtimes import runtime_label
+from quantlab.runtimes import runs_as_built, runtime_label
 from quantlab.stages.evaluate.run import different_answers
 from quantlab.stages.report import charts
 from quantlab.stages.report.collect import Store, attribute_command, eval_command, flips_against, measure_command
 from quantlab.statistics import flips
+from quantlab.store import atomic_directory
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _runtimes(report: Report, store: Store) -> None:
             rest = {k: v for k, v in result["settings"].items() if k not in RUNTIME_SETTINGS}
             groups.setdefault((result["task"], json.dumps(rest, sort_keys=True, default=str)), []).append(result)
         for (task, _), results in sorted(groups.items()):
-            reference = next((r for r in results if r["settings"].get("backend", "hf") == "hf"), None)
+            reference = next((r for r in results if runs_as_built(r["settings"])), None)
             if reference is None or len(results) < 2:
                 continue
             for result in sorted(results, key=lambda r: r is not reference):
@@ -556,7 +557,6 @@ def _slug(text: str) -> str:
 
 def write(report: Report, out: Path) -> dict[str, Path]:
     """report.html, report.md and figures/*.png in ``out``, replaced as a whole (never half-written)."""
-    from quantlab.store import atomic_directory
 
     with atomic_directory(out, force=True) as tmp:
         (tmp / "report.html").write_text(to_html(report))

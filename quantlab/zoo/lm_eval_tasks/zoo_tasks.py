@@ -5,6 +5,7 @@ import datasets
 
 
 def aime_style(split="test", count=500, seed=0, **unused):
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo.tasks import aime_style_docs
 
     docs = aime_style_docs(split, int(count), int(seed))
@@ -12,6 +13,7 @@ def aime_style(split="test", count=500, seed=0, **unused):
 
 
 def gpqa_style(split="test", count=500, seed=0, **unused):
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo.tasks import gpqa_style_docs
 
     docs = gpqa_style_docs(split, int(count), int(seed))
@@ -24,6 +26,7 @@ def gpqa_style(split="test", count=500, seed=0, **unused):
 
 def final_channel_answers(resps, docs):
     """Each response's final-channel integer as text ("[invalid]" where it gives none), as the model is scored."""
+    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
     from quantlab.zoo.score import final_answer
 
     def answer(response):

@@ -29,6 +29,8 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.models.checkpoint import PER_EXPERT_LAYOUT
+from quantlab.models.loading import default_model, resolve_model
+from quantlab.store import atomic_directory
 
 _GPT_OSS = {
     "architectures": ["GptOssForCausalLM"],
@@ -318,8 +320,6 @@ def write_checkpoint(config: dict, out: Path, *, seed: int = 0, shard_bytes: int
     """Random weights for ``config`` (a family's config, any sizes) in its hub layout, shard by shard."""
     from safetensors.torch import save_file
 
-    from quantlab.store import atomic_directory
-
     tokenizer_folder = _tokenizer_folder()
     config = json.loads(json.dumps(config))
     config.setdefault("quantlab_synth", {})["seed"] = seed
@@ -345,7 +345,6 @@ def write_checkpoint(config: dict, out: Path, *, seed: int = 0, shard_bytes: int
 
 def _tokenizer_folder() -> Path:
     """Where the tokenizer files come from: the default model's folder (a plugin registers it)."""
-    from quantlab.models.loading import default_model, resolve_model
 
     return resolve_model(default_model())
 
