@@ -11,6 +11,7 @@ through the store's cache, so a second run is all cache hits. It reports each st
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,16 +129,17 @@ def run_demo(
     stage("serve")
     _audit_stage(run, names, say)
     stage("audit")
-    attributed = {"limit": count, "text": MEASURE_TEXT, "tokens": MEASURE_TOKENS, "artifacts": store, "progress": say}
-    run.attribution = attribute(
+    attributed = functools.partial(
+        attribute, limit=count, text=MEASURE_TEXT, tokens=MEASURE_TOKENS, artifacts=store, progress=say
+    )
+    run.attribution = attributed(
         run.recipes / f"{ATTRIBUTED}.yaml",
         [HEADLINE_TASK],
         granularity="groups",
         reasoning_effort=REASONING_EFFORT,
-        **attributed,
     )
     for case in SERVING_CASES:
-        run.serving[case] = attribute(run.recipes / f"{case}.yaml", [HEADLINE_TASK], **attributed)
+        run.serving[case] = attributed(run.recipes / f"{case}.yaml", [HEADLINE_TASK])
     stage("attribute")
     run.report = store.report_folder
     say("writing the report")
@@ -239,7 +241,7 @@ def engine_notes(run: DemoRun) -> list[str]:
     lines = []
     measured = run.served_measurement
     share = (measured or {}).get("engine", {}).get("runtime_share", {}).get("response_tokens")
-    if share:
+    if measured and share:
         lines.append(
             f"{measured['variant']} served by vLLM ({measured['engine']['settings']['loaded']}, "
             f"{measured['engine']['settings']['dtype']}): mean KLD {share['mean_kld_vllm']:.6f} against the torch "

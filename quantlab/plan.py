@@ -47,6 +47,13 @@ class PlanEntry:
     def quantized(self) -> bool:
         return self.format_spec is not None
 
+    @property
+    def applied(self) -> tuple[Named, Named]:
+        """The format and method a quantized entry applies (resolve_plan gives a quantized entry both)."""
+        if self.format_spec is None or self.method_spec is None:
+            raise ValueError(f"{self.unit.name} is kept as the model stores it: it applies no format")
+        return self.format_spec, self.method_spec
+
 
 @dataclass
 class Plan:
@@ -113,21 +120,21 @@ def resolve_plan(
             )
     entries = []
     for unit in units:
-        index = decided.get(unit.name)
+        chosen = decided.get(unit.name)
         ignored = next((i for i, s in enumerate(recipe.ignore) if selects(s, unit)), None)
-        if ignored is not None and index is not None:
+        if ignored is not None and chosen is not None:
             entries.append(PlanEntry(unit, None, KEEP, "", keep_bits, f"ignore[{ignored}]"))
             continue
-        if index is None and preset and preset.get(unit.name, KEEP) != KEEP and ignored is None:
+        if chosen is None and preset and preset.get(unit.name, KEEP) != KEEP and ignored is None:
             entries.append(_preset_entry(recipe, unit, preset[unit.name]))
             continue
-        if index is None:
+        if chosen is None:
             why = "router and norms stay unless named" if unit.component in PROTECTED else "no group selects it"
             if preset and unit.name in preset:
                 why = f"preset {recipe.preset} keeps it"
             entries.append(PlanEntry(unit, None, KEEP, "", keep_bits, why))
             continue
-        entries.append(_entry(recipe, index, unit, keep_bits))
+        entries.append(_entry(recipe, chosen, unit, keep_bits))
     return Plan(recipe, entries, keep_bits, other_parameters)
 
 

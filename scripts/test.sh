@@ -10,7 +10,7 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }) ||
     echo "chromium could not be installed: the report's browser test will skip"
 fi
-# The habits CI keeps: ruff (lint rules and formatting, pyproject.toml) and mypy on the typed core.
+# The habits CI keeps: ruff (lint rules and formatting, pyproject.toml) and mypy on the whole package.
 .venv/bin/ruff check quantlab tests
 .venv/bin/ruff format --check quantlab tests
 .venv/bin/mypy

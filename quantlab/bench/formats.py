@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ from quantlab.formats.gguf import GGUF_TYPES, TORCH_QUANTIZED, dequantize_blocks
 from quantlab.models.loading import default_model, load_model, resolve_model
 
 # The formats a recipe can name, with the parameters the benchmark uses.
-BENCH_FORMATS = [
+BENCH_FORMATS: list[tuple[str, dict[str, Any]]] = [
     ("bf16", {}),
     ("fp16", {}),
     ("fp8_e4m3", {"granularity": "channel"}),
@@ -36,7 +37,8 @@ BENCH_FORMATS = [
     ("int2", {"group_size": 32, "symmetric": False}),
     ("nf4", {}),
     ("fp4", {}),
-] + [(f"gguf:{t}", {}) for t in GGUF_TYPES]
+]
+BENCH_FORMATS += [(f"gguf:{t}", {}) for t in GGUF_TYPES]
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -98,7 +100,7 @@ def time_formats(size: int = 4096, repeats: int = 3, progress=None) -> dict:
     copy = _rate(n, best_seconds(lambda: matrix.clone(), repeats))
     target = torch.empty_like(matrix)
     copy_preallocated = _rate(n, best_seconds(lambda: target.copy_(matrix), repeats))
-    rows = []
+    rows: list[dict] = []
     for name, params, fmt, packed in _quantized_formats(matrix, progress, rows):
         quantize_s = best_seconds(lambda: fmt.quantize(matrix), repeats)
         dequantize_s = best_seconds(lambda: fmt.dequantize(packed), repeats)
@@ -184,7 +186,7 @@ def rate_distortion(progress=None) -> dict:
     """SQNR and stored bits per weight of every format on Gaussian and on the reference model's weights."""
     gaussian = torch.randn(1024, 4096, generator=torch.Generator().manual_seed(0))
     model = reference_model_matrices()
-    rows = []
+    rows: list[dict] = []
     for _name, _params, fmt, packed in _quantized_formats(gaussian, progress, rows):
         bits = packed.stored_bytes * 8 / gaussian.numel()
         signal = noise = 0.0

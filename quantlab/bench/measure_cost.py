@@ -28,7 +28,8 @@ def measure_cost(baseline, variant, text, batch_size: int = 8, repeats: int = 5)
     # Interleaved (plain, measure, plain, ...) so that slow drift of this shared VM hits both alike; best of each.
     plain()
     measure_pair(baseline, variant, text, batch_size)  # warm-up
-    plain_times, measure_times = [], []
+    plain_times: list[float] = []
+    measure_times: list[float] = []
     for _ in range(repeats):
         for fn, times in (
             (plain, plain_times),

@@ -9,6 +9,7 @@ counting the answers each produced) per second of evaluation, the server's start
 
 from __future__ import annotations
 
+import functools
 import platform
 import tempfile
 import time
@@ -49,17 +50,17 @@ def bench_serve(
         built = build(recipe, store)
         name = built.manifest["variant"]
         _, tokenizer = load_model(built.path / "model")
-        common = {"limit": items, "artifacts": store, "reasoning_effort": "high"}
+        evaluated = functools.partial(evaluate, limit=items, artifacts=store, reasoning_effort="high")
         if progress:
             progress(f"evaluating {items} items with transformers")
         started = time.perf_counter()
-        local = evaluate(name, TASK, **common)
+        local = evaluated(name, TASK)
         local_s = time.perf_counter() - started
         if progress:
             progress(f"evaluating {items} items through {engine}")
         options = ServeOptions(dtype=dtype)
         started = time.perf_counter()
-        served = evaluate(name, TASK, engine=engine, serve_options=options, concurrent=concurrent, **common)
+        served = evaluated(name, TASK, engine=engine, serve_options=options, concurrent=concurrent)
         served_total_s = time.perf_counter() - started
     local_tokens, served_tokens = _generated_tokens(local, tokenizer), _generated_tokens(served, tokenizer)
     local_rate, served_rate = local_tokens / local["seconds"], served_tokens / served["seconds"]

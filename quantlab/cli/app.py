@@ -20,7 +20,7 @@ from quantlab.errors import UserError
 try:  # typer >= 0.26 vendors its own click; older releases use the click package
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_exceptions
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 app = typer.Typer(
     help="Quantization impact lab for Mixture-of-Experts language models.",
@@ -534,7 +534,7 @@ def serve_command(
     from quantlab.runtimes.serve import serve
 
     options = _serve_options(dtype, load, max_logprobs)
-    front = FrontSettings(
+    front: FrontSettings | None = FrontSettings(
         chat_template=chat_template or "model",
         effort_honored=not drop_effort,
         sampling_honored=not drop_sampling,
@@ -685,8 +685,9 @@ def demo(
     from quantlab.pipeline import run_demo, summary
     from quantlab.plugins import registry
 
-    if registry().model_card is not None:
-        render.model_card(registry().model_card())
+    model_card = registry().model_card
+    if model_card is not None:
+        render.model_card(model_card())
     with console.status("starting") as spinner:
         run = run_demo(
             artifacts, count, on_stage=lambda stage, run: _demo_stage(stage, run, spinner), progress=spinner.update

@@ -77,7 +77,9 @@ class Slot:
     gguf_name: str
     hf_name: str  # the parameter
     kind: str  # "matrix" (a 2-D unit), "experts" (a fused 3-D tensor, one unit per expert), "vector"
-    rows: object = None  # a slice or index list of each matrix's rows (gate/up halves, llama's q/k permutation)
+    rows: slice | list[int] | None = (
+        None  # a slice or index list of each matrix's rows (gate/up halves, llama's q/k permutation)
+    )
     columns: slice | None = None  # for vectors: the part of a fused bias
 
     def units(self, experts: int) -> list[str]:
@@ -205,10 +207,11 @@ def _expert_tensor(slot: Slot, value: torch.Tensor, packed_by_unit, transposed: 
 
     names = slot.units(value.shape[0])
     encoded = [_matrix_as_gguf(packed_by_unit.get(name), matrix(e)) for e, name in enumerate(names)]
-    types = {None if x is None else x[1] for x in encoded}
-    if len(types) == 1 and None not in types:
+    as_gguf = [x for x in encoded if x is not None]
+    types = {x[1] for x in as_gguf}
+    if len(as_gguf) == len(encoded) and len(types) == 1:
         return GGUFTensor(
-            slot.gguf_name, np.stack([x[0][slot.rows] for x in encoded]), next(iter(types)), "the plan's format"
+            slot.gguf_name, np.stack([x[0][slot.rows] for x in as_gguf]), types.pop(), "the plan's format"
         )
     quantized = any(name in packed_by_unit for name in names)
     why = "experts in different or non-GGUF formats: dequantized values" if quantized else "kept"

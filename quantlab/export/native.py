@@ -27,7 +27,7 @@ def export_native(model, tokenizer, packed_by_unit: dict[str, Packed], folder: P
 
     config = model.config
     _check_gpt_oss(config)
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for name, parameter in model.named_parameters():
         state |= _native_tensors(config, name, parameter.detach(), packed_by_unit)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,9 +46,10 @@ def export_native_streamed(
 
     _check_gpt_oss(config)
     folder.mkdir(parents=True, exist_ok=True)
-    weight_map, total = {}, 0
+    weight_map: dict[str, str] = {}
+    total = 0
     for index, names in enumerate(groups):
-        state = {}
+        state: dict[str, torch.Tensor] = {}
         for name in names:
             state |= _native_tensors(config, name, parameter(name), packed_by_unit)
         shard = f"model-{index + 1:05d}-of-{len(groups):05d}.safetensors"

@@ -55,5 +55,4 @@ def fused(fn):
             )
             return fn(tensor, *args, **kwargs)
 
-    run.eager = fn
     return run

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from quantlab.formats.base import Packed
 from quantlab.registry import Registered
 
 DEFAULT_METHOD = "rtn"  # a group without a method: the format's own round-to-nearest
@@ -23,7 +24,9 @@ DEFAULT_METHOD = "rtn"  # a group without a method: the format's own round-to-ne
 class Quantized:
     """One weight matrix after a method: its stored tensors and the values the variant computes with."""
 
-    stored: dict[str, object]  # part name -> Packed ("" for the matrix itself; "a", "b" for low-rank factors)
+    stored: dict[
+        str, Packed | torch.Tensor
+    ]  # part name -> Packed ("" for the matrix itself; "a", "b" for low-rank factors)
     dequantized: torch.Tensor  # float32, (out, in)
     notes: dict = field(default_factory=dict)
 

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from quantlab.stages.evaluate.run import evaluate
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.parallel import run_on_ray
 from quantlab.statistics import RESAMPLES, paired_bootstrap
-from quantlab.store import ArtifactStore, as_store, atomic_write_text, content_key
+from quantlab.store import StoreLocation, as_store, atomic_write_text, content_key
 from quantlab.store.records import Attribution
 
 DESIGNS = ("shapley", "one-at-a-time", "leave-one-out", "factorial")
@@ -179,7 +180,7 @@ def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool, keys: set[s
     if not groups and preset is None:
         if not (runtime and "runtime" in cell):
             return None
-        groups = [Group(select=Selector(regex=".*"), format=Named(name=KEEP))]  # the baseline, exported
+        groups = [Group(select=Selector(re=".*"), format=Named(name=KEEP))]  # the baseline, exported
     # A cell keeps the GGUF export (the llama.cpp runtime runs it) but not the native gpt-oss layout: that is no
     # factor, and it needs every expert in MXFP4, which a cell without the experts' format does not have.
     exports = sorted(({"gguf"} & set(recipe.exports)) | ({"gguf"} if runtime else set()))
@@ -201,7 +202,7 @@ class CellRunner:
         eval_options: dict,
         text: str,
         tokens: int,
-        artifacts: Path,
+        artifacts: StoreLocation,
         progress: Callable[[str], None] | None,
         granularity: str = "choices",
         serve: Serve | None = None,
@@ -330,7 +331,7 @@ def attribute(
     runtime: bool | None = None,
     text: str = DEFAULT_TEXT,
     tokens: int = 16384,
-    artifacts: ArtifactStore | Path = Path("artifacts"),
+    artifacts: StoreLocation = Path("artifacts"),
     progress: Callable[[str], None] | None = None,
     granularity: str = "choices",
     permutations: int = 200,
@@ -398,7 +399,7 @@ def attribute(
         if progress:
             progress(f"Ray: {ray_run.tasks} tasks on {ray_run.workers} workers in {ray_run.wall_s:.1f} s")
 
-    result = {
+    result: dict[str, Any] = {
         "recipe": recipe.name,
         "recipe_file": str(recipe_path),
         "design": design,
@@ -495,7 +496,8 @@ def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int,
     if not keys:
         return None
     full = runner.measure(frozenset(keys))
-    tokens = np.array(full["response_tokens_per_row"]["tokens"], dtype=float)
+    assert full is not None  # the cell of every weights factor changes weights: it has a measurement
+    tokens = np.array(full["response_tokens_per_row"]["tokens"], dtype=np.float64)
 
     def kl_sum(cell: frozenset):
         measured = runner.measure(cell)
@@ -522,7 +524,7 @@ def _pop_solo(intervals: dict) -> dict:
 
 
 def _cell_table(runner: CellRunner) -> list[dict]:
-    rows = {}
+    rows: dict[frozenset, dict] = {}
     for (cell, task), scored in sorted(
         runner.scores.items(), key=lambda item: (len(item[0][0]), sorted(item[0][0]), item[0][1])
     ):

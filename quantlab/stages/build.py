@@ -184,7 +184,7 @@ def _needed_bytes(model, plan: Plan) -> int:
 
 def _input_statistics(recipe: Recipe, model, tokenizer, plan: Plan) -> dict:
     """Calibration statistics of the matrices a data-driven method quantizes (empty when none does)."""
-    units = [e.unit for e in plan.entries if e.quantized and get_method(e.method_spec.name).needs_calibration]
+    units = [e.unit for e in plan.entries if e.quantized and get_method(e.applied[1].name).needs_calibration]
     if not units:
         return {}
 

@@ -93,13 +93,14 @@ def quantize_entries(
             parameter.data = parameter.data.clone()
             own_storage.add(entry.unit.tensor)
         entry.unit.write({entry.unit.tensor: parameter.data}, quantized.dequantized)
-        if isinstance(quantized.stored.get(""), Packed):
-            result.packed_by_unit[entry.unit.name] = quantized.stored[""]
+        packed = quantized.stored.get("")
+        if isinstance(packed, Packed):
+            result.packed_by_unit[entry.unit.name] = packed
     return result
 
 
 def _apply(entry: PlanEntry, matrix: torch.Tensor, statistics) -> Quantized:
-    spec, method_spec = entry.format_spec, entry.method_spec
+    spec, method_spec = entry.applied
     method = get_method(method_spec.name)
     fmt = None if spec.name == KEEP else get_format(spec.name, **spec.params)
     return method.apply(matrix, fmt, method.params(method_spec.params), statistics, entry.unit.component)

@@ -27,7 +27,7 @@ from quantlab.stages.build import build
 from quantlab.stages.evaluate.run import evaluate
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.parallel import run_on_ray
-from quantlab.store import as_store, atomic_write_text, content_key
+from quantlab.store import StoreLocation, as_store, atomic_write_text, content_key
 from quantlab.store.records import Sweep
 
 
@@ -64,7 +64,7 @@ def _apply(data: dict, path: str, value: Any, source: str) -> None:
 
 def sweep_points(recipes: list[Path], settings: list[tuple[str, list[Any]]], folder: Path) -> list[tuple[Path, dict]]:
     """Every point: (its recipe file, written under ``folder``, validated; the settings it has)."""
-    points = []
+    points: list[tuple[Path, dict]] = []
     for recipe_path in recipes:
         base = load_recipe(recipe_path)
         if not settings:
@@ -74,8 +74,8 @@ def sweep_points(recipes: list[Path], settings: list[tuple[str, list[Any]]], fol
         for index, combo in enumerate(combos):
             data = yaml.safe_load(base.as_yaml())
             chosen = {path: value for (path, _), value in zip(settings, combo)}
-            for path, value in chosen.items():
-                _apply(data, path, value, str(recipe_path))
+            for setting, value in chosen.items():
+                _apply(data, setting, value, str(recipe_path))
             data["name"] = f"{base.name}.{index}"
             path = folder / f"{data['name']}.yaml"
             comment = ", ".join(f"{k}={v}" for k, v in chosen.items())
@@ -112,7 +112,7 @@ def sweep(
     limit: int | None = None,
     text: str | None = None,
     tokens: int = 4096,
-    artifacts: Path = Path("artifacts"),
+    artifacts: StoreLocation = Path("artifacts"),
     ray: str | None = None,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,

@@ -9,6 +9,7 @@ from quantlab.store.artifacts import (
     MODEL,
     PACKED,
     ArtifactStore,
+    StoreLocation,
     Subject,
     as_store,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "MODEL",
     "PACKED",
     "ArtifactStore",
+    "StoreLocation",
     "Subject",
     "as_store",
     "atomic_directory",

@@ -205,6 +205,9 @@ class ArtifactStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def as_store(artifacts: ArtifactStore | Path | str | None) -> ArtifactStore:
+StoreLocation = ArtifactStore | Path | str  # what a stage takes for its store: the store itself or its folder
+
+
+def as_store(artifacts: StoreLocation | None) -> ArtifactStore:
     """An ``ArtifactStore`` from what a caller gave: a store, a folder, or None (the default ``artifacts/``)."""
     return artifacts if isinstance(artifacts, ArtifactStore) else ArtifactStore(artifacts)

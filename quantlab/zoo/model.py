@@ -15,7 +15,9 @@ MODEL_NAME = "tiny-gpt-oss"
 
 def tiny_gpt_oss_config(vocab_size: int, pad_token_id: int, eos_token_id: int) -> GptOssConfig:
     """The config of ``tiny-gpt-oss`` for a tokenizer of ``vocab_size`` tokens."""
-    return GptOssConfig(
+    # transformers takes the implementation choices as **kwargs of every config; its signature lists only the
+    # model's own fields
+    return GptOssConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         hidden_size=256,
         intermediate_size=256,

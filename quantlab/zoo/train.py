@@ -118,13 +118,15 @@ def train(
     batches = _packed_batches(tokenizer, settings, data_hash)
 
     total_steps = settings.steps
-    tokens, recent_losses, history = 0, [], []
+    tokens, history = 0, []
+    recent_losses: list[float] = []
     start = time.perf_counter()
     eval_s = 0.0  # validation time, kept out of the throughput figure
     step = 0
     model.train()
     while total_steps is None or step < total_steps:
         if total_steps is None and step == settings.warmup_steps:
+            assert settings.minutes is not None  # no --steps: the time budget fixes them
             # Fix the step count from the warm-up's pace so the schedule (and the bytes) are reproducible
             # with --steps from then on.
             per_step = (time.perf_counter() - start - eval_s) / step

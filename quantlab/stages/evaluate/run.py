@@ -32,7 +32,7 @@ from quantlab.stages.build import library_versions
 from quantlab.stages.evaluate.settings import EvaluationSettings, GenerationLimits
 from quantlab.stages.parallel import run_on_ray
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
-from quantlab.store import ArtifactStore, Subject, as_store, atomic_write_text, content_key, sha256_file
+from quantlab.store import ArtifactStore, StoreLocation, Subject, as_store, atomic_write_text, content_key, sha256_file
 from quantlab.store.records import Evaluation
 
 METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
@@ -186,7 +186,7 @@ def evaluate(
     top_p: float = 1.0,
     max_new_tokens: int | None = None,
     seed: int = 0,
-    artifacts: Path = Path("artifacts"),
+    artifacts: StoreLocation = Path("artifacts"),
     batch_size: int = 64,
     data_file=None,
     backend: str = "hf",
@@ -545,7 +545,7 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
-def _unreachable(error: BaseException) -> bool:
+def _unreachable(error: BaseException | None) -> bool:
     """Whether an exception (or one it was raised from) says the hub could not be reached: datasets and
     huggingface_hub raise their own types for it (ConnectionError, OfflineModeIsEnabled, LocalEntryNotFoundError,
     requests' and httpx's connection errors), so they are recognised by kind, not by one class."""

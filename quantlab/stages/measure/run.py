@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def routed_expert_outputs(experts, x: torch.Tensor, indices: torch.Tensor):
     return grouped(hidden, experts.down_proj.transpose(1, 2), offs=offsets), expert_ids, order
 
 
-def _moe_layers(model) -> list[tuple[int, object]]:
+def _moe_layers(model) -> list[tuple[int, Any]]:
     """(layer index, mlp module) of every MoE layer (one with experts and a top-k router, not a dense gate)."""
     layers = []
     for i, layer in enumerate(model.model.layers):
@@ -100,10 +101,11 @@ class _Capture:
 @dataclass
 class _Accumulator:
     experts: int
-    tokens_base: np.ndarray = None
-    tokens_variant: np.ndarray = None
-    error_squared: np.ndarray = None
-    reference_squared: np.ndarray = None
+    # per expert: tokens routed to it in the baseline and the variant, its squared output error and reference
+    tokens_base: np.ndarray = field(init=False)
+    tokens_variant: np.ndarray = field(init=False)
+    error_squared: np.ndarray = field(init=False)
+    reference_squared: np.ndarray = field(init=False)
     jaccard: list = field(default_factory=list)
     exact: int = 0
     top1_flips: int = 0
@@ -112,7 +114,7 @@ class _Accumulator:
     hidden_error_squared: float = 0.0
     hidden_reference_squared: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.tokens_base = np.zeros(self.experts, dtype=np.int64)
         self.tokens_variant = np.zeros(self.experts, dtype=np.int64)
         self.error_squared = np.zeros(self.experts)

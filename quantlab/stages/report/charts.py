@@ -62,9 +62,9 @@ def drift_vs_accuracy(variants: list[Variant], comparison: Comparison, baseline:
     axes = axes[0]
     base = 100 * comparison.results[baseline]["score"]
     points = [
-        (v, v.measure["logits"]["response_tokens"])
+        (v, v.measurement["logits"]["response_tokens"])
         for v in variants
-        if v.measure and v.name in comparison.results and v.measure["logits"]["response_tokens"].get("n")
+        if v.measure and v.name in comparison.results and v.measurement["logits"]["response_tokens"].get("n")
     ]
     for ax, key, label in (
         (axes[0], "perplexity_ratio", "perplexity ratio (response tokens, teacher-forced)"),
@@ -103,7 +103,7 @@ def expert_heatmaps(variants: list[Variant]) -> bytes:
                         np.nan if e["isolated_relative_error"] is None else e["isolated_relative_error"]
                         for e in layer["experts"]
                     ]
-                    for layer in v.measure["layers"]
+                    for layer in v.measurement["layers"]
                 ],
                 dtype=float,
             )
@@ -136,16 +136,20 @@ def router_agreement(variants: list[Variant]) -> bytes:
     fig, axes = _figure(9, 3.2, 1, 2)
     axes = axes[0]
     for v in (v for v in variants if v.measure):
-        layers = [layer["layer"] for layer in v.measure["layers"]]
+        layers = [layer["layer"] for layer in v.measurement["layers"]]
         axes[0].plot(
             layers,
-            [100 * layer["router"]["top1_flip_rate"] for layer in v.measure["layers"]],
+            [100 * layer["router"]["top1_flip_rate"] for layer in v.measurement["layers"]],
             marker="o",
             ms=3,
             label=v.name,
         )
         axes[1].plot(
-            layers, [layer["router"]["jaccard_mean"] for layer in v.measure["layers"]], marker="o", ms=3, label=v.name
+            layers,
+            [layer["router"]["jaccard_mean"] for layer in v.measurement["layers"]],
+            marker="o",
+            ms=3,
+            label=v.name,
         )
     axes[0].set_ylabel("top-1 expert changed, % of tokens")
     axes[1].set_ylabel("Jaccard overlap of routed sets")

@@ -32,6 +32,13 @@ class Variant:
     def bits(self) -> float:
         return self.manifest["plan"]["average_bits_per_weight"]
 
+    @property
+    def measurement(self) -> dict:
+        """Its measurement: ask only a variant that has one (``measure`` is None until ``quantlab measure``)."""
+        if self.measure is None:
+            raise ValueError(f"{self.name} has no measurement")
+        return self.measure
+
 
 @dataclass
 class Comparison:
@@ -155,7 +162,7 @@ def eval_command(comparison: Comparison, baseline: str | None) -> str:
 
 def measure_command(variants: list[Variant]) -> str:
     measured = [v for v in variants if v.measure]
-    settings = measured[0].measure.get("settings", {}) if measured else {}
+    settings = (measured[0].measure or {}).get("settings", {}) if measured else {}
     parts = ["quantlab", "measure", *(v.name for v in measured)]
     if settings.get("text"):
         parts += ["--text", settings["text"]]

@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -20,32 +21,48 @@ from quantlab.statistics import flips
 from quantlab.store import atomic_directory
 
 
-@dataclass
-class Block:
-    kind: str  # heading | text | table | figure | code
-    content: object
+@dataclass(frozen=True)
+class Prose:
+    kind: Literal["heading", "text", "code"]
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # its PNG is Report.figures[name]
+    caption: str
+    command: str  # the quantlab commands that recompute it
+
+
+Block = Prose | Table | Figure
 
 
 class Report:
-    def __init__(self):
+    def __init__(self) -> None:
         self.blocks: list[Block] = []
         self.figures: dict[str, bytes] = {}
 
-    def heading(self, text: str):
-        self.blocks.append(Block("heading", text))
+    def heading(self, text: str) -> None:
+        self.blocks.append(Prose("heading", text))
 
-    def text(self, text: str):
-        self.blocks.append(Block("text", text))
+    def text(self, text: str) -> None:
+        self.blocks.append(Prose("text", text))
 
-    def code(self, text: str):
-        self.blocks.append(Block("code", text))
+    def code(self, text: str) -> None:
+        self.blocks.append(Prose("code", text))
 
-    def table(self, header: list[str], rows: list[list[str]]):
-        self.blocks.append(Block("table", (header, rows)))
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(Table(header, rows))
 
-    def figure(self, name: str, png: bytes, caption: str, command: str):
+    def figure(self, name: str, png: bytes, caption: str, command: str) -> None:
         self.figures[name] = png
-        self.blocks.append(Block("figure", (name, caption, command)))
+        self.blocks.append(Figure(name, caption, command))
 
 
 def _pct(x: float) -> str:
@@ -157,7 +174,7 @@ def _runtimes(report: Report, store: Store) -> None:
                         _pct(result["score"]),
                         _ci(result["ci95"]),
                         f"{result['items']} x {result['repeats']}",
-                        "" if same else f"{flip['right_to_wrong']} / {flip['wrong_to_right']}",
+                        "" if flip is None else f"{flip['right_to_wrong']} / {flip['wrong_to_right']}",
                         "" if differ is None else f"{differ} of {result['items']}",
                     ]
                 )
@@ -288,12 +305,12 @@ def _drift(report: Report, store: Store) -> None:
     report.heading("Does perplexity predict the loss?")
     comparison = _headline(store)
     measured = [v for v in store.variants if v.measure]
-    if comparison is None:
+    if comparison is None or store.baseline is None:  # a headline comparison has the baseline
         report.text(
             "Needs the baseline and at least two measured variants evaluated on one task (quantlab measure, quantlab eval)."
         )
         return
-    text = measured[0].measure["text"]
+    text = measured[0].measurement["text"]
     command = measure_command(measured) + "\n" + eval_command(comparison, store.baseline)
     caption = (
         f"Accuracy loss on {comparison.task} against {store.baseline} ({comparison.items} items x {comparison.repeats}, "
@@ -306,7 +323,7 @@ def _drift(report: Report, store: Store) -> None:
     rows = []
     base = comparison.results[store.baseline]["score"]
     for v in measured:
-        a = v.measure["logits"]["response_tokens"]
+        a = v.measurement["logits"]["response_tokens"]
         if not a.get("n"):
             continue
         result = comparison.results.get(v.name)
@@ -427,23 +444,23 @@ def _experts(report: Report, store: Store) -> None:
         "expert-heatmaps",
         charts.expert_heatmaps(measured),
         f"Isolated relative output error of each expert (its output on the baseline's inputs, over the tokens the "
-        f"baseline routes to it) on {measured[0].measure['text']}; grey: an expert that received no token.",
+        f"baseline routes to it) on {measured[0].measurement['text']}; grey: an expert that received no token.",
         command,
     )
     report.figure(
         "router-agreement",
         charts.router_agreement(measured),
-        f"Routing drift per layer on {measured[0].measure['text']} ({measured[0].measure['tokens']:,} tokens).",
+        f"Routing drift per layer on {measured[0].measurement['text']} ({measured[0].measurement['tokens']:,} tokens).",
         command,
     )
     rows = [
         [
             v.name,
-            f"L{v.measure['worst_expert']['layer']} E{v.measure['worst_expert']['expert']}",
-            f"{v.measure['worst_expert']['isolated_relative_error']:.4f}",
+            f"L{v.measurement['worst_expert']['layer']} E{v.measurement['worst_expert']['expert']}",
+            f"{v.measurement['worst_expert']['isolated_relative_error']:.4f}",
         ]
         for v in measured
-        if v.measure.get("worst_expert")
+        if v.measurement.get("worst_expert")
     ]
     report.table(["variant", "worst expert", "isolated relative error"], rows)
 
@@ -483,7 +500,7 @@ def _reproducibility(report: Report, store: Store, command: str) -> None:
         f"Evaluations: {', '.join(evaluated) or 'lm-eval version not recorded (results stored before versions were)'}; "
         f"the seeds of each evaluation are in its stored result (artifacts/<variant>/eval/*.json)."
     )
-    commands = [b.content[2] for b in report.blocks if b.kind == "figure"]
+    commands = [b.command for b in report.blocks if isinstance(b, Figure)]
     report.text("Commands behind the figures, in order (each is a cache hit on this store):")
     report.code("\n".join(dict.fromkeys(line for c in commands for line in c.splitlines())) + "\n" + command)
 
@@ -492,21 +509,20 @@ def to_markdown(report: Report) -> str:
     lines: list[str] = []
     first = True
     for block in report.blocks:
-        if block.kind == "heading":
-            lines += [("# " if first else "## ") + block.content, ""]
+        if isinstance(block, Table):
+            lines += ["| " + " | ".join(block.header) + " |", "|" + "---|" * len(block.header)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in block.rows]
+            lines.append("")
+        elif isinstance(block, Figure):
+            name, caption, command = block.name, block.caption, block.command
+            lines += [f"![{caption}](figures/{name}.png)", "", f"*{caption}*", "", "```", command, "```", ""]
+        elif block.kind == "heading":
+            lines += [("# " if first else "## ") + block.text, ""]
             first = False
         elif block.kind == "text":
-            lines += [block.content, ""]
-        elif block.kind == "code":
-            lines += ["```", block.content, "```", ""]
-        elif block.kind == "table":
-            header, rows = block.content
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-            lines.append("")
+            lines += [block.text, ""]
         else:
-            name, caption, command = block.content
-            lines += [f"![{caption}](figures/{name}.png)", "", f"*{caption}*", "", "```", command, "```", ""]
+            lines += ["```", block.text, "```", ""]
     return "\n".join(lines)
 
 
@@ -525,28 +541,26 @@ def to_html(report: Report) -> str:
     ]
     first = True
     for block in report.blocks:
-        if block.kind == "heading":
-            tag = "h1" if first else "h2"
-            out.append(f'<{tag} id="{_slug(block.content)}">{html.escape(block.content)}</{tag}>')
-            first = False
-        elif block.kind == "text":
-            out.append(f"<p>{html.escape(block.content)}</p>")
-        elif block.kind == "code":
-            out.append(f"<pre>{html.escape(block.content)}</pre>")
-        elif block.kind == "table":
-            header, rows = block.content
-            out.append(
-                "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
-            )
-            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        if isinstance(block, Table):
+            header = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+            out.append(f"<table><thead><tr>{header}</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows]
             out.append("</tbody></table>")
-        else:
-            name, caption, command = block.content
+        elif isinstance(block, Figure):
+            name, caption, command = block.name, block.caption, block.command
             data = base64.b64encode(report.figures[name]).decode()
             out.append(
                 f'<figure id="{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{html.escape(caption)}</figcaption><pre>{html.escape(command)}</pre></figure>"
             )
+        elif block.kind == "heading":
+            tag = "h1" if first else "h2"
+            out.append(f'<{tag} id="{_slug(block.text)}">{html.escape(block.text)}</{tag}>')
+            first = False
+        elif block.kind == "text":
+            out.append(f"<p>{html.escape(block.text)}</p>")
+        else:
+            out.append(f"<pre>{html.escape(block.text)}</pre>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
