@@ -42,7 +42,10 @@ ORDER = [
     "stages",
     "bench",
     "pipeline",
-    "cli",
+    "cli.render",  # what the commands print
+    "cli.options",  # what several commands share
+    "cli.commands",  # the commands, one module per family
+    "cli",  # the app that registers them, and its entry point
     "__main__",
     "__init__",
     "zoo",  # a plugin: it may use everything; nothing imports it (plugins.BUILTIN names it as data)

@@ -1,0 +1,1 @@
+"""The commands, one module per family; ``quantlab.cli.app`` registers them."""
