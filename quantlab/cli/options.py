@@ -1,10 +1,17 @@
-"""What several commands share: the engine options' help and the serving options they build."""
+"""What several commands share: options taken alike, the engine options' help and the serving options they build."""
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from quantlab.errors import UserError
+
+# Options several commands take alike (typer reads the option from the annotation; the default stays per parameter).
+Artifacts = Annotated[Path, typer.Option("--artifacts", help="The store: where variants and results live.")]
+RayWorkers = Annotated[Optional[int], typer.Option("--workers", min=1, help="--ray: tasks at a time (local cluster).")]
 
 ENGINE_HELP = "vllm (its OpenAI-compatible server, from .venv-vllm) or llama.cpp (llama-cpp-python's server, GGUF)."
 LOAD_HELP = (

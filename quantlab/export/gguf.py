@@ -77,9 +77,8 @@ class Slot:
     gguf_name: str
     hf_name: str  # the parameter
     kind: str  # "matrix" (a 2-D unit), "experts" (a fused 3-D tensor, one unit per expert), "vector"
-    rows: slice | list[int] | None = (
-        None  # a slice or index list of each matrix's rows (gate/up halves, llama's q/k permutation)
-    )
+    # a slice or index list of each matrix's rows (gate/up halves, llama's q/k permutation)
+    rows: slice | list[int] | None = None
     columns: slice | None = None  # for vectors: the part of a fused bias
 
     def units(self, experts: int) -> list[str]:

@@ -24,9 +24,8 @@ DEFAULT_METHOD = "rtn"  # a group without a method: the format's own round-to-ne
 class Quantized:
     """One weight matrix after a method: its stored tensors and the values the variant computes with."""
 
-    stored: dict[
-        str, Packed | torch.Tensor
-    ]  # part name -> Packed ("" for the matrix itself; "a", "b" for low-rank factors)
+    # part name -> Packed ("" for the matrix itself), or a tensor kept as it is ("a", "b": low-rank factors)
+    stored: dict[str, Packed | torch.Tensor]
     dequantized: torch.Tensor  # float32, (out, in)
     notes: dict = field(default_factory=dict)
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from quantlab.cli import render
-from quantlab.cli.options import ENGINE_HELP
+from quantlab.cli.options import ENGINE_HELP, Artifacts
 from quantlab.cli.render import console
 from quantlab.errors import UserError
 
@@ -164,7 +164,7 @@ def bench_ray(
 @bench_app.command("measure")
 def bench_measure(
     variant: str = typer.Argument("mxfp4", help="A built variant (artifact folder or name under --artifacts)."),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    artifacts: Artifacts = Path("artifacts"),
     tokens: int = typer.Option(16384, "--tokens", min=256),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -211,7 +211,7 @@ def bench_audit_command(
     checks: Optional[list[str]] = typer.Option(
         None, "--check", help="false_positives: only this check; power: only the distortions it must find (repeatable)."
     ),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    artifacts: Artifacts = Path("artifacts"),
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where bench_audit.json and audit_power.png go."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

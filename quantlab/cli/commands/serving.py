@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from quantlab.cli import render
-from quantlab.cli.options import ENGINE_HELP, LOAD_HELP, serve_options
+from quantlab.cli.options import ENGINE_HELP, LOAD_HELP, Artifacts, serve_options
 from quantlab.cli.render import console
 from quantlab.errors import UserError
 
@@ -53,7 +53,7 @@ def serve_command(
         "--reasoning-field",
         help="Where the chat API returns the analysis: reasoning_content or reasoning.",
     ),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    artifacts: Artifacts = Path("artifacts"),
 ) -> None:
     """Serve a variant through a real engine's OpenAI-compatible server until Ctrl-C (or SIGTERM)."""
     import signal
@@ -137,7 +137,7 @@ def audit_command(
         help="Declare this endpoint faithful: its next-token noise joins the weights check's calibration.",
     ),
     timeout_s: float = typer.Option(120.0, "--timeout", help="Seconds to wait for one answer."),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    artifacts: Artifacts = Path("artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the audit record as JSON."),
 ) -> None:
     """Audit an OpenAI-compatible endpoint: weights, reasoning effort, prompt format, sampling, accuracy and

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from quantlab.cli import render
-from quantlab.cli.options import ENGINE_HELP, LOAD_HELP, serve_options
+from quantlab.cli.options import ENGINE_HELP, LOAD_HELP, Artifacts, RayWorkers, serve_options
 from quantlab.cli.render import console
 from quantlab.errors import UserError
 
@@ -162,8 +162,8 @@ def eval_command(
     ray: Optional[str] = typer.Option(
         None, "--ray", help="Run the repeats as Ray tasks: --ray (a local cluster) or --ray ADDRESS."
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--ray: tasks at a time (local cluster)."),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    workers: RayWorkers = None,
+    artifacts: Artifacts = Path("artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Run lm-eval tasks on the baseline and variants, with repeats and intervals."""
@@ -311,8 +311,8 @@ def attribute_command(
         help="Compute the cells as Ray tasks: --ray starts a local cluster, --ray ADDRESS joins one "
         "(the store must be shared); the stored result is the sequential run's.",
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--ray: tasks at a time (local cluster)."),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    workers: RayWorkers = None,
+    artifacts: Artifacts = Path("artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
 ) -> None:
     """Attribute a recipe's accuracy loss and KL drift to its choices (Shapley shares with 95% intervals)."""
@@ -361,8 +361,8 @@ def sweep_command(
     ray: Optional[str] = typer.Option(
         None, "--ray", help="Run the points as Ray tasks: --ray (a local cluster) or --ray ADDRESS."
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="--ray: tasks at a time (local cluster)."),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts"),
+    workers: RayWorkers = None,
+    artifacts: Artifacts = Path("artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the sweep as JSON."),
 ) -> None:
     """Build, measure and evaluate several recipes, or a grid of one recipe's settings."""

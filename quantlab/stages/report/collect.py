@@ -162,7 +162,7 @@ def eval_command(comparison: Comparison, baseline: str | None) -> str:
 
 def measure_command(variants: list[Variant]) -> str:
     measured = [v for v in variants if v.measure]
-    settings = (measured[0].measure or {}).get("settings", {}) if measured else {}
+    settings = measured[0].measurement.get("settings", {}) if measured else {}
     parts = ["quantlab", "measure", *(v.name for v in measured)]
     if settings.get("text"):
         parts += ["--text", settings["text"]]
