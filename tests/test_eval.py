@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.stages.evaluate.run import compare, evaluate, task_folders
+from quantlab.stages.evaluate.run import compare, evaluate
+from quantlab.stages.evaluate.task_specs import task_folders
 from quantlab.statistics import bootstrap_interval, mcnemar_exact, pass_at_k
 
 REPO = Path(__file__).resolve().parent.parent

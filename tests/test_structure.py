@@ -220,6 +220,18 @@ def test_function_level_imports_only_go_down():
     )
 
 
+MODULE_LINES_AT_MOST = 600  # a module a newcomer reads in one sitting (issue 24)
+
+
+def test_no_module_is_over_600_lines():
+    long = sorted(
+        f"{path.relative_to(PACKAGE.parent)}: {lines} lines"
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MODULE_LINES_AT_MOST
+    )
+    assert not long, f"modules over {MODULE_LINES_AT_MOST} lines; split each by what its parts do:\n" + "\n".join(long)
+
+
 def test_nothing_outside_the_zoo_imports_it():
     modules = _modules()
     importers = sorted(

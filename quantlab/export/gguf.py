@@ -22,7 +22,6 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.formats import Packed, get_format
-from quantlab.runtimes.llama_cpp import logits, open_gguf, version
 
 # transformers model_type -> llama.cpp architecture (Mixtral is llama.cpp's "llama" with experts)
 GGUF_ARCH = {"gpt_oss": "gpt-oss", "llama": "llama", "mixtral": "llama", "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}
@@ -335,40 +334,3 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     # shifted by one position unless the prompt starts with the GGUF's BOS (docs/serving.md; tested)
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
-
-
-# Prompts the logits comparison runs: the embedded model's chat format at high and low effort.
-COMPARISON_PROMPTS = (
-    "<|start|>system<|message|>Reasoning: high<|end|><|start|>user<|message|>47+8*6-9+3<|end|><|start|>assistant"
-    "<|channel|>analysis<|message|>47+48-9+3=95-9+3=86+3=89<|end|><|start|>assistant<|channel|>final<|message|>89"
-    "<|return|>",
-    "<|start|>system<|message|>Reasoning: low<|end|><|start|>user<|message|>12+3*5-4+7<|end|><|start|>assistant",
-)
-
-
-def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> dict:
-    """How far llama.cpp's logits for the GGUF file are from the variant's own (transformers, float32).
-
-    For an F32 export this is the two runtimes' arithmetic alone; for quantized tensors it adds llama.cpp's
-    kernels (which may quantize activations, e.g. to Q8 for k-quant dot products): the runtime's share.
-    """
-
-    n_ctx = min(model.config.max_position_embeddings, 512)  # the prompts are short; a 131k-token cache is not
-    llm = open_gguf(path, n_ctx, seed=0, n_threads=torch.get_num_threads())
-    worst, squared_error, squared_norm, count = 0.0, 0.0, 0.0, 0
-    for prompt in prompts:
-        ids = tokenizer(prompt)["input_ids"]
-        theirs = logits(llm, ids).astype(np.float64)
-        with torch.no_grad():
-            ours = model.float()(torch.tensor([ids])).logits[0].double().numpy()
-        worst = max(worst, float(np.abs(theirs - ours).max()))
-        squared_error += float(((theirs - ours) ** 2).sum())
-        squared_norm += float((ours**2).sum())
-        count += len(ids)
-    llm.close()
-    return {
-        "tokens": count,
-        "relative_l2": squared_error**0.5 / squared_norm**0.5,
-        "max_abs": worst,
-        "runtime": version(),
-    }

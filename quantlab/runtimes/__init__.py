@@ -8,7 +8,8 @@ A runtime answers lm-eval's requests (log-likelihoods, generation) for one subje
 * ``served``: the same client against a server quantlab starts for the evaluation (``quantlab.runtimes.serve``:
   vLLM or llama.cpp's server, ``--engine``) and stops after it.
 
-Adding an engine is one ``Runtime`` subclass here; nothing else names the engines.
+Adding an engine is one ``Runtime`` subclass here; nothing else names the engines. A stage that compares
+log-probabilities opens the subject's ``Session`` (``quantlab.runtimes.sessions.open_session``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Runtime(Registered):
     runs_elsewhere: ClassVar[bool] = False
     runs_as_built: ClassVar[bool] = False  # the variant's own model in-process: what other runtimes are held to
     needs_endpoint: ClassVar[bool] = False  # it is pointed at a server someone else runs (--endpoint)
+    runs_the_gguf_export: ClassVar[bool] = False  # it runs the variant's GGUF file in-process
     accepts_engine: ClassVar[bool] = False  # --engine may serve the subject for it
 
     def check(self, subject: Subject, settings: RuntimeSettings) -> None:
@@ -99,6 +101,7 @@ class Transformers(Runtime, name="hf"):
 
 class LlamaCpp(Runtime, name="llama.cpp"):
     runs_elsewhere = True
+    runs_the_gguf_export = True
 
     def check(self, subject, settings):
         if subject.gguf is None:

@@ -20,8 +20,6 @@ import contextlib
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -30,6 +28,7 @@ from typing import Any
 
 from quantlab.chat import MODEL, harmony, render, template_source
 from quantlab.errors import UserError
+from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
 
 DEFAULT_MAX_TOKENS = 256
 UPSTREAM_TIMEOUT_S = 300.0
@@ -78,26 +77,25 @@ class FrontSettings:
 
 @dataclass
 class Upstream:
-    """The engine's server the front forwards to: its base URL (ending in /v1), the model name its requests
-    carry, and the request fields that keep it faithful (``Server.request_defaults``)."""
+    """The engine's server the front forwards to (the lab's OpenAI client of it: its base URL and the model name
+    its requests carry) and the request fields that keep it faithful (``Server.request_defaults``)."""
 
-    base_url: str
-    model: str
+    client: OpenAIClient
     request_defaults: dict = field(default_factory=dict)
 
+    @property
+    def model(self) -> str:
+        return self.client.model
+
     def post(self, route: str, payload: dict) -> tuple[int, dict]:
-        request = urllib.request.Request(
-            f"{self.base_url}/{route}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
-        )
+        """The engine's HTTP status and JSON answer, its error answers included (the front passes them on); an
+        engine that does not answer at all is an ``OSError`` (the front answers 502)."""
         try:
-            with urllib.request.urlopen(request, timeout=UPSTREAM_TIMEOUT_S) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            body = error.read().decode(errors="replace")
-            try:
-                return error.code, json.loads(body)
-            except ValueError:
-                return error.code, {"error": {"message": body[:500]}}
+            return 200, self.client.request(route, payload, UPSTREAM_TIMEOUT_S)
+        except RequestFailed as failure:
+            if failure.status is None:
+                raise ConnectionError(failure.reason) from None
+            return failure.status, failure.body or {"error": {"message": failure.reason}}
 
 
 class ChatRequestError(Exception):

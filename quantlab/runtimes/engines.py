@@ -30,6 +30,9 @@ from quantlab.store import ArtifactStore, Subject
 REPOSITORY = Path(__file__).resolve().parents[2]
 LOADS = ("auto", "hf", "native", "compressed-tensors", "gguf")
 # Formats a Hugging Face folder holds without loss: a variant made only of these is served from it as it is.
+# The request an endpoint of unknown make is asked its prompt log-probabilities in: vLLM's extension of the
+# completions route (SGLang's servers take it too).
+PROMPT_LOGPROBS_PROTOCOL = "vllm"
 UNQUANTIZED = {"keep", "bf16", "fp16", "f16", "float16", "float32", "f32"}
 
 
@@ -66,7 +69,8 @@ class Engine(Registered):
 
     def prompt_logprobs(self, server, ids: list[int], top_k: int) -> list[dict[int, float]]:
         """Per position 1..n-1 of the prompt ``ids``: the served log-probabilities (token id -> value) of the top
-        ``top_k`` tokens and of the prompt's own next token, as the server returns them."""
+        ``top_k`` tokens and of the prompt's own next token, as the server returns them. ``server``: anything
+        with ``post(route, payload)`` and ``model`` (a ``serve.Server``, an ``OpenAIClient``)."""
         raise UserError(f"engine {self.name}: its server returns no prompt log-probabilities by token id")
 
     def request_defaults(self) -> dict:

@@ -56,10 +56,11 @@ def open_gguf(path: Path, n_ctx: int, seed: int = 0, n_threads: int | None = Non
 
 
 def logits(llm, ids: list[int]) -> np.ndarray:
-    """llama.cpp's float32 logits (positions, vocabulary) for ``ids``, from a fresh context."""
+    """llama.cpp's float32 logits (positions, vocabulary) for ``ids``, from a fresh context: a copy, since
+    ``llm.scores`` is the context's own buffer, which the next ``eval`` overwrites."""
     llm.reset()
     llm.eval(ids)
-    return np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
 def version() -> str:

@@ -11,15 +11,12 @@ while starting is a one-line error quoting the log's last line.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from quantlab.chat import model_template, template_source
 from quantlab.errors import UserError
 from quantlab.runtimes.chat_front import Upstream, chat_front
 from quantlab.runtimes.engines import get_engine
+from quantlab.runtimes.openai_client import DEFAULT_TIMEOUT_S, OpenAIClient, RequestFailed
 from quantlab.store import ArtifactStore, Subject, as_store
 
 READY_TIMEOUT_S = 600.0  # vLLM's CPU build starts in 30-60 s on 2 cores; a real model on a GPU takes minutes
@@ -86,21 +84,21 @@ class Server:
         """A one-line description of a dead server: its exit code and the last line of its log."""
         return f"exit code {self.process.poll()}; last log line: {last_log_line(self.log)!r}; log: {self.log}"
 
-    def post(self, route: str, payload: dict, timeout_s: float = 300.0) -> dict:
+    @property
+    def client(self) -> OpenAIClient:
+        """The lab's OpenAI client of this server (through its chat front when one is in front)."""
+        return OpenAIClient(self.base_url, self.model)
+
+    def post(self, route: str, payload: dict, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
         """POST ``payload`` to ``<base_url>/<route>``; a dead server or an HTTP error is a one-line error."""
-        request = urllib.request.Request(
-            f"{self.base_url}/{route}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
-        )
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            body = error.read().decode(errors="replace")[:300]
-            raise UserError(f"{self.engine} server: {route} answered HTTP {error.code}: {body}") from None
-        except (OSError, ValueError) as error:
+            return self.client.request(route, payload, timeout_s)
+        except RequestFailed as failure:
+            if failure.status is not None:
+                raise UserError(f"{self.engine} server: {route} answered {failure.reason}") from None
             if not self.alive():
                 raise UserError(f"{self.engine} server died during the request ({self.died()})") from None
-            raise UserError(f"{self.engine} server at {self.base_url}: {route} failed ({error})") from None
+            raise UserError(f"{self.engine} server at {self.base_url}: {failure}") from None
 
 
 # The lines an engine ends a failed start with, which only point elsewhere in its log ("see root cause above").
@@ -220,7 +218,7 @@ def serve(
 
 
 def _chat_front(server: Server, subject: Subject, front, host: str, port: int):
-    upstream = Upstream(server.base_url, server.model, server.request_defaults)
+    upstream = Upstream(OpenAIClient(server.base_url, server.model), server.request_defaults)
     return chat_front(upstream, model_template(subject.model_folder), front, server.model, host, port)
 
 
@@ -255,12 +253,8 @@ def _wait_until_ready(server: Server, timeout_s: float) -> None:
     while True:
         if not server.alive():
             raise UserError(f"{server.engine} server for {server.subject} did not start ({server.died()})")
-        try:
-            with urllib.request.urlopen(f"{server.base_url}/models", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (OSError, ValueError):
-            pass
+        if server.client.ready():
+            return
         if time.monotonic() > deadline:
             raise UserError(
                 f"{server.engine} server for {server.subject} did not answer within {timeout_s:.0f} s; log: {server.log}"

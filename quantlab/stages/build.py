@@ -24,7 +24,7 @@ import torch
 
 from quantlab.calibration import calibration_revision, calibration_tokens
 from quantlab.export.compressed_tensors import export_compressed_tensors
-from quantlab.export.gguf import compare_logits, export_gguf, runtime_departures
+from quantlab.export.gguf import export_gguf, runtime_departures
 from quantlab.export.native import export_native
 from quantlab.methods import get_method
 from quantlab.methods.activations import collect_input_statistics
@@ -34,6 +34,7 @@ from quantlab.plan import Plan
 from quantlab.recipe import Recipe, find_recipe, load_recipe
 from quantlab.stages.build_records import BuildResult, library_versions, manifest_head, run_record
 from quantlab.stages.build_streaming import build_streaming, check_streamable
+from quantlab.stages.gguf_check import compare_logits
 from quantlab.stages.plan_quantization import (
     DTYPE_BITS,
     error_summary,

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
-from quantlab.export.gguf import GGUF_ARCH, compare_logits, gguf_layout, runtime_departures
+from quantlab.export.gguf import GGUF_ARCH, gguf_layout, runtime_departures
 from quantlab.formats import Packed, get_format
 from quantlab.models.loading import load_model, resolve_model, weights_sha256
 from quantlab.models.units import architecture, weight_units
 from quantlab.stages.build_records import BuildResult, library_versions, run_record
+from quantlab.stages.gguf_check import compare_logits
 from quantlab.stages.plan_quantization import error_summary
 from quantlab.store import MANIFEST, ArtifactStore, as_store, atomic_directory, content_key, sha256_file
 from quantlab.store.records import Manifest

@@ -10,6 +10,7 @@ import typer
 
 from quantlab.cli import render
 from quantlab.cli.options import ENGINE_HELP, Artifacts
+from quantlab.cli.render import bench as bench_tables
 from quantlab.cli.render import console
 from quantlab.errors import UserError
 
@@ -42,7 +43,7 @@ def bench_formats(
         plot_rate_distortion(result, plot)
     if as_json:
         return render.print_json(result)
-    render.bench_formats(result, quality, markdown)
+    bench_tables.formats(result, quality, markdown)
 
 
 @bench_app.command("build-memory")
@@ -83,7 +84,7 @@ def bench_build_memory(
                 results[-1]["model"] = "synthetic gpt-oss (hidden 512, 8 layers, 16 experts)"
     if as_json:
         return render.print_json(results)
-    render.bench_build_memory(results)
+    bench_tables.build_memory(results)
 
 
 def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_json) -> None:
@@ -112,7 +113,7 @@ def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_js
                 )
     if as_json:
         return render.print_json(results)
-    render.bench_streaming_memory(results)
+    bench_tables.streaming_memory(results)
 
 
 @bench_app.command("families")
@@ -140,7 +141,7 @@ def bench_families(
         rows = run_families(names, layers, dict.fromkeys(names, experts) if experts else None, progress=say)
     if as_json:
         return render.print_json(rows)
-    render.bench_families(rows)
+    bench_tables.families(rows)
 
 
 @bench_app.command("ray")
@@ -158,7 +159,7 @@ def bench_ray(
         result = compare_ray(limit, tokens, progress=(lambda m: status.update(m)) if status is not None else None)
     if as_json:
         return render.print_json(result)
-    render.bench_ray(result)
+    bench_tables.ray(result)
 
 
 @bench_app.command("measure")
@@ -176,7 +177,7 @@ def bench_measure(
         result = measure_variant_cost(variant, artifacts, tokens)
     if as_json:
         return render.print_json(result)
-    render.bench_measure(result)
+    bench_tables.measure(result)
 
 
 @bench_app.command("serve")
@@ -198,7 +199,7 @@ def bench_serve_command(
         result = bench_serve(recipe, engine, items, dtype, concurrent, say)
     if as_json:
         return render.print_json(result)
-    render.bench_serve(result)
+    bench_tables.serve(result)
 
 
 @bench_app.command("audit")
@@ -230,5 +231,5 @@ def bench_audit_command(
     written = save(result, docs)
     if as_json:
         return render.print_json(result)
-    render.bench_audit(result)
+    bench_tables.audit(result)
     console.print("written: " + ", ".join(str(p) for p in written), highlight=False)

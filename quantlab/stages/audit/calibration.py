@@ -30,6 +30,7 @@ import torch
 
 from quantlab.chat import REASONING_EFFORTS
 from quantlab.models.loading import load_model
+from quantlab.runtimes.sessions import TransformersSession
 from quantlab.store.atomic import atomic_write_text
 from quantlab.store.records import Record
 from quantlab.token_statistics import topk_token_statistics
@@ -115,6 +116,7 @@ def bf16_kl_per_prompt(reference, prompts: list[str], generated_tokens: int, top
     bf16 side known on its top-k only, as a server returns it."""
 
     bf16, _ = load_model(reference.folder, dtype=torch.bfloat16)
+    in_bf16 = TransformersSession(bf16)
     tokenizer = reference.tokenizer
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -130,7 +132,7 @@ def bf16_kl_per_prompt(reference, prompts: list[str], generated_tokens: int, top
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ids = [token for token in continuation if token != tokenizer.pad_token_id]
         sequence = prompt_ids + ids
-        logits = bf16(torch.tensor([sequence])).logits[0, len(prompt_ids) - 1 : len(sequence) - 1].float()
+        logits = in_bf16.logits(sequence)[len(prompt_ids) - 1 : len(sequence) - 1]
         log_q = torch.log_softmax(logits, dim=-1)
         values, indices = log_q.topk(top_k, dim=-1)
         served = [dict(zip(indices[j].tolist(), values[j].tolist())) for j in range(len(ids))]

@@ -1,6 +1,7 @@
 """The audit's only way out: requests to the one endpoint it was given, counted, bounded, and read defensively.
 
-Every request goes to ``<base_url>/<route>``; redirects are refused (a redirect could send the traffic, and the
+Every request goes to ``<base_url>/<route>`` through the lab's one OpenAI client (``runtimes.openai_client``);
+redirects are refused (a redirect could send the traffic, and the
 prompts, elsewhere). A refusal, a timeout, an HTTP error, a body that is not the JSON the OpenAI API describes, or
 a check's query budget running out is a ``CouldNotCheck`` with the reason: the check that hit it says "could not
 check", and the audit goes on with the others.
@@ -8,17 +9,13 @@ check", and the audit goes on with the others.
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
 
 from quantlab.chat import harmony
-from quantlab.errors import UserError
+from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
 
 REQUEST_TIMEOUT_S = 120.0
 CONCURRENT_REQUESTS = 8
@@ -26,20 +23,6 @@ CONCURRENT_REQUESTS = 8
 
 class CouldNotCheck(Exception):
     """The endpoint did not let a check finish: the message says why (one line)."""
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise CouldNotCheck(f"the endpoint redirected to {newurl}; the audit sends nothing but to the URL it was given")
-
-
-def base_url_of(url: str) -> str:
-    """The endpoint's base URL (ending in /v1); a one-line error for a URL that is not http(s)://host[:port]/..."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise UserError(f"endpoint {url!r}: give an http(s) URL such as http://127.0.0.1:8000/v1")
-    path = parsed.path.rstrip("/")
-    return urllib.parse.urlunparse(parsed._replace(path=path if path.endswith("/v1") else path + "/v1"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +60,10 @@ class EndpointClient:
     # unknown fields (HTTP 400) is asked again without it, and never with it after
     special_tokens_field: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _opener: Any = field(default_factory=lambda: urllib.request.build_opener(_NoRedirects), repr=False)
+
+    @cached_property
+    def _http(self) -> OpenAIClient:
+        return OpenAIClient(self.base_url, timeout_s=self.timeout_s, follow_redirects=False)
 
     # --- transport ------------------------------------------------------------------------------------
     def _count(self) -> None:
@@ -89,30 +75,16 @@ class EndpointClient:
             self.queries += 1
 
     def request(self, route: str, payload: dict | None = None) -> dict:
-        """The JSON object ``route`` answers (GET without a payload, POST with one)."""
+        """The JSON object ``route`` answers (GET without a payload, POST with one), counted."""
         self._count()
-        url = f"{self.base_url}/{route}"
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                body = response.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace").strip().replace("\n", " ")[:200]
-            raise CouldNotCheck(f"{route}: HTTP {error.code} ({detail or error.reason})") from None
-        except TimeoutError:
-            raise CouldNotCheck(f"{route}: no answer within {self.timeout_s:.0f} s") from None
-        except urllib.error.URLError as error:
-            raise CouldNotCheck(f"{route}: cannot reach {self.base_url} ({error.reason})") from None
-        except OSError as error:
-            raise CouldNotCheck(f"{route}: the connection failed ({error})") from None
-        try:
-            value = json.loads(body)
-        except ValueError:
-            raise CouldNotCheck(f"{route}: the answer is not JSON ({body[:80]!r})") from None
-        if not isinstance(value, dict):
-            raise CouldNotCheck(f"{route}: the answer is not a JSON object")
-        return value
+            return self._http.request(route, payload)
+        except RequestFailed as failure:
+            if failure.redirect:
+                raise CouldNotCheck(
+                    f"the endpoint redirected to {failure.redirect}; the audit sends nothing but to the URL it was given"
+                ) from None
+            raise CouldNotCheck(str(failure)) from None
 
     def map(self, function, items: list) -> list:
         """``function`` over ``items``, several requests in flight (a provider batches them), in order."""

@@ -15,6 +15,7 @@ import torch
 
 from quantlab.chat import harmony, model_template, render, template_source
 from quantlab.models.loading import load_model
+from quantlab.runtimes.sessions import TransformersSession
 
 
 @dataclass
@@ -110,10 +111,8 @@ class LocalModel:
             active = going_on
         return [harmony.split_turn(text) for text in texts]
 
-    @torch.no_grad()
     def next_token_logits(self, prompt: str, generated: list[int]) -> torch.Tensor:
         """(len(generated), vocabulary): the logits before each generated token, teacher-forced after ``prompt``."""
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt_ids + generated])
-        logits = self.model(ids).logits[0]
-        return logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(generated)].float()
+        logits = TransformersSession(self.model).logits(prompt_ids + generated)
+        return logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(generated)]

@@ -19,11 +19,12 @@ from quantlab.content_keys import content_key
 from quantlab.errors import UserError
 from quantlab.models.loading import default_model
 from quantlab.plugins import registry
+from quantlab.runtimes.openai_client import base_url_of
 from quantlab.stages.audit import calibration as calibration_module
 from quantlab.stages.audit.checks import Check, Context
 from quantlab.stages.audit.checks.base import CHAT, COMPLETIONS, COULD_NOT_CHECK, GREEDY_UNRELIABLE, NOT_APPLICABLE
 from quantlab.stages.audit.checks.weights import GENERATED_TOKENS, TOP_K
-from quantlab.stages.audit.client import REQUEST_TIMEOUT_S, CouldNotCheck, EndpointClient, base_url_of
+from quantlab.stages.audit.client import REQUEST_TIMEOUT_S, CouldNotCheck, EndpointClient
 from quantlab.stages.audit.local import LocalModel
 from quantlab.store import as_store
 from quantlab.store.atomic import atomic_write_text

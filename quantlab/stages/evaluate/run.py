@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,157 +23,21 @@ import torch
 from quantlab import chat
 from quantlab.errors import UserError
 from quantlab.models.loading import float32_bytes, load_config_and_tokenizer, load_model, require_memory
-from quantlab.plugins import registry
 from quantlab.runtimes import Loaded, RuntimeSettings, get_runtime, runtime_label
 from quantlab.runtimes.engines import get_engine
 from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.stages.build import library_versions
 from quantlab.stages.evaluate.settings import EvaluationSettings, GenerationLimits
+from quantlab.stages.evaluate.task_specs import data_settings, split_files, task_manager, task_spec
 from quantlab.stages.parallel import run_on_ray
 from quantlab.statistics import bootstrap_interval, flips, pass_at_k
-from quantlab.store import ArtifactStore, StoreLocation, Subject, as_store, atomic_write_text, content_key, sha256_file
+from quantlab.store import ArtifactStore, StoreLocation, Subject, as_store, atomic_write_text, content_key
 from quantlab.store.records import Evaluation
 
 METRICS = {"exact_match", "acc"}  # the per-sample correctness lm-eval records for the bundled tasks
 
 
 SCHEMA_VERSION = 1
-
-
-def _first_record(task: str, data_file: Path) -> dict:
-    """The first record of a JSON-lines or CSV (GPQA's official layout) data file."""
-    import csv
-    import json as json_module
-
-    try:
-        if data_file.suffix == ".csv":
-            with open(data_file, newline="", encoding="utf-8") as f:
-                return next(csv.DictReader(f))
-        return json_module.loads(data_file.read_text(encoding="utf-8").splitlines()[0])
-    except (ValueError, IndexError, StopIteration):
-        raise UserError(f"--data {task}={data_file}: not a JSON-lines or CSV file with at least one record") from None
-
-
-def _seeded_per_item(process_docs):
-    """GPQA's process_docs shuffles each item's choices with the global random state, so an item's answer
-    position depends on which items came before it (and on --limit). Seed the shuffle per item instead, from
-    its question: the same item always gets the same choice order."""
-    import hashlib as hash_module
-    import random
-
-    import datasets
-
-    def seeded(dataset):
-        rows = []
-        for row in dataset:
-            random.seed(int(hash_module.sha256(str(row.get("Question", row)).encode()).hexdigest()[:16], 16))
-            rows.append(process_docs(datasets.Dataset.from_list([row]))[0])
-        return datasets.Dataset.from_list(rows)
-
-    return seeded
-
-
-def _data_files(data) -> dict[str, Path]:
-    """``--data`` for one task as {split: file}: a single path is the test split."""
-    if not data:
-        return {}
-    if isinstance(data, (str, Path)):
-        return {"test": Path(data)}
-    return {split: Path(path) for split, path in data.items()}
-
-
-def _data_settings(task: str, data: dict[str, Path]) -> dict[str, Any]:
-    """What an evaluation records of its local data files: their paths and hashes (None without any)."""
-
-    for split, path in data.items():
-        if not path.is_file():
-            raise UserError(f"--data {task}:{split}={path}: no such file")
-    return {
-        "data_files": {split: str(path) for split, path in data.items()} or None,
-        "data_sha256": {split: sha256_file(path) for split, path in data.items()} or None,
-    }
-
-
-def task_folders() -> list[Path]:
-    """The lm-eval task folders the plugins bring (the embedded model's tasks), searched besides lm-eval's own."""
-
-    return registry().task_folders
-
-
-def _bundled_tasks(manager) -> set[str]:
-    folders = [str(folder) for folder in task_folders()]
-    return {
-        name
-        for name, entry in manager.task_index.items()
-        if str(entry.get("yaml_path", "")).startswith(tuple(folders)) and entry.get("type") == "task"
-    }
-
-
-def _task_manager(metadata: dict | None = None):
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=[str(folder) for folder in task_folders()], verbosity="ERROR", metadata=metadata)
-
-
-def _task_spec(manager, task: str, data: dict[str, Path], num_fewshot: int | None = None):
-    """The task as lm-eval takes it: its name, or (with a local data file) its own config with the dataset
-    replaced by the file, so that its prompts, filters and scoring stay lm-eval's."""
-    import re as regex
-
-    bundled = _bundled_tasks(manager)
-    if task not in manager.all_tasks:
-        raise UserError(f"unknown task {task!r}: not an lm-eval task name (bundled: {', '.join(sorted(bundled))})")
-    if task in bundled:  # its data ships with it
-        return task
-    config = dict(manager._get_config(task))
-    if not data:
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-            raise UserError(
-                f"task {task}: its data ({config.get('dataset_path')}) is on the hub, which is unreachable "
-                f"here; give a local copy: --data {task}=path.jsonl"
-            )
-        return task
-    # The split lm-eval evaluates (GPQA's tasks have no test split and evaluate "train").
-    eval_split = config.get("test_split") or config.get("validation_split") or "test"
-    files = {eval_split if split == "test" else split: path for split, path in data.items()}
-    shots = config.get("num_fewshot") or 0 if num_fewshot is None else num_fewshot
-    fewshot_split = config.get("fewshot_split") or config.get("training_split")
-    if shots and fewshot_split and fewshot_split not in files:
-        raise UserError(
-            f"task {task} takes its {shots} few-shot examples from its {fewshot_split!r} split, which --data does "
-            f"not give: add --data {task}:{fewshot_split}=path.jsonl, or --num-fewshot 0"
-        )
-    data_file = files[eval_split]
-    first = _first_record(task, data_file)
-    if callable(config.get("process_docs")):
-        # Derived fields: run the task's own process_docs on the first record; a KeyError names a raw column.
-        import datasets
-
-        try:
-            first = config["process_docs"](datasets.Dataset.from_list([first]))[0]
-        except KeyError as error:
-            raise UserError(
-                f"--data {task}={data_file}: missing column {error.args[0]!r} (lm-eval's {task} reads it); "
-                f"the file has {', '.join(sorted(first))}"
-            ) from None
-        if task.startswith("gpqa"):
-            config["process_docs"] = _seeded_per_item(config["process_docs"])
-    templates = " ".join(str(config.get(key, "")) for key in ("doc_to_text", "doc_to_target", "doc_to_choice"))
-    for column in dict.fromkeys(regex.findall(r"\{\{\s*([A-Za-z_]\w*)", templates)):
-        if column not in first:
-            raise UserError(
-                f"--data {task}={data_file}: missing column {column!r} (lm-eval's {task} reads it); "
-                f"the file has {', '.join(sorted(first))}"
-            )
-    config.pop("dataset_name", None)
-    config["dataset_path"] = "csv" if data_file.suffix == ".csv" else "json"
-    config["dataset_kwargs"] = {"data_files": {split: str(path) for split, path in files.items()}}
-    if not shots:  # no few-shot source needed: drop the splits the local files do not have
-        config["num_fewshot"] = 0
-        for key in ("training_split", "validation_split", "fewshot_split"):
-            if config.get(key) and config[key] not in files:
-                config[key] = None
-    return config
 
 
 def evaluate(
@@ -242,7 +105,7 @@ def evaluate(
         generation=dict(sorted((generation or {}).items())) or None,  # task-specific generation settings
         task_metadata=dict(sorted(task_metadata.items())) if task_metadata else None,
         runtime=runtime,
-        **_data_settings(task, _data_files(data_file)),
+        **data_settings(task, split_files(data_file)),
     )
     get_runtime(runtime.backend).check(subject, runtime)
     if ray is not None and runtime.engine:
@@ -384,8 +247,8 @@ def _generation_plan(subject: Subject, settings: EvaluationSettings) -> tuple[An
     where the request left it open: from the task and the model's config alone (no weights)."""
 
     task = settings.task
-    manager = _task_manager(dict(settings.task_metadata) if settings.task_metadata else None)
-    spec = _task_spec(manager, task, _data_files(settings.data_files), settings.num_fewshot)
+    manager = task_manager(dict(settings.task_metadata) if settings.task_metadata else None)
+    spec = task_spec(manager, task, split_files(settings.data_files), settings.num_fewshot)
     runtime = settings.runtime
     parts: dict[str, Any] = {}
     if runtime.temperature > 0 or settings.max_new_tokens:
@@ -528,21 +391,6 @@ def _prompt(sample: dict) -> str | None:
     arguments = sample.get("arguments") or []
     first = arguments[0] if arguments else None
     return first[0] if isinstance(first, (list, tuple)) and first and isinstance(first[0], str) else None
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a connection: asked once, before lm-eval's dataset
-    loader would retry an unreachable hub for half a minute and end in a traceback."""
-    import socket
-    from urllib.parse import urlsplit
-
-    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
 
 
 def _unreachable(error: BaseException | None) -> bool:

@@ -18,47 +18,25 @@ probability (Δp) and both NLLs are exact (the server returns the prompt token's
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from quantlab.models.loading import load_model
 from quantlab.runtimes.engines import get_engine, max_logprobs
 from quantlab.runtimes.serve import ServeOptions, serve
+from quantlab.runtimes.sessions import ServedSession, TransformersSession
 from quantlab.stages.measure.baseline import load_baseline
-from quantlab.stages.measure.llama_cpp import runtime_share
+from quantlab.stages.measure.runtime_share import runtime_share, session_statistics
 from quantlab.stages.measure.text import EvaluationText, measurement_text
 from quantlab.store import MODEL, ArtifactStore, atomic_write_text, content_key, record_json
-from quantlab.token_statistics import TOKEN_STATISTICS, logit_summaries, topk_token_statistics
+from quantlab.token_statistics import logit_summaries
 
 
-def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int, concurrent: int = 8) -> dict:
+def engine_logit_summary(baseline, server, text: EvaluationText, top_k: int) -> dict:
     """The logit statistics of the served variant against the torch baseline over ``text``'s rows."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    engine = get_engine(server.engine)
-    per_token: dict[str, list] = {k: [] for k in (*TOKEN_STATISTICS, "tail_mass", "answer", "analysis")}
-    analysis_mask = text.analysis_mask if text.analysis_mask is not None else torch.zeros_like(text.answer_mask)
-    rows = [text.tokens[row, : int(text.attention[row].sum())] for row in range(text.tokens.shape[0])]
-    # several rows in flight at once: the engine batches them, as it batches its users' requests
-    pool = ThreadPoolExecutor(max_workers=concurrent)
-    try:
-        answers = list(pool.map(lambda ids: engine.prompt_logprobs(server, ids.tolist(), top_k), rows))
-    finally:  # interrupted: the requests not yet sent are dropped, so that the server stops at once
-        pool.shutdown(wait=False, cancel_futures=True)
-    for row, (ids, served) in enumerate(zip(rows, answers)):
-        n = len(ids)
-        with torch.no_grad():
-            ours = baseline(ids.unsqueeze(0)).logits[0]
-        stats = topk_token_statistics(ours[:-1], served, ids[1:], top_k)
-        for key, value in stats.items():
-            per_token[key].append(value)
-        per_token["answer"].append(text.answer_mask[row, 1:n].numpy())
-        per_token["analysis"].append(analysis_mask[row, 1:n].numpy())
-    arrays = {k: np.concatenate(v) for k, v in per_token.items()}
-    summaries = logit_summaries(arrays)
-    tail = arrays["tail_mass"]
+    arrays = session_statistics(TransformersSession(baseline), ServedSession(server), text, top_k)
+    tail = arrays.pop("tail_mass")
     return {
-        "logits": summaries,
+        "logits": logit_summaries(arrays),
         "top_k": top_k,
         "kl": "exact" if float(tail.max()) < 1e-12 else "lower bound (top-k)",
         "tail_mass": {"mean": float(tail.mean()), "max": float(tail.max())},

@@ -28,8 +28,8 @@ from quantlab.runtimes.engines import get_engine
 from quantlab.runtimes.serve import ServeOptions
 from quantlab.stages.measure.baseline import load_baseline
 from quantlab.stages.measure.engine import measure_served
-from quantlab.stages.measure.llama_cpp import llama_cpp_logit_summary, runtime_share
 from quantlab.stages.measure.outputs import expert_weight_errors, write_measurement
+from quantlab.stages.measure.runtime_share import llama_cpp_logit_summary, runtime_share
 from quantlab.stages.measure.text import LLAMA_PERPLEXITY, SCORINGS, EvaluationText, measurement_text
 from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, read_json, sha256_file
 from quantlab.token_statistics import TOKEN_STATISTICS, logit_summaries, token_statistics

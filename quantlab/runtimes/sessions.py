@@ -1,0 +1,200 @@
+"""A model running in one runtime, asked for what every comparison needs: the next token's log-probabilities.
+
+A ``Session`` is one subject in one runtime: transformers in-process, llama.cpp on a GGUF file, or a server
+(an engine quantlab started, or any OpenAI-compatible endpoint that returns prompt log-probabilities). The
+stages compare a session against a session (``compare_next_tokens``) through the pure statistics of
+``quantlab.token_statistics``: the full KL where both sides give every token's logit, the top-k bound where a
+server gives only its top log-probabilities. Nothing else computes a runtime's logits.
+
+``open_session`` opens the one a ``RuntimeSettings`` names for a subject; the lower-level constructors take a
+model already in memory (a baseline, a variant's dequantized weights) or a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from quantlab.errors import UserError
+from quantlab.models.loading import load_model
+from quantlab.runtimes import Runtime, RuntimeSettings, evaluation_context, get_runtime, llama_cpp
+from quantlab.runtimes.engines import PROMPT_LOGPROBS_PROTOCOL, Engine, get_engine
+from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
+from quantlab.runtimes.serve import ServeOptions, serve
+from quantlab.store import Subject
+from quantlab.token_statistics import token_statistics, topk_token_statistics
+
+CONCURRENT_REQUESTS = 8  # prompts in flight to a server at once: the engine batches them, as it batches its users'
+
+
+class Session:
+    """One subject running in one runtime. ``name`` says which runtime (and version) answered."""
+
+    name: ClassVar[str] = "session"
+    # Every token's logit (transformers, llama.cpp); else only the top log-probabilities a server returns.
+    full_distribution: ClassVar[bool] = True
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        """(len(ids), vocabulary) float32: at each position, the logits of the token that follows it."""
+        raise NotImplementedError(f"{self.name} returns no logits, only top log-probabilities")
+
+    def top_logprobs(self, ids: list[int], top_k: int) -> list[dict[int, float]]:
+        """Per position 1..n-1 of ``ids``: token id -> log-probability of the ``top_k`` most likely tokens and of
+        the prompt's own token there, as an OpenAI-compatible server returns its prompt log-probabilities."""
+        log_p = torch.log_softmax(self.logits(ids)[:-1], dim=-1)
+        values, indices = log_p.topk(min(top_k, log_p.shape[-1]), dim=-1)
+        out = []
+        for position, (top_ids, top_values) in enumerate(zip(indices.tolist(), values.tolist())):
+            entry = dict(zip(top_ids, top_values))
+            entry.setdefault(ids[position + 1], float(log_p[position, ids[position + 1]]))
+            out.append(entry)
+        return out
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        """Releases what the session holds (a llama.cpp context, a server it started)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TransformersSession(Session):
+    """A Hugging Face model in memory, run in float32 unless it was loaded otherwise."""
+
+    name = "transformers"
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.no_grad()
+    def logits(self, ids):
+        return self.model(torch.tensor([ids])).logits[0].float()
+
+
+class LlamaCppSession(Session):
+    """llama.cpp (llama-cpp-python) in-process on a GGUF file, with a context of ``n_ctx`` positions."""
+
+    name = "llama.cpp"
+
+    def __init__(self, path: Path, n_ctx: int, seed: int = 0, n_threads: int | None = None):
+        self.llm = llama_cpp.open_gguf(path, n_ctx, seed=seed, n_threads=n_threads)
+        self.version = llama_cpp.version()
+
+    def logits(self, ids):
+        return torch.from_numpy(llama_cpp.logits(self.llm, ids))
+
+    def describe(self) -> str:
+        return self.version
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class ServedSession(Session):
+    """A running server (``quantlab.runtimes.serve.Server``) whose engine returns prompt log-probabilities by
+    token id; ``stop``: the context that started it, left when the session closes (None: someone else's)."""
+
+    name = "served"
+    full_distribution = False
+
+    def __init__(self, server, stop: contextlib.AbstractContextManager | None = None):
+        self.server, self.engine, self._stop = server, get_engine(server.engine), stop
+
+    def top_logprobs(self, ids, top_k):
+        return self.engine.prompt_logprobs(self.server, ids, top_k)
+
+    def describe(self) -> str:
+        return self.server.engine
+
+    def close(self) -> None:
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            stop.__exit__(None, None, None)
+
+
+class EndpointSession(Session):
+    """An OpenAI-compatible endpoint someone else runs, asked for its prompt log-probabilities in ``protocol``'s
+    request (an engine's extension of the completions route; vLLM's unless the settings name another engine)."""
+
+    name = "endpoint"
+    full_distribution = False
+
+    def __init__(self, base_url: str, model: str, protocol: Engine):
+        self.client, self.protocol = OpenAIClient(base_url, model), protocol
+
+    def top_logprobs(self, ids, top_k):
+        try:
+            return self.protocol.prompt_logprobs(self.client, ids, top_k)
+        except RequestFailed as failure:
+            raise UserError(
+                f"endpoint {self.client.base_url}: {failure}; it must answer {self.protocol.name}'s prompt_logprobs"
+            ) from None
+
+    def describe(self) -> str:
+        return f"endpoint {self.client.base_url}"
+
+
+def open_session(subject: Subject, settings: RuntimeSettings, store=None) -> Session:
+    """The session ``settings`` name for ``subject``: its model in-process (float32), its GGUF export in
+    llama.cpp, a server started with ``settings.engine`` (stopped when the session closes), or the endpoint at
+    ``settings.endpoint``. Close it when done (it is a context manager)."""
+    runtime: Runtime = get_runtime(settings.backend)
+    runtime.check(subject, settings)
+    if settings.engine:
+        options = ServeOptions(dtype=settings.dtype or "auto", load=settings.load or "auto")
+        stop = serve(subject, settings.engine, store, options=options)
+        return ServedSession(stop.__enter__(), stop)
+    if runtime.needs_endpoint:
+        assert settings.endpoint is not None  # check() refused a run without one
+        return EndpointSession(settings.endpoint, subject.name, get_engine(PROMPT_LOGPROBS_PROTOCOL))
+    if runtime.runs_the_gguf_export:
+        assert subject.gguf is not None  # check() refused a subject without one
+        return LlamaCppSession(subject.gguf, _context_length(subject.model_folder))
+    model, _ = load_model(subject.model_folder, dtype=torch.float32)
+    return TransformersSession(model)
+
+
+def _context_length(folder: Path) -> int:
+    config = json.loads((folder / "config.json").read_text())
+    return evaluation_context(int(config.get("max_position_embeddings", 2048)))
+
+
+def served_answers(candidate: Session, rows: list[list[int]], top_k: int) -> list[list[dict[int, float]]]:
+    """A server's top log-probabilities for each row, several rows in flight at once (an interrupted run drops
+    the requests not yet sent, so that the server stops at once)."""
+    pool = ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS)
+    try:
+        return list(pool.map(lambda ids: candidate.top_logprobs(ids, top_k), rows))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def compare_next_tokens(
+    reference: Session, candidate: Session, rows: list[list[int]], top_k: int | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Per row of token ids: the token statistics (``quantlab.token_statistics``) of the candidate's next-token
+    distributions against the reference's, over positions 1..n-1: exact from two full distributions, the top-k
+    KL bound (with its tail mass) when the candidate is a server."""
+    if candidate.full_distribution:  # row by row: a real vocabulary's logits for every row would not fit
+        return [
+            token_statistics(reference.logits(ids)[:-1], candidate.logits(ids)[:-1], torch.tensor(ids[1:]))
+            for ids in rows
+        ]
+    if top_k is None:
+        raise ValueError("a server's session is compared on its top-k: give top_k")
+    served = served_answers(candidate, rows, top_k)
+    return [
+        topk_token_statistics(reference.logits(ids)[:-1], answer, torch.tensor(ids[1:]), top_k)
+        for ids, answer in zip(rows, served)
+    ]

@@ -1,0 +1,148 @@
+"""Runtime sessions (quantlab.runtimes.sessions): each runtime's next-token log-probabilities, and a session compared
+against a session, checked against torch's own softmax, scipy's KL and llama.cpp run directly."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import entropy
+
+from quantlab.errors import UserError
+from quantlab.models.loading import load_model, resolve_model
+from quantlab.runtimes import RuntimeSettings
+from quantlab.runtimes.engines import get_engine
+from quantlab.runtimes.sessions import (
+    EndpointSession,
+    Session,
+    TransformersSession,
+    compare_next_tokens,
+    open_session,
+)
+from quantlab.store import ArtifactStore
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    model, tokenizer = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)
+    rows = [
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+        for text in ("<|start|>user<|message|>12+3*5-4+7<|end|><|start|>assistant", "<|start|>user<|message|>9*9")
+    ]
+    return model, tokenizer, rows
+
+
+class TopKOnly(Session):
+    """What a server gives of another session: only its top-k log-probabilities (the server's side of the
+    comparison, so that the top-k path is checked against the full one on the same numbers)."""
+
+    full_distribution = False
+
+    def __init__(self, inner: Session):
+        self.inner = inner
+
+    def top_logprobs(self, ids, top_k):
+        return self.inner.top_logprobs(ids, top_k)
+
+
+def _perturbed(model, scale: float = 1.05):
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(scale)
+    return other
+
+
+def test_transformers_top_logprobs_are_the_softmax_of_its_logits_with_the_prompts_own_token(zoo):
+    model, _, rows = zoo
+    ids = rows[0]
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)  # independent: torch directly
+    served = TransformersSession(model).top_logprobs(ids, top_k=3)
+    assert len(served) == len(ids) - 1
+    for position, entry in enumerate(served):
+        top3 = set(log_p[position].topk(3).indices.tolist())
+        assert top3 <= set(entry) and len(entry) in (3, 4)
+        assert ids[position + 1] in entry  # the prompt's own token, as vLLM's prompt_logprobs returns it
+        for token, value in entry.items():
+            assert value == pytest.approx(float(log_p[position, token]), abs=1e-6)
+
+
+def test_a_session_against_itself_is_zero_and_against_another_model_is_scipys_kl(zoo):
+    model, _, rows = zoo
+    same = compare_next_tokens(TransformersSession(model), TransformersSession(model), rows)
+    assert all(float(stats["kl"].max()) == 0.0 and stats["same_top"].all() for stats in same)
+    other = _perturbed(model)
+    stats = compare_next_tokens(TransformersSession(model), TransformersSession(other), rows)
+    with torch.no_grad():
+        p = torch.softmax(model(torch.tensor([rows[1]])).logits[0].double(), -1).numpy()
+        q = torch.softmax(other(torch.tensor([rows[1]])).logits[0].double(), -1).numpy()
+    expected = [entropy(p[j], q[j]) for j in range(len(rows[1]) - 1)]
+    np.testing.assert_allclose(stats[1]["kl"], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_a_servers_top_k_is_the_full_kl_when_it_returns_every_token_and_a_lower_bound_otherwise(zoo):
+    model, tokenizer, rows = zoo
+    reference, candidate = TransformersSession(model), TransformersSession(_perturbed(model))
+    vocabulary = int(model.config.vocab_size)
+    full = compare_next_tokens(reference, candidate, rows)
+    every_token = compare_next_tokens(reference, TopKOnly(candidate), rows, top_k=vocabulary)
+    top_5 = compare_next_tokens(reference, TopKOnly(candidate), rows, top_k=5)
+    for exact, served, bound in zip(full, every_token, top_5):
+        np.testing.assert_allclose(served["kl"], exact["kl"], rtol=1e-4, atol=1e-6)
+        assert (bound["kl"] <= exact["kl"] + 1e-6).all() and (bound["tail_mass"] > 0).any()
+        np.testing.assert_array_equal(served["same_top"], exact["same_top"])
+    with pytest.raises(ValueError, match="top_k"):
+        compare_next_tokens(reference, TopKOnly(candidate), rows)
+
+
+def test_open_session_runs_what_the_settings_name(zoo, tmp_path):
+    model, _, rows = zoo
+    store = ArtifactStore(tmp_path / "artifacts")
+    subject = store.subject("zoo:tiny-gpt-oss")
+    with open_session(subject, RuntimeSettings(backend="hf")) as session:
+        assert isinstance(session, TransformersSession)
+        with torch.no_grad():
+            torch.testing.assert_close(session.logits(rows[0]), model(torch.tensor([rows[0]])).logits[0])
+    with pytest.raises(UserError, match="no GGUF export"):
+        open_session(subject, RuntimeSettings(backend="llama.cpp"))
+    with pytest.raises(UserError, match="--endpoint"):
+        open_session(subject, RuntimeSettings(backend="endpoint"))
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llama_cpp") is None, reason="needs quantlab[gguf]")
+def test_llama_cpp_session_is_llama_cpp_run_directly_and_near_transformers_on_an_f32_export(zoo, tmp_path):
+    from quantlab.export.gguf import export_gguf
+    from quantlab.runtimes.llama_cpp import logits, open_gguf
+    from quantlab.runtimes.sessions import LlamaCppSession
+
+    model, tokenizer, rows = zoo
+    path = tmp_path / "model.gguf"
+    export_gguf(model, tokenizer, {}, path)
+    with LlamaCppSession(path, n_ctx=256) as session:
+        ours = session.logits(rows[0])
+        stats = compare_next_tokens(TransformersSession(model), session, rows)
+    direct = open_gguf(path, 256)  # llama.cpp run directly, as llama-cpp-python's users run it
+    try:
+        np.testing.assert_array_equal(ours.numpy(), logits(direct, rows[0]))
+    finally:
+        direct.close()
+    # two runtimes' float32 arithmetic only (logits within about 0.05 of each other here): KL near zero, the
+    # same top token everywhere
+    kl = np.concatenate([row["kl"] for row in stats])
+    assert float(kl.mean()) < 1e-4 and float(kl.max()) < 1e-3
+    assert all(row["same_top"].all() for row in stats)
+
+
+def test_an_endpoint_that_does_not_answer_is_one_line_naming_it():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    session = EndpointSession(f"http://127.0.0.1:{port}/v1", "zoo-tiny-gpt-oss", get_engine("vllm"))
+    with pytest.raises(UserError) as error:
+        session.top_logprobs([1, 2, 3], top_k=2)
+    message = str(error.value)
+    assert f"127.0.0.1:{port}" in message and "cannot reach" in message and "\n" not in message
