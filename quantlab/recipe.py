@@ -33,7 +33,6 @@ from quantlab.methods.base import DEFAULT_METHOD
 from quantlab.models import COMPONENTS
 from quantlab.presets import LLAMA_CPP_PRESETS
 
-EXPORTS = ("gguf", "native")
 KEEP = "keep"  # the format name that leaves a tensor as the model stores it
 
 

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "quantlab"
 # One written order, lowest first: a module imports only what comes before it here, or its own entry (a package's
 # modules among themselves, where the cycle check below still applies), at module level or inside a function.
 # The longest matching entry places a module, so "runtimes.llama_cpp" (the one place llama.cpp is loaded
-# in-process) sits below the exports that compare against it and "runtimes" (the runtimes' interface) above them.
+# in-process) sits below the presets that ask it for llama-quantize's choices, and "runtimes" (the runtimes'
+# interface) above them.
 ORDER = [
     # core: no quantlab imports but each other
     "errors",
@@ -267,20 +268,40 @@ OWNED_NAMES = {
 }
 
 
+def _compares_a_name(line: str, names: tuple[str, ...]) -> bool:
+    """Whether a line compares a value with one of ``names``: ``== "x"`` either way round, ``"x" in ...`` (or
+    ``not in``), or ``in (..., "x")``; iterating over a tuple of them (``for k in ("x", ...)``) compares nothing."""
+    alternatives = "|".join(re.escape(name) for name in names)
+    quoted = rf"""["']({alternatives})["']"""
+    pattern = rf"(==|!=)\s*{quoted}|{quoted}\s*(==|!=|in\b|not in\b)|\bin\s*\((.*,\s*)?{quoted}"
+    return re.search(pattern, re.sub(r"\bfor\s+[\w, ]+\s+in\s*\([^)]*\)", "", line)) is not None
+
+
 def test_backend_engine_and_export_names_are_compared_only_by_their_owners():
     offenders = []
     for owner, names in OWNED_NAMES.items():
-        alternatives = "|".join(re.escape(name) for name in names)
-        pattern = re.compile(
-            rf"""(==|!=)\s*["']({alternatives})["']|["']({alternatives})["']\s*(==|!=)|\bnot in\s*\(["']({alternatives})["']"""
-        )
         for path in sorted(PACKAGE.rglob("*.py")):
             if path.relative_to(PACKAGE).parts[0] in (owner, "zoo"):
                 continue
             for number, line in enumerate(path.read_text().splitlines(), 1):
-                if pattern.search(line):
+                if _compares_a_name(line, names):
                     offenders.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
     assert not offenders, "registered names compared outside their owner:\n" + "\n".join(offenders)
+
+
+def test_the_name_check_sees_each_way_of_comparing_and_not_iteration():
+    names = OWNED_NAMES["export"]
+    for line in (
+        'if backend == "gguf":',
+        'if "gguf" != kind:',
+        'runtime = "gguf" in recipe.exports',
+        'elif "gguf" not in recipe.exports:',
+        'if load not in ("auto", "native"):',
+        "ok = kind in ('hf', 'compressed-tensors')",
+    ):
+        assert _compares_a_name(line, names), line
+    for line in ('for package in ("quantlab", "gguf"):', 'label = "gguf"', 'exports: [gguf]  # "gguf" alone'):
+        assert not _compares_a_name(line, names), line
 
 
 def test_the_layering_check_sees_an_upward_import(tmp_path):

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
+from quantlab.export.base import Export
 from quantlab.formats import Packed, get_format
+from quantlab.models.units import weight_units
 
 _INTEGER = re.compile(r"^int(\d+)\((.*)\)$")
 
@@ -113,3 +115,11 @@ def export_compressed_tensors(model, tokenizer, units, packed_by_unit: dict[str,
         "bytes": (folder / "model.safetensors").stat().st_size,
         "modules": sum(len(names) for names in targets.values()),
     }
+
+
+class CompressedTensorsExport(Export, name="compressed-tensors"):
+    path = "compressed-tensors"
+    streams = False  # the library writes one whole file
+
+    def write(self, model, tokenizer, packed_by_unit, folder):
+        return export_compressed_tensors(model, tokenizer, weight_units(model), packed_by_unit, folder / self.path)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from quantlab.errors import UserError
+from quantlab.export.base import Export
 from quantlab.formats import Packed, get_format
 
 # transformers model_type -> llama.cpp architecture (Mixtral is llama.cpp's "llama" with experts)
@@ -334,3 +335,25 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     # shifted by one position unless the prompt starts with the GGUF's BOS (docs/serving.md; tested)
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
+
+
+class GGUFExport(Export, name="gguf"):
+    path = "model.gguf"
+    runs_in_llama_cpp = True
+
+    def write(self, model, tokenizer, packed_by_unit, folder):
+        tensor_types = export_gguf(model, tokenizer, packed_by_unit, folder / self.path)
+        return self._record(folder, tensor_types, model.config)
+
+    def write_streamed(self, config, tokenizer, parameter, packed_by_unit, groups, folder):
+        tensor_types = export_gguf_streamed(config, tokenizer, parameter, packed_by_unit, folder / self.path)
+        return self._record(folder, tensor_types, config)
+
+    def _record(self, folder: Path, tensor_types: list[dict], config) -> dict:
+        return {
+            "file": self.path,
+            "bytes": (folder / self.path).stat().st_size,
+            "tensor_types": tensor_types,
+            "logits_vs_variant": None,  # the build fills it in where the whole variant is in memory
+            "runtime_departures": runtime_departures(config),
+        }

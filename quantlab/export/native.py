@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from quantlab.errors import UserError
+from quantlab.export.base import Export
 from quantlab.formats import Packed
 
 # As in the released gpt-oss configs: everything but the experts stays unquantized.
@@ -90,3 +91,13 @@ def _write_config_and_tokenizer(config, tokenizer, folder: Path) -> None:
     config_dict["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": NOT_CONVERTED}
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(folder)
+
+
+class NativeExport(Export, name="native"):
+    path = "native"
+
+    def write(self, model, tokenizer, packed_by_unit, folder):
+        return export_native(model, tokenizer, packed_by_unit, folder / self.path)
+
+    def write_streamed(self, config, tokenizer, parameter, packed_by_unit, groups, folder):
+        return export_native_streamed(config, tokenizer, groups, parameter, packed_by_unit, folder / self.path)

@@ -14,6 +14,7 @@ log-probabilities opens the subject's ``Session`` (``quantlab.runtimes.sessions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +33,7 @@ __all__ = [
     "RuntimeSettings",
     "evaluation_context",
     "get_runtime",
+    "named_backend",
     "render_chat",
     "runs_as_built",
     "runtime_label",
@@ -75,6 +77,9 @@ class Runtime(Registered):
     needs_endpoint: ClassVar[bool] = False  # it is pointed at a server someone else runs (--endpoint)
     runs_the_gguf_export: ClassVar[bool] = False  # it runs the variant's GGUF file in-process
     accepts_engine: ClassVar[bool] = False  # --engine may serve the subject for it
+    # A report names it beside the decoding settings; not for the default runtime, nor for a served one (its
+    # engine is named instead).
+    named_in_reports: ClassVar[bool] = True
 
     def check(self, subject: Subject, settings: RuntimeSettings) -> None:
         """A one-line error when this runtime cannot run the subject with these settings."""
@@ -86,6 +91,7 @@ class Runtime(Registered):
 
 class Transformers(Runtime, name="hf"):
     runs_as_built = True
+    named_in_reports = False
     accepts_engine = True  # --engine alone: the subject served, the same client as ``served``
 
     def language_model(self, loaded, settings, seed, batch_size):
@@ -164,6 +170,7 @@ class Served(Runtime, name="served"):
 
     runs_elsewhere = True
     accepts_engine = True
+    named_in_reports = False
 
     def check(self, subject, settings):
         if not settings.engine:
@@ -177,6 +184,13 @@ class Served(Runtime, name="served"):
 def runs_as_built(settings: dict) -> bool:
     """Whether stored evaluation settings name the runtime the others are held to (the model in-process)."""
     return get_runtime(settings.get("backend", DEFAULT_BACKEND)).runs_as_built
+
+
+def named_backend(settings: Mapping[str, Any]) -> str | None:
+    """The backend stored evaluation settings name, where a report names it (None: the default, or a served
+    run, which is named by its engine)."""
+    backend = settings.get("backend")
+    return backend if backend is not None and get_runtime(backend).named_in_reports else None
 
 
 def get_runtime(name: str) -> Runtime:

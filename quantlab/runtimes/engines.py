@@ -50,6 +50,7 @@ class Engine(Registered):
     # What the stages ask of an engine, so that none of them compares its name:
     runs_the_gguf_export: ClassVar[bool] = False  # it runs the variant's GGUF file, as llama.cpp in-process does
     prompt_logprobs_by_token_id: ClassVar[bool] = True  # its prompt log-probabilities name token ids
+    loads: ClassVar[tuple[str, ...]]  # the kinds of files it loads (--load): "hf" or an export's name
 
     def launcher(self) -> list[str]:
         """The command that starts the server (before its arguments); a one-line error when not installed."""
@@ -110,6 +111,7 @@ def _threads() -> int:
 
 class VLLM(Engine, name="vllm"):
     ENV = "QUANTLAB_VLLM_PYTHON"
+    loads = ("hf", "native", "compressed-tensors")
 
     @staticmethod
     @cache
@@ -153,8 +155,8 @@ class VLLM(Engine, name="vllm"):
 
     def what_to_load(self, store, subject, options) -> Load:
         variant = _variant_folder(subject)
-        if options.load not in ("auto", "hf", "native", "compressed-tensors"):
-            raise UserError(f"--load {options.load}: vllm loads hf, native or compressed-tensors (or auto)")
+        if options.load not in ("auto", *self.loads):
+            raise UserError(f"--load {options.load}: vllm loads {', '.join(self.loads)} (or auto)")
         if variant is None:  # a model source: its own folder
             return self._prepared(store, subject, Load("hf", subject.model_folder))
         exports = {"native": variant / "native", "compressed-tensors": variant / "compressed-tensors"}
@@ -275,6 +277,7 @@ def _quantized_formats(store: ArtifactStore, variant: Path) -> list[str]:
 
 class LlamaCppServer(Engine, name="llama.cpp"):
     runs_the_gguf_export = True
+    loads = ("gguf",)
     # keyed by token text (control tokens all decode to "") and aligned only after a BOS
     prompt_logprobs_by_token_id = False
 
@@ -291,7 +294,7 @@ class LlamaCppServer(Engine, name="llama.cpp"):
         return f"llama-cpp-python {metadata.version('llama_cpp_python')}"
 
     def what_to_load(self, store, subject, options) -> Load:
-        if options.load not in ("auto", "gguf"):
+        if options.load not in ("auto", *self.loads):
             raise UserError(f"--load {options.load}: llama.cpp loads the GGUF export only (gguf, or auto)")
         if subject.gguf is None:
             raise UserError(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from quantlab.errors import UserError
+from quantlab.export import llama_cpp_export, llama_cpp_exports
 from quantlab.formats import get_format, ggml
 from quantlab.methods import DEFAULT_METHOD, get_method
 from quantlab.recipe import KEEP, Group, Named, Recipe, Selector, Serve, load_recipe
@@ -183,7 +184,7 @@ def cell_recipe(recipe: Recipe, cell: frozenset[str], runtime: bool, keys: set[s
         groups = [Group(select=Selector(re=".*"), format=Named(name=KEEP))]  # the baseline, exported
     # A cell keeps the GGUF export (the llama.cpp runtime runs it) but not the native gpt-oss layout: that is no
     # factor, and it needs every expert in MXFP4, which a cell without the experts' format does not have.
-    exports = sorted(({"gguf"} & set(recipe.exports)) | ({"gguf"} if runtime else set()))
+    exports = sorted(set(llama_cpp_exports(recipe.exports)) | ({llama_cpp_export()} if runtime else set()))
     return recipe.model_copy(update={"preset": preset, "groups": groups, "exports": exports, "serve": None})
 
 
@@ -358,9 +359,11 @@ def attribute(
             raise UserError("--engine vllm makes the runtime a factor; drop --no-runtime")
         runtime = True
     elif runtime is None:  # by default whenever there is a GGUF to run and llama.cpp to run it
-        runtime = "gguf" in recipe.exports and ggml.available()
-    elif runtime and "gguf" not in recipe.exports:
-        raise UserError(f"{recipe_path}: --runtime needs a GGUF export; add exports: [gguf] to the recipe")
+        runtime = bool(llama_cpp_exports(recipe.exports)) and ggml.available()
+    elif runtime and not llama_cpp_exports(recipe.exports):
+        raise UserError(
+            f"{recipe_path}: --runtime needs a GGUF export; add exports: [{llama_cpp_export()}] to the recipe"
+        )
     engine = engine or "llama.cpp"
     factors = recipe_factors(recipe, runtime, granularity, engine)
     keys = [f.key for f in factors]

@@ -23,13 +23,11 @@ from pathlib import Path
 import torch
 
 from quantlab.calibration import calibration_revision, calibration_tokens
-from quantlab.export.compressed_tensors import export_compressed_tensors
-from quantlab.export.gguf import export_gguf, runtime_departures
-from quantlab.export.native import export_native
+from quantlab.export import get_export, in_build_order
 from quantlab.methods import get_method
 from quantlab.methods.activations import collect_input_statistics
 from quantlab.models.loading import computing_in_float32, load_model, resolve_model, weights_sha256
-from quantlab.models.units import architecture, weight_units
+from quantlab.models.units import architecture
 from quantlab.plan import Plan
 from quantlab.recipe import Recipe, find_recipe, load_recipe
 from quantlab.stages.build_records import BuildResult, library_versions, manifest_head, run_record
@@ -157,23 +155,15 @@ def _build(
 
 
 def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Path) -> dict:
-    """The exports the recipe asks for, each with what it holds and how it compares with the variant."""
+    """The exports the recipe asks for, each with what it holds and (a file llama.cpp runs) how its logits compare
+    with the variant's."""
     exports = {}
-    if "gguf" in recipe.exports:
-        tensor_types = export_gguf(model, tokenizer, packed_by_unit, folder / "model.gguf")
-        exports["gguf"] = {
-            "file": "model.gguf",
-            "bytes": (folder / "model.gguf").stat().st_size,
-            "tensor_types": tensor_types,
-            "logits_vs_variant": compare_logits(model, tokenizer, folder / "model.gguf"),
-            "runtime_departures": runtime_departures(model.config),
-        }
-    if "native" in recipe.exports:
-        exports["native"] = export_native(model, tokenizer, packed_by_unit, folder / "native")
-    if "compressed-tensors" in recipe.exports:
-        exports["compressed-tensors"] = export_compressed_tensors(
-            model, tokenizer, weight_units(model), packed_by_unit, folder / "compressed-tensors"
-        )
+    for name in in_build_order(recipe.exports):
+        export = get_export(name)
+        record = export.write(model, tokenizer, packed_by_unit, folder)
+        if export.runs_in_llama_cpp:
+            record["logits_vs_variant"] = compare_logits(model, tokenizer, folder / export.path)
+        exports[name] = record
     return exports
 
 

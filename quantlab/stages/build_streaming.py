@@ -32,8 +32,7 @@ from pathlib import Path
 
 import torch
 
-from quantlab.export.gguf import export_gguf_streamed, runtime_departures
-from quantlab.export.native import export_native_streamed
+from quantlab.export import Export, get_export, in_build_order
 from quantlab.methods import get_method
 from quantlab.models.checkpoint import Checkpoint
 from quantlab.models.loading import load_config_and_tokenizer, meta_model
@@ -88,12 +87,13 @@ def _large_blocks_returned():
 def check_streamable(recipe: Recipe) -> None:
     if recipe.preset:
         raise recipe.error("preset", "a llama.cpp preset is resolved over the whole model; build it without --stream")
-    if "compressed-tensors" in recipe.exports:
-        raise recipe.error(
-            "exports",
-            "the compressed-tensors export writes one whole file (gguf and native stream); build without "
-            "--stream, or drop it",
-        )
+    for name in recipe.exports:
+        if not get_export(name).streams:
+            streamed = ", ".join(n for n in Export.names() if get_export(n).streams)
+            raise recipe.error(
+                "exports",
+                f"the {name} export writes one whole file ({streamed} stream); build without --stream, or drop it",
+            )
 
 
 @_large_blocks_returned()
@@ -202,17 +202,8 @@ def _exports(
     def parameter(name: str) -> torch.Tensor:
         return variant.read([name])[name]
 
-    if "gguf" in recipe.exports:
-        tensor_types = export_gguf_streamed(config, tokenizer, parameter, packed, tmp / "model.gguf")
-        exports["gguf"] = {
-            "file": "model.gguf",
-            "bytes": (tmp / "model.gguf").stat().st_size,
-            "tensor_types": tensor_types,
-            "logits_vs_variant": None,
-            "runtime_departures": runtime_departures(config),
-        }
-    if "native" in recipe.exports:
-        exports["native"] = export_native_streamed(config, tokenizer, groups, parameter, packed, tmp / "native")
+    for name in in_build_order(recipe.exports):
+        exports[name] = get_export(name).write_streamed(config, tokenizer, parameter, packed, groups, tmp)
     return exports
 
 

@@ -31,10 +31,7 @@ from quantlab.store.atomic import atomic_write_text
 from quantlab.store.records import Audit, AuditCheck
 
 APIS = (CHAT, COMPLETIONS)
-# In this order: each check compares against the best explanation of the endpoint the ones before it found (the
-# weights' candidate, whether greedy turns reproduce, the rendering), so that one distortion fails its own check
-# and not every check after it.
-CHECKS = ("weights", "sampling", "template", "effort", "accuracy", "shape")
+CHECKS = tuple(Check.in_run_order())  # every registered check, in the order an audit runs them
 ALPHA = 0.05
 
 
@@ -71,9 +68,7 @@ def audit(
 
     if api not in APIS:
         raise UserError(f"--api {api!r}: choose chat or completions")
-    checks = list(checks or CHECKS)
-    for name in checks:
-        Check.lookup(name)  # one line naming the known checks
+    checks = Check.in_run_order(checks or None)  # one line naming the known checks for an unknown one
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: give a positive number of runs per question")
     if budget is not None and budget < 1:

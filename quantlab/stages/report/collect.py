@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantlab.errors import UserError
-from quantlab.runtimes import runtime_label
+from quantlab.runtimes import named_backend, runtime_label
 from quantlab.statistics import flips
 from quantlab.store import ArtifactStore, as_store, read_json
 from quantlab.store.records import Attribution, Audit, Evaluation, Measurement
@@ -59,7 +59,7 @@ class Comparison:
     def decoding(self) -> str:
         s = self.settings
         how = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}"
-        extra = [f"{k} {s[k]}" for k in ("backend",) if s.get(k) not in (None, "hf", "served")]
+        extra = [f"backend {named_backend(s)}"] if named_backend(s) else []
         extra += [f"served by {runtime_label(s)}"] if s.get("engine") else []
         extra += [f"reasoning effort {s['reasoning_effort']}"] if s.get("reasoning_effort") else []
         extra += [f"chat template {s['chat_template']}"] if s.get("chat_template") not in (None, "model") else []
@@ -142,7 +142,7 @@ def eval_command(comparison: Comparison, baseline: str | None) -> str:
         "--top-p": s["top_p"] if s["temperature"] and s["top_p"] != 1 else None,
         "--max-new-tokens": s.get("max_new_tokens"),
         "--num-fewshot": s.get("num_fewshot"),
-        "--backend": s.get("backend") if s.get("backend") not in (None, "hf", "served") else None,
+        "--backend": named_backend(s),
         "--engine": s.get("engine"),
         "--dtype": s.get("dtype") if s.get("engine") and s.get("dtype") != "auto" else None,
         "--load": s.get("load") if s.get("engine") and s.get("load") != "auto" else None,

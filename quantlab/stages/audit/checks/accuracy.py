@@ -16,6 +16,7 @@ from quantlab.stages.audit.checks.base import FAIL, PASS, TURN_TOKENS, Check, Co
 
 
 class Accuracy(Check, name="accuracy"):
+    runs_at = 50
     question = "Does the endpoint answer the task as accurately as the reference, item by item?"
     default_budget = 48
     minimum_budget = 8

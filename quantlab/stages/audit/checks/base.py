@@ -86,6 +86,17 @@ class Check(Registered):
     apis: ClassVar[tuple[str, ...]] = (CHAT, COMPLETIONS)
     not_applicable: ClassVar[str] = ""  # why the check has nothing to ask through another API
     compares_greedy_turns: ClassVar[bool] = False  # meaningless where temperature 0 does not reproduce
+    # Where the check runs in an audit: after the checks whose findings it compares against (``Context``'s
+    # served_like, greedy_reproducible, template_like), so that one distortion fails its own check and not
+    # every check after it.
+    runs_at: ClassVar[int]
+
+    @classmethod
+    def in_run_order(cls, names: list[str] | None = None) -> list[str]:
+        """``names`` (every registered check when None), each once, in the order an audit runs them; a one-line
+        error naming the known checks for an unknown one."""
+        chosen = cls.names() if names is None else list(dict.fromkeys(names))
+        return sorted(chosen, key=lambda name: cls.lookup(name).runs_at)
 
     def run(self, context: Context, budget: int) -> AuditCheck:
         raise NotImplementedError

@@ -24,6 +24,7 @@ from quantlab.stages.audit.checks.base import (
 
 
 class Effort(Check, name="effort"):
+    runs_at = 40
     question = "Does the requested reasoning effort change the reasoning as it does the reference's?"
     default_budget = 36
     minimum_budget = 6

@@ -26,6 +26,7 @@ SAMPLES = 6  # temperature-1 samples per question, each side
 
 
 class Sampling(Check, name="sampling"):
+    runs_at = 20  # whether greedy turns reproduce, which the template and effort checks need
     question = "Are temperature and top_p applied as requested?"
     default_budget = 40
     minimum_budget = 14  # 2 questions x 3 greedy asks, 2 top_p asks, 1 question x 6 samples

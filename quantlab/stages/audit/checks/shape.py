@@ -10,6 +10,7 @@ from quantlab.stages.audit.client import CouldNotCheck
 
 
 class Shape(Check, name="shape"):
+    runs_at = 60
     question = "Are the responses shaped as the OpenAI API and the gpt-oss compatibility test expect?"
     default_budget = 4
     minimum_budget = 3

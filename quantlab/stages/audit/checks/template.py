@@ -29,6 +29,7 @@ NULL_DISAGREEMENT_RATE = 0.05  # a faithful engine's greedy turns that differ fr
 
 
 class Template(Check, name="template"):
+    runs_at = 30  # the rendering the endpoint's turns match, which the effort check renders with
     question = "Does the endpoint render the conversation with the model's chat template?"
     default_budget = 16
     minimum_budget = 4

@@ -28,6 +28,7 @@ SAMPLES_PER_PROMPT = 8  # the text-only test's samples from each side
 
 
 class Weights(Check, name="weights"):
+    runs_at = 10  # first: the model the endpoint's distributions look like, which the others compare against
     question = "Is the endpoint's next-token distribution the reference's, and which candidate explains it?"
     default_budget = 24
     minimum_budget = 2
