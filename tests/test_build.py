@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from quantlab.formats import Packed, get_format
 from quantlab.models.loading import load_model, resolve_model
+from quantlab.models.units import weight_units
 from quantlab.recipe import load_recipe
 from quantlab.stages import build as builder
 
@@ -105,7 +106,7 @@ def test_every_shipped_recipe_builds_and_its_manifest_agrees_with_the_files(reci
     # The variant's weights are exactly what the packed tensors decode to; kept tensors are the baseline's.
     variant, _ = load_model(folder / "model", dtype=torch.float32)
     baseline, _ = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)
-    units = {u.name: u for u in builder.weight_units(variant)}
+    units = {u.name: u for u in weight_units(variant)}
     variant_params, baseline_params = dict(variant.named_parameters()), dict(baseline.named_parameters())
     for row in manifest["tensors"]:
         unit = units[row["name"]]

@@ -1,15 +1,15 @@
-"""Runtimes: the engines that run a variant, each registered under the name ``--backend`` takes.
-
-A runtime answers lm-eval's requests (log-likelihoods, generation) for one subject, seeded per repeat:
+"""Runtimes: what runs a variant, each registered under the name ``--backend`` takes.
 
 * ``hf``: the variant's Hugging Face model in-process (transformers), as built;
 * ``llama.cpp``: llama-cpp-python on the variant's GGUF export (``quantlab.runtimes.llama_cpp``);
 * ``endpoint``: an OpenAI-compatible server someone else runs (lm-eval's completions client, prompts rendered here);
-* ``served``: the same client against a server quantlab starts for the evaluation (``quantlab.runtimes.serve``:
-  vLLM or llama.cpp's server, ``--engine``) and stops after it.
+* ``served``: the same client against a server quantlab starts (``quantlab.runtimes.serve``: vLLM or llama.cpp's
+  server, ``--engine``) and stops after it.
 
-Adding an engine is one ``Runtime`` subclass here; nothing else names the engines. A stage that compares
-log-probabilities opens the subject's ``Session`` (``quantlab.runtimes.sessions.open_session``).
+A ``Runtime`` says whether it can run a subject with given settings and what a stage may ask of it (capability
+flags, so that no stage compares its name); ``quantlab.runtimes.sessions.open_session`` opens it as a
+``Session``, which answers next-token log-probabilities and gives lm-eval its model. Adding a runtime is one
+``Runtime`` subclass here and one ``Session`` there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from quantlab.store import Subject
 
 __all__ = [
     "MAX_EVALUATION_CONTEXT",
-    "Loaded",
+    "Prompting",
     "Runtime",
     "RuntimeSettings",
     "evaluation_context",
@@ -40,28 +40,30 @@ __all__ = [
 ]
 
 
-@dataclass
-class Loaded:
-    """What every repeat of an evaluation shares: the subject's folder, its model and tokenizer (loaded once)."""
+@dataclass(frozen=True)
+class Prompting:
+    """How an evaluation's requests reach a session, whatever runs the model: the subject's Hugging Face folder,
+    its config and tokenizer (lm-eval's bookkeeping; the config records the experts' kernel transformers chose),
+    the Jinja source prompts are rendered with (None: no chat template) and its arguments (the effort)."""
 
-    folder: Path  # the Hugging Face model folder
-    model: Any
+    folder: Path
+    config: Any
     tokenizer: Any
-    gguf: Path | None = None  # the variant's GGUF export, when it has one
-    chat_template: str | None = None  # the Jinja source prompts are rendered with (None: no chat template)
-    server: Any = None  # the running server of a served evaluation (quantlab.runtimes.serve.Server)
+    chat_template: str | None
+    chat_template_args: dict[str, Any]
 
-    def chat_template_args(self, settings: RuntimeSettings) -> dict:
-        """The keyword arguments of ``apply_chat_template`` these settings ask for: a template other than the
-        tokenizer's own, and the reasoning effort where one is asked."""
+    @classmethod
+    def of(cls, folder: Path, config, tokenizer, chat_template: str | None, settings: RuntimeSettings) -> Prompting:
+        """The template keyword arguments ``settings`` ask for: a template other than the tokenizer's own, and
+        the reasoning effort where one is asked."""
         args: dict[str, Any] = {}
-        if self.chat_template is not None and self.chat_template != getattr(self.tokenizer, "chat_template", None):
-            args["chat_template"] = self.chat_template
-        return args | settings.chat_template_args()
+        if chat_template is not None and chat_template != getattr(tokenizer, "chat_template", None):
+            args["chat_template"] = chat_template
+        return cls(folder, config, tokenizer, chat_template, args | settings.chat_template_args())
 
     @property
     def context_length(self) -> int:
-        return evaluation_context(int(self.model.config.max_position_embeddings))
+        return evaluation_context(int(self.config.max_position_embeddings))
 
 
 DEFAULT_BACKEND = "hf"  # what an evaluation runs on when no --backend is given
@@ -84,25 +86,11 @@ class Runtime(Registered):
     def check(self, subject: Subject, settings: RuntimeSettings) -> None:
         """A one-line error when this runtime cannot run the subject with these settings."""
 
-    def language_model(self, loaded: Loaded, settings: RuntimeSettings, seed: int, batch_size: int):
-        """The lm-eval model of one repeat."""
-        raise NotImplementedError
-
 
 class Transformers(Runtime, name="hf"):
     runs_as_built = True
     named_in_reports = False
     accepts_engine = True  # --engine alone: the subject served, the same client as ``served``
-
-    def language_model(self, loaded, settings, seed, batch_size):
-        from lm_eval.models.huggingface import HFLM
-
-        lm = HFLM(
-            pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, max_length=loaded.context_length
-        )
-        # Set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given.
-        lm.chat_template_args = loaded.chat_template_args(settings)
-        return lm
 
 
 class LlamaCpp(Runtime, name="llama.cpp"):
@@ -115,21 +103,6 @@ class LlamaCpp(Runtime, name="llama.cpp"):
                 f"backend llama.cpp: {subject.name} has no GGUF export; build it with exports: [gguf] in its recipe"
             )
 
-    def language_model(self, loaded, settings, seed, batch_size):
-        # on use: lm-eval's client classes load lm-eval (the CLI imports this module at start)
-        from quantlab.runtimes.llama_cpp_lm import LlamaCppLM
-
-        return LlamaCppLM(
-            loaded.gguf,
-            loaded.tokenizer,
-            loaded.context_length,
-            seed=seed,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            chat_template=loaded.chat_template,
-            chat_template_args=loaded.chat_template_args(settings),
-        )
-
 
 class Endpoint(Runtime, name="endpoint"):
     runs_elsewhere = True
@@ -138,30 +111,6 @@ class Endpoint(Runtime, name="endpoint"):
     def check(self, subject, settings):
         if not settings.endpoint:
             raise UserError("backend endpoint: give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1")
-
-    def language_model(self, loaded, settings, seed, batch_size):
-        assert settings.endpoint is not None  # check() refused a run without one
-        return self.client(loaded, settings, settings.endpoint, loaded.folder.parent.name)
-
-    @staticmethod
-    def client(loaded: Loaded, settings: RuntimeSettings, base_url: str, model: str, concurrent: int = 1):
-        # lm-eval's OpenAI-compatible completions client: text prompts rendered here with the evaluation's chat
-        # template (the server tokenizes), the variant's tokenizer for lm-eval's own bookkeeping; log-likelihoods
-        # through echo + logprobs.
-        from quantlab.runtimes.completions_lm import RenderedCompletionsLM
-
-        return RenderedCompletionsLM(
-            chat_template=loaded.chat_template,
-            chat_template_args=loaded.chat_template_args(settings),
-            base_url=base_url.rstrip("/") + "/completions",
-            model=model,
-            tokenizer_backend="huggingface",
-            tokenizer=str(loaded.folder),
-            tokenized_requests=False,
-            max_length=loaded.context_length,
-            num_concurrent=concurrent,
-            max_retries=2,
-        )
 
 
 class Served(Runtime, name="served"):
@@ -175,10 +124,6 @@ class Served(Runtime, name="served"):
     def check(self, subject, settings):
         if not settings.engine:
             raise UserError("backend served: name the engine, --engine vllm or --engine llama.cpp")
-
-    def language_model(self, loaded, settings, seed, batch_size):
-        server = loaded.server
-        return Endpoint.client(loaded, settings, server.base_url, server.model, settings.concurrent or 1)
 
 
 def runs_as_built(settings: dict) -> bool:

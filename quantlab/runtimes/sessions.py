@@ -1,7 +1,8 @@
 """A model running in one runtime, asked for what every comparison needs: the next token's log-probabilities.
 
 A ``Session`` is one subject in one runtime: transformers in-process, llama.cpp on a GGUF file, or a server
-(an engine quantlab started, or any OpenAI-compatible endpoint that returns prompt log-probabilities). The
+(an engine quantlab started, or any OpenAI-compatible endpoint that returns prompt log-probabilities). It also
+generates (transformers, for the audit's in-process reference) and gives lm-eval its model (every runtime). The
 stages compare a session against a session (``compare_next_tokens``) through the pure statistics of
 ``quantlab.token_statistics``: the full KL where both sides give every token's logit, the top-k bound where a
 server gives only its top log-probabilities. Nothing else computes a runtime's logits.
@@ -16,14 +17,14 @@ import contextlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from quantlab.errors import UserError
 from quantlab.models.loading import load_model
-from quantlab.runtimes import Runtime, RuntimeSettings, evaluation_context, get_runtime, llama_cpp
+from quantlab.runtimes import Prompting, Runtime, RuntimeSettings, evaluation_context, get_runtime, llama_cpp
 from quantlab.runtimes.engines import PROMPT_LOGPROBS_PROTOCOL, Engine, get_engine
 from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
 from quantlab.runtimes.serve import ServeOptions, serve
@@ -56,6 +57,24 @@ class Session:
             out.append(entry)
         return out
 
+    def generate(
+        self,
+        prompts: list[str],
+        limits: list[int],
+        stops: list[int],
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[tuple[str, int, bool]]:
+        """Each prompt's continuation, generated until a token of ``stops`` or its limit: (its text, special tokens
+        kept, without the token it stopped at; the tokens it took; whether it stopped at a stop token). Greedy at
+        temperature 0, else sampled with ``seed``."""
+        raise NotImplementedError(f"{self.name} does not generate here; ask its server")
+
+    def language_model(self, prompting: Prompting, settings: RuntimeSettings, seed: int, batch_size: int):
+        """lm-eval's model of one repeat of an evaluation (seeded where the runtime samples itself)."""
+        raise NotImplementedError(f"{self.name} gives lm-eval no model")
+
     def describe(self) -> str:
         return self.name
 
@@ -70,35 +89,115 @@ class Session:
 
 
 class TransformersSession(Session):
-    """A Hugging Face model in memory, run in float32 unless it was loaded otherwise."""
+    """A Hugging Face model in memory, run in float32 unless it was loaded otherwise; its ``tokenizer`` where
+    the session generates from text."""
 
     name = "transformers"
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, tokenizer=None):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompts, limits, stops, temperature=0.0, top_p=1.0, seed=0):
+        tokenizer = self.tokenizer
+        tokenizer.padding_side = "left"
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            torch.manual_seed(seed)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        out = self.model.generate(
+            **batch, max_new_tokens=max(limits), pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, **sampling
+        )
+        results = []
+        for row, limit in zip(out[:, batch["input_ids"].shape[1] :].tolist(), limits):
+            row = row[:limit]
+            stop_at = next((i for i, token in enumerate(row) if token in stops), None)
+            kept = row if stop_at is None else row[:stop_at]
+            # the stop token is not counted, as llama.cpp's usage does not count it
+            results.append((tokenizer.decode(kept, skip_special_tokens=False), len(kept), stop_at is not None))
+        return results
 
     @torch.no_grad()
     def logits(self, ids):
         return self.model(torch.tensor([ids])).logits[0].float()
 
+    def language_model(self, prompting, settings, seed, batch_size):
+        from lm_eval.models.huggingface import HFLM  # lm-eval loads only for an evaluation
+
+        lm = HFLM(
+            pretrained=self.model,
+            tokenizer=prompting.tokenizer,
+            batch_size=batch_size,
+            max_length=prompting.context_length,
+        )
+        # Set after construction: lm-eval 0.4.11 drops chat_template_args unless enable_thinking is given.
+        lm.chat_template_args = dict(prompting.chat_template_args)
+        return lm
+
 
 class LlamaCppSession(Session):
-    """llama.cpp (llama-cpp-python) in-process on a GGUF file, with a context of ``n_ctx`` positions."""
+    """llama.cpp (llama-cpp-python) in-process on a GGUF file, with a context of ``n_ctx`` positions; the file is
+    mapped on the first request (an evaluation's repeats open their own, each with its seed)."""
 
     name = "llama.cpp"
 
     def __init__(self, path: Path, n_ctx: int, seed: int = 0, n_threads: int | None = None):
-        self.llm = llama_cpp.open_gguf(path, n_ctx, seed=seed, n_threads=n_threads)
-        self.version = llama_cpp.version()
+        self.path, self.n_ctx, self.seed, self.n_threads = path, n_ctx, seed, n_threads
+        self._llm: Any = None
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            self._llm = llama_cpp.open_gguf(self.path, self.n_ctx, seed=self.seed, n_threads=self.n_threads)
+        return self._llm
 
     def logits(self, ids):
         return torch.from_numpy(llama_cpp.logits(self.llm, ids))
 
+    def language_model(self, prompting, settings, seed, batch_size):
+        # on use: lm-eval's client classes load lm-eval (measure and the audit open sessions without it)
+        from quantlab.runtimes.llama_cpp_lm import LlamaCppLM
+
+        return LlamaCppLM(
+            self.path,
+            prompting.tokenizer,
+            prompting.context_length,
+            seed=seed,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            chat_template=prompting.chat_template,
+            chat_template_args=prompting.chat_template_args,
+        )
+
     def describe(self) -> str:
-        return self.version
+        return llama_cpp.version()
 
     def close(self) -> None:
-        self.llm.close()
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+
+def completions_client(prompting: Prompting, base_url: str, model: str, concurrent: int = 1):
+    """lm-eval's OpenAI-compatible completions client: text prompts rendered here with the evaluation's chat
+    template (the server tokenizes), the variant's tokenizer for lm-eval's own bookkeeping; log-likelihoods
+    through echo + logprobs."""
+    # on use: lm-eval's client classes load lm-eval (measure and the audit open sessions without it)
+    from quantlab.runtimes.completions_lm import RenderedCompletionsLM
+
+    return RenderedCompletionsLM(
+        chat_template=prompting.chat_template,
+        chat_template_args=prompting.chat_template_args,
+        base_url=base_url.rstrip("/") + "/completions",
+        model=model,
+        tokenizer_backend="huggingface",
+        tokenizer=str(prompting.folder),
+        tokenized_requests=False,
+        max_length=prompting.context_length,
+        num_concurrent=concurrent,
+        max_retries=2,
+    )
 
 
 class ServedSession(Session):
@@ -113,6 +212,10 @@ class ServedSession(Session):
 
     def top_logprobs(self, ids, top_k):
         return self.engine.prompt_logprobs(self.server, ids, top_k)
+
+    def language_model(self, prompting, settings, seed, batch_size):
+        # the requests a serving stack's users send concurrently (the engine batches them)
+        return completions_client(prompting, self.server.base_url, self.server.model, settings.concurrent or 1)
 
     def describe(self) -> str:
         return self.server.engine
@@ -140,6 +243,10 @@ class EndpointSession(Session):
             raise UserError(
                 f"endpoint {self.client.base_url}: {failure}; it must answer {self.protocol.name}'s prompt_logprobs"
             ) from None
+
+    def language_model(self, prompting, settings, seed, batch_size):
+        # the model name the variant's folder gives (a served model's name, as quantlab serve names it)
+        return completions_client(prompting, self.client.base_url, prompting.folder.parent.name)
 
     def describe(self) -> str:
         return f"endpoint {self.client.base_url}"

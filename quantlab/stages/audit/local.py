@@ -58,7 +58,10 @@ class LocalModel:
         ids = self.tokenizer(harmony.MESSAGE_END, add_special_tokens=False)["input_ids"]
         return ids[0] if len(ids) == 1 else None
 
-    @torch.no_grad()
+    @cached_property
+    def session(self) -> TransformersSession:
+        return TransformersSession(self.model, self.tokenizer)
+
     def generate(
         self,
         prompts: list[str],
@@ -67,29 +70,11 @@ class LocalModel:
         top_p: float = 1.0,
         seed: int = 0,
     ) -> list[tuple[str, int, bool]]:
-        """Each prompt's next message: (its text, special tokens kept, without the token it stopped at; the tokens
-        it took; whether it stopped at a message's end rather than at the limit). Greedy at temperature 0, else
-        sampled with ``seed``. ``max_new_tokens``: one limit, or one per prompt."""
+        """Each prompt's next message (``Session.generate``), stopping at a message's end as well as at the end
+        of text. ``max_new_tokens``: one limit, or one per prompt."""
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
-        tokenizer = self.tokenizer
-        tokenizer.padding_side = "left"
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        sampling: dict = {"do_sample": False}
-        if temperature > 0:
-            torch.manual_seed(seed)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        stops = [tokenizer.eos_token_id] + ([self.message_end_id] if self.message_end_id is not None else [])
-        out = self.model.generate(
-            **batch, max_new_tokens=max(limits), pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, **sampling
-        )
-        results = []
-        for row, limit in zip(out[:, batch["input_ids"].shape[1] :].tolist(), limits):
-            row = row[:limit]
-            stop_at = next((i for i, token in enumerate(row) if token in stops), None)
-            kept = row if stop_at is None else row[:stop_at]
-            # the stop token is not counted, as llama.cpp's usage does not count it
-            results.append((tokenizer.decode(kept, skip_special_tokens=False), len(kept), stop_at is not None))
-        return results
+        stops = [self.tokenizer.eos_token_id] + ([self.message_end_id] if self.message_end_id is not None else [])
+        return self.session.generate(prompts, limits, stops, temperature, top_p, seed)
 
     def turns(self, prompts: list[str], max_new_tokens: int, **sampling) -> list[harmony.Turn]:
         """Each prompt's assistant turn as a harmony-aware server generates it (``chat_front``'s rule): message by
@@ -114,5 +99,5 @@ class LocalModel:
     def next_token_logits(self, prompt: str, generated: list[int]) -> torch.Tensor:
         """(len(generated), vocabulary): the logits before each generated token, teacher-forced after ``prompt``."""
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        logits = TransformersSession(self.model).logits(prompt_ids + generated)
+        logits = self.session.logits(prompt_ids + generated)
         return logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(generated)]

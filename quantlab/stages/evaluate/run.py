@@ -22,10 +22,11 @@ import torch
 
 from quantlab import chat
 from quantlab.errors import UserError
-from quantlab.models.loading import float32_bytes, load_config_and_tokenizer, load_model, require_memory
-from quantlab.runtimes import Loaded, RuntimeSettings, get_runtime, runtime_label
+from quantlab.models.loading import float32_bytes, load_config_and_tokenizer, require_memory
+from quantlab.runtimes import Prompting, RuntimeSettings, get_runtime, runtime_label
 from quantlab.runtimes.engines import get_engine
-from quantlab.runtimes.serve import ServeOptions, serve
+from quantlab.runtimes.serve import ServeOptions
+from quantlab.runtimes.sessions import TransformersSession, open_session
 from quantlab.stages.build import library_versions
 from quantlab.stages.evaluate.settings import EvaluationSettings, GenerationLimits
 from quantlab.stages.evaluate.task_specs import data_settings, split_files, task_manager, task_spec
@@ -154,9 +155,10 @@ def _engine_settings(
 
 def _one_repeat(subject: Subject, settings: EvaluationSettings, seed: int, batch_size: int) -> tuple[dict, Any]:
     """One repeat in a process of its own (a Ray task): its result, and the experts kernel transformers chose."""
-    prepared = _prepare(subject, settings)
-    experts = getattr(prepared["loaded"].model.config, "_experts_implementation", None)
-    return _run_once(prepared, settings, seed, batch_size), experts
+    with contextlib.ExitStack() as stack:
+        prepared = _prepare(subject, settings, stack)
+        experts = getattr(prepared["prompting"].config, "_experts_implementation", None)
+        return _run_once(prepared, settings, seed, batch_size), experts
 
 
 def _evaluate(
@@ -177,14 +179,11 @@ def _evaluate(
         jobs = [(subject, settings, seed + r, batch_size) for r in range(settings.repeats)]
         done, _ = run_on_ray(_one_repeat, jobs, ray, workers)
         return limits, _summary([result for result, _ in done], seed, done[0][1], time.perf_counter() - started, None)
-    prepared = _prepare(subject, settings)  # once: task index, model, generation settings
     server_record = None
-    runtime = settings.runtime
     with contextlib.ExitStack() as stack:
-        if runtime.engine:
-            options = ServeOptions(dtype=runtime.dtype or "auto", load=runtime.load or "auto")
-            server = stack.enter_context(serve(subject, runtime.engine, None, options=options))
-            prepared["loaded"].server = server
+        prepared = _prepare(subject, settings, stack)  # once: task index, session, generation settings
+        server = getattr(prepared["session"], "server", None)
+        if server is not None:
             server_record = {
                 "startup_s": round(server.startup_s, 2),
                 "log": str(server.log),
@@ -193,7 +192,7 @@ def _evaluate(
         started = time.perf_counter()
         per_repeat = [_run_once(prepared, settings, seed + r, batch_size) for r in range(settings.repeats)]
         seconds = time.perf_counter() - started
-    experts = getattr(prepared["loaded"].model.config, "_experts_implementation", None)
+    experts = getattr(prepared["prompting"].config, "_experts_implementation", None)
     return prepared["limits"], _summary(per_repeat, seed, experts, seconds, server_record)
 
 
@@ -276,31 +275,31 @@ def _generation_plan(subject: Subject, settings: EvaluationSettings) -> tuple[An
     return manager, spec, parts or None, limits
 
 
-def _prepare(subject: Subject, settings: EvaluationSettings) -> dict:
-    """What every repeat shares: lm-eval's task index and the task spec, the loaded model, the generation settings."""
+def _prepare(subject: Subject, settings: EvaluationSettings, stack: contextlib.ExitStack) -> dict:
+    """What every repeat shares: lm-eval's task index and the task spec, the subject's open session (closed with
+    ``stack``), how prompts reach it, the generation settings."""
 
     manager, spec, gen_kwargs, limits = _generation_plan(subject, settings)
-    if get_runtime(settings.runtime.backend).runs_elsewhere:
-        # a server or llama.cpp (which maps the GGUF file) runs the model: the client needs its tokenizer and
-        # config, not its weights in memory, so a model larger than memory is evaluated this way
-        from types import SimpleNamespace
-
-        config, tokenizer = load_config_and_tokenizer(subject.model_folder)
-        model: Any = SimpleNamespace(config=config)
-    else:
+    if not get_runtime(settings.runtime.backend).runs_elsewhere:
         require_memory(
             float32_bytes(subject.model_folder),
             f"evaluating {subject.name} with transformers",
             "evaluate its GGUF export with --backend llama.cpp, or serve it (--engine vllm)",
         )
-        model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
+    # a server or llama.cpp (which maps the GGUF file) runs the model elsewhere: the client needs the tokenizer
+    # and config, not the weights in memory, so a model larger than memory is evaluated that way
+    session = stack.enter_context(open_session(subject, settings.runtime))
+    config, tokenizer = load_config_and_tokenizer(subject.model_folder)
+    if isinstance(session, TransformersSession):
+        config = session.model.config  # it records the experts' kernel transformers chose at load time
     template = None  # the Jinja source prompts are rendered with; None: no chat template (plain)
     if settings.runtime.chat_template != "plain":
         template = chat.template_source(settings.runtime.chat_template, getattr(tokenizer, "chat_template", None))
     return {
         "manager": manager,
         "spec": spec,
-        "loaded": Loaded(subject.model_folder, model, tokenizer, subject.gguf, template),
+        "session": session,
+        "prompting": Prompting.of(subject.model_folder, config, tokenizer, template, settings.runtime),
         "gen_kwargs": gen_kwargs,
         "limits": limits,
     }
@@ -310,7 +309,7 @@ def _run_once(prepared: dict, settings: EvaluationSettings, seed: int, batch_siz
     import lm_eval
 
     task = settings.task
-    lm = get_runtime(settings.runtime.backend).language_model(prepared["loaded"], settings.runtime, seed, batch_size)
+    lm = prepared["session"].language_model(prepared["prompting"], settings.runtime, seed, batch_size)
     # Copies: lm-eval may edit the task config and generation settings it is given, and they serve every repeat.
     spec, gen_kwargs = copy.deepcopy(prepared["spec"]), copy.deepcopy(prepared["gen_kwargs"])
     torch.manual_seed(seed)
@@ -323,7 +322,7 @@ def _run_once(prepared: dict, settings: EvaluationSettings, seed: int, batch_siz
             log_samples=True,
             gen_kwargs=gen_kwargs,
             num_fewshot=settings.num_fewshot,
-            apply_chat_template=prepared["loaded"].chat_template is not None,
+            apply_chat_template=prepared["prompting"].chat_template is not None,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -331,7 +330,7 @@ def _run_once(prepared: dict, settings: EvaluationSettings, seed: int, batch_siz
             verbosity="ERROR",
         )
     except Exception as error:
-        server = prepared["loaded"].server
+        server = getattr(prepared["session"], "server", None)
         if server is not None and not server.alive():
             raise UserError(
                 f"{server.engine} server died during the evaluation of {task} ({server.died()}); nothing was stored"
