@@ -242,25 +242,33 @@ def test_a_server_that_dies_during_an_evaluation_is_one_line_and_nothing_is_stor
     assert after == before
 
 
-@needs_llama_server
-def test_serve_command_prints_its_url_and_stops_on_sigterm(served_store):
+def _start_serve_command(served_store, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``quantlab serve q4k --engine llama.cpp`` (with ``extra``) started as a user starts it; its process and the
+    URL it prints."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "quantlab", "serve", "q4k", "--engine", "llama.cpp", "--artifacts", str(served_store)],
+        [sys.executable, "-m", "quantlab", "serve", "q4k", "--engine", "llama.cpp", "--artifacts", str(served_store)]
+        + list(extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
         env={**os.environ, "COLUMNS": "400"},
     )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if " at http://127.0.0.1:" in line:
+            return process, line.split(" at ")[1].split()[0]
+    process.kill()
+    raise AssertionError(process.stderr.read())
+
+
+@needs_llama_server
+def test_serve_command_prints_its_url_and_stops_on_sigterm(served_store):
+    process, url = _start_serve_command(served_store)
     try:
-        url = None
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
-            if " at http://127.0.0.1:" in line:
-                url = line.split(" at ")[1].split()[0]
-        assert url is not None
         models = json.load(urllib.request.urlopen(f"{url}/models", timeout=10))
         assert models["data"][0]["id"] == "q4k"
         process.send_signal(signal.SIGTERM)
@@ -273,6 +281,44 @@ def test_serve_command_prints_its_url_and_stops_on_sigterm(served_store):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@needs_llama_server
+def test_the_official_openai_client_reads_the_chat_front(served_store):
+    """openai's own Python client against ``quantlab serve --chat-front``: the model list, a chat completion with a
+    reasoning effort (the response's types as the client's models declare them, usage adding up, greedy answers
+    the same twice), its token log-probabilities, and an invalid request as the client's BadRequestError."""
+    openai = pytest.importorskip("openai")
+    process, url = _start_serve_command(served_store, "--chat-front")
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+        assert [model.id for model in client.models.list()] == ["q4k"]
+        request = {
+            "model": "q4k",
+            "messages": [{"role": "user", "content": "12+3*5-4+7"}],
+            "max_tokens": 64,
+            "temperature": 0,
+            "reasoning_effort": "high",
+        }
+        first, again = client.chat.completions.create(**request), client.chat.completions.create(**request)
+        choice = first.choices[0]
+        assert isinstance(choice.message.content, str) and choice.message.role == "assistant"
+        assert choice.finish_reason in ("stop", "length")
+        reasoning = (choice.message.model_extra or {}).get("reasoning_content")
+        assert isinstance(reasoning, str) and reasoning  # the analysis channel, as vLLM names its field
+        assert first.usage is not None and first.usage.prompt_tokens > 0
+        assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+        assert 0 < first.usage.completion_tokens <= 64
+        assert again.choices[0].message.content == choice.message.content  # greedy: the same answer
+        scored = client.chat.completions.create(**request, logprobs=True, top_logprobs=2)
+        tokens = scored.choices[0].logprobs.content
+        assert tokens and all(isinstance(t.token, str) and t.logprob <= 0 for t in tokens)
+        assert all(len(t.top_logprobs) <= 2 and t.top_logprobs[0].logprob >= t.logprob - 1e-6 for t in tokens)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="q4k", messages=[], max_tokens=8)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
 
 
 # --- vLLM's server -------------------------------------------------------------------------------------------
