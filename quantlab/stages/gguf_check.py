@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from quantlab.runtimes.sessions import LlamaCppSession, TransformersSession
@@ -31,8 +32,10 @@ def compare_logits(model, tokenizer, path: Path, prompts=COMPARISON_PROMPTS) -> 
     with LlamaCppSession(path, n_ctx, seed=0, n_threads=torch.get_num_threads()) as llama_cpp:
         for prompt in prompts:
             ids = tokenizer(prompt)["input_ids"]
-            theirs, own = llama_cpp.logits(ids).double(), ours.logits(ids).double()
-            worst = max(worst, float((theirs - own).abs().max()))
+            # in numpy float64, summed as the check always summed them (the stored figures stay the same bytes)
+            theirs = llama_cpp.logits(ids).numpy().astype(np.float64)
+            own = ours.logits(ids).double().numpy()
+            worst = max(worst, float(np.abs(theirs - own).max()))
             squared_error += float(((theirs - own) ** 2).sum())
             squared_norm += float((own**2).sum())
             count += len(ids)
