@@ -54,8 +54,8 @@ class Prompting:
 
     @classmethod
     def of(cls, folder: Path, config, tokenizer, chat_template: str | None, settings: RuntimeSettings) -> Prompting:
-        """The template keyword arguments ``settings`` ask for: a template other than the tokenizer's own, and
-        the reasoning effort where one is asked."""
+        """How prompts reach the subject under ``settings``: its template arguments are a template other than the
+        tokenizer's own, and the reasoning effort where one is asked."""
         args: dict[str, Any] = {}
         if chat_template is not None and chat_template != getattr(tokenizer, "chat_template", None):
             args["chat_template"] = chat_template

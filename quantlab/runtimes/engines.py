@@ -90,7 +90,8 @@ def _variant_folder(subject: Subject) -> Path | None:
     return folder if (folder / "manifest.json").is_file() else None
 
 
-def _context_length(folder: Path) -> int:
+def context_length_of(folder: Path) -> int:
+    """The evaluation context of the Hugging Face folder's config (``evaluation_context``)."""
     return evaluation_context(
         int(json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 2048))
     )
@@ -227,7 +228,7 @@ class VLLM(Engine, name="vllm"):
             "--dtype",
             options.dtype,
             "--max-model-len",
-            str(_context_length(load.path)),
+            str(context_length_of(load.path)),
             "--max-logprobs",
             str(max_logprobs(load.path, options)),
             "--seed",
@@ -303,7 +304,7 @@ class LlamaCppServer(Engine, name="llama.cpp"):
         return Load("gguf", subject.gguf)
 
     def arguments(self, load, subject, host, port, options) -> list[str]:
-        context = _context_length(subject.model_folder)
+        context = context_length_of(subject.model_folder)
         return [
             "--model",
             str(load.path),

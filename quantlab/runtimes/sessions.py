@@ -14,7 +14,6 @@ model already in memory (a baseline, a variant's dequantized weights) or a file.
 from __future__ import annotations
 
 import contextlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,8 +23,8 @@ import torch
 
 from quantlab.errors import UserError
 from quantlab.models.loading import load_model
-from quantlab.runtimes import Prompting, Runtime, RuntimeSettings, evaluation_context, get_runtime, llama_cpp
-from quantlab.runtimes.engines import PROMPT_LOGPROBS_PROTOCOL, Engine, get_engine
+from quantlab.runtimes import Prompting, Runtime, RuntimeSettings, get_runtime, llama_cpp
+from quantlab.runtimes.engines import PROMPT_LOGPROBS_PROTOCOL, Engine, context_length_of, get_engine
 from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
 from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.store import Subject
@@ -267,14 +266,9 @@ def open_session(subject: Subject, settings: RuntimeSettings, store=None) -> Ses
         return EndpointSession(settings.endpoint, subject.name, get_engine(PROMPT_LOGPROBS_PROTOCOL))
     if runtime.runs_the_gguf_export:
         assert subject.gguf is not None  # check() refused a subject without one
-        return LlamaCppSession(subject.gguf, _context_length(subject.model_folder))
+        return LlamaCppSession(subject.gguf, context_length_of(subject.model_folder))
     model, _ = load_model(subject.model_folder, dtype=torch.float32)
     return TransformersSession(model)
-
-
-def _context_length(folder: Path) -> int:
-    config = json.loads((folder / "config.json").read_text())
-    return evaluation_context(int(config.get("max_position_embeddings", 2048)))
 
 
 def served_answers(candidate: Session, rows: list[list[int]], top_k: int) -> list[list[dict[int, float]]]:
