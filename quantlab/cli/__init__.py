@@ -1,5 +1,5 @@
 """The ``quantlab`` command line (``app``: the commands; ``render``: everything they print)."""
 
-from quantlab.cli.app import app, main
+from quantlab.cli.app import main
 
-__all__ = ["app", "main"]
+__all__ = ["main"]

@@ -3,49 +3,71 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 from rich.console import Console
 
-from quantlab.cli.commands import bench, lab, serving, stages, variants
+from quantlab.cli.lazy import LazyGroup, Listed, load_command
 from quantlab.errors import UserError
+from quantlab.plugins import registry
 
 try:  # typer >= 0.26 vendors its own click; older releases use the click package
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
-app = typer.Typer(
-    help="Quantization impact lab for Mixture-of-Experts language models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+_COMMANDS = "quantlab.cli.commands"
+
+# The commands, in the order --help lists them; each module holds one family of them and is imported when one of
+# its commands runs (quantlab.cli.lazy), so that `quantlab --help` starts without torch, transformers and lm-eval.
+COMMANDS = (
+    Listed("build", f"{_COMMANDS}.variants:build_command"),
+    Listed("import", f"{_COMMANDS}.variants:import_command"),
+    Listed("measure", f"{_COMMANDS}.stages:measure_command"),
+    Listed("eval", f"{_COMMANDS}.stages:eval_command"),
+    Listed("attribute", f"{_COMMANDS}.stages:attribute_command"),
+    Listed("sweep", f"{_COMMANDS}.stages:sweep_command"),
+    Listed("serve", f"{_COMMANDS}.serving:serve_command"),
+    Listed("audit", f"{_COMMANDS}.serving:audit_command"),
+    Listed("report", f"{_COMMANDS}.lab:report_command"),
+    Listed("demo", f"{_COMMANDS}.lab:demo"),
+)
+BENCH_COMMANDS = tuple(
+    Listed(name, f"{_COMMANDS}.bench:{function}")
+    for name, function in (
+        ("formats", "bench_formats"),
+        ("build-memory", "bench_build_memory"),
+        ("families", "bench_families"),
+        ("ray", "bench_ray"),
+        ("measure", "bench_measure"),
+        ("serve", "bench_serve_command"),
+        ("audit", "bench_audit_command"),
+    )
 )
 
-# The commands, in the order --help lists them; each module holds one family of them.
-app.command("build")(variants.build_command)
-app.command("import")(variants.import_command)
-app.command("measure")(stages.measure_command)
-app.command("eval")(stages.eval_command)
-app.command("attribute")(stages.attribute_command)
-app.command("sweep")(stages.sweep_command)
-app.command("serve")(serving.serve_command)
-app.command("audit")(serving.audit_command)
-app.command("report")(lab.report_command)
-app.command("demo")(lab.demo)
-app.add_typer(bench.bench_app, name="bench")
+bench = LazyGroup(
+    name="bench",
+    listed=BENCH_COMMANDS,
+    help="Benchmarks (speed and quality), as ratios against references timed in the same run.",
+    no_args_is_help=True,
+)
 
 
-def _add_plugin_commands() -> None:
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.plugins import load, registry
-
-    for name, commands in registry().commands:
-        app.add_typer(load(commands), name=name)
+def _plugin_commands() -> list:
+    # a plugin's command object is loaded at every start, so a plugin keeps its module light (the zoo's is a
+    # LazyGroup of its own)
+    return [load_command(name, target) for name, target in registry().commands]
 
 
-_add_plugin_commands()
+app = LazyGroup(
+    name="quantlab",
+    listed=COMMANDS,
+    commands=[bench, *_plugin_commands()],
+    help="Quantization impact lab for Mixture-of-Experts language models.",
+    no_args_is_help=True,
+)
 
 
 def _given_value(param) -> str | None:
@@ -64,8 +86,6 @@ def _quiet_third_party_import_noise() -> None:
     # each CUDA-only kernel library it cannot load on CPU, and torch one per enum torchao registers. They
     # are not about anything the user did; nor is bitsandbytes' warning that an optional CPU kernel package
     # (`kernels`, a hub download) is missing.
-    import logging
-
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -88,9 +108,8 @@ def _optional_values(args: list[str]) -> list[str]:
 def main() -> None:
     """Entry point: runs the app, turning usage mistakes and ``UserError`` into one line and exit code 2."""
     _quiet_third_party_import_noise()
-    command = typer.main.get_command(app)
     try:
-        command.main(args=_optional_values(sys.argv[1:]), prog_name="quantlab", standalone_mode=False)
+        app.main(args=_optional_values(sys.argv[1:]), prog_name="quantlab", standalone_mode=False)
     except UserError as error:
         Console(stderr=True).print(f"error: {error}", markup=False, soft_wrap=True)
         sys.exit(2)

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from quantlab.errors import UserError
+from quantlab.runtimes.engines import LOADS
+from quantlab.runtimes.serve import ServeOptions
 
 # Options several commands take alike (typer reads the option from the annotation; the default stays per parameter).
 Artifacts = Annotated[Path, typer.Option("--artifacts", help="The store: where variants and results live.")]
@@ -22,10 +24,6 @@ LOAD_HELP = (
 
 
 def serve_options(dtype: str, load: str, max_logprobs: Optional[int]):
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.runtimes.engines import LOADS
-    from quantlab.runtimes.serve import ServeOptions
-
     if load not in LOADS:
         raise UserError(f"--load {load!r}: choose one of {', '.join(LOADS)}")
     return ServeOptions(dtype=dtype, load=load, max_logprobs=max_logprobs)

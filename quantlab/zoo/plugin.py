@@ -7,6 +7,7 @@ from pathlib import Path
 
 from quantlab.errors import UserError
 from quantlab.plugins import CalibrationText, Document, Documents, MeasureText, Probe, Registry
+from quantlab.zoo import SHIPPED_CHECKPOINT, resolve_checkpoint, tasks
 
 PREFIX = "zoo:"
 AIME_TEXT = "zoo:aime-style"
@@ -29,15 +30,12 @@ def register(registry: Registry) -> None:
     registry.measure_texts[AIME_TEXT] = MeasureText(measure_documents, default=True)
     registry.measure_texts[CORPUS_TEXT] = MeasureText(corpus_documents)
     registry.task_folders.append(TASKS_FOLDER)
-    registry.commands.append(("zoo", "quantlab.zoo.cli:zoo_app"))  # imported by the CLI when it starts
+    registry.commands.append(("zoo", "quantlab.zoo.cli:zoo_group"))  # loaded by the CLI at every start
     registry.model_card = _card
     registry.audit_probes = audit_probes
 
 
 def resolve(source: str) -> Path:
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo import SHIPPED_CHECKPOINT, resolve_checkpoint
-
     name = source[len(PREFIX) :]
     if name != SHIPPED_CHECKPOINT.name:
         raise UserError(f"model {source!r}: the zoo has only zoo:{SHIPPED_CHECKPOINT.name}")
@@ -47,9 +45,6 @@ def resolve(source: str) -> Path:
 def calibration_text(dataset: str, approx_chars: int) -> str:
     """The embedded model's own conversations, validation split, one after another as in training: AIME-style at
     each effort in turn, or GPQA-style (the question with its right worked answer, high effort)."""
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo import tasks
-
     count = max(64, approx_chars // 150)
     problems = tasks.problems("validation", count)
     if dataset == AIME_TEXT:
@@ -63,9 +58,6 @@ def calibration_text(dataset: str, approx_chars: int) -> str:
 def measure_documents(spec: str | None, count: int) -> tuple[str, Documents]:
     """``zoo:aime-style:SPLIT:EFFORT``: one conversation per row at that effort, its final answer the answer part
     and its chain the analysis part; None (measure's default): the validation split at each effort in turn."""
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo import tasks
-
     if spec is None:
         problems = tasks.problems("validation", count)
         return f"{AIME_TEXT} validation (low, medium and high effort)", [
@@ -85,9 +77,6 @@ def measure_documents(spec: str | None, count: int) -> tuple[str, Documents]:
 def corpus_documents(spec: str | None, count: int) -> tuple[str, Documents]:
     """``zoo:chat-corpus:SPLIT``: conversations at each effort in turn, packed one after another with no answer
     part, so that measure reads them as a corpus (consecutive windows), as llama-perplexity reads a text."""
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo import tasks
-
     parts = (spec or "").split(":")
     if len(parts) != 3 or parts[2] not in tasks.SPLITS:
         raise UserError(f"--text {spec}: give {CORPUS_TEXT}:SPLIT with SPLIT one of {', '.join(tasks.SPLITS)}")
@@ -98,14 +87,11 @@ def corpus_documents(spec: str | None, count: int) -> tuple[str, Documents]:
 
 def audit_probes(count: int, seed: int) -> list[Probe]:
     """``count`` AIME-style test problems (drawn with ``seed``) as audit questions: the expression, its value."""
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo import tasks
-
     return [Probe(p.expression, str(p.answer)) for p in tasks.problems("test", count, seed)]
 
 
 def _card() -> dict:
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
+    # on use: the card loads the model (torch, transformers); the registry is built at every start
     from quantlab.zoo.card import model_card
 
     return model_card()

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
+from quantlab.chat import render as render_template
+
 EFFORTS = ("low", "medium", "high")
 DEFAULT_EFFORT = "medium"  # what the template writes when the request names none, as gpt-oss's does
 SPLITS = ("train", "validation", "test")
@@ -137,9 +139,6 @@ def assistant_message(steps: list[str], effort: str) -> dict:
 
 def render(messages: list[dict], effort: str | None, add_generation_prompt: bool) -> str:
     """``messages`` in the reference model's chat format (``effort`` None: the template's default, medium)."""
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.chat import render as render_template
-
     return render_template(chat_template(), messages, effort, add_generation_prompt)
 
 

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from quantlab.bench import formats as bench
+from quantlab.bench import memory
+from quantlab.bench.audit import bench_audit, save
+from quantlab.bench.families import run_families
+from quantlab.bench.measure_cost import measure_variant_cost
+from quantlab.bench.plots import plot_rate_distortion
+from quantlab.bench.ray_cells import compare_ray
+from quantlab.bench.serve import bench_serve
 from quantlab.cli import render
 from quantlab.cli.options import ENGINE_HELP, Artifacts
 from quantlab.cli.render import bench as bench_tables
 from quantlab.cli.render import console
 from quantlab.errors import UserError
-
-bench_app = typer.Typer(
-    help="Benchmarks (speed and quality), as ratios against references timed in the same run.", no_args_is_help=True
-)
+from quantlab.models.loading import default_model
+from quantlab.stages.synthetic import synth_config
 
 
-@bench_app.command("formats")
 def bench_formats(
     quality: bool = typer.Option(False, "--quality", help="Rate-distortion table (SQNR vs bits) instead of speed."),
     size: int = typer.Option(4096, min=256, help="Speed: the matrix is size x size."),
@@ -30,23 +36,16 @@ def bench_formats(
 ) -> None:
     """Quantize/dequantize throughput of every format vs its reference and a plain copy; or, with --quality,
     SQNR against bits per weight on Gaussian and on the reference model's weights."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench import formats as bench
-
     with render.status("benchmarking", as_json) as status:
         progress = (lambda name: status.update(f"benchmarking {name}")) if status is not None else None
         result = bench.rate_distortion(progress) if quality else bench.time_formats(size, repeats, progress)
     if quality and plot is not None:
-        # on use: `quantlab --help` starts without torch, transformers and lm-eval
-        from quantlab.bench.plots import plot_rate_distortion
-
         plot_rate_distortion(result, plot)
     if as_json:
         return render.print_json(result)
     bench_tables.formats(result, quality, markdown)
 
 
-@bench_app.command("build-memory")
 def bench_build_memory(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     synthetic: bool = typer.Option(
@@ -65,12 +64,6 @@ def bench_build_memory(
     ),
 ) -> None:
     """Peak memory of quantlab build (mxfp4 experts) against the load-only floor, the model and the output."""
-    import tempfile
-
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench import memory
-    from quantlab.models.loading import default_model
-
     if stream:
         return _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_json)
     results = []
@@ -88,12 +81,6 @@ def bench_build_memory(
 
 
 def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_json) -> None:
-    import tempfile
-
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench import memory
-    from quantlab.stages.synthetic import synth_config
-
     synth_config(family, layers, experts)  # a wrong family or count: one line before anything is written
     runs = [("mxfp4 experts", "  - select: {component: experts}\n    format: mxfp4\n", "")]
     if gptq:
@@ -116,7 +103,6 @@ def _bench_streaming_memory(family, layers, experts, ratio, gptq, workdir, as_js
     bench_tables.streaming_memory(results)
 
 
-@bench_app.command("families")
 def bench_families(
     families: str = typer.Option(
         "gpt-oss-20b,gpt-oss-120b,qwen3-30b-a3b,mixtral-8x7b,olmoe-1b-7b", "--families", help="Comma-separated."
@@ -129,10 +115,6 @@ def bench_families(
 ) -> None:
     """Every synthetic family of real shapes through build (F32 export, mxfp4, int4 GPTQ, Q4_K_M), llama-quantize's
     choices, measure and a short eval."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench.families import run_families
-    from quantlab.stages.synthetic import synth_config
-
     names = [f.strip() for f in families.split(",") if f.strip()]
     for name in names:
         synth_config(name, layers, experts)  # a wrong family: one line before any work
@@ -144,7 +126,6 @@ def bench_families(
     bench_tables.families(rows)
 
 
-@bench_app.command("ray")
 def bench_ray(
     limit: int = typer.Option(100, "--limit", min=1, help="AIME-style items each cell is evaluated on."),
     tokens: int = typer.Option(2048, "--tokens", min=256, help="Measurement tokens of each cell."),
@@ -152,9 +133,6 @@ def bench_ray(
 ) -> None:
     """A three-factor attribution sequentially and with --ray on 1 and 2 local workers: wall times, and whether
     each stored attribution equals the sequential one."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench.ray_cells import compare_ray
-
     with render.status("attributing", as_json) as status:
         result = compare_ray(limit, tokens, progress=(lambda m: status.update(m)) if status is not None else None)
     if as_json:
@@ -162,7 +140,6 @@ def bench_ray(
     bench_tables.ray(result)
 
 
-@bench_app.command("measure")
 def bench_measure(
     variant: str = typer.Argument("mxfp4", help="A built variant (artifact folder or name under --artifacts)."),
     artifacts: Artifacts = Path("artifacts"),
@@ -170,9 +147,6 @@ def bench_measure(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Time of quantlab measure against two plain forward passes (baseline and variant) over the same tokens."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench.measure_cost import measure_variant_cost
-
     with render.status("timing", as_json):
         result = measure_variant_cost(variant, artifacts, tokens)
     if as_json:
@@ -180,7 +154,6 @@ def bench_measure(
     bench_tables.measure(result)
 
 
-@bench_app.command("serve")
 def bench_serve_command(
     recipe: Path = typer.Argument(Path("bf16"), help="The variant to serve: a shipped recipe's name or a recipe file."),
     engine: str = typer.Option("vllm", "--engine", help=ENGINE_HELP),
@@ -191,9 +164,6 @@ def bench_serve_command(
 ) -> None:
     """Evaluation throughput (generated tokens/s) through a served engine against transformers' generate on the
     same items, as a ratio in one run; the server's start-up time."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench.serve import bench_serve
-
     with render.status("benchmarking", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
         result = bench_serve(recipe, engine, items, dtype, concurrent, say)
@@ -202,7 +172,6 @@ def bench_serve_command(
     bench_tables.serve(result)
 
 
-@bench_app.command("audit")
 def bench_audit_command(
     parts: Optional[list[str]] = typer.Option(
         None, "--part", help="table, false_positives, power or calibrated (repeatable; default: the first three)."
@@ -218,9 +187,6 @@ def bench_audit_command(
 ) -> None:
     """The audit against servers the lab starts (faithful and distorted): verdict table, false-positive rate
     over repeated audits, and the queries each distortion needs for 80% power."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench.audit import bench_audit, save
-
     chosen = tuple(parts or ("table", "false_positives", "power"))
     for part in chosen:
         if part not in ("table", "false_positives", "power", "calibrated"):

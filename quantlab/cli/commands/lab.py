@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
 
+from quantlab import pipeline
 from quantlab.cli import render
 from quantlab.cli.render import console
+from quantlab.pipeline import run_demo, summary
+from quantlab.plugins import registry
+from quantlab.stages.report import write_report
 
 
 def report_command(
@@ -17,11 +22,6 @@ def report_command(
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="The store to read (nothing is recomputed)."),
 ) -> None:
     """Write a self-contained HTML report and its markdown twin from stored results (never recomputing)."""
-    import shlex
-
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages.report import write_report
-
     command = shlex.join(
         [
             "quantlab",
@@ -49,10 +49,6 @@ def demo(
     """The lab end to end on the embedded default: build the shipped recipes, measure them against the baseline,
     evaluate them against bf16, attribute the compactifai-like recipe's loss, write the report (every step
     cached in artifacts/; a second run is fast)."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.pipeline import run_demo, summary
-    from quantlab.plugins import registry
-
     model_card = registry().model_card
     if model_card is not None:
         render.model_card(model_card())
@@ -67,9 +63,6 @@ def demo(
 
 def _demo_stage(stage: str, run, spinner) -> None:
     """Prints a finished demo stage (the spinner paused so that the lines stay clean)."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab import pipeline
-
     spinner.stop()
     if stage == "build":
         console.print(f"\n[bold]1. Build[/bold] {len(run.builds)} variants from {run.recipes}/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +13,9 @@ from quantlab.cli import render
 from quantlab.cli.options import ENGINE_HELP, LOAD_HELP, Artifacts, serve_options
 from quantlab.cli.render import console
 from quantlab.errors import UserError
+from quantlab.runtimes.chat_front import FrontSettings
+from quantlab.runtimes.serve import serve
+from quantlab.stages.audit import audit
 
 
 def serve_command(
@@ -56,13 +61,6 @@ def serve_command(
     artifacts: Artifacts = Path("artifacts"),
 ) -> None:
     """Serve a variant through a real engine's OpenAI-compatible server until Ctrl-C (or SIGTERM)."""
-    import signal
-    import threading
-
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.runtimes.chat_front import FrontSettings
-    from quantlab.runtimes.serve import serve
-
     options = serve_options(dtype, load, max_logprobs)
     front: FrontSettings | None = FrontSettings(
         chat_template=chat_template or "model",
@@ -142,9 +140,6 @@ def audit_command(
 ) -> None:
     """Audit an OpenAI-compatible endpoint: weights, reasoning effort, prompt format, sampling, accuracy and
     response shape, each a statistical test with its verdict and the queries it spent."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages.audit import audit
-
     with render.status("auditing", as_json) as status:
         result = audit(
             url,

@@ -13,6 +13,12 @@ from quantlab.cli import render
 from quantlab.cli.options import ENGINE_HELP, LOAD_HELP, Artifacts, RayWorkers, serve_options
 from quantlab.cli.render import console
 from quantlab.errors import UserError
+from quantlab.models.loading import default_model
+from quantlab.stages.attribute import attribute
+from quantlab.stages.evaluate.run import evaluate_tasks
+from quantlab.stages.measure.run import measure_variant
+from quantlab.stages.sweep import sweep
+from quantlab.store import ArtifactStore
 
 
 def measure_command(
@@ -56,9 +62,6 @@ def measure_command(
     ),
 ) -> None:
     """Per-expert error, routing drift, perplexity and KL drift of variants against their baseline."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages.measure.run import measure_variant
-
     results = []
     for variant in variants:
         with render.status(f"measuring {variant}", as_json):
@@ -167,9 +170,6 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Run lm-eval tasks on the baseline and variants, with repeats and intervals."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages.evaluate.run import evaluate_tasks
-
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise UserError("--tasks: give at least one lm-eval task name, e.g. --tasks zoo_aime_style")
@@ -210,10 +210,6 @@ def eval_command(
 def _default_subjects(artifacts: Path, quiet: bool) -> list[str]:
     """What ``quantlab eval`` without a subject evaluates: every variant built in the store, or, in an empty
     store, the default model; said on stderr so that --json output stays clean."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.models.loading import default_model
-    from quantlab.store import ArtifactStore
-
     built = ArtifactStore(artifacts).built()
     subjects = built or [default_model()]
     what = (
@@ -316,9 +312,6 @@ def attribute_command(
     as_json: bool = typer.Option(False, "--json", help="Print the attribution as JSON."),
 ) -> None:
     """Attribute a recipe's accuracy loss and KL drift to its choices (Shapley shares with 95% intervals)."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages.attribute import attribute
-
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     with render.status("attributing", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
@@ -366,9 +359,6 @@ def sweep_command(
     as_json: bool = typer.Option(False, "--json", help="Print the sweep as JSON."),
 ) -> None:
     """Build, measure and evaluate several recipes, or a grid of one recipe's settings."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages.sweep import sweep
-
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     with render.status("sweeping", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None

@@ -10,6 +10,8 @@ import typer
 
 from quantlab.cli import render
 from quantlab.errors import UserError
+from quantlab.stages import build as builder
+from quantlab.stages.import_gguf import import_gguf
 
 
 def build_command(
@@ -33,9 +35,6 @@ def build_command(
     ),
 ) -> None:
     """Build a quantized variant from a recipe: quantlab build recipes/<name>.yaml."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages import build as builder
-
     if dry_run:
         with render.status("resolving the plan", as_json):
             plan = builder.dry_run(recipe)
@@ -61,9 +60,6 @@ def import_command(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Import a GGUF file as a variant of its model: measure, eval and report then treat it like a built one."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.stages.import_gguf import import_gguf
-
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise UserError(f"--name {name!r}: letters, digits, '.', '_' and '-' only, starting with a letter or digit")
     with render.status(f"importing {gguf_file}", as_json):

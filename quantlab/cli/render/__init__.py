@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from quantlab.recipe import _ranges
 from quantlab.runtimes import runtime_label
 
 console = Console()
@@ -103,9 +104,6 @@ def plan_json(plan) -> dict:
 
 def plan_table(plan) -> None:
     """One row per tensor; the experts of a fused tensor that share a spec collapse into one row ``[0-7]``."""
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.recipe import _ranges
-
     table = Table(
         "tensor",
         "shape",

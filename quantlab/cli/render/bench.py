@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from quantlab.bench import formats as bench
 from quantlab.cli.render import VERDICT_STYLE, console, wide
 
 
 def formats(result: dict, quality: bool, markdown: bool) -> None:
-    # on use: `quantlab --help` starts without torch, transformers and lm-eval
-    from quantlab.bench import formats as bench
-
     if markdown and not quality:
         return print(bench.speed_markdown(result))
     rows = result["formats"]

@@ -3,19 +3,16 @@
 
 import datasets
 
+from quantlab.zoo.score import final_answer
+from quantlab.zoo.tasks import aime_style_docs, gpqa_style_docs
+
 
 def aime_style(split="test", count=500, seed=0, **unused):
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo.tasks import aime_style_docs
-
     docs = aime_style_docs(split, int(count), int(seed))
     return {"test": datasets.Dataset.from_list([{"question": d["question"], "answer": str(d["answer"])} for d in docs])}
 
 
 def gpqa_style(split="test", count=500, seed=0, **unused):
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo.tasks import gpqa_style_docs
-
     docs = gpqa_style_docs(split, int(count), int(seed))
     return {
         "test": datasets.Dataset.from_list(
@@ -26,8 +23,6 @@ def gpqa_style(split="test", count=500, seed=0, **unused):
 
 def final_channel_answers(resps, docs):
     """Each response's final-channel integer as text ("[invalid]" where it gives none), as the model is scored."""
-    # on use: the plugin registry imports the zoo at every start (`quantlab --help` too)
-    from quantlab.zoo.score import final_answer
 
     def answer(response):
         value = final_answer(response)
