@@ -11,7 +11,7 @@ from quantlab.cli import app as cli_app
 from quantlab.cli.lazy import LazyGroup, Listed, load_command
 from quantlab.zoo.cli import zoo_group
 
-GROUPS = [cli_app.app, cli_app.bench, zoo_group]
+GROUPS = [cli_app.quantlab_group(), cli_app.bench, zoo_group]
 
 
 def _listed(group: LazyGroup):
@@ -33,11 +33,11 @@ def test_every_listed_command_loads_and_lists_its_own_help(group):
 def test_the_listing_keeps_the_written_order_and_names_every_command():
     import typer
 
-    ctx = typer.Context(cli_app.app)
-    names = cli_app.app.list_commands(ctx)
+    ctx = typer.Context(cli_app.quantlab_group())
+    names = cli_app.quantlab_group().list_commands(ctx)
     assert names[: len(cli_app.COMMANDS)] == [entry.name for entry in cli_app.COMMANDS]
     assert names[len(cli_app.COMMANDS) :] == ["bench", "zoo"]
-    assert isinstance(cli_app.app.loaded(ctx, "bench"), TyperGroup)
+    assert isinstance(cli_app.quantlab_group().loaded(ctx, "bench"), TyperGroup)
 
 
 def test_a_command_is_loaded_when_it_runs_and_not_before():

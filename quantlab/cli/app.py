@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -55,19 +56,19 @@ bench = LazyGroup(
 )
 
 
-def _plugin_commands() -> list:
-    # a plugin's command object is loaded at every start, so a plugin keeps its module light (the zoo's is a
-    # LazyGroup of its own)
-    return [load_command(name, target) for name, target in registry().commands]
-
-
-app = LazyGroup(
-    name="quantlab",
-    listed=COMMANDS,
-    commands=[bench, *_plugin_commands()],
-    help="Quantization impact lab for Mixture-of-Experts language models.",
-    no_args_is_help=True,
-)
+@functools.cache
+def quantlab_group() -> LazyGroup:
+    """The ``quantlab`` command: the lab's commands, ``bench``, then each plugin's. Built on first use, not at
+    import: the plugin registry imports every plugin, and a plugin may import the CLI's modules (the zoo's group
+    is a ``LazyGroup``). A plugin's command object is loaded at every start, so a plugin keeps its module light."""
+    plugins = [load_command(name, target) for name, target in registry().commands]
+    return LazyGroup(
+        name="quantlab",
+        listed=COMMANDS,
+        commands=[bench, *plugins],
+        help="Quantization impact lab for Mixture-of-Experts language models.",
+        no_args_is_help=True,
+    )
 
 
 def _given_value(param) -> str | None:
@@ -109,7 +110,7 @@ def main() -> None:
     """Entry point: runs the app, turning usage mistakes and ``UserError`` into one line and exit code 2."""
     _quiet_third_party_import_noise()
     try:
-        app.main(args=_optional_values(sys.argv[1:]), prog_name="quantlab", standalone_mode=False)
+        quantlab_group().main(args=_optional_values(sys.argv[1:]), prog_name="quantlab", standalone_mode=False)
     except UserError as error:
         Console(stderr=True).print(f"error: {error}", markup=False, soft_wrap=True)
         sys.exit(2)
