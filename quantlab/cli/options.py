@@ -15,6 +15,20 @@ from quantlab.runtimes.serve import ServeOptions
 Artifacts = Annotated[Path, typer.Option("--artifacts", help="The store: where variants and results live.")]
 RayWorkers = Annotated[Optional[int], typer.Option("--workers", min=1, help="--ray: tasks at a time (local cluster).")]
 
+# The evaluation settings eval, attribute and sweep take alike (each becomes a field of EvalSettings).
+Limit = Annotated[
+    Optional[int],
+    typer.Option("--limit", min=1, help="Evaluate the first N items of each task (as lm-eval's --limit)."),
+]
+Repeats = Annotated[
+    int,
+    typer.Option(
+        "--repeats", min=1, help="Runs per task with seeds seed, seed+1, ... (sampling only; greedy runs once)."
+    ),
+]
+Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy (the task's own settings).")]
+TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling's p (1: no cut).")]
+
 ENGINE_HELP = "vllm (its OpenAI-compatible server, from .venv-vllm) or llama.cpp (llama-cpp-python's server, GGUF)."
 LOAD_HELP = (
     "What the engine loads: auto (the export at its own precision path: native MXFP4, compressed-tensors, GGUF; "

@@ -10,7 +10,17 @@ import typer
 from rich.console import Console
 
 from quantlab.cli import render
-from quantlab.cli.options import ENGINE_HELP, LOAD_HELP, Artifacts, RayWorkers, serve_options
+from quantlab.cli.options import (
+    ENGINE_HELP,
+    LOAD_HELP,
+    Artifacts,
+    Limit,
+    RayWorkers,
+    Repeats,
+    Temperature,
+    TopP,
+    serve_options,
+)
 from quantlab.cli.render import console
 from quantlab.errors import UserError
 from quantlab.models.loading import default_model
@@ -94,14 +104,10 @@ def eval_command(
     tasks: str = typer.Option(
         ..., "--tasks", help="Comma-separated lm-eval task names, e.g. zoo_aime_style,zoo_gpqa_style."
     ),
-    limit: Optional[int] = typer.Option(
-        None, "--limit", min=1, help="Evaluate the first N items of each task (as lm-eval's --limit)."
-    ),
-    repeats: int = typer.Option(
-        1, "--repeats", min=1, help="Runs per task with seeds seed, seed+1, ... (sampling only; greedy runs once)."
-    ),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (the task's own settings)."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    limit: Limit = None,
+    repeats: Repeats = 1,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
     max_new_tokens: Optional[int] = typer.Option(
         None, "--max-new-tokens", min=1, help="Override the task's generation length."
     ),
@@ -274,10 +280,10 @@ def attribute_command(
         help="choices: a group's method and format are separate factors; all: also its granularity "
         "(groups of N vs one scale per row); groups: each group is one factor.",
     ),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
-    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per task (sampling only)."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    limit: Limit = None,
+    repeats: Repeats = 1,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
     seed: int = typer.Option(0, "--seed", help="Evaluation seeds, permutation sampling and the bootstrap."),
     runtime: Optional[bool] = typer.Option(
         None,
@@ -348,7 +354,7 @@ def sweep_command(
         [], "--set", help="PATH=V1,V2,...: a recipe setting and its values, e.g. groups.0.format.group_size=32,64."
     ),
     tasks: str = typer.Option("zoo_gpqa_style", "--tasks", help="Comma-separated lm-eval tasks."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
+    limit: Limit = None,
     text: Optional[str] = typer.Option(None, "--text", help="Measurement text (default: measure's)."),
     tokens: int = typer.Option(4096, "--tokens", min=256, help="About this many measurement tokens."),
     ray: Optional[str] = typer.Option(
