@@ -20,13 +20,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from quantlab.chat import NAMED
 from quantlab.errors import UserError
+from quantlab.export import get_export
 from quantlab.formats import get_format
 from quantlab.methods import get_method
 from quantlab.methods.base import DEFAULT_METHOD
@@ -58,6 +68,17 @@ def parse_id_ranges(value: Any, what: str) -> tuple[int, ...]:
             raise ValueError(f"{what}: range {part!r} runs backwards")
         ids.update(range(first, last + 1))
     return tuple(sorted(ids))
+
+
+def _known_export(name: str) -> str:
+    try:
+        get_export(name)
+    except UserError as error:
+        raise ValueError(str(error)) from None
+    return name
+
+
+ExportName = Annotated[str, AfterValidator(_known_export)]  # reported per item: exports[0], exports[1], ...
 
 
 class Selector(BaseModel):
@@ -282,7 +303,7 @@ class Recipe(BaseModel):
     groups: list[Group] = []
     ignore: list[Selector] = []
     calibration: Calibration | None = None
-    exports: list[Literal["gguf", "native", "compressed-tensors"]] = []
+    exports: list[ExportName] = []  # names from the exports registry (quantlab.export)
     serve: Serve | None = None
 
     _source: Path | None = PrivateAttr(default=None)
