@@ -13,7 +13,8 @@ from scipy.stats import entropy
 from quantlab.errors import UserError
 from quantlab.models.loading import load_model, resolve_model
 from quantlab.runtimes import RuntimeSettings
-from quantlab.runtimes.engines import get_engine
+from quantlab.runtimes.engines import Engine, get_engine
+from quantlab.runtimes.protocols import get_protocol
 from quantlab.runtimes.sessions import (
     EndpointSession,
     Session,
@@ -141,8 +142,58 @@ def test_an_endpoint_that_does_not_answer_is_one_line_naming_it():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
-    session = EndpointSession(f"http://127.0.0.1:{port}/v1", "zoo-tiny-gpt-oss", get_engine("vllm"))
+    session = EndpointSession(f"http://127.0.0.1:{port}/v1", "zoo-tiny-gpt-oss", get_protocol("vllm"))
     with pytest.raises(UserError) as error:
         session.top_logprobs([1, 2, 3], top_k=2)
     message = str(error.value)
     assert f"127.0.0.1:{port}" in message and "cannot reach" in message and "\n" not in message
+
+
+class _Answers:
+    """A server that answers one request with a canned reply, as ``post(route, payload)`` and ``model``."""
+
+    model = "m"
+
+    def __init__(self, reply):
+        self.reply, self.sent = reply, []
+
+    def post(self, route, payload):
+        self.sent.append((route, payload))
+        return self.reply
+
+
+def test_vllm_prompt_logprobs_are_read_by_token_id_from_its_documented_reply():
+    # vLLM's completions reply with prompt_logprobs=k: one entry per prompt position, None at the first, else
+    # {token id (a JSON string key): {"logprob", "rank", "decoded_token"}} with the prompt's own token included
+    reply = {
+        "choices": [
+            {
+                "prompt_logprobs": [
+                    None,
+                    {"7": {"logprob": -0.25, "rank": 1, "decoded_token": "a"}},
+                    {"3": {"logprob": -2.5, "rank": 4}, "9": {"logprob": -0.1, "rank": 1}},
+                ]
+            }
+        ]
+    }
+    server = _Answers(reply)
+    got = get_protocol("vllm").prompt_logprobs(server, [1, 7, 3], top_k=1)
+    assert got == [{7: -0.25}, {3: -2.5, 9: -0.1}]
+    route, payload = server.sent[0]
+    assert route == "completions" and payload["prompt"] == [1, 7, 3] and payload["prompt_logprobs"] == 1
+    assert payload["max_tokens"] == 1 and payload["temperature"] == 0
+    with pytest.raises(UserError, match="no prompt_logprobs for a prompt of 4 tokens"):
+        get_protocol("vllm").prompt_logprobs(server, [1, 7, 3, 5], top_k=1)
+
+
+def test_every_engine_speaks_a_registered_protocol_and_llama_cpps_defaults_undo_its_servers():
+    for name in Engine.names():
+        assert get_engine(name).speaks().name == get_engine(name).protocol
+    llama_server = pytest.importorskip("llama_cpp.server.types")
+    # llama-cpp-python's server penalizes repeats unless asked not to; the model's own sampling has no penalty
+    for request in (llama_server.CreateCompletionRequest, llama_server.CreateChatCompletionRequest):
+        assert request.model_fields["repeat_penalty"].default != 1.0
+    assert get_protocol("llama.cpp").request_defaults == {"repeat_penalty": 1.0}
+    assert not get_protocol("llama.cpp").prompt_logprobs_by_token_id
+    with pytest.raises(UserError, match="no prompt log-probabilities by token id"):
+        get_protocol("llama.cpp").prompt_logprobs(_Answers({}), [1, 2], 1)

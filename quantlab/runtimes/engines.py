@@ -25,14 +25,12 @@ from typing import ClassVar
 from quantlab.errors import UserError
 from quantlab.registry import Registered
 from quantlab.runtimes.context import evaluation_context
+from quantlab.runtimes.protocols import Protocol, get_protocol
 from quantlab.store import ArtifactStore, Subject
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 LOADS = ("auto", "hf", "native", "compressed-tensors", "gguf")
 # Formats a Hugging Face folder holds without loss: a variant made only of these is served from it as it is.
-# The request an endpoint of unknown make is asked its prompt log-probabilities in: vLLM's extension of the
-# completions route (SGLang's servers take it too).
-PROMPT_LOGPROBS_PROTOCOL = "vllm"
 UNQUANTIZED = {"keep", "bf16", "fp16", "f16", "float16", "float32", "f32"}
 
 
@@ -49,7 +47,7 @@ class Engine(Registered):
     _entries: ClassVar[dict[str, Registered]] = {}
     # What the stages ask of an engine, so that none of them compares its name:
     runs_the_gguf_export: ClassVar[bool] = False  # it runs the variant's GGUF file, as llama.cpp in-process does
-    prompt_logprobs_by_token_id: ClassVar[bool] = True  # its prompt log-probabilities name token ids
+    protocol: ClassVar[str]  # how its server is spoken to (quantlab.runtimes.protocols)
     loads: ClassVar[tuple[str, ...]]  # the kinds of files it loads (--load): "hf" or an export's name
 
     def launcher(self) -> list[str]:
@@ -68,16 +66,9 @@ class Engine(Registered):
     def version(self) -> str:
         raise NotImplementedError
 
-    def prompt_logprobs(self, server, ids: list[int], top_k: int) -> list[dict[int, float]]:
-        """Per position 1..n-1 of the prompt ``ids``: the served log-probabilities (token id -> value) of the top
-        ``top_k`` tokens and of the prompt's own next token, as the server returns them. ``server``: anything
-        with ``post(route, payload)`` and ``model`` (a ``serve.Server``, an ``OpenAIClient``)."""
-        raise UserError(f"engine {self.name}: its server returns no prompt log-probabilities by token id")
-
-    def request_defaults(self) -> dict:
-        """Request fields a faithful client sends this engine (its server defaults that depart from the model's
-        own sampling otherwise)."""
-        return {}
+    def speaks(self) -> Protocol:
+        """The protocol of the server this engine starts."""
+        return get_protocol(self.protocol)
 
 
 def get_engine(name: str) -> Engine:
@@ -113,6 +104,7 @@ def _threads() -> int:
 class VLLM(Engine, name="vllm"):
     ENV = "QUANTLAB_VLLM_PYTHON"
     loads = ("hf", "native", "compressed-tensors")
+    protocol = "vllm"
 
     @staticmethod
     @cache
@@ -238,20 +230,6 @@ class VLLM(Engine, name="vllm"):
             arguments.append("--enforce-eager")  # on a CPU, torch.compile costs minutes at start for no gain here
         return arguments
 
-    def prompt_logprobs(self, server, ids, top_k):
-        # vLLM's extension of the completions API: prompt_logprobs=k returns, for every prompt position after
-        # the first, the top k tokens and the prompt's own token, keyed by token id
-        answer = server.post(
-            "completions",
-            {"model": server.model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": top_k},
-        )
-        positions = answer["choices"][0].get("prompt_logprobs")
-        if not positions or len(positions) != len(ids):
-            raise UserError(f"vllm server: no prompt_logprobs for a prompt of {len(ids)} tokens")
-        return [
-            {int(token): float(entry["logprob"]) for token, entry in position.items()} for position in positions[1:]
-        ]
-
     def environment(self, options) -> dict[str, str]:
         # The CPU build: 1 GiB of KV cache (its default of 4 GiB is pointless for short contexts); compute on
         # every core (its default keeps one back for the server's own threads).
@@ -279,8 +257,7 @@ def _quantized_formats(store: ArtifactStore, variant: Path) -> list[str]:
 class LlamaCppServer(Engine, name="llama.cpp"):
     runs_the_gguf_export = True
     loads = ("gguf",)
-    # keyed by token text (control tokens all decode to "") and aligned only after a BOS
-    prompt_logprobs_by_token_id = False
+    protocol = "llama.cpp"
 
     def launcher(self) -> list[str]:
         if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
@@ -323,8 +300,3 @@ class LlamaCppServer(Engine, name="llama.cpp"):
             "--logits_all",
             "True",  # echo + logprobs (prompt log-probabilities) need every position's logits
         ]
-
-    def request_defaults(self) -> dict:
-        # llama-cpp-python's server applies repeat_penalty 1.1 unless the request says otherwise, which changes
-        # greedy answers; the model's own sampling has none
-        return {"repeat_penalty": 1.0}

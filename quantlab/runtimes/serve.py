@@ -198,7 +198,7 @@ def serve(
         process=process,
         startup_s=0.0,
         options=options,
-        request_defaults=chosen.request_defaults(),
+        request_defaults=dict(chosen.speaks().request_defaults),
     )
     previous = _raise_on_sigterm()
     try:

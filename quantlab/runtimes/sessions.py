@@ -24,8 +24,9 @@ import torch
 from quantlab.errors import UserError
 from quantlab.models.loading import load_model
 from quantlab.runtimes import Prompting, Runtime, RuntimeSettings, get_runtime, llama_cpp
-from quantlab.runtimes.engines import PROMPT_LOGPROBS_PROTOCOL, Engine, context_length_of, get_engine
+from quantlab.runtimes.engines import context_length_of, get_engine
 from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
+from quantlab.runtimes.protocols import UNKNOWN_ENDPOINT, Protocol, get_protocol
 from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.store import Subject
 from quantlab.token_statistics import token_statistics, topk_token_statistics
@@ -207,10 +208,10 @@ class ServedSession(Session):
     full_distribution = False
 
     def __init__(self, server, stop: contextlib.AbstractContextManager | None = None):
-        self.server, self.engine, self._stop = server, get_engine(server.engine), stop
+        self.server, self.protocol, self._stop = server, get_engine(server.engine).speaks(), stop
 
     def top_logprobs(self, ids, top_k):
-        return self.engine.prompt_logprobs(self.server, ids, top_k)
+        return self.protocol.prompt_logprobs(self.server, ids, top_k)
 
     def language_model(self, prompting, settings, seed, batch_size):
         # the requests a serving stack's users send concurrently (the engine batches them)
@@ -227,12 +228,12 @@ class ServedSession(Session):
 
 class EndpointSession(Session):
     """An OpenAI-compatible endpoint someone else runs, asked for its prompt log-probabilities in ``protocol``'s
-    request (an engine's extension of the completions route; vLLM's unless the settings name another engine)."""
+    request (an engine's extension of the completions route; vLLM's for an endpoint of unknown make)."""
 
     name = "endpoint"
     full_distribution = False
 
-    def __init__(self, base_url: str, model: str, protocol: Engine):
+    def __init__(self, base_url: str, model: str, protocol: Protocol):
         self.client, self.protocol = OpenAIClient(base_url, model), protocol
 
     def top_logprobs(self, ids, top_k):
@@ -263,7 +264,7 @@ def open_session(subject: Subject, settings: RuntimeSettings, store=None) -> Ses
         return ServedSession(stop.__enter__(), stop)
     if runtime.needs_endpoint:
         assert settings.endpoint is not None  # check() refused a run without one
-        return EndpointSession(settings.endpoint, subject.name, get_engine(PROMPT_LOGPROBS_PROTOCOL))
+        return EndpointSession(settings.endpoint, subject.name, get_protocol(UNKNOWN_ENDPOINT))
     if runtime.runs_the_gguf_export:
         assert subject.gguf is not None  # check() refused a subject without one
         return LlamaCppSession(subject.gguf, context_length_of(subject.model_folder))

@@ -149,7 +149,7 @@ def _engine_settings(
         "engine_version": chosen.version(),
         "loaded": load.kind,
         "concurrent": concurrent,
-        "request_defaults": chosen.request_defaults() or None,
+        "request_defaults": dict(chosen.speaks().request_defaults) or None,
     } | options.record()
 
 

@@ -336,7 +336,7 @@ def measure_variant(
 def _with_engine(result: dict, store, folder: Path, manifest: dict, engine, serve_options, top_k, force: bool) -> dict:
     if engine is None:
         return result
-    if not get_engine(engine).prompt_logprobs_by_token_id:
+    if not get_engine(engine).speaks().prompt_logprobs_by_token_id:
         # llama-cpp-python's server returns prompt log-probabilities keyed by token text (control tokens all
         # decode to "") and aligned only after a BOS: the KL needs ids. Its server runs the same library as the
         # in-process runtime whose share measure already reports for every GGUF variant (measure_variant has
