@@ -197,3 +197,29 @@ def test_every_engine_speaks_a_registered_protocol_and_llama_cpps_defaults_undo_
     assert not get_protocol("llama.cpp").prompt_logprobs_by_token_id
     with pytest.raises(UserError, match="no prompt log-probabilities by token id"):
         get_protocol("llama.cpp").prompt_logprobs(_Answers({}), [1, 2], 1)
+
+
+def test_llama_cpp_generates_transformers_greedy_answers_from_the_f32_export(zoo, tmp_path):
+    """Greedy generation through llama.cpp's own sampler on the float32 GGUF export: transformers' generate, token
+    for token (stop at <|return|>, text with special tokens); sampling is seeded (the same seed, the same text)."""
+    from quantlab.export.gguf import export_gguf
+    from quantlab.runtimes.sessions import LlamaCppSession
+    from quantlab.zoo import tasks
+
+    model, tokenizer, _ = zoo
+    path = tmp_path / "model.gguf"
+    export_gguf(model, tokenizer, {}, path)
+    problems = tasks.problems("test", 3, 0)
+    prompts = [tasks.prompt_text(p, effort) for p in problems for effort in ("low", "high")]
+    stops = [tokenizer.convert_tokens_to_ids("<|return|>")]
+    limits = [96, 96, 96, 96, 96, 4]  # the last stops at its limit
+    reference = TransformersSession(model, tokenizer).generate(prompts, limits, stops)
+    with LlamaCppSession(path, n_ctx=256) as session:
+        ours = session.generate(prompts, limits, stops)
+        sampled = [session.generate(prompts[:2], [40, 40], stops, temperature=1.0, seed=s) for s in (5, 5, 6)]
+    assert ours == reference
+    assert [stopped for _, _, stopped in ours] == [True] * 5 + [False] and ours[-1][1] == 4
+    # at high effort the chain then the final channel, special tokens as text (the first problem's value: 48)
+    assert ours[1][0].startswith("<|channel|>analysis<|message|>")
+    assert ours[1][0].endswith(f"<|channel|>final<|message|>{problems[0].answer}")
+    assert sampled[0] == sampled[1]

@@ -63,5 +63,28 @@ def logits(llm, ids: list[int]) -> np.ndarray:
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
+def generate(
+    llm, prompt: str, limit: int, stops: list[int], temperature: float = 0.0, top_p: float = 1.0, seed: int = 0
+) -> tuple[str, int, bool]:
+    """``prompt`` continued by llama.cpp's own sampler (greedy at temperature 0, else seeded, with no top-k or
+    min-p cut, as transformers samples), until a token of ``stops`` or ``limit`` tokens: (the text, special
+    tokens kept, without the stop token; the tokens it took; whether it stopped at a stop token)."""
+    ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    llm.set_seed(seed)
+    kept: list[int] = []
+    stopped = False
+    if limit > 0:
+        sampler = llm.generate(ids, top_k=0, top_p=top_p, min_p=0.0, temp=temperature, repeat_penalty=1.0, reset=True)
+        for token in sampler:
+            if token in stops:
+                stopped = True
+                break
+            kept.append(token)
+            if len(kept) >= limit:
+                break
+    text = llm.detokenize(kept, special=True).decode("utf-8", errors="replace")
+    return text, len(kept), stopped
+
+
 def version() -> str:
     return f"llama-cpp-python {llama_cpp_module().__version__}"

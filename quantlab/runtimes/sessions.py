@@ -155,6 +155,10 @@ class LlamaCppSession(Session):
     def logits(self, ids):
         return torch.from_numpy(llama_cpp.logits(self.llm, ids))
 
+    def generate(self, prompts, limits, stops, temperature=0.0, top_p=1.0, seed=0):
+        # one prompt at a time in the one context; each seeded alike, as transformers seeds a batch once
+        return [llama_cpp.generate(self.llm, p, n, stops, temperature, top_p, seed) for p, n in zip(prompts, limits)]
+
     def language_model(self, prompting, settings, seed, batch_size):
         # on use: lm-eval's client classes load lm-eval (measure and the audit open sessions without it)
         from quantlab.runtimes.llama_cpp_lm import LlamaCppLM
