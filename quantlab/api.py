@@ -10,6 +10,7 @@ from quantlab.stages.build import build as _build
 from quantlab.stages.evaluate.run import evaluate as _evaluate
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.report import write_report
+from quantlab.store.records import Attribution
 
 
 def load_recipe(recipe):
@@ -32,7 +33,7 @@ def evaluate(subject, task: str, artifacts="artifacts", **options) -> dict:
     return _evaluate(subject, task, artifacts=artifacts, **options)
 
 
-def attribute(recipe, tasks: list[str], artifacts="artifacts", **options) -> dict:
+def attribute(recipe, tasks: list[str], artifacts="artifacts", **options) -> Attribution:
     """The recipe's accuracy loss and KL drift attributed to its choices (``quantlab attribute``)."""
     return _attribute(find_recipe(recipe), tasks, artifacts=artifacts, **options)
 

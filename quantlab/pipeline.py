@@ -32,6 +32,7 @@ from quantlab.stages.evaluate.run import evaluate_tasks
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.report import write_report
 from quantlab.store import ArtifactStore, as_store
+from quantlab.store.records import Attribution
 
 VARIANTS = ["bf16", "mxfp4", "int4-rtn", "int4-gptq", "gguf-q4_k_m", "compactifai-like"]
 TASKS = ["zoo_aime_style", "zoo_gpqa_style"]
@@ -61,8 +62,8 @@ class DemoRun:
     builds: list[Any] = field(default_factory=list)  # BuildResult per variant
     measurements: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)  # evaluate_tasks rows
-    attribution: dict = field(default_factory=dict)
-    serving: dict[str, dict] = field(default_factory=dict)  # serving case -> its attribution
+    attribution: Attribution | None = None
+    serving: dict[str, Attribution] = field(default_factory=dict)  # serving case -> its attribution
     served: list[dict] = field(default_factory=list)  # evaluate_tasks rows through an engine, against transformers
     served_measurement: dict | None = None  # measure_variant with an engine
     audit: Any = None  # the Audit record of the audited host (None: llama.cpp not installed)
@@ -256,16 +257,16 @@ def _interval(result: dict) -> str:
     return f"{100 * result['score']:.1f}% [{100 * result['ci95'][0]:.1f}, {100 * result['ci95'][1]:.1f}]"
 
 
-def _shares(attribution: dict) -> str:
+def _shares(attribution: Attribution) -> str:
     """'label +x.x [lo, hi]; ...': the Shapley shares of an attribution's headline loss, largest first."""
-    task = attribution["tasks"][HEADLINE_TASK]
-    labels = {f["key"]: f["label"] for f in attribution["factors"]}
+    task = attribution.tasks[HEADLINE_TASK]
+    labels = {f.key: f.label for f in attribution.factors}
     shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])
     return "; ".join(f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}]" for k, s in shares)
 
 
-def _serving_line(case: str, attribution: dict) -> str:
-    task = attribution["tasks"][HEADLINE_TASK]
+def _serving_line(case: str, attribution: Attribution) -> str:
+    task = attribution.tasks[HEADLINE_TASK]
     loss = task["loss_points"]
     return (
         f"{case}: {loss['value']:.1f}-point loss [{loss['ci95'][0]:.1f}, {loss['ci95'][1]:.1f}] "
@@ -277,11 +278,11 @@ def summary(run: DemoRun) -> list[str]:
     """The variants, the headline accuracies, the compressed recipe's perplexity against its accuracy, the
     attributions (the compressed recipe's, then each serving case's), and where the report is."""
     artifacts, results, attribution, report = run.store.root, run.headline, run.attribution, run.report
-    assert report is not None, "the summary of a finished run"
+    assert report is not None and attribution is not None, "the summary of a finished run"
     base, native, compressed = results["bf16"], results["mxfp4"], results[ATTRIBUTED]
     within = base["ci95"][0] <= native["score"] <= base["ci95"][1]
-    task = attribution["tasks"][HEADLINE_TASK]
-    labels = {f["key"]: f["label"] for f in attribution["factors"]}
+    task = attribution.tasks[HEADLINE_TASK]
+    labels = {f.key: f.label for f in attribution.factors}
     shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])[:2]  # the two largest
     named = "; ".join(
         f"{labels[k]} {s['value']:+.1f} [{s['ci95'][0]:+.1f}, {s['ci95'][1]:+.1f}] "
@@ -294,7 +295,7 @@ def summary(run: DemoRun) -> list[str]:
         f"greedy, reasoning effort {REASONING_EFFORT}, the model's chat template).",
         f"{HEADLINE_TASK}: bf16 {_interval(base)}; gpt-oss-native mxfp4 {_interval(native)} "
         f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",
-        f"{ATTRIBUTED}: perplexity ratio {attribution['kl']['perplexity_ratio']:.3f} on the task's test text "
+        f"{ATTRIBUTED}: perplexity ratio {(attribution.kl or {})['perplexity_ratio']:.3f} on the task's test text "
         f"(teacher-forced) while accuracy falls {loss:.1f} points: errors compound over the chain, perplexity hides it.",
         f"Attribution of the {task['loss_points']['value']:.1f}-point loss ({task['items']} items; Shapley shares, 95% CI): {named}; "
         f"beyond the choices' solo effects (interaction): {task['interaction_points']['value']:+.1f} "

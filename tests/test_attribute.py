@@ -95,7 +95,7 @@ def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
         middle = sum(loss[frozenset({o, factor})] - loss[frozenset({o})] for o in others)
         return alone / 3 + middle / 6 + last / 3
 
-    task = result["tasks"]["zoo_aime_style"]
+    task = result.tasks["zoo_aime_style"]
     for factor in (rank, fmt, serve):
         assert task["shares_points"][factor]["value"] == pytest.approx(shapley(factor), abs=1e-9)
     assert task["loss_points"]["value"] == pytest.approx(loss[frozenset({rank, fmt, serve})], abs=1e-9)
@@ -114,8 +114,8 @@ def test_the_dropped_effort_is_the_default_effort(attributed):
     medium = _correct("zoo:tiny-gpt-oss", store, reasoning_effort="medium")
     assert np.array_equal(served, medium)
     assert served.mean() < _correct("zoo:tiny-gpt-oss", store, reasoning_effort="high").mean()
-    assert result["settings"]["reasoning_effort"] == "high"
-    labels = {f["key"]: f["label"] for f in result["factors"]}
+    assert result.settings["reasoning_effort"] == "high"
+    labels = {f.key: f.label for f in result.factors}
     assert labels["serve.effort_honored"] == "requested effort (high) not honored"
 
 
@@ -146,13 +146,13 @@ def test_serving_departures_and_their_evaluation_options(tmp_path):
 
 def test_intervals_contain_their_point_and_the_cells_are_recorded(attributed):
     result, store = attributed
-    task = result["tasks"]["zoo_aime_style"]
+    task = result.tasks["zoo_aime_style"]
     for entry in [*task["shares_points"].values(), task["loss_points"], task["interaction_points"]]:
         assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
     assert task["loss_points"]["ci95"][1] > task["loss_points"]["ci95"][0]  # items disagree: a real interval
-    assert len(result["cells"]) == 8
-    stored = json.loads(Path(result["path"]).read_text())
-    assert Path(result["path"]).parent == store / "attribution" / "two-choices"
+    assert len(result.cells) == 8
+    stored = json.loads(Path(str(result.stored_at)).read_text())
+    assert Path(str(result.stored_at)).parent == store / "attribution" / "two-choices"
     assert stored["tasks"]["zoo_aime_style"]["shares_points"] == task["shares_points"]
     for yaml_file in (store / "attribution" / "two-choices" / "cells" / "choices").glob("*.yaml"):
         assert load_recipe(yaml_file).name == yaml_file.stem
@@ -161,7 +161,7 @@ def test_intervals_contain_their_point_and_the_cells_are_recorded(attributed):
 def test_kl_shares_add_up_to_the_full_recipes_measured_kl(attributed):
     """The per-problem KL sums reproduce measure's own mean KLD of the full cell (computed from its token array)."""
     result, store = attributed
-    kl = result["kl"]
+    kl = result.kl
     measured = json.loads(
         (
             store / "attribution" / "two-choices" / "cells" / "choices" / "two-choices.1.1" / "measure" / "measure.json"
@@ -176,9 +176,9 @@ def test_kl_shares_add_up_to_the_full_recipes_measured_kl(attributed):
 
 def test_a_second_attribution_is_served_from_the_cache(attributed, tmp_path):
     result, store = attributed
-    path = Path(result["recipe_file"])
+    path = Path(result.recipe_file)
     again = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store)
-    assert again["tasks"] == result["tasks"] and again["kl"] == result["kl"] and again["path"] == result["path"]
+    assert again.tasks == result.tasks and again.kl == result.kl and str(again.stored_at) == str(result.stored_at)
 
 
 def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path):
@@ -191,7 +191,7 @@ def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path)
     store = tmp_path / "artifacts"
     recipe_path = REPO / "recipes" / "gguf-q4_k_m.yaml"
     result = attribute(recipe_path, ["zoo_aime_style"], limit=16, tokens=512, artifacts=store)
-    assert [f["key"] for f in result["factors"]] == ["preset", "runtime"]
+    assert [f.key for f in result.factors] == ["preset", "runtime"]
     cells = store / "attribution" / "gguf-q4_k_m" / "cells" / "choices"
     quantized, exported = str(cells / "gguf-q4_k_m.1"), str(cells / "gguf-q4_k_m.0")
     score = {}
@@ -201,7 +201,7 @@ def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path)
             100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store, backend="llama.cpp")["score"]
         )
     runtime = ((score["baseline"] - score["baseline+runtime"]) + (score["preset"] - score["preset+runtime"])) / 2
-    task = result["tasks"]["zoo_aime_style"]
+    task = result.tasks["zoo_aime_style"]
     assert task["shares_points"]["runtime"]["value"] == pytest.approx(runtime, abs=1e-9)
     assert task["loss_points"]["value"] == pytest.approx(score["baseline"] - score["preset+runtime"], abs=1e-9)
 
@@ -264,7 +264,7 @@ def test_a_serving_case_is_charged_to_its_serving_factor(recipe, factor, tmp_pat
     result = attribute(
         REPO / "recipes" / f"{recipe}.yaml", ["zoo_aime_style"], limit=60, tokens=1024, artifacts=tmp_path
     )
-    task = result["tasks"]["zoo_aime_style"]
+    task = result.tasks["zoo_aime_style"]
     serving, weights = task["shares_points"][factor], task["shares_points"]["groups[0]"]
     assert serving["ci95"][0] > 0 and serving["value"] > weights["ci95"][1]
     assert serving["value"] >= 0.5 * task["loss_points"]["value"]
@@ -279,9 +279,9 @@ def test_cells_computed_as_ray_tasks_give_the_stored_sequential_attribution(attr
     path.write_text(RECIPE)
     store = tmp_path / "artifacts"
     spread = attribute(path, ["zoo_aime_style"], limit=LIMIT, tokens=1024, artifacts=store, ray="local", workers=2)
-    ours = Path(spread["path"]).read_text().replace(str(store), "STORE").replace(str(path), "RECIPE")
-    theirs = Path(sequential["path"]).read_text().replace(str(sequential_store), "STORE")
-    theirs = theirs.replace(sequential["recipe_file"], "RECIPE")
+    ours = spread.stored_at.read_text().replace(str(store), "STORE").replace(str(path), "RECIPE")
+    theirs = sequential.stored_at.read_text().replace(str(sequential_store), "STORE")
+    theirs = theirs.replace(sequential.recipe_file, "RECIPE")
     assert ours == theirs
     # every cell the designs read was built and evaluated by the workers, once each
     built = sorted(p.parent.name for p in (store / "attribution").rglob("manifest.json"))

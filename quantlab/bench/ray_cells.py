@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from quantlab.stages.attribute import attribute
+from quantlab.store.records import Attribution
 
 RECIPE = """\
 # three factors: each group is one choice of the recipe
@@ -27,8 +28,8 @@ groups:
 """
 
 
-def _stored(result: dict, store: Path, recipe: Path) -> str:
-    return Path(result["path"]).read_text().replace(str(store), "STORE").replace(str(recipe), "RECIPE")
+def _stored(result: Attribution, store: Path, recipe: Path) -> str:
+    return result.stored_at.read_text().replace(str(store), "STORE").replace(str(recipe), "RECIPE")
 
 
 def compare_ray(limit: int = 100, tokens: int = 2048, workers: tuple[int, ...] = (1, 2), progress=None) -> dict:
@@ -63,7 +64,7 @@ def compare_ray(limit: int = 100, tokens: int = 2048, workers: tuple[int, ...] =
                     "wall_s": round(wall, 1),
                     "vs_sequential": round(wall / reference[1], 2),
                     "same_stored_attribution": stored == reference[0],
-                    "cells": len(result["cells"]),
+                    "cells": len(result.cells),
                 }
             )
     return {"limit": limit, "tokens": tokens, "torch_threads": torch.get_num_threads(), "runs": rows}

@@ -340,10 +340,10 @@ def attribute(
     engine: str | None = None,
     ray: str | None = None,
     workers: int | None = None,
-) -> dict:
+) -> Attribution:
     """Attributes the recipe's accuracy loss on each task (and its KL drift) to its factors; writes
     ``<artifacts>/attribution/<recipe>/attribution-<settings hash>.json`` (attributions of one recipe under
-    other settings stay beside it) and returns it, with ``path`` set to that file. ``reasoning_effort``: what every
+    other settings stay beside it) and returns that record (``stored_at``: the file). ``reasoning_effort``: what every
     cell asks for, unless the recipe's ``serve:`` names it. ``ray``: compute the cells as Ray tasks first
     (``quantlab.stages.parallel``: "local" or a cluster address), ``workers`` of them at a time on a local
     cluster; the attribution itself then reads them from the store, as a sequential run would."""
@@ -447,9 +447,9 @@ def attribute(
     settings = {k: result[k] for k in ("design", "factor_granularity", "settings", "permutations")} | {"tasks": tasks}
     key = content_key(settings)
     path = runner.store.attribution_path(recipe.name, key[:12])
-    result = {"schema_version": SCHEMA_VERSION, "cache_key": key} | result
-    atomic_write_text(path, Attribution.from_dict(result, path).to_json(indent=1))
-    return result | {"path": str(path)}
+    record = Attribution.from_dict({"schema_version": SCHEMA_VERSION, "cache_key": key} | result, path)
+    atomic_write_text(path, record.to_json(indent=1))
+    return record.at(path)
 
 
 def cells_a_design_reads(design: str, keys: list[str], seed: int, permutations: int) -> list[frozenset]:

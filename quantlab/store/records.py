@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from quantlab.errors import UserError
 from quantlab.store.json_records import read_json, record_json
@@ -32,6 +32,19 @@ class Record(Part):
 
     schema_version: int = 1
     cache_key: str = ""  # the content key of the inputs that made it; none in records older than the key: never a hit
+    _stored_at: Path | None = PrivateAttr(default=None)
+
+    def at(self: R, path: Path) -> R:
+        """The record, knowing the file the store holds it in (what a stage returns)."""
+        self._stored_at = Path(path)
+        return self
+
+    @property
+    def stored_at(self) -> Path:
+        """The file the store holds this record in."""
+        if self._stored_at is None:
+            raise ValueError(f"this {self.kind} record was not read from or written to the store")
+        return self._stored_at
 
     @classmethod
     def from_json(cls: type[R], path: Path) -> R:

@@ -343,9 +343,9 @@ def attribute_command(
             workers,
         )
     if as_json:
-        return render.print_json(result)
+        return render.print_json(result.to_dict() | {"path": str(result.stored_at)})
     render.attribution(result)
-    console.print(f"written: {result['path']}")
+    console.print(f"written: {result.stored_at}")
 
 
 def sweep_command(

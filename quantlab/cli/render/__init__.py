@@ -13,6 +13,7 @@ from rich.table import Table
 
 from quantlab.recipe import _ranges
 from quantlab.runtimes import runtime_label
+from quantlab.store.records import Attribution
 
 console = Console()
 
@@ -242,9 +243,9 @@ def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: st
     wide().print(table)
 
 
-def attribution(result: dict) -> None:
-    labels = {f["key"]: f["label"] for f in result["factors"]}
-    for task, r in result["tasks"].items():
+def attribution(result: Attribution) -> None:
+    labels = {f.key: f.label for f in result.factors}
+    for task, r in result.tasks.items():
         sampled = bool(r.get("sampling_stderr")) and any(r["sampling_stderr"].values())
         table = Table(
             "factor",
@@ -252,7 +253,7 @@ def attribution(result: dict) -> None:
             "95% CI",
             "alone (points)",
             *(["sampling s.e."] if sampled else []),
-            title=f"{result['recipe']} on {task}: {100 * r['baseline']['score']:.1f}% -> {100 * r['full']['score']:.1f}% "
+            title=f"{result.recipe} on {task}: {100 * r['baseline']['score']:.1f}% -> {100 * r['full']['score']:.1f}% "
             f"({r['items']} items x {r['repeats']}; {r['method']})",
         )
         for key, share in r["shares_points"].items():
@@ -281,7 +282,7 @@ def attribution(result: dict) -> None:
         console.print(table)
         if r["efficiency_gap"] is not None:
             console.print(f"efficiency: shares sum to the total loss (gap {r['efficiency_gap']:.2e} points)")
-    kl = result.get("kl")
+    kl = result.kl
     if kl:
         table = Table(
             "factor",
