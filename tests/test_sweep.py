@@ -2,7 +2,6 @@
 as Ray tasks the stored sweep is the sequential one's."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ GRID = ["groups.0.format.group_size=32,128"]
 
 def test_a_grid_of_group_sizes(tmp_path):
     result = sweep(["int4-rtn"], GRID, ["zoo_gpqa_style"], limit=8, tokens=256, artifacts=tmp_path / "a")
-    points = result["points"]
+    points = result.points
     assert [p["settings"] for p in points] == [
         {"groups.0.format.group_size": 32},
         {"groups.0.format.group_size": 128},
@@ -45,7 +44,7 @@ def test_the_sweep_as_ray_tasks_is_the_sequential_one(tmp_path):
             ray="local" if mode == "ray" else None,
             workers=2 if mode == "ray" else None,
         )
-        runs[mode] = Path(result["path"]).read_text().replace(str(store), "STORE")
+        runs[mode] = result.stored_at.read_text().replace(str(store), "STORE")
     assert runs["ray"] == runs["sequential"]
 
 

@@ -14,7 +14,6 @@ result from the store, so its record is the sequential run's.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,8 +115,9 @@ def sweep(
     ray: str | None = None,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> dict:
-    """Builds, measures and evaluates every point; writes ``<store>/sweeps/<name>-<key>.json`` and returns it."""
+) -> Sweep:
+    """Builds, measures and evaluates every point; writes ``<store>/sweeps/<name>-<key>.json`` and returns that
+    record (``stored_at``: the file)."""
     if not recipes:
         raise UserError("quantlab sweep: name at least one recipe")
     if not tasks:
@@ -149,5 +149,6 @@ def sweep(
         "points": rows,
     }
     out = folder / "sweep.json"
-    atomic_write_text(out, Sweep.from_dict(record, out).to_json(indent=1))
-    return json.loads(out.read_text()) | {"path": str(out)}
+    stored = Sweep.from_dict(record, out)
+    atomic_write_text(out, stored.to_json(indent=1))
+    return Sweep.from_json(out).at(out)  # as stored (JSON's types), as a report reads it

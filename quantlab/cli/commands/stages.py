@@ -370,6 +370,6 @@ def sweep_command(
         say = (lambda message: status.update(message)) if status is not None else None
         result = sweep(recipes, settings, names, limit, text, tokens, artifacts, ray, workers, say)
     if as_json:
-        return render.print_json(result)
+        return render.print_json(result.to_dict() | {"path": str(result.stored_at)})
     render.sweep(result)
-    console.print(f"written: {result['path']}")
+    console.print(f"written: {result.stored_at}")

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from quantlab.recipe import _ranges
 from quantlab.runtimes import runtime_label
-from quantlab.store.records import Attribution
+from quantlab.store.records import Attribution, Sweep
 
 console = Console()
 
@@ -342,13 +342,11 @@ def audit(record) -> None:
         )
 
 
-def sweep(result: dict) -> None:
+def sweep(result: Sweep) -> None:
     """``quantlab sweep``: one row per point: its settings, bits per weight, mean KLD and scores with intervals."""
-    tasks = result["tasks"]
-    table = Table(
-        "point", "settings", "bits/w", "mean KLD ± s.e. (n tokens)", *tasks, title=f"sweep of {result['name']}"
-    )
-    for point in result["points"]:
+    tasks = result.tasks
+    table = Table("point", "settings", "bits/w", "mean KLD ± s.e. (n tokens)", *tasks, title=f"sweep of {result.name}")
+    for point in result.points:
         scores = [
             f"{100 * t['score']:.1f}% [{100 * t['ci95'][0]:.1f}, {100 * t['ci95'][1]:.1f}] (n={t['items']})"
             for t in (point["tasks"][task] for task in tasks)
