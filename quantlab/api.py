@@ -10,7 +10,7 @@ from quantlab.stages.build import build as _build
 from quantlab.stages.evaluate.run import evaluate as _evaluate
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.report import write_report
-from quantlab.store.records import Attribution
+from quantlab.store.records import Attribution, Measurement
 
 
 def load_recipe(recipe):
@@ -23,7 +23,9 @@ def build(recipe, artifacts="artifacts", force: bool = False, progress=None):
     return _build(recipe, artifacts, force=force, progress=progress)
 
 
-def measure(variant, baseline=None, text=None, tokens: int = 16384, artifacts="artifacts", force: bool = False) -> dict:
+def measure(
+    variant, baseline=None, text=None, tokens: int = 16384, artifacts="artifacts", force: bool = False
+) -> Measurement:
     """Per-expert error, routing drift, perplexity and KL drift of a built variant against its baseline."""
     return measure_variant(variant, baseline, text, tokens, artifacts, force=force)
 

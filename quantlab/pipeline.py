@@ -32,7 +32,7 @@ from quantlab.stages.evaluate.run import evaluate_tasks
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.report import write_report
 from quantlab.store import ArtifactStore, as_store
-from quantlab.store.records import Attribution
+from quantlab.store.records import Attribution, Measurement
 
 VARIANTS = ["bf16", "mxfp4", "int4-rtn", "int4-gptq", "gguf-q4_k_m", "compactifai-like"]
 TASKS = ["zoo_aime_style", "zoo_gpqa_style"]
@@ -60,12 +60,12 @@ class DemoRun:
     count: int
     recipes: Path
     builds: list[Any] = field(default_factory=list)  # BuildResult per variant
-    measurements: list[dict] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)  # evaluate_tasks rows
     attribution: Attribution | None = None
     serving: dict[str, Attribution] = field(default_factory=dict)  # serving case -> its attribution
     served: list[dict] = field(default_factory=list)  # evaluate_tasks rows through an engine, against transformers
-    served_measurement: dict | None = None  # measure_variant with an engine
+    served_measurement: Measurement | None = None  # measure_variant with an engine
     audit: Any = None  # the Audit record of the audited host (None: llama.cpp not installed)
     engines_missing: list[str] = field(default_factory=list)
     report: Path | None = None
@@ -241,11 +241,12 @@ def engine_notes(run: DemoRun) -> list[str]:
     """The engine's share of the KL (where measured) and the engines that are not installed."""
     lines = []
     measured = run.served_measurement
-    share = (measured or {}).get("engine", {}).get("runtime_share", {}).get("response_tokens")
+    served = (measured.engine if measured else None) or {}
+    share = served.get("runtime_share", {}).get("response_tokens")
     if measured and share:
         lines.append(
-            f"{measured['variant']} served by vLLM ({measured['engine']['settings']['loaded']}, "
-            f"{measured['engine']['settings']['dtype']}): mean KLD {share['mean_kld_vllm']:.6f} against the torch "
+            f"{measured.variant} served by vLLM ({served['settings']['loaded']}, "
+            f"{served['settings']['dtype']}): mean KLD {share['mean_kld_vllm']:.6f} against the torch "
             f"model's {share['mean_kld_torch']:.6f}: the engine's share {share['mean_kld_difference']:+.2e}."
         )
     if run.engines_missing:

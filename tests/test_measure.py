@@ -206,13 +206,13 @@ def test_gguf_variant_reports_the_runtime_share(tmp_path):
         recipe.write_text(f"name: {name}\nmodel: zoo:tiny-gpt-oss\nexports: [gguf]\ngroups:\n{groups}")
         builder.build(recipe, tmp_path / "artifacts")
     same = measure_variant("same", artifacts=tmp_path / "artifacts", max_tokens=1500)
-    share = same["llama_cpp"]["runtime_share"]["response_tokens"]
+    share = same.llama_cpp["runtime_share"]["response_tokens"]
     assert (
         share["mean_kld_torch"] == 0.0 and share["mean_kld_llama_cpp"] < 1e-4
     )  # two runtimes' float32 arithmetic (~2e-5)
     assert (tmp_path / "artifacts" / "same" / "measure" / "experts_heatmap.png").is_file()
     q4k = measure_variant("q4k", artifacts=tmp_path / "artifacts", max_tokens=1500)
-    share = q4k["llama_cpp"]["runtime_share"]["response_tokens"]
+    share = q4k.llama_cpp["runtime_share"]["response_tokens"]
     assert share["mean_kld_torch"] > 1e-4 and share["mean_kld_llama_cpp"] > 1e-4
     assert share["mean_kld_difference"] == pytest.approx(share["mean_kld_llama_cpp"] - share["mean_kld_torch"])
 
@@ -261,13 +261,13 @@ def test_measure_command_writes_its_outputs(tmp_path, monkeypatch, capsys):
     from quantlab.stages.measure.run import measure_variant
 
     again = measure_variant("int4-rtn", None, str(text), 2000, tmp_path)
-    assert again.pop("cache_hit") is True and again == result
-    assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path)
+    assert again.cache_hit and again.to_dict() == result
+    assert not measure_variant("int4-rtn", None, str(text), 1000, tmp_path).cache_hit
     text.write_text(
         text.read_text() + json.dumps({"question": "effort:high Q:9+9=? A:", "solution": "18 #### 18"}) + "\n"
     )
-    assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path)
-    assert "cache_hit" not in measure_variant("int4-rtn", None, str(text), 1000, tmp_path, force=True)
+    assert not measure_variant("int4-rtn", None, str(text), 1000, tmp_path).cache_hit
+    assert not measure_variant("int4-rtn", None, str(text), 1000, tmp_path, force=True).cache_hit
 
 
 def test_missing_variant_is_one_line(tmp_path, monkeypatch, capsys):

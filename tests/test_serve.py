@@ -348,7 +348,8 @@ def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
     assert served["settings"]["engine_version"].startswith("vllm")
     assert different_answers(local, served) == 0 and served["correct"] == local["correct"]
     measured = measure_variant("bf16", max_tokens=512, artifacts=served_store, engine="vllm", serve_options=options)
-    engine = measured["engine"]
+    engine = measured.engine
+    assert engine is not None
     assert engine["kl"] == "exact" and engine["top_k"] == 145
     responses = engine["logits"]["response_tokens"]
     assert abs(responses["kl_divergence"]["mean"]) < 1e-6 and responses["same_top"]["rate"] == 1.0

@@ -192,7 +192,7 @@ def test_q4_k_m_at_2880_wide_rows_is_llama_quantize_s(gpt_oss_20b):
 
     # ... and the stages after the build run on it: measure (torch and llama.cpp) and a short evaluation
     measured = measure_variant(str(result.path), max_tokens=512, artifacts=root / "artifacts")
-    print(sorted(measured))
+    print(sorted(measured.to_dict()))
     evaluated = evaluate(str(result.path), "zoo_gpqa_style", limit=4, artifacts=root / "artifacts")
     print(evaluated.keys())
 

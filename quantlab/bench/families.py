@@ -82,9 +82,9 @@ def run_family(family: str, layers: int, experts: int | None, work: Path, progre
     )
     say(f"{family}: measure and eval")
     measured = measure_variant("gguf-q4_k_m", artifacts=store, max_tokens=1024)
-    kld = measured["logits"]["response_tokens"]["kl_divergence"]
+    kld = measured.logits["response_tokens"]["kl_divergence"]
     row["q4_k_m_kld"] = {"mean": kld["mean"], "n": kld["n"]}
-    row["q4_k_m_kld_llama_cpp"] = measured["llama_cpp"]["logits"]["response_tokens"]["kl_divergence"]["mean"]
+    row["q4_k_m_kld_llama_cpp"] = (measured.llama_cpp or {})["logits"]["response_tokens"]["kl_divergence"]["mean"]
     evaluated = evaluate("gguf-q4_k_m", "zoo_gpqa_style", limit=20, artifacts=store)
     row["q4_k_m_eval"] = {"task": "zoo_gpqa_style", "accuracy": evaluated["score"], "items": evaluated["items"]}
     row["seconds"]["total"] = round(time.perf_counter() - started, 1)

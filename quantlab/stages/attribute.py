@@ -39,7 +39,7 @@ from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.parallel import run_on_ray
 from quantlab.statistics import RESAMPLES, paired_bootstrap
 from quantlab.store import StoreLocation, as_store, atomic_write_text, content_key
-from quantlab.store.records import Attribution
+from quantlab.store.records import Attribution, Measurement
 
 DESIGNS = ("shapley", "one-at-a-time", "leave-one-out", "factorial")
 SCHEMA_VERSION = 1
@@ -216,7 +216,7 @@ class CellRunner:
         self.runtime = any(f.kind == "runtime" for f in factors)
         self.cells = self.store.cells_folder(recipe.name, granularity)
         self.scores: dict[tuple[frozenset, str], dict] = {}
-        self.measures: dict[frozenset, dict | None] = {}
+        self.measures: dict[frozenset, Measurement | None] = {}
         self.subjects: dict[frozenset, str] = {}
 
     def _say(self, message: str) -> None:
@@ -277,7 +277,7 @@ class CellRunner:
             }
         return self.scores[key]
 
-    def measure(self, cell: frozenset) -> dict | None:
+    def measure(self, cell: frozenset) -> Measurement | None:
         """The measurement of the cell's weights against the baseline (quantlab measure's, stored in the cell's
         folder and reused when it matches); None for the baseline itself."""
         weights = frozenset(k for k in cell if self._kind(k) == "weights")
@@ -500,15 +500,15 @@ def _kl_attribution(runner: CellRunner, design: str, keys: list[str], seed: int,
         return None
     full = runner.measure(frozenset(keys))
     assert full is not None  # the cell of every weights factor changes weights: it has a measurement
-    tokens = np.array(full["response_tokens_per_row"]["tokens"], dtype=np.float64)
+    tokens = np.array(full.response_tokens_per_row["tokens"], dtype=np.float64)
 
     def kl_sum(cell: frozenset):
         measured = runner.measure(cell)
-        return np.zeros_like(tokens) if measured is None else np.array(measured["response_tokens_per_row"]["kl_sum"])
+        return np.zeros_like(tokens) if measured is None else np.array(measured.response_tokens_per_row["kl_sum"])
 
     designed = _design(design, keys, kl_sum, seed, permutations)
     intervals = paired_bootstrap(designed["vectors"], tokens, seed)
-    answers = full["logits"]["response_tokens"]
+    answers = full.logits["response_tokens"]
     return {
         "text": runner.text,
         "problems": int(len(tokens)),
@@ -538,7 +538,7 @@ def _cell_table(runner: CellRunner) -> list[dict]:
         row["tasks"][task] = {k: scored[k] for k in ("score", "ci95", "items", "repeats")}
         measured = runner.measures.get(frozenset(k for k in cell if runner._kind(k) == "weights"))
         if measured is not None:
-            answers = measured["logits"]["response_tokens"]
+            answers = measured.logits["response_tokens"]
             row["response_tokens"] = {
                 "perplexity_ratio": answers["perplexity_ratio"],
                 "kld_mean": answers["kl_divergence"]["mean"],

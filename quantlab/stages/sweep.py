@@ -89,7 +89,7 @@ def run_point(recipe: Path, store_root: str, tasks: list[str], options: dict, te
 
     built = build(recipe, store_root)
     measured = measure_variant(str(built.path), None, text, tokens, store_root)
-    kld = measured["logits"]["response_tokens"]["kl_divergence"]
+    kld = measured.logits["response_tokens"]["kl_divergence"]
     row = {
         "variant": built.manifest["variant"],
         "bits_per_weight": built.manifest["plan"]["average_bits_per_weight"],

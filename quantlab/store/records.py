@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from quantlab.errors import UserError
 from quantlab.store.json_records import read_json, record_json
@@ -33,11 +33,18 @@ class Record(Part):
     schema_version: int = 1
     cache_key: str = ""  # the content key of the inputs that made it; none in records older than the key: never a hit
     _stored_at: Path | None = PrivateAttr(default=None)
+    _cache_hit: bool = PrivateAttr(default=False)
 
-    def at(self: R, path: Path) -> R:
-        """The record, knowing the file the store holds it in (what a stage returns)."""
-        self._stored_at = Path(path)
+    def at(self: R, path: Path, cache_hit: bool = False) -> R:
+        """The record, knowing the file the store holds it in and whether it was read from there rather than
+        made by this call (what a stage returns)."""
+        self._stored_at, self._cache_hit = Path(path), cache_hit
         return self
+
+    @property
+    def cache_hit(self) -> bool:
+        """Whether the stage returned the stored record instead of computing it."""
+        return self._cache_hit
 
     @property
     def stored_at(self) -> Path:
@@ -138,6 +145,24 @@ class Measurement(Record):
     logits: dict[str, Any]
     layers: list[dict[str, Any]]
     response_tokens_per_row: dict[str, list[int | float]]
+    # measure --engine: the served engine's statistics, stored in a record of their own (measure/<engine>.json)
+    engine: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    # Parts written after the declared fields (kept as extras, so that the file's bytes stay as they were):
+    @property
+    def worst_expert(self) -> dict[str, Any] | None:
+        """The expert with the largest isolated output error, where any differs from the baseline's."""
+        return (self.model_extra or {}).get("worst_expert")
+
+    @property
+    def llama_cpp(self) -> dict[str, Any] | None:
+        """A GGUF variant's statistics with llama.cpp running its file, and the runtime's share."""
+        return (self.model_extra or {}).get("llama_cpp")
+
+    @property
+    def n_ctx(self) -> int | None:
+        """--scoring llama-perplexity: the chunk length (None otherwise)."""
+        return getattr(self.settings, "n_ctx", None)
 
 
 class Evaluation(Record):

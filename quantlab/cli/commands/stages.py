@@ -91,7 +91,7 @@ def measure_command(
                 )
             )
     if as_json:
-        return render.print_json(results)
+        return render.print_json([render.measurement_json(r) for r in results])
     render.measurements(results, artifacts, markdown)
 
 

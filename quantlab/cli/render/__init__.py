@@ -13,7 +13,7 @@ from rich.table import Table
 
 from quantlab.recipe import _ranges
 from quantlab.runtimes import runtime_label
-from quantlab.store.records import Attribution, Sweep
+from quantlab.store.records import Attribution, Measurement, Sweep
 
 console = Console()
 
@@ -145,7 +145,13 @@ def plan_table(plan) -> None:
     )
 
 
-def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -> None:
+def measurement_json(result: Measurement) -> dict:
+    """What ``quantlab measure --json`` prints of one measurement: the record, the served engine's part beside it."""
+    served = {"engine": result.engine} if result.engine else {}
+    return result.to_dict() | served | ({"cache_hit": True} if result.cache_hit else {})
+
+
+def measurements(results: list[Measurement], artifacts: Path, markdown: bool = False) -> None:
     headers = (
         "variant",
         "bits/w",
@@ -159,19 +165,19 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
     )
     first = results[0]
     title = (
-        f"against {first['baseline']}: {first['tokens']:,} tokens of {first['text']} "
-        f"({first.get('response_tokens', 0):,} predicted response tokens: {first.get('analysis_tokens', 0):,} of "
-        f"the analysis channel, {first['answer_tokens']:,} of answers)"
+        f"against {first.baseline}: {first.tokens:,} tokens of {first.text} "
+        f"({first.response_tokens:,} predicted response tokens: {first.analysis_tokens:,} of "
+        f"the analysis channel, {first.answer_tokens:,} of answers)"
     )
     table = Table(*headers, title=title)
     for r in results:
-        whole, answers = r["logits"]["all_tokens"], r["logits"]["answer_tokens"]
-        responses, analysis = r["logits"].get("response_tokens", {}), r["logits"].get("analysis_tokens", {})
-        flips = [layer["router"]["top1_flip_rate"] for layer in r["layers"]]
-        worst = r["worst_expert"]
+        whole, answers = r.logits["all_tokens"], r.logits["answer_tokens"]
+        responses, analysis = r.logits.get("response_tokens", {}), r.logits.get("analysis_tokens", {})
+        flips = [layer["router"]["top1_flip_rate"] for layer in r.layers]
+        worst = r.worst_expert
         table.add_row(
-            r["variant"],
-            f"{r['bits_per_weight']:.3f}",
+            r.variant,
+            f"{r.bits_per_weight:.3f}",
             f"{whole['perplexity_ratio']:.4f}",
             f"{responses['perplexity_ratio']:.4f}" if responses.get("n") else "",
             f"{analysis['kl_divergence']['mean']:.5f}" if analysis.get("n") else "",
@@ -190,23 +196,23 @@ def measurements(results: list[dict], artifacts: Path, markdown: bool = False) -
         return print(title + "\n\n" + "\n".join(lines))
     wide().print(table)
     for r in results:
-        share = r.get("llama_cpp", {}).get("runtime_share", {}).get("response_tokens")
+        share = (r.llama_cpp or {}).get("runtime_share", {}).get("response_tokens")
         if share:
             console.print(
-                f"{r['variant']}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
+                f"{r.variant}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
                 f"llama.cpp on model.gguf {share['mean_kld_llama_cpp']:.5f}: runtime's share {share['mean_kld_difference']:+.5f}"
             )
-        served = r.get("engine")
+        served = r.engine
         if served and served["runtime_share"].get("response_tokens"):
             share, name = served["runtime_share"]["response_tokens"], served["settings"]["engine"]
             console.print(
-                f"{r['variant']}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
+                f"{r.variant}: mean KLD on responses, quantlab's torch model {share['mean_kld_torch']:.5f}, "
                 f"{name} ({served['settings']['engine_version']}, {served['settings']['loaded']}, dtype "
                 f"{served['settings']['dtype']}, top-{served['top_k']}: KL {served['kl']}) "
                 f"{share['mean_kld_' + name.replace('.', '_')]:.5f}: engine's share {share['mean_kld_difference']:+.2e}",
                 highlight=False,
             )
-    console.print(f"written: {', '.join(str(Path(artifacts) / r['variant'] / 'measure') for r in results)}")
+    console.print(f"written: {', '.join(str(Path(artifacts) / r.variant / 'measure') for r in results)}")
 
 
 def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: str | None) -> None:

@@ -28,6 +28,7 @@ from quantlab.stages.measure.baseline import load_baseline
 from quantlab.stages.measure.runtime_share import runtime_share, session_statistics
 from quantlab.stages.measure.text import EvaluationText, measurement_text
 from quantlab.store import MODEL, ArtifactStore, atomic_write_text, content_key, record_json
+from quantlab.store.records import Measurement
 from quantlab.token_statistics import logit_summaries
 
 
@@ -48,7 +49,7 @@ SCHEMA_VERSION = 1
 
 
 def measure_served(
-    store, folder, manifest: dict, torch_result: dict, engine: str, serve_options, top_k: int | None, force: bool
+    store, folder, manifest: dict, torch_result: Measurement, engine: str, serve_options, top_k: int | None, force: bool
 ) -> dict:
     """The served variant's statistics on the same text and baseline as ``torch_result`` (its stored
     measurement), each engine's share beside the torch model's; stored as ``measure/<engine>.json``, reused
@@ -61,18 +62,16 @@ def measure_served(
     options = ServeOptions(dtype=options.dtype, load=options.load, max_logprobs=max(top_k, options.max_logprobs or 0))
     settings = {"engine": chosen.name, "engine_version": chosen.version(), "loaded": load.kind, "top_k": top_k}
     settings |= options.record()
-    key = content_key({"measurement": torch_result["cache_key"], "engine": settings})
+    key = content_key({"measurement": torch_result.cache_key, "engine": settings})
     path = ArtifactStore.engine_measurement_path(folder, chosen.name, options.dtype, asked_top_k)
     with ArtifactStore.lock(path):
         previous = None if force else ArtifactStore.cached(path, key)
         if previous is not None:
             return previous | {"cache_hit": True}
-        settings_of = torch_result["settings"]
+        settings_of = torch_result.settings
         _, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
-        baseline, _ = load_baseline(store, manifest, settings_of.get("baseline"))
-        text = measurement_text(
-            tokenizer, baseline, settings_of.get("text"), settings_of["tokens"], settings_of.get("n_ctx")
-        )
+        baseline, _ = load_baseline(store, manifest, settings_of.baseline)
+        text = measurement_text(tokenizer, baseline, settings_of.text, settings_of.tokens, torch_result.n_ctx)
         with serve(str(folder), chosen.name, store, options=options) as server:
             summary = engine_logit_summary(baseline, server, text, top_k)
             startup_s = server.startup_s
@@ -82,7 +81,7 @@ def measure_served(
             "variant": manifest["variant"],
             "settings": settings,
             **summary,
-            "runtime_share": runtime_share(torch_result["logits"], summary["logits"], chosen.name),
+            "runtime_share": runtime_share(torch_result.logits, summary["logits"], chosen.name),
             "server": {"startup_s": round(startup_s, 2), "log": str(server.log)},
         }
         atomic_write_text(path, record_json(record))

@@ -32,6 +32,7 @@ from quantlab.stages.measure.outputs import expert_weight_errors, write_measurem
 from quantlab.stages.measure.runtime_share import llama_cpp_logit_summary, runtime_share
 from quantlab.stages.measure.text import LLAMA_PERPLEXITY, SCORINGS, EvaluationText, measurement_text
 from quantlab.store import GGUF, MODEL, ArtifactStore, as_store, content_key, read_json, sha256_file
+from quantlab.store.records import Measurement
 from quantlab.token_statistics import TOKEN_STATISTICS, logit_summaries, token_statistics
 
 
@@ -282,9 +283,9 @@ def measure_variant(
     engine: str | None = None,
     serve_options=None,
     top_k: int | None = None,
-) -> dict:
-    """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs. The stored
-    measurement is returned instead (``cache_hit``) when variant, baseline, text and length are the same.
+) -> Measurement:
+    """Loads a built variant and its baseline, measures, attaches weight errors, writes the outputs and returns the
+    record. The stored one is returned instead (``cache_hit``) when variant, baseline, text and length are the same.
     ``scoring``: ``rows`` (one document per row, answer tokens marked) or ``llama-perplexity`` (a plain text in
     chunks of ``n_ctx`` tokens, the second half of each scored, as llama.cpp's tool; default n_ctx: the
     model's context, at most 512, the tool's default). ``engine``: also serve the variant through this engine and
@@ -314,9 +315,8 @@ def measure_variant(
     with ArtifactStore.lock(stored) if write else contextlib.nullcontext():
         previous = ArtifactStore.cached(stored, key) if write and not force else None
         if previous is not None:
-            return _with_engine(
-                previous | {"cache_hit": True}, store, folder, manifest, engine, serve_options, top_k, force
-            )
+            measured = Measurement.from_dict(previous, stored).at(stored, cache_hit=True)
+            return _with_engine(measured, store, folder, manifest, engine, serve_options, top_k, force)
         result = _measure(store, folder, manifest, baseline_ref, text_file, max_tokens, settings.get("n_ctx"))
         result = {
             "schema_version": SCHEMA_VERSION,
@@ -330,10 +330,13 @@ def measure_variant(
         result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
         if write:
             write_measurement(result, stored.parent)
-    return _with_engine(result, store, folder, manifest, engine, serve_options, top_k, force)
+    measured = Measurement.from_dict(result, stored).at(stored)
+    return _with_engine(measured, store, folder, manifest, engine, serve_options, top_k, force)
 
 
-def _with_engine(result: dict, store, folder: Path, manifest: dict, engine, serve_options, top_k, force: bool) -> dict:
+def _with_engine(
+    result: Measurement, store, folder: Path, manifest: dict, engine, serve_options, top_k, force: bool
+) -> Measurement:
     if engine is None:
         return result
     if not get_engine(engine).speaks().prompt_logprobs_by_token_id:
@@ -343,7 +346,8 @@ def _with_engine(result: dict, store, folder: Path, manifest: dict, engine, serv
         # checked that this one has its GGUF).
         return result
 
-    return result | {"engine": measure_served(store, folder, manifest, result, engine, serve_options, top_k, force)}
+    result.engine = measure_served(store, folder, manifest, result, engine, serve_options, top_k, force)
+    return result
 
 
 def _measure(
