@@ -249,11 +249,9 @@ def _documented_commands() -> list[str]:
 
 
 def test_the_documented_commands_are_commands_the_cli_accepts():
-    import typer
+    from quantlab.cli.app import _optional_values, quantlab_group
 
-    from quantlab.cli.app import _optional_values
-
-    group = typer.main.get_command(cli.app)
+    group = quantlab_group()
     commands = _documented_commands()
     assert len(commands) >= 12, commands
     for command in commands:
