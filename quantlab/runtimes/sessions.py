@@ -272,8 +272,8 @@ def open_session(subject: Subject, settings: RuntimeSettings, store=None) -> Ses
     if runtime.runs_the_gguf_export:
         assert subject.gguf is not None  # check() refused a subject without one
         return LlamaCppSession(subject.gguf, context_length_of(subject.model_folder))
-    model, _ = load_model(subject.model_folder, dtype=torch.float32)
-    return TransformersSession(model)
+    model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
+    return TransformersSession(model, tokenizer)
 
 
 def served_answers(candidate: Session, rows: list[list[int]], top_k: int) -> list[list[dict[int, float]]]:

@@ -289,9 +289,11 @@ def _prepare(subject: Subject, settings: EvaluationSettings, stack: contextlib.E
     # a server or llama.cpp (which maps the GGUF file) runs the model elsewhere: the client needs the tokenizer
     # and config, not the weights in memory, so a model larger than memory is evaluated that way
     session = stack.enter_context(open_session(subject, settings.runtime))
-    config, tokenizer = load_config_and_tokenizer(subject.model_folder)
-    if isinstance(session, TransformersSession):
-        config = session.model.config  # it records the experts' kernel transformers chose at load time
+    if isinstance(session, TransformersSession) and session.tokenizer is not None:
+        # what the session loaded: its config records the experts' kernel transformers chose at load time
+        config, tokenizer = session.model.config, session.tokenizer
+    else:
+        config, tokenizer = load_config_and_tokenizer(subject.model_folder)
     template = None  # the Jinja source prompts are rendered with; None: no chat template (plain)
     if settings.runtime.chat_template != "plain":
         template = chat.template_source(settings.runtime.chat_template, getattr(tokenizer, "chat_template", None))
