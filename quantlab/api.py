@@ -3,8 +3,7 @@ and the rest), so that importing the package stays cheap."""
 
 from __future__ import annotations
 
-from quantlab.recipe import find_recipe
-from quantlab.recipe import load_recipe as _load_recipe
+from quantlab.recipe import find_recipe, load_recipe
 from quantlab.stages.attribute import attribute as _attribute
 from quantlab.stages.build import build as _build
 from quantlab.stages.evaluate.run import evaluate as _evaluate
@@ -12,10 +11,7 @@ from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.report import write_report
 from quantlab.store.records import Attribution, Measurement
 
-
-def load_recipe(recipe):
-    """The validated recipe (``quantlab.recipe.Recipe``) of a YAML file or a shipped recipe's name."""
-    return _load_recipe(recipe)
+__all__ = ["attribute", "build", "evaluate", "load_recipe", "measure", "report"]
 
 
 def build(recipe, artifacts="artifacts", force: bool = False, progress=None):

@@ -86,9 +86,7 @@ class LazyGroup(TyperGroup):
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name, command, rest = super().resolve_command(ctx, args)
-        if isinstance(command, _NotLoaded) and name is not None:
-            command = self.commands[name] = load_command(name, command.listed.target)
-        return name, command, rest
+        return name, (command if name is None else self.loaded(ctx, name)), rest
 
     def loaded(self, ctx: click.Context, name: str) -> click.Command | None:
         """The command ``name`` itself, loaded (the listing's ``get_command`` gives what it lists)."""

@@ -18,9 +18,7 @@ probability (Δp) and both NLLs are exact (the server returns the prompt token's
 
 from __future__ import annotations
 
-import torch
-
-from quantlab.models.loading import load_model
+from quantlab.models.loading import load_config_and_tokenizer
 from quantlab.runtimes.engines import get_engine, max_logprobs
 from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.runtimes.sessions import ServedSession, TransformersSession
@@ -69,7 +67,7 @@ def measure_served(
         if previous is not None:
             return previous | {"cache_hit": True}
         settings_of = torch_result.settings
-        _, tokenizer = load_model(folder / MODEL, dtype=torch.float32)
+        _, tokenizer = load_config_and_tokenizer(folder / MODEL)  # the tokenizer only: the server holds the weights
         baseline, _ = load_baseline(store, manifest, settings_of.baseline)
         text = measurement_text(tokenizer, baseline, settings_of.text, settings_of.tokens, torch_result.n_ctx)
         with serve(str(folder), chosen.name, store, options=options) as server:

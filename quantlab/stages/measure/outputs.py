@@ -21,9 +21,10 @@ def expert_weight_errors(manifest: dict) -> dict[tuple[int, int], dict[str, dict
     return errors
 
 
-def write_measurement(result: dict, folder: Path) -> None:
+def write_measurement(record: Measurement, folder: Path) -> None:
     with atomic_directory(folder, force=True) as tmp:
-        (tmp / "measure.json").write_text(Measurement.from_dict(result, folder / "measure.json").to_json(indent=2))
+        (tmp / "measure.json").write_text(record.to_json(indent=2))
+        result = record.to_dict()
         with open(tmp / "experts.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(

@@ -328,9 +328,9 @@ def measure_variant(
             "settings": settings,
         } | result
         result["command"] = "quantlab " + " ".join(sys.argv[1:]) if sys.argv and "quantlab" in sys.argv[0] else None
+        measured = Measurement.from_dict(result, stored).at(stored)
         if write:
-            write_measurement(result, stored.parent)
-    measured = Measurement.from_dict(result, stored).at(stored)
+            write_measurement(measured, stored.parent)
     return _with_engine(measured, store, folder, manifest, engine, serve_options, top_k, force)
 
 
