@@ -4,7 +4,7 @@ The public API, one function per stage (``quantlab.api``, loaded on first use, s
 
     import quantlab
     recipe = quantlab.load_recipe("mxfp4")               # a shipped recipe's name or a YAML file
-    variant = quantlab.build("mxfp4", "artifacts")       # -> BuildResult(path, cache_hit, manifest)
+    variant = quantlab.build("mxfp4", "artifacts")       # -> BuildResult(path, cache_hit, manifest: Manifest)
     drift = quantlab.measure("mxfp4", artifacts="artifacts")
     result = quantlab.evaluate("mxfp4", "zoo_aime_style", limit=100, artifacts="artifacts")
     shares = quantlab.attribute("compactifai-like", ["zoo_aime_style"], limit=100, artifacts="artifacts")

@@ -9,7 +9,7 @@ from quantlab.stages.build import build as _build
 from quantlab.stages.evaluate.run import evaluate as _evaluate
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.report import write_report
-from quantlab.store.records import Attribution, Measurement
+from quantlab.store.records import Attribution, Evaluation, Measurement
 
 __all__ = ["attribute", "build", "evaluate", "load_recipe", "measure", "report"]
 
@@ -26,7 +26,7 @@ def measure(
     return measure_variant(variant, baseline, text, tokens, artifacts, force=force)
 
 
-def evaluate(subject, task: str, artifacts="artifacts", **options) -> dict:
+def evaluate(subject, task: str, artifacts="artifacts", **options) -> Evaluation:
     """One lm-eval task on a variant or model source, with repeats and a 95% interval (``quantlab eval``)."""
     return _evaluate(subject, task, artifacts=artifacts, **options)
 

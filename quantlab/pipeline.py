@@ -28,7 +28,7 @@ from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.stages.attribute import attribute
 from quantlab.stages.audit import audit
 from quantlab.stages.build import build
-from quantlab.stages.evaluate.run import evaluate_tasks
+from quantlab.stages.evaluate.compare import TaskScore, evaluate_tasks
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.report import write_report
 from quantlab.store import ArtifactStore, as_store
@@ -61,10 +61,10 @@ class DemoRun:
     recipes: Path
     builds: list[Any] = field(default_factory=list)  # BuildResult per variant
     measurements: list[Measurement] = field(default_factory=list)
-    evaluations: list[dict] = field(default_factory=list)  # evaluate_tasks rows
+    evaluations: list[TaskScore] = field(default_factory=list)
     attribution: Attribution | None = None
     serving: dict[str, Attribution] = field(default_factory=dict)  # serving case -> its attribution
-    served: list[dict] = field(default_factory=list)  # evaluate_tasks rows through an engine, against transformers
+    served: list[TaskScore] = field(default_factory=list)  # through an engine, against transformers
     served_measurement: Measurement | None = None  # measure_variant with an engine
     audit: Any = None  # the Audit record of the audited host (None: llama.cpp not installed)
     engines_missing: list[str] = field(default_factory=list)
@@ -72,9 +72,9 @@ class DemoRun:
     seconds: float = 0.0
 
     @property
-    def headline(self) -> dict[str, dict]:
+    def headline(self) -> dict[str, TaskScore]:
         """The headline task's evaluation of each variant (its row of ``evaluations``), in build order."""
-        return {row["subject"]: row for row in self.evaluations if row["task"] == HEADLINE_TASK}
+        return {row.subject: row for row in self.evaluations if row.task == HEADLINE_TASK}
 
 
 def demo_variants() -> list[str]:
@@ -206,7 +206,7 @@ def _audit_stage(run: DemoRun, names: list[str], say: Callable[[str], None]) -> 
         return
     say(f"auditing {variant} served through {engine} with the reasoning effort dropped")
     with serve(variant, engine, run.store, front=FrontSettings(effort_honored=False)) as server:
-        run.audit = audit(server.base_url, artifacts=run.store)["record"]
+        run.audit = audit(server.base_url, artifacts=run.store)
 
 
 def audit_line(run: DemoRun) -> str | None:
@@ -227,11 +227,11 @@ def served_lines(run: DemoRun) -> list[str]:
 
     lines = []
     for row in run.served:
-        differ = f", {row['different_answers']} of {row['items']} answers differ" if "different_answers" in row else ""
-        flips = row["flips"]
+        differ = f", {row.different_answers} of {row.items} answers differ" if row.different_answers is not None else ""
+        flips = row.flips or {}
         lines.append(
-            f"{row['subject']} on {row['task']} served by {runtime_label(row['settings'])}, "
-            f"{row['settings']['engine_version']}: {_interval(row)} against {row['against']}: "
+            f"{row.subject} on {row.task} served by {runtime_label(row.settings)}, "
+            f"{row.settings['engine_version']}: {_interval(row)} against {row.against}: "
             f"{flips['right_to_wrong']} right->wrong, {flips['wrong_to_right']} wrong->right{differ}."
         )
     return lines + engine_notes(run)
@@ -254,8 +254,8 @@ def engine_notes(run: DemoRun) -> list[str]:
     return lines
 
 
-def _interval(result: dict) -> str:
-    return f"{100 * result['score']:.1f}% [{100 * result['ci95'][0]:.1f}, {100 * result['ci95'][1]:.1f}]"
+def _interval(result: TaskScore) -> str:
+    return f"{100 * result.score:.1f}% [{100 * result.ci95[0]:.1f}, {100 * result.ci95[1]:.1f}]"
 
 
 def _shares(attribution: Attribution) -> str:
@@ -281,7 +281,7 @@ def summary(run: DemoRun) -> list[str]:
     artifacts, results, attribution, report = run.store.root, run.headline, run.attribution, run.report
     assert report is not None and attribution is not None, "the summary of a finished run"
     base, native, compressed = results["bf16"], results["mxfp4"], results[ATTRIBUTED]
-    within = base["ci95"][0] <= native["score"] <= base["ci95"][1]
+    within = base.ci95[0] <= native.score <= base.ci95[1]
     task = attribution.tasks[HEADLINE_TASK]
     labels = {f.key: f.label for f in attribution.factors}
     shares = sorted(task["shares_points"].items(), key=lambda item: -item[1]["value"])[:2]  # the two largest
@@ -290,9 +290,9 @@ def summary(run: DemoRun) -> list[str]:
         f"(alone {task['solo_points'][k]['value']:+.1f})"
         for k, s in shares
     )
-    loss = 100 * (base["score"] - compressed["score"])
+    loss = 100 * (base.score - compressed.score)
     return [
-        f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base['items']} items per task, "
+        f"Variants: {', '.join(results)} built, measured and evaluated in {artifacts}/ ({base.items} items per task, "
         f"greedy, reasoning effort {REASONING_EFFORT}, the model's chat template).",
         f"{HEADLINE_TASK}: bf16 {_interval(base)}; gpt-oss-native mxfp4 {_interval(native)} "
         f"({'within' if within else 'OUTSIDE'} bf16's interval); {ATTRIBUTED} {_interval(compressed)}.",

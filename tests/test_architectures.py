@@ -113,7 +113,7 @@ def test_a_recipe_builds_and_the_variant_loads(tiny_model_folder, tmp_path):
     variant, _ = load_model(result.path / "model", dtype=torch.float32)
     baseline, _ = load_model(folder, dtype=torch.float32)
     params, original = dict(variant.named_parameters()), dict(baseline.named_parameters())
-    rows = {row["name"]: row for row in result.manifest["tensors"]}
+    rows = {row["name"]: row for row in result.manifest.tensors}
     for unit in weight_units(variant):
         row = rows[unit.name]
         changed = not torch.equal(unit.read(params), unit.read(original))
@@ -139,7 +139,7 @@ def test_gguf_export_loads_in_llama_cpp_with_matching_logits(tiny_model_folder, 
         "  - select: {component: experts}\n    format: bf16\n"
     )
     result = builder.build(recipe, tmp_path / "artifacts")
-    comparison = result.manifest["exports"]["gguf"]["logits_vs_variant"]
+    comparison = result.manifest.exports["gguf"]["logits_vs_variant"]
     assert comparison["relative_l2"] <= 1e-3, comparison
 
 
@@ -163,5 +163,5 @@ def test_quantized_gguf_export_carries_the_plan_types(tiny_model_folder, tmp_pat
     assert expert_tensors and all(types[n] == "Q8_0" for n in expert_tensors), types
     assert types["blk.1.attn_q.weight"] == types["blk.1.attn_output.weight"] == "MXFP4"
     assert types["token_embd.weight"] == "F32"
-    comparison = result.manifest["exports"]["gguf"]["logits_vs_variant"]
+    comparison = result.manifest.exports["gguf"]["logits_vs_variant"]
     assert comparison["relative_l2"] < 0.05, comparison  # the runtime's share, reported

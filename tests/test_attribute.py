@@ -64,9 +64,7 @@ def attributed(attributed_store):
 
 
 def _correct(subject: str, store: Path, task="zoo_aime_style", **options) -> np.ndarray:
-    return np.array(evaluate(subject, task, limit=LIMIT, artifacts=store, **options)["correct"], dtype=float).mean(
-        axis=1
-    )
+    return np.array(evaluate(subject, task, limit=LIMIT, artifacts=store, **options).correct, dtype=float).mean(axis=1)
 
 
 def test_shapley_shares_equal_a_hand_computation_from_the_cells(attributed):
@@ -196,9 +194,9 @@ def test_the_runtime_share_is_llama_cpp_against_torch_on_the_same_gguf(tmp_path)
     quantized, exported = str(cells / "gguf-q4_k_m.1"), str(cells / "gguf-q4_k_m.0")
     score = {}
     for name, subject in (("baseline", exported), ("preset", quantized)):
-        score[name] = 100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store)["score"]
+        score[name] = 100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store).score
         score[name + "+runtime"] = (
-            100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store, backend="llama.cpp")["score"]
+            100 * evaluate(subject, "zoo_aime_style", limit=16, artifacts=store, backend="llama.cpp").score
         )
     runtime = ((score["baseline"] - score["baseline+runtime"]) + (score["preset"] - score["preset+runtime"])) / 2
     task = result.tasks["zoo_aime_style"]

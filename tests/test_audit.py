@@ -36,7 +36,7 @@ def _audit(store, variant, front, **options):
 
     with serve(variant, "llama.cpp", store, front=front) as server:
         assert server.base_url.startswith("http://127.0.0.1:")
-        return audit(server.base_url, artifacts=store, **options)["record"]
+        return audit(server.base_url, artifacts=store, **options)
 
 
 def _verdicts(record) -> dict[str, str]:
@@ -196,7 +196,7 @@ def test_a_misbehaving_endpoint_gets_could_not_check_with_the_reason_and_only_it
 
     timeout_s = 1 if misbehaving.mode == "slow" else 30
     checks = ["sampling", "accuracy", "shape"]
-    record = audit(misbehaving.url, budget=40, artifacts=tmp_path, checks=checks, timeout_s=timeout_s)["record"]
+    record = audit(misbehaving.url, budget=40, artifacts=tmp_path, checks=checks, timeout_s=timeout_s)
     for check in record.checks:
         assert check.verdict == "could not check", (check.name, check.reason)
         assert reason in check.reason
@@ -213,7 +213,7 @@ def test_a_misbehaving_endpoint_gets_could_not_check_with_the_reason_and_only_it
 def test_an_endpoint_without_log_probabilities_is_checked_from_sampled_text(misbehaving, tmp_path):
     from quantlab.stages.audit import audit
 
-    record = audit(misbehaving.url, budget=24, artifacts=tmp_path, checks=["weights"], candidates=[])["record"]
+    record = audit(misbehaving.url, budget=24, artifacts=tmp_path, checks=["weights"], candidates=[])
     (weights,) = record.checks
     # its answer never varies and never reasons: the sampled text differs from the reference's
     assert weights.detail["mode"] == "text only"

@@ -95,20 +95,20 @@ def test_every_shipped_recipe_builds_and_its_manifest_agrees_with_the_files(reci
     with safe_open(packed_file, "pt") as f:
         described = json.loads(f.metadata()["quantlab"])
         packed_bytes = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
-    quantized = [row for row in manifest["tensors"] if row["format"] != "keep"]
+    quantized = [row for row in manifest.tensors if row["format"] != "keep"]
     assert sum(row["stored_bytes"] for row in quantized) == packed_bytes
     for row in quantized:
         numel = row["shape"][0] * row["shape"][1]
         assert row["bits_per_weight"] == round(8 * row["stored_bytes"] / numel, 4)
-    assert manifest["sizes"]["packed_safetensors_bytes"] == packed_file.stat().st_size
-    assert manifest["sizes"]["model_safetensors_bytes"] == (folder / "model" / "model.safetensors").stat().st_size
+    assert manifest.sizes["packed_safetensors_bytes"] == packed_file.stat().st_size
+    assert manifest.sizes["model_safetensors_bytes"] == (folder / "model" / "model.safetensors").stat().st_size
 
     # The variant's weights are exactly what the packed tensors decode to; kept tensors are the baseline's.
     variant, _ = load_model(folder / "model", dtype=torch.float32)
     baseline, _ = load_model(resolve_model("zoo:tiny-gpt-oss"), dtype=torch.float32)
     units = {u.name: u for u in weight_units(variant)}
     variant_params, baseline_params = dict(variant.named_parameters()), dict(baseline.named_parameters())
-    for row in manifest["tensors"]:
+    for row in manifest.tensors:
         unit = units[row["name"]]
         got = unit.read(variant_params)
         if row["format"] == "keep":

@@ -60,11 +60,11 @@ def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
     )
     results = _built_both_ways(folder, body, tmp_path)
     memory, stream = results["memory"], results["stream"]
-    assert stream.manifest["run"]["streamed"] is True
+    assert stream.manifest.run["streamed"] is True
     layers = _small(family)["num_hidden_layers"]
     assert len(list((stream.path / "model").glob("*.safetensors"))) == layers + 3  # embeddings, norm, head alone
-    assert stream.manifest["tensors"] == memory.manifest["tensors"]
-    assert stream.manifest["stored_float32"] == memory.manifest["stored_float32"]
+    assert stream.manifest.tensors == memory.manifest.tensors
+    assert stream.manifest.stored_float32 == memory.manifest.stored_float32
     ours, theirs = _packed(stream.path), _packed(memory.path)
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
     streamed, _ = load_model(stream.path / "model")
@@ -73,7 +73,7 @@ def test_streamed_build_is_the_in_memory_build(hub_checkpoint, tmp_path):
     for name, value in built.named_parameters():
         assert mine[name].dtype == value.dtype and torch.equal(mine[name], value), name
     # the GGUF written from the shards one tensor at a time is the in-memory build's file, byte for byte
-    gguf_stream, gguf_memory = stream.manifest["exports"]["gguf"], memory.manifest["exports"]["gguf"]
+    gguf_stream, gguf_memory = stream.manifest.exports["gguf"], memory.manifest.exports["gguf"]
     assert gguf_stream["tensor_types"] == gguf_memory["tensor_types"]
     assert {t["type"] for t in gguf_memory["tensor_types"]} >= {"F32", "MXFP4"}
     assert (stream.path / "model.gguf").read_bytes() == (memory.path / "model.gguf").read_bytes()
@@ -135,7 +135,7 @@ def test_streamed_gptq_is_the_in_memory_gptq_and_sequential_differs(hub_checkpoi
         recipe = tmp_path / f"{mode}.yaml"
         recipe.write_text(f"name: {mode}\nmodel: {folder}\n{body.replace('SEQ', sequential)}")
         results[mode] = builder.build(recipe, tmp_path / "artifacts", stream=stream)
-    memory, stream, sequential = (results[m].manifest["tensors"] for m in ("memory", "stream", "seq"))
+    memory, stream, sequential = (results[m].manifest.tensors for m in ("memory", "stream", "seq"))
     assert any(r.get("method", "").startswith("gptq") and "method_fallback" not in r for r in memory)
     assert stream == memory
     ours, theirs = _packed(results["stream"].path), _packed(results["memory"].path)
@@ -161,10 +161,10 @@ def test_values_exact_in_bfloat16_do_not_reach_later_statistics(hub_checkpoint, 
         "    method: {name: gptq, min_tokens: 8}\n"
     )
     results = _built_both_ways(folder, body, tmp_path)
-    memory = results["memory"].manifest["tensors"]
+    memory = results["memory"].manifest.tensors
     assert any(".gate_up_proj" in r["name"] and r.get("format", "").startswith("mxfp4") for r in memory)
     assert any(r.get("method", "").startswith("gptq") and "method_fallback" not in r for r in memory)
-    assert results["stream"].manifest["tensors"] == memory
+    assert results["stream"].manifest.tensors == memory
     ours, theirs = _packed(results["stream"].path), _packed(results["memory"].path)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

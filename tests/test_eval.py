@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantlab.stages.evaluate.run import compare, evaluate
+from quantlab.stages.evaluate.compare import compare
+from quantlab.stages.evaluate.run import evaluate
 from quantlab.stages.evaluate.task_specs import task_folders
 from quantlab.statistics import bootstrap_interval, mcnemar_exact, pass_at_k
 
@@ -31,7 +32,7 @@ def test_scores_equal_lm_eval_on_the_saved_artifact(built):
 
     for task in ("zoo_aime_style", "zoo_gpqa_style"):
         ours = evaluate("mxfp4-all", task, limit=40, artifacts=built)
-        assert ours["settings"]["chat_template"] == "model" and "reasoning_effort" not in ours["settings"]
+        assert ours.settings["chat_template"] == "model" and "reasoning_effort" not in ours.settings
         theirs = lm_eval.simple_evaluate(
             model="hf",
             model_args=f"pretrained={built / 'mxfp4-all' / 'model'},dtype=float32,max_length=256,device=cpu",
@@ -42,9 +43,9 @@ def test_scores_equal_lm_eval_on_the_saved_artifact(built):
             apply_chat_template=True,
         )
         samples = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
-        metric = ours["metric"]
-        assert [float(s[metric]) for s in samples] == [row[0] for row in ours["correct"]]
-        assert ours["score"] == pytest.approx(np.mean([float(s[metric]) for s in samples]))
+        metric = ours.metric
+        assert [float(s[metric]) for s in samples] == [row[0] for row in ours.correct]
+        assert ours.score == pytest.approx(np.mean([float(s[metric]) for s in samples]))
 
 
 @pytest.mark.parametrize("effort", ["high", "low"])
@@ -61,7 +62,7 @@ def test_greedy_exact_match_equals_quantlab_own_scorer(built, effort):
     problems = tasks.problems("test", 60)
     rendered = prompts(tokenizer, problems, effort, "model")
     _, per_item = exact_match(model, tokenizer, rendered, [p.answer for p in problems])
-    assert [row[0] for row in result["correct"]] == [float(x) for x in per_item]
+    assert [row[0] for row in result.correct] == [float(x) for x in per_item]
 
 
 def test_mcnemar_and_bootstrap_by_hand():
@@ -83,24 +84,25 @@ def test_flips_cache_and_sampled_repeats(built):
     baseline = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=60, artifacts=built, reasoning_effort="low")
     variant = evaluate("mxfp4-all", "zoo_aime_style", limit=60, artifacts=built, reasoning_effort="low")
     flips = compare(baseline, variant)
-    base_right = np.array(baseline["correct"])[:, 0] == 1
-    variant_right = np.array(variant["correct"])[:, 0] == 1
+    base_right = np.array(baseline.correct)[:, 0] == 1
+    variant_right = np.array(variant.correct)[:, 0] == 1
     assert flips["right_to_wrong"] == int((base_right & ~variant_right).sum())
     assert flips["wrong_to_right"] == int((~base_right & variant_right).sum())
     again = evaluate("mxfp4-all", "zoo_aime_style", limit=60, artifacts=built, reasoning_effort="low")
-    assert again["cache_hit"] and again["correct"] == variant["correct"]
+    assert again.cache_hit and again.correct == variant.correct
 
     sampled = evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)
-    assert sampled["seeds"] == [5, 6, 7] and np.array(sampled["correct"]).shape == (20, 3)
-    assert sampled["ci95"][0] <= sampled["score"] <= sampled["ci95"][1]
-    stored = built / "mxfp4-all" / "eval" / f"zoo_aime_style-{sampled['settings_hash']}.json"
+    assert sampled.seeds == [5, 6, 7] and np.array(sampled.correct).shape == (20, 3)
+    assert sampled.ci95[0] <= sampled.score <= sampled.ci95[1]
+    stored = built / "mxfp4-all" / "eval" / f"zoo_aime_style-{sampled.settings_hash}.json"
+    assert sampled.stored_at == stored
     stored.unlink()  # the record gone: recomputed, and the same answers (seeded)
     again = evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)
-    assert not again["cache_hit"] and again["correct"] == sampled["correct"] and stored.is_file()
-    stored.write_text(stored.read_text().replace(again["cache_key"], "0" * 64))  # a record of other inputs: not trusted
-    assert not evaluate("mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built)[
-        "cache_hit"
-    ]
+    assert not again.cache_hit and again.correct == sampled.correct and stored.is_file()
+    stored.write_text(stored.read_text().replace(again.cache_key, "0" * 64))  # a record of other inputs: not trusted
+    assert not evaluate(
+        "mxfp4-all", "zoo_aime_style", limit=20, repeats=3, temperature=1.0, seed=5, artifacts=built
+    ).cache_hit
 
 
 def test_unknown_task_is_one_line(built, monkeypatch, capsys):
@@ -129,8 +131,8 @@ def test_real_task_offline_with_the_shared_aime_file(built, monkeypatch, tmp_pat
     result = evaluate(
         "mxfp4-all", "aime25", limit=3, max_new_tokens=8, artifacts=built, data_file=SHARED / "aime2025" / "test.jsonl"
     )
-    assert result["items"] == 3 and result["settings"]["data_sha256"]
-    assert result["lm_eval"][0]["config"]["doc_to_text"].startswith("Question: {{problem}}")
+    assert result.items == 3 and result.settings["data_sha256"]
+    assert result.lm_eval[0]["config"]["doc_to_text"].startswith("Question: {{problem}}")
 
     with pytest.raises(UserError, match=r"--data aime25=path.jsonl"):
         evaluate("mxfp4-all", "aime25", limit=3, artifacts=built)
@@ -154,8 +156,8 @@ def test_llama_cpp_backend_agrees_with_hf_on_an_f32_export(tmp_path):
     for task in ("zoo_aime_style", "zoo_gpqa_style"):
         hf = evaluate("f32", task, limit=30, artifacts=tmp_path)
         llama = evaluate("f32", task, limit=30, artifacts=tmp_path, backend="llama.cpp")
-        assert llama["settings"]["backend"] == "llama.cpp" and not llama["cache_hit"]
-        assert llama["correct"] == hf["correct"], task
+        assert llama.settings["backend"] == "llama.cpp" and not llama.cache_hit
+        assert llama.correct == hf.correct, task
 
 
 @pytest.mark.skipif(not (SHARED / "gsm8k" / "test.jsonl").is_file(), reason="../shared/data not present")
@@ -167,10 +169,10 @@ def test_shared_gsm8k_and_math500_files_work_offline(built, monkeypatch):
     with pytest.raises(UserError, match=r"few-shot examples from its 'train' split.*--num-fewshot 0"):
         evaluate("mxfp4-all", "gsm8k", limit=2, artifacts=built, data_file=gsm8k)
     result = evaluate("mxfp4-all", "gsm8k", limit=2, max_new_tokens=8, num_fewshot=0, artifacts=built, data_file=gsm8k)
-    assert result["items"] == 2 and result["filter"] == "strict-match"
+    assert result.items == 2 and result.filter == "strict-match"
     # gsm8k's YAML sets no generation length: not lm-eval's silent 256, half the context, recorded
     default = evaluate("mxfp4-all", "gsm8k", limit=1, num_fewshot=0, artifacts=built, data_file=gsm8k)
-    assert default["settings"]["max_gen_toks_default"] == 256 // 2
+    assert default.settings["max_gen_toks_default"] == 256 // 2
     math = evaluate(
         "mxfp4-all",
         "minerva_math500",
@@ -180,7 +182,7 @@ def test_shared_gsm8k_and_math500_files_work_offline(built, monkeypatch):
         artifacts=built,
         data_file=SHARED / "math500" / "test.jsonl",
     )
-    assert math["items"] == 2
+    assert math.items == 2
 
 
 def test_endpoint_backend_against_a_real_local_server(tmp_path):
@@ -250,11 +252,11 @@ def test_endpoint_backend_against_a_real_local_server(tmp_path):
         local = evaluate(
             "served", "zoo_aime_style", limit=20, artifacts=tmp_path, backend="llama.cpp", reasoning_effort="low"
         )
-        assert sum(row[0] for row in local["correct"]) > 0
-        assert served["settings"]["endpoint"].endswith(f":{port}/v1")
-        assert served["correct"] == local["correct"]
-        assert [s["response"] for s in served["lm_eval"][0]["samples"]] == [
-            s["response"] for s in local["lm_eval"][0]["samples"]
+        assert sum(row[0] for row in local.correct) > 0
+        assert served.settings["endpoint"].endswith(f":{port}/v1")
+        assert served.correct == local.correct
+        assert [s["response"] for s in served.lm_eval[0]["samples"]] == [
+            s["response"] for s in local.lm_eval[0]["samples"]
         ]
     finally:
         server.terminate()
@@ -294,10 +296,10 @@ def test_gpqa_offline_from_the_official_csv_layout_with_per_item_shuffles(tmp_pa
     backward = evaluate(
         "zoo:tiny-gpt-oss", "gpqa_diamond_zeroshot", artifacts=tmp_path / "b", data_file=tmp_path / "reversed.csv"
     )
-    assert forward["items"] == 6
-    letters = {s["target"] for s in forward["lm_eval"][0]["samples"]}
+    assert forward.items == 6
+    letters = {s["target"] for s in forward.lm_eval[0]["samples"]}
     assert len(letters) > 1  # the correct answer is not always in the same position
-    by_question = lambda result: {s["doc_id"]: s["target"] for s in result["lm_eval"][0]["samples"]}  # noqa: E731
+    by_question = lambda result: {s["doc_id"]: s["target"] for s in result.lm_eval[0]["samples"]}  # noqa: E731
     f, b = by_question(forward), by_question(backward)
     assert [f[i] for i in range(6)] == [b[5 - i] for i in range(6)]
 
@@ -313,8 +315,8 @@ def test_gpqa_offline_from_the_official_csv_layout_with_per_item_shuffles(tmp_pa
 def test_task_generation_settings_are_applied_and_recorded(built):
     """--gen zoo_aime_style:max_gen_toks=4 cuts every chain before its answer: all wrong, and recorded."""
     short = evaluate("mxfp4-all", "zoo_aime_style", limit=10, artifacts=built, generation={"max_gen_toks": 4})
-    assert short["settings"]["generation"] == {"max_gen_toks": 4}
-    assert short["score"] == 0.0 and all(len(s["response"] or "") <= 12 for s in short["lm_eval"][0]["samples"])
+    assert short.settings["generation"] == {"max_gen_toks": 4}
+    assert short.score == 0.0 and all(len(s["response"] or "") <= 12 for s in short.lm_eval[0]["samples"])
 
 
 def test_reasoning_effort_and_the_wrong_templates_reach_the_prompt(built, tmp_path):
@@ -325,11 +327,11 @@ def test_reasoning_effort_and_the_wrong_templates_reach_the_prompt(built, tmp_pa
     from quantlab.zoo import tasks
 
     def prompts_of(result):
-        return [s["prompt"] for s in result["lm_eval"][0]["samples"]]
+        return [s["prompt"] for s in result.lm_eval[0]["samples"]]
 
     default = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=20, artifacts=built)
     medium = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=20, artifacts=built, reasoning_effort="medium")
-    assert default["correct"] == medium["correct"] and default["cache_key"] != medium["cache_key"]
+    assert default.correct == medium.correct and default.cache_key != medium.cache_key
     problem = tasks.problems("test", 1)[0]
     for template in ("chatml", "final-only", "plain"):
         result = (
@@ -344,7 +346,7 @@ def test_reasoning_effort_and_the_wrong_templates_reach_the_prompt(built, tmp_pa
             if template != "plain"
             else evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=3, artifacts=built, chat_template=template)
         )
-        assert result["settings"]["chat_template"] == template
+        assert result.settings["chat_template"] == template
         expected = chat.render(
             chat.template_source(template, tasks.chat_template()), [tasks.user_message(problem)], "high"
         )
@@ -352,7 +354,7 @@ def test_reasoning_effort_and_the_wrong_templates_reach_the_prompt(built, tmp_pa
     jinja = tmp_path / "shouting.jinja"
     jinja.write_text("{% for m in messages %}{{ m.content }}!{% endfor %}")
     result = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=3, artifacts=built, chat_template=str(jinja))
-    assert prompts_of(result)[0] == problem.expression + "!" and len(result["settings"]["chat_template_sha256"]) == 64
+    assert prompts_of(result)[0] == problem.expression + "!" and len(result.settings["chat_template_sha256"]) == 64
     with pytest.raises(UserError, match="plain"):
         evaluate(
             "zoo:tiny-gpt-oss",

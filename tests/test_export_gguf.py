@@ -21,7 +21,7 @@ def build(tmp_path, groups: str):
 
 def test_f32_export_matches_the_variant(tmp_path):
     result = build(tmp_path, "  - select: {component: experts}\n    format: bf16\n")
-    export = result.manifest["exports"]["gguf"]
+    export = result.manifest.exports["gguf"]
     assert {t["type"] for t in export["tensor_types"]} == {"F32"}
     assert export["logits_vs_variant"]["relative_l2"] <= 1e-3
     assert export["logits_vs_variant"]["tokens"] > 20
@@ -59,7 +59,7 @@ def test_quantized_export_carries_the_plan_types_and_bytes(tmp_path):
     expected = variant.model.layers[3].mlp.experts.down_proj.detach().transpose(1, 2).numpy()
     assert np.array_equal(down.reshape(expected.shape), expected)
 
-    comparison = result.manifest["exports"]["gguf"]["logits_vs_variant"]
+    comparison = result.manifest.exports["gguf"]["logits_vs_variant"]
     assert np.isfinite(comparison["relative_l2"]) and comparison["relative_l2"] < 0.05
     manifest = json.loads((result.path / "manifest.json").read_text())
     assert manifest["exports"]["gguf"]["bytes"] == (result.path / "model.gguf").stat().st_size

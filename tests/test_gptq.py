@@ -88,7 +88,7 @@ def test_experts_see_the_tokens_the_router_sends_them(tmp_path):
     assert counts[0] < threshold
     write(threshold)
     manifest = builder.build(recipe, tmp_path / "artifacts").manifest
-    rows = {r["name"]: r for r in manifest["tensors"]}
+    rows = {r["name"]: r for r in manifest.tensors}
     for expert in range(8):
         routed = int((indices == expert).any(dim=-1).sum())
         for tensor in ("gate_up_proj", "down_proj"):

@@ -35,7 +35,7 @@ def test_llama_quantize_s_file_measures_as_the_lab_s_build(community_file, tmp_p
 
     store = tmp_path / "artifacts"
     imported = import_gguf(community_file, "zoo:tiny-gpt-oss", artifacts=store)
-    assert imported.manifest["variant"] == "tiny-Q4_K_M"
+    assert imported.manifest.variant == "tiny-Q4_K_M"
     built = builder.build(REPO_RECIPES / "gguf-q4_k_m.yaml", store)
     theirs = measure_variant("tiny-Q4_K_M", artifacts=store, max_tokens=1024)
     ours = measure_variant("gguf-q4_k_m", artifacts=store, max_tokens=1024)
@@ -43,8 +43,8 @@ def test_llama_quantize_s_file_measures_as_the_lab_s_build(community_file, tmp_p
     assert theirs.logits == ours.logits  # the dequantized model, through transformers
     assert theirs.llama_cpp and ours.llama_cpp
     assert theirs.llama_cpp["logits"] == ours.llama_cpp["logits"]  # the file, through llama.cpp
-    formats = {r["name"]: r["format"] for r in imported.manifest["tensors"]}
-    assert formats == {r["name"]: r["format"] for r in built.manifest["tensors"]}
+    formats = {r["name"]: r["format"] for r in imported.manifest.tensors}
+    assert formats == {r["name"]: r["format"] for r in built.manifest.tensors}
     again = import_gguf(community_file, "zoo:tiny-gpt-oss", artifacts=store)
     assert again.cache_hit
 

@@ -181,14 +181,12 @@ def test_llama_cpp_served_answers_equal_the_in_process_runtime(served_store):
     local = evaluate(
         "q4k", "zoo_aime_style", limit=20, artifacts=served_store, backend="llama.cpp", reasoning_effort="low"
     )
-    assert served["settings"]["engine"] == "llama.cpp" and served["settings"]["loaded"] == "gguf"
-    assert served["settings"]["engine_version"].startswith("llama-cpp-python")
-    assert served["settings"]["request_defaults"] == {"repeat_penalty": 1.0}
-    assert sum(row[0] for row in local["correct"]) > 0
-    assert [s["response"] for s in served["lm_eval"][0]["samples"]] == [
-        s["response"] for s in local["lm_eval"][0]["samples"]
-    ]
-    assert Path(served["server"]["log"]).is_file()
+    assert served.settings["engine"] == "llama.cpp" and served.settings["loaded"] == "gguf"
+    assert served.settings["engine_version"].startswith("llama-cpp-python")
+    assert served.settings["request_defaults"] == {"repeat_penalty": 1.0}
+    assert sum(row[0] for row in local.correct) > 0
+    assert [s["response"] for s in served.lm_eval[0]["samples"]] == [s["response"] for s in local.lm_eval[0]["samples"]]
+    assert Path(served.server["log"]).is_file()
     # the server was stopped: nothing listens on the port the log names any more
     assert not _llama_servers(served_store)
 
@@ -330,7 +328,8 @@ def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
     item for item, and log-probabilities whose KL from transformers' is zero up to float32 rounding (every token
     of the 145-token vocabulary returned, so the KL is exact, not a bound)."""
     from quantlab.runtimes.serve import ServeOptions
-    from quantlab.stages.evaluate.run import different_answers, evaluate
+    from quantlab.stages.evaluate.compare import different_answers
+    from quantlab.stages.evaluate.run import evaluate
     from quantlab.stages.measure.run import measure_variant
 
     options = ServeOptions(dtype="float32")
@@ -345,8 +344,8 @@ def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
         reasoning_effort="high",
     )
     local = evaluate("zoo:tiny-gpt-oss", "zoo_aime_style", limit=24, artifacts=served_store, reasoning_effort="high")
-    assert served["settings"]["engine_version"].startswith("vllm")
-    assert different_answers(local, served) == 0 and served["correct"] == local["correct"]
+    assert served.settings["engine_version"].startswith("vllm")
+    assert different_answers(local, served) == 0 and served.correct == local.correct
     measured = measure_variant("bf16", max_tokens=512, artifacts=served_store, engine="vllm", serve_options=options)
     engine = measured.engine
     assert engine is not None
@@ -354,6 +353,32 @@ def test_vllm_float32_serves_transformers_answers_and_logits(served_store):
     responses = engine["logits"]["response_tokens"]
     assert abs(responses["kl_divergence"]["mean"]) < 1e-6 and responses["same_top"]["rate"] == 1.0
     assert responses["perplexity_ratio"] == pytest.approx(1.0, abs=1e-5)
+
+
+@needs_vllm
+def test_a_vllm_session_generates_transformers_greedy_turns_stopping_at_token_ids(served_store):
+    """Session.generate through vLLM's completions route (float32): transformers' generate, token for token, with
+    special tokens kept as text, the stop token left out and not counted, and a prompt cut at its limit."""
+    from quantlab.runtimes import RuntimeSettings
+    from quantlab.runtimes.sessions import ServedSession, TransformersSession, open_session
+    from quantlab.store import ArtifactStore
+    from quantlab.zoo import tasks
+
+    subject = ArtifactStore(served_store).subject("zoo:tiny-gpt-oss")
+    local = TransformersSession.opened(subject, RuntimeSettings())
+    tokenizer = local.tokenizer
+    problems = tasks.problems("test", 3, 0)
+    prompts = [tasks.prompt_text(p, effort) for p in problems for effort in ("low", "high")]
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|return|>", "<|end|>")]
+    limits = [96, 96, 96, 96, 96, 4]  # the last stops at its limit
+    reference = local.generate(prompts, limits, stops)
+    settings = RuntimeSettings(backend="served", engine="vllm", dtype="float32")
+    with open_session(subject, settings, ArtifactStore(served_store)) as session:
+        assert isinstance(session, ServedSession)
+        served = session.generate(prompts, limits, stops)
+    assert served == reference
+    assert [stopped for _, _, stopped in served] == [True] * 5 + [False] and served[-1][1] == 4
+    assert served[1][0].startswith("<|channel|>analysis<|message|>")  # high effort: the chain first, as text
 
 
 @needs_llama_server
@@ -415,7 +440,7 @@ def test_the_report_puts_the_runtimes_side_by_side(served_store, tmp_path):
         "q4k", "zoo_aime_style", limit=20, artifacts=served_store, engine="llama.cpp", reasoning_effort="low"
     )
     differ = sum(
-        a["response"] != b["response"] for a, b in zip(local["lm_eval"][0]["samples"], served["lm_eval"][0]["samples"])
+        a["response"] != b["response"] for a, b in zip(local.lm_eval[0]["samples"], served.lm_eval[0]["samples"])
     )
     paths = write_report(served_store, tmp_path / "report", ["q4k"], "q4k", "quantlab report")
     section = paths["markdown"].read_text().split("## Runtimes side by side")[1].split("\n## ")[0]
@@ -436,6 +461,6 @@ def test_llama_cpp_served_log_likelihoods_equal_the_in_process_runtime(served_st
 
     served = evaluate("q4k", "zoo_gpqa_style", limit=12, artifacts=served_store, engine="llama.cpp")
     local = evaluate("q4k", "zoo_gpqa_style", limit=12, artifacts=served_store, backend="llama.cpp")
-    assert served["correct"] == local["correct"] and sum(row[0] for row in local["correct"]) >= 6
-    for a, b in zip(served["lm_eval"][0]["samples"], local["lm_eval"][0]["samples"]):
+    assert served.correct == local.correct and sum(row[0] for row in local.correct) >= 6
+    for a, b in zip(served.lm_eval[0]["samples"], local.lm_eval[0]["samples"]):
         assert a["response"][0] == pytest.approx(b["response"][0], abs=1e-3)

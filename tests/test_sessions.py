@@ -12,7 +12,7 @@ from scipy.stats import entropy
 
 from quantlab.errors import UserError
 from quantlab.models.loading import load_model, resolve_model
-from quantlab.runtimes import RuntimeSettings
+from quantlab.runtimes import Runtime, RuntimeSettings
 from quantlab.runtimes.engines import Engine, get_engine
 from quantlab.runtimes.protocols import get_protocol
 from quantlab.runtimes.sessions import (
@@ -112,6 +112,16 @@ def test_open_session_runs_what_the_settings_name(zoo, tmp_path):
         open_session(subject, RuntimeSettings(backend="llama.cpp"))
     with pytest.raises(UserError, match="--endpoint"):
         open_session(subject, RuntimeSettings(backend="endpoint"))
+    with open_session(subject, RuntimeSettings(backend="endpoint", endpoint="http://127.0.0.1:9/v1")) as session:
+        assert isinstance(session, EndpointSession) and session.protocol.name == "vllm"  # nothing is asked yet
+
+
+def test_every_runtime_opens_a_session_of_its_own():
+    """Each --backend names the one Session subclass that opens it, and no two runtimes share one."""
+    classes = {name: Session.of_runtime(name) for name in Runtime.names()}
+    assert set(classes) == {"hf", "llama.cpp", "endpoint", "served"}
+    assert len(set(classes.values())) == len(classes)
+    assert all("opened" in vars(cls) for cls in classes.values())  # each opens itself, none inherits the refusal
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("llama_cpp") is None, reason="needs quantlab[gguf]")
@@ -184,6 +194,34 @@ def test_vllm_prompt_logprobs_are_read_by_token_id_from_its_documented_reply():
     assert payload["max_tokens"] == 1 and payload["temperature"] == 0
     with pytest.raises(UserError, match="no prompt_logprobs for a prompt of 4 tokens"):
         get_protocol("vllm").prompt_logprobs(server, [1, 7, 3, 5], top_k=1)
+
+
+def test_vllm_generation_is_asked_to_stop_at_exactly_the_given_ids_and_its_reply_read_as_vllm_documents_it():
+    # vLLM's completions reply when a stop_token_ids token ended it: finish_reason "stop", stop_reason the id, the
+    # stop token's text left out of "text" but counted in usage.completion_tokens
+    reply = {
+        "choices": [{"text": "<|channel|>final<|message|>7", "finish_reason": "stop", "stop_reason": 200002}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+    }
+    server = _Answers(reply)
+    protocol = get_protocol("vllm")
+    assert protocol.generate(server, "p", 16, [200002, 200007], 0.0, 1.0, 3) == (
+        "<|channel|>final<|message|>7",
+        4,
+        True,
+    )
+    route, payload = server.sent[0]
+    assert route == "completions" and payload["prompt"] == "p" and payload["max_tokens"] == 16
+    assert payload["stop_token_ids"] == [200002, 200007] and payload["ignore_eos"] is True
+    assert payload["skip_special_tokens"] is False and payload["spaces_between_special_tokens"] is False
+    assert payload["add_special_tokens"] is False and payload["seed"] == 3
+    cut = {
+        "choices": [{"text": "abc", "finish_reason": "length", "stop_reason": None}],
+        "usage": {"completion_tokens": 3},
+    }
+    assert protocol.generate(_Answers(cut), "p", 3, [200002], 0.0, 1.0, 0) == ("abc", 3, False)
+    with pytest.raises(UserError, match="stop at given token ids"):
+        get_protocol("llama.cpp").generate(server, "p", 16, [200002], 0.0, 1.0, 0)
 
 
 def test_every_engine_speaks_a_registered_protocol_and_llama_cpps_defaults_undo_its_servers():

@@ -76,8 +76,8 @@ def test_evaluation_repeats_as_ray_tasks_are_the_sequential_repeats(tmp_path):
             generation={"max_gen_toks": 48},
             **options,
         )
-        assert result["repeats"] == 3 and not result["cache_hit"]
-        records[mode] = {k: v for k, v in result.items() if k not in ("seconds", "cache_hit")}
+        assert result.repeats == 3 and not result.cache_hit
+        records[mode] = {k: v for k, v in result.to_dict().items() if k != "seconds"}
     assert records["ray"] == records["sequential"]
     assert records["ray"]["seeds"] == [0, 1, 2]
     samples = [[s["generated"] for s in run["samples"]] for run in records["ray"]["lm_eval"]]
@@ -104,7 +104,7 @@ def test_a_ray_evaluation_stores_exactly_the_sequential_runs_settings(tmp_path):
             generation={"max_gen_toks": 4096},  # more than the embedded model's 256 positions
             **options,
         )
-    assert records["ray"]["settings"] == records["sequential"]["settings"]
-    assert records["ray"]["settings_hash"] == records["sequential"]["settings_hash"]
+    assert records["ray"].settings == records["sequential"].settings
+    assert records["ray"].settings_hash == records["sequential"].settings_hash
     # the clamp itself, by hand: half of the model's 256-position context
-    assert records["ray"]["settings"]["max_gen_toks_clamped"] == {"requested": 4096, "used": 128, "context": 256}
+    assert records["ray"].settings["max_gen_toks_clamped"] == {"requested": 4096, "used": 128, "context": 256}

@@ -112,9 +112,9 @@ def test_mxfp4_of_the_release_is_the_release_and_its_gguf_is_mxfp4(gpt_oss_20b):
     body = "groups:\n  - select: {component: experts}\n    format: mxfp4\nexports: [gguf, native]\n"
     recipe = _recipe(root, "mxfp4", body, folder)
     result = builder.build(recipe, root / "artifacts")
-    rows = [r for r in result.manifest["tensors"] if r["component"] == "experts"]
+    rows = [r for r in result.manifest.tensors if r["component"] == "experts"]
     assert len(rows) == 8 and all(r["error"]["relative_error"] == 0 for r in rows)
-    types = {t["name"]: t["type"] for t in result.manifest["exports"]["gguf"]["tensor_types"]}
+    types = {t["name"]: t["type"] for t in result.manifest.exports["gguf"]["tensor_types"]}
     assert types["blk.0.ffn_down_exps.weight"] == types["blk.0.ffn_gate_exps.weight"] == "MXFP4"
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     exported = {}
@@ -151,10 +151,10 @@ def test_f32_gguf_export_matches_transformers(gpt_oss_20b):
     config["rope_scaling"]["truncate"] = True
     (rounded / "config.json").write_text(json.dumps(config))
     body = "groups:\n  - select: {component: experts}\n    format: bf16\nexports: [gguf]\n"
-    same_rope = builder.build(_recipe(root, "f32t", body, rounded), root / "artifacts").manifest["exports"]["gguf"]
+    same_rope = builder.build(_recipe(root, "f32t", body, rounded), root / "artifacts").manifest.exports["gguf"]
     assert same_rope["logits_vs_variant"]["relative_l2"] <= 1e-3, same_rope
     assert not same_rope["runtime_departures"]
-    released = builder.build(_recipe(root, "f32", body, folder), root / "artifacts").manifest["exports"]["gguf"]
+    released = builder.build(_recipe(root, "f32", body, folder), root / "artifacts").manifest.exports["gguf"]
     assert released["runtime_departures"] == [
         "llama.cpp rounds YaRN's correction range to whole dimensions; this config says truncate: false"
     ]
@@ -192,9 +192,10 @@ def test_q4_k_m_at_2880_wide_rows_is_llama_quantize_s(gpt_oss_20b):
 
     # ... and the stages after the build run on it: measure (torch and llama.cpp) and a short evaluation
     measured = measure_variant(str(result.path), max_tokens=512, artifacts=root / "artifacts")
-    print(sorted(measured.to_dict()))
+    llama = measured.llama_cpp  # a GGUF variant is also measured with llama.cpp running its file
+    assert llama is not None and llama["logits"]["response_tokens"]["n"] == measured.logits["response_tokens"]["n"] > 0
     evaluated = evaluate(str(result.path), "zoo_gpqa_style", limit=4, artifacts=root / "artifacts")
-    print(evaluated.keys())
+    assert evaluated.items == 4 and evaluated.stored_at.is_file() and not evaluated.cache_hit
 
 
 def test_int4_gptq_at_gpt_oss_widths(gpt_oss_20b):
@@ -210,5 +211,5 @@ def test_int4_gptq_at_gpt_oss_widths(gpt_oss_20b):
     with pytest.raises(UserError, match="rows of 2880 values are not a multiple of 128"):
         builder.build(_recipe(root, "gptq128", body.replace("GROUP", "128"), folder), root / "artifacts")
     result = builder.build(_recipe(root, "gptq32", body.replace("GROUP", "32"), folder), root / "artifacts")
-    rows = [r for r in result.manifest["tensors"] if r.get("method", "").startswith("gptq")]
+    rows = [r for r in result.manifest.tensors if r.get("method", "").startswith("gptq")]
     assert len(rows) == 12 and all(0 < r["error"]["relative_error"] < 0.2 for r in rows)

@@ -132,7 +132,7 @@ def bench_audit(
         for host in FAITHFUL + DISTORTED:
             say(f"table: auditing {host.label}")
             with _served(host, store) as server:
-                record = audit(server.base_url, artifacts=store)["record"]
+                record = audit(server.base_url, artifacts=store)
             rows.append({"server": host.label, "distortion": host.distortion, "check": host.check} | _verdicts(record))
         result["table"] = rows
     if "false_positives" in parts:
@@ -143,7 +143,7 @@ def bench_audit(
                 for seed in range(1, audits + 1):
                     say(f"false positives: {host.label}, audit {seed}/{audits}")
                     chosen = list(checks) if checks else None
-                    record = audit(server.base_url, seed=seed, artifacts=store, checks=chosen)["record"]
+                    record = audit(server.base_url, seed=seed, artifacts=store, checks=chosen)
                     for check in record.checks:
                         failures[check.name] += check.verdict == "fail"
             rates[host.label] = {
@@ -172,7 +172,7 @@ def bench_audit(
                             artifacts=store,
                             candidates=[],
                         )
-                        failed += record["record"].checks[0].verdict == "fail"
+                        failed += record.checks[0].verdict == "fail"
                     points.append({"queries": budget, "detected": failed, "audits": repeats})
             needed = next((p["queries"] for p in points if p["detected"] / p["audits"] >= 0.8), None)
             curves.append(
@@ -201,7 +201,7 @@ def _calibrated(store, audits: int, repeats: int, say) -> dict:
                 for seed in range(1, runs + 1):
                     say(f"calibrated: {host.label}, audit {seed}/{runs}")
                     record = audit(server.base_url, checks=["weights"], seed=seed, artifacts=store, candidates=[])
-                    check = record["record"].checks[0]
+                    check = record.checks[0]
                     threshold = check.detail.get("threshold", threshold)
                     failed += check.verdict == "fail"
             rows.append(

@@ -70,10 +70,10 @@ def run_family(family: str, layers: int, experts: int | None, work: Path, progre
         result = builder.build(recipe, store)
         row["seconds"][f"build {name}"] = round(time.perf_counter() - tick, 1)
         if name == "f32-export":
-            row["f32_logits_relative_l2"] = result.manifest["exports"]["gguf"]["logits_vs_variant"]["relative_l2"]
-            row["runtime_departures"] = result.manifest["exports"]["gguf"]["runtime_departures"]
+            row["f32_logits_relative_l2"] = result.manifest.exports["gguf"]["logits_vs_variant"]["relative_l2"]
+            row["runtime_departures"] = result.manifest.exports["gguf"]["runtime_departures"]
         if name == "int4-gptq":
-            rows = [r for r in result.manifest["tensors"] if r.get("method", "").startswith("gptq")]
+            rows = [r for r in result.manifest.tensors if r.get("method", "").startswith("gptq")]
             row["gptq_matrices"] = len(rows)
             row["gptq_rtn_fallbacks"] = sum("method_fallback" in r for r in rows)
     say(f"{family}: llama-quantize on the F32 export")
@@ -86,7 +86,7 @@ def run_family(family: str, layers: int, experts: int | None, work: Path, progre
     row["q4_k_m_kld"] = {"mean": kld["mean"], "n": kld["n"]}
     row["q4_k_m_kld_llama_cpp"] = (measured.llama_cpp or {})["logits"]["response_tokens"]["kl_divergence"]["mean"]
     evaluated = evaluate("gguf-q4_k_m", "zoo_gpqa_style", limit=20, artifacts=store)
-    row["q4_k_m_eval"] = {"task": "zoo_gpqa_style", "accuracy": evaluated["score"], "items": evaluated["items"]}
+    row["q4_k_m_eval"] = {"task": "zoo_gpqa_style", "accuracy": evaluated.score, "items": evaluated.items}
     row["seconds"]["total"] = round(time.perf_counter() - started, 1)
     return row
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from quantlab.models.loading import load_model
 from quantlab.runtimes.serve import ServeOptions
 from quantlab.stages.build import build
-from quantlab.stages.evaluate.run import different_answers, evaluate
+from quantlab.stages.evaluate.compare import different_answers
+from quantlab.stages.evaluate.run import evaluate
+from quantlab.store.records import Evaluation
 
 TASK = "zoo_aime_style"
 
@@ -33,9 +35,9 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def _generated_tokens(result: dict, tokenizer) -> int:
+def _generated_tokens(result: Evaluation, tokenizer) -> int:
     # the whole generation (analysis and final channels), not the answer lm-eval's filter extracts from it
-    return sum(len(tokenizer(s["generated"] or "")["input_ids"]) for s in result["lm_eval"][0]["samples"])
+    return sum(len(tokenizer(s["generated"] or "")["input_ids"]) for s in result.lm_eval[0]["samples"])
 
 
 def bench_serve(
@@ -48,7 +50,7 @@ def bench_serve(
         if progress:
             progress(f"building {recipe}")
         built = build(recipe, store)
-        name = built.manifest["variant"]
+        name = built.manifest.variant
         _, tokenizer = load_model(built.path / "model")
         evaluated = functools.partial(evaluate, limit=items, artifacts=store, reasoning_effort="high")
         if progress:
@@ -63,7 +65,7 @@ def bench_serve(
         served = evaluated(name, TASK, engine=engine, serve_options=options, concurrent=concurrent)
         served_total_s = time.perf_counter() - started
     local_tokens, served_tokens = _generated_tokens(local, tokenizer), _generated_tokens(served, tokenizer)
-    local_rate, served_rate = local_tokens / local["seconds"], served_tokens / served["seconds"]
+    local_rate, served_rate = local_tokens / local.seconds, served_tokens / served.seconds
     return {
         "variant": name,
         "task": TASK,
@@ -71,23 +73,23 @@ def bench_serve(
         "cpu": _cpu(),
         "cores": len(os.sched_getaffinity(0)),
         "transformers": {
-            "seconds": local["seconds"],
+            "seconds": local.seconds,
             "seconds_with_load": round(local_s, 2),
             "generated_tokens": local_tokens,
             "tokens_per_s": round(local_rate, 1),
-            "score": local["score"],
+            "score": local.score,
         },
         "engine": {
             "name": engine,
-            "version": served["settings"]["engine_version"],
+            "version": served.settings["engine_version"],
             "dtype": dtype,
             "concurrent": concurrent,
-            "startup_s": served["server"]["startup_s"],
-            "seconds": served["seconds"],
+            "startup_s": (served.server or {})["startup_s"],
+            "seconds": served.seconds,
             "seconds_with_startup": round(served_total_s, 2),
             "generated_tokens": served_tokens,
             "tokens_per_s": round(served_rate, 1),
-            "score": served["score"],
+            "score": served.score,
         },
         "throughput_ratio": round(served_rate / local_rate, 3),
         "answers_differ": different_answers(local, served),

@@ -28,6 +28,15 @@ Repeats = Annotated[
 ]
 Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy (the task's own settings).")]
 TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling's p (1: no cut).")]
+ReasoningEffort = Annotated[
+    Optional[str],
+    typer.Option(
+        "--reasoning-effort",
+        help="low / medium / high: what every request asks for, passed to the chat template as gpt-oss's reads it "
+        "(none: the template's default, medium for gpt-oss; attribute: the recipe's serve: reasoning_effort where "
+        "it names one).",
+    ),
+]
 
 ENGINE_HELP = "vllm (its OpenAI-compatible server, from .venv-vllm) or llama.cpp (llama-cpp-python's server, GGUF)."
 LOAD_HELP = (

@@ -7,9 +7,10 @@
   server, ``--engine``) and stops after it.
 
 A ``Runtime`` says whether it can run a subject with given settings and what a stage may ask of it (capability
-flags, so that no stage compares its name); ``quantlab.runtimes.sessions.open_session`` opens it as a
-``Session``, which answers next-token log-probabilities and gives lm-eval its model. Adding a runtime is one
-``Runtime`` subclass here and one ``Session`` there.
+flags, so that no stage compares its name). Its ``Session`` (``quantlab.runtimes.sessions``, declared with
+``runtime=`` the same name) opens it and answers next-token log-probabilities, generates, and gives lm-eval its
+model; ``open_session`` checks the one and opens the other. Adding a runtime is one ``Runtime`` subclass here and
+one ``Session`` subclass there.
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ class Runtime(Registered):
     runs_elsewhere: ClassVar[bool] = False
     runs_as_built: ClassVar[bool] = False  # the variant's own model in-process: what other runtimes are held to
     needs_endpoint: ClassVar[bool] = False  # it is pointed at a server someone else runs (--endpoint)
-    runs_the_gguf_export: ClassVar[bool] = False  # it runs the variant's GGUF file in-process
     accepts_engine: ClassVar[bool] = False  # --engine may serve the subject for it
     # A report names it beside the decoding settings; not for the default runtime, nor for a served one (its
     # engine is named instead).
@@ -95,7 +95,6 @@ class Transformers(Runtime, name="hf"):
 
 class LlamaCpp(Runtime, name="llama.cpp"):
     runs_elsewhere = True
-    runs_the_gguf_export = True
 
     def check(self, subject, settings):
         if subject.gguf is None:

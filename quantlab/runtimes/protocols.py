@@ -28,6 +28,14 @@ class Protocol(Registered):
         with ``post(route, payload)`` and ``model`` (a ``serve.Server``, an ``OpenAIClient``)."""
         raise UserError(f"{self.name}'s server returns no prompt log-probabilities by token id")
 
+    def generate(
+        self, server, prompt: str, limit: int, stops: list[int], temperature: float, top_p: float, seed: int
+    ) -> tuple[str, int, bool]:
+        """``Session.generate`` for one prompt: the continuation until a token of ``stops`` or ``limit`` tokens
+        (its text with special tokens kept, without the stop token; the tokens it took, the stop token not
+        counted; whether it stopped at a stop token)."""
+        raise UserError(f"{self.name}'s server cannot be asked to stop at given token ids")
+
 
 def get_protocol(name: str) -> Protocol:
     return Protocol.lookup(name)
@@ -48,11 +56,43 @@ class VLLMCompletions(Protocol, name="vllm"):
             {int(token): float(entry["logprob"]) for token, entry in position.items()} for position in positions[1:]
         ]
 
+    def generate(self, server, prompt, limit, stops, temperature, top_p, seed):
+        # vLLM's extensions of the completions API: stop at exactly these ids (ignore_eos drops the EOS and the
+        # generation config's extra EOS ids, which the caller lists in ``stops`` where it wants them), keep
+        # special tokens in the text without the spaces vLLM puts between them by default, and tokenize the
+        # prompt as given (no BOS added), as the other sessions do
+        answer = server.post(
+            "completions",
+            {
+                "model": server.model,
+                "prompt": prompt,
+                "max_tokens": limit,
+                "temperature": temperature,
+                "top_p": top_p,
+                "seed": seed,
+                "stop_token_ids": list(stops),
+                "ignore_eos": True,
+                "skip_special_tokens": False,
+                "spaces_between_special_tokens": False,
+                "add_special_tokens": False,
+            },
+        )
+        try:
+            choice, used = answer["choices"][0], int(answer["usage"]["completion_tokens"])
+            text = choice["text"]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise UserError("vllm server: a completion without choices[0].text and usage.completion_tokens") from None
+        # vLLM leaves the stop token's text out (include_stop_str_in_output is off) but counts the token
+        stopped = choice.get("finish_reason") == "stop" and choice.get("stop_reason") in stops
+        return text, used - stopped, stopped
+
 
 class LlamaCppServer(Protocol, name="llama.cpp"):
     # llama-cpp-python's server returns prompt log-probabilities keyed by token text (control tokens all decode
     # to ""), not by id
     prompt_logprobs_by_token_id = False
+    # its completions route stops at strings only, and control tokens detokenize to "": a stop by id cannot be
+    # asked (Protocol.generate refuses)
     # it applies repeat_penalty 1.1 unless the request says otherwise, which changes greedy answers; the model's
     # own sampling has none
     request_defaults = MappingProxyType({"repeat_penalty": 1.0})

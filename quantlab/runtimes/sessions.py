@@ -2,7 +2,8 @@
 
 A ``Session`` is one subject in one runtime: transformers in-process, llama.cpp on a GGUF file, or a server
 (an engine quantlab started, or any OpenAI-compatible endpoint that returns prompt log-probabilities). It also
-generates (transformers, for the audit's in-process reference) and gives lm-eval its model (every runtime). The
+generates, stopping at given token ids (a server in its protocol's request: ``quantlab.runtimes.protocols``), and
+gives lm-eval its model (every runtime). The
 stages compare a session against a session (``compare_next_tokens``) through the pure statistics of
 ``quantlab.token_statistics``: the full KL where both sides give every token's logit, the top-k bound where a
 server gives only its top log-probabilities. Nothing else computes a runtime's logits.
@@ -14,16 +15,17 @@ model already in memory (a baseline, a variant's dequantized weights) or a file.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from quantlab.errors import UserError
 from quantlab.models.loading import load_model
-from quantlab.runtimes import Prompting, Runtime, RuntimeSettings, get_runtime, llama_cpp
+from quantlab.runtimes import Prompting, RuntimeSettings, get_runtime, llama_cpp
 from quantlab.runtimes.engines import context_length_of, get_engine
 from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
 from quantlab.runtimes.protocols import UNKNOWN_ENDPOINT, Protocol, get_protocol
@@ -31,15 +33,37 @@ from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.store import Subject
 from quantlab.token_statistics import token_statistics, topk_token_statistics
 
+T = TypeVar("T")
+U = TypeVar("U")
+
 CONCURRENT_REQUESTS = 8  # prompts in flight to a server at once: the engine batches them, as it batches its users'
 
 
 class Session:
-    """One subject running in one runtime. ``name`` says which runtime (and version) answered."""
+    """One subject running in one runtime. ``name`` says which runtime (and version) answered.
+
+    A subclass declared with ``runtime=NAME`` is the session the runtime registered as NAME (``--backend``) opens:
+    ``open_session`` asks it, through ``opened``, so no flag or name of a runtime is compared here."""
 
     name: ClassVar[str] = "session"
     # Every token's logit (transformers, llama.cpp); else only the top log-probabilities a server returns.
     full_distribution: ClassVar[bool] = True
+    _of_runtime: ClassVar[dict[str, type[Session]]] = {}
+
+    def __init_subclass__(cls, runtime: str | None = None, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if runtime is not None:
+            Session._of_runtime[runtime] = cls
+
+    @classmethod
+    def of_runtime(cls, runtime: str) -> type[Session]:
+        """The session class the runtime registered as ``runtime`` opens."""
+        return Session._of_runtime[runtime]
+
+    @classmethod
+    def opened(cls, subject: Subject, settings: RuntimeSettings, store=None) -> Session:
+        """This runtime's session of ``subject`` under ``settings`` (which its runtime's check accepted)."""
+        raise NotImplementedError(f"{cls.name} sessions are made from a model or file, not opened by name")
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         """(len(ids), vocabulary) float32: at each position, the logits of the token that follows it."""
@@ -88,7 +112,7 @@ class Session:
         self.close()
 
 
-class TransformersSession(Session):
+class TransformersSession(Session, runtime="hf"):
     """A Hugging Face model in memory, run in float32 unless it was loaded otherwise; its ``tokenizer`` where
     the session generates from text."""
 
@@ -96,6 +120,10 @@ class TransformersSession(Session):
 
     def __init__(self, model, tokenizer=None):
         self.model, self.tokenizer = model, tokenizer
+
+    @classmethod
+    def opened(cls, subject, settings, store=None):
+        return cls(*load_model(subject.model_folder, dtype=torch.float32))
 
     @torch.no_grad()
     def generate(self, prompts, limits, stops, temperature=0.0, top_p=1.0, seed=0):
@@ -136,7 +164,7 @@ class TransformersSession(Session):
         return lm
 
 
-class LlamaCppSession(Session):
+class LlamaCppSession(Session, runtime="llama.cpp"):
     """llama.cpp (llama-cpp-python) in-process on a GGUF file, with a context of ``n_ctx`` positions; the file is
     mapped on the first request (an evaluation's repeats open their own, each with its seed)."""
 
@@ -145,6 +173,11 @@ class LlamaCppSession(Session):
     def __init__(self, path: Path, n_ctx: int, seed: int = 0, n_threads: int | None = None):
         self.path, self.n_ctx, self.seed, self.n_threads = path, n_ctx, seed, n_threads
         self._llm: Any = None
+
+    @classmethod
+    def opened(cls, subject, settings, store=None):
+        assert subject.gguf is not None  # the runtime's check refused a subject without one
+        return cls(subject.gguf, context_length_of(subject.model_folder))
 
     @property
     def llm(self):
@@ -204,7 +237,7 @@ def completions_client(prompting: Prompting, base_url: str, model: str, concurre
     )
 
 
-class ServedSession(Session):
+class ServedSession(Session, runtime="served"):
     """A running server (``quantlab.runtimes.serve.Server``) whose engine returns prompt log-probabilities by
     token id; ``stop``: the context that started it, left when the session closes (None: someone else's)."""
 
@@ -214,8 +247,24 @@ class ServedSession(Session):
     def __init__(self, server, stop: contextlib.AbstractContextManager | None = None):
         self.server, self.protocol, self._stop = server, get_engine(server.engine).speaks(), stop
 
+    @classmethod
+    def opened(cls, subject, settings, store=None):
+        """A server of ``settings.engine`` started for the subject, stopped when the session closes."""
+        assert settings.engine is not None  # the runtime's check refused a run without one
+        options = ServeOptions(dtype=settings.dtype or "auto", load=settings.load or "auto")
+        stop = serve(subject, settings.engine, store, options=options)
+        return cls(stop.__enter__(), stop)
+
     def top_logprobs(self, ids, top_k):
         return self.protocol.prompt_logprobs(self.server, ids, top_k)
+
+    def generate(self, prompts, limits, stops, temperature=0.0, top_p=1.0, seed=0):
+        # one request per prompt, each seeded alike (as transformers seeds a batch once); the engine batches them
+        def ask(job: tuple[str, int]) -> tuple[str, int, bool]:
+            prompt, limit = job
+            return self.protocol.generate(self.server, prompt, limit, stops, temperature, top_p, seed)
+
+        return in_flight(ask, list(zip(prompts, limits)))
 
     def language_model(self, prompting, settings, seed, batch_size):
         # the requests a serving stack's users send concurrently (the engine batches them)
@@ -230,7 +279,7 @@ class ServedSession(Session):
             stop.__exit__(None, None, None)
 
 
-class EndpointSession(Session):
+class EndpointSession(Session, runtime="endpoint"):
     """An OpenAI-compatible endpoint someone else runs, asked for its prompt log-probabilities in ``protocol``'s
     request (an engine's extension of the completions route; vLLM's for an endpoint of unknown make)."""
 
@@ -240,6 +289,11 @@ class EndpointSession(Session):
     def __init__(self, base_url: str, model: str, protocol: Protocol):
         self.client, self.protocol = OpenAIClient(base_url, model), protocol
 
+    @classmethod
+    def opened(cls, subject, settings, store=None):
+        assert settings.endpoint is not None  # the runtime's check refused a run without one
+        return cls(settings.endpoint, subject.name, get_protocol(UNKNOWN_ENDPOINT))
+
     def top_logprobs(self, ids, top_k):
         try:
             return self.protocol.prompt_logprobs(self.client, ids, top_k)
@@ -247,6 +301,18 @@ class EndpointSession(Session):
             raise UserError(
                 f"endpoint {self.client.base_url}: {failure}; it must answer {self.protocol.name}'s prompt_logprobs"
             ) from None
+
+    def generate(self, prompts, limits, stops, temperature=0.0, top_p=1.0, seed=0):
+        def ask(job: tuple[str, int]) -> tuple[str, int, bool]:
+            try:
+                prompt, limit = job
+                return self.protocol.generate(self.client, prompt, limit, stops, temperature, top_p, seed)
+            except RequestFailed as failure:
+                raise UserError(
+                    f"endpoint {self.client.base_url}: {failure}; it must take {self.protocol.name}'s stop_token_ids"
+                ) from None
+
+        return in_flight(ask, list(zip(prompts, limits)))
 
     def language_model(self, prompting, settings, seed, batch_size):
         # the model name the variant's folder gives (a served model's name, as quantlab serve names it)
@@ -260,30 +326,23 @@ def open_session(subject: Subject, settings: RuntimeSettings, store=None) -> Ses
     """The session ``settings`` name for ``subject``: its model in-process (float32), its GGUF export in
     llama.cpp, a server started with ``settings.engine`` (stopped when the session closes), or the endpoint at
     ``settings.endpoint``. Close it when done (it is a context manager)."""
-    runtime: Runtime = get_runtime(settings.backend)
-    runtime.check(subject, settings)
-    if settings.engine:
-        options = ServeOptions(dtype=settings.dtype or "auto", load=settings.load or "auto")
-        stop = serve(subject, settings.engine, store, options=options)
-        return ServedSession(stop.__enter__(), stop)
-    if runtime.needs_endpoint:
-        assert settings.endpoint is not None  # check() refused a run without one
-        return EndpointSession(settings.endpoint, subject.name, get_protocol(UNKNOWN_ENDPOINT))
-    if runtime.runs_the_gguf_export:
-        assert subject.gguf is not None  # check() refused a subject without one
-        return LlamaCppSession(subject.gguf, context_length_of(subject.model_folder))
-    model, tokenizer = load_model(subject.model_folder, dtype=torch.float32)
-    return TransformersSession(model, tokenizer)
+    get_runtime(settings.backend).check(subject, settings)
+    return Session.of_runtime(settings.backend).opened(subject, settings, store)
+
+
+def in_flight(function: Callable[[T], U], items: list[T]) -> list[U]:
+    """``function`` over ``items`` with several requests to a server in flight at once, in order (an interrupted
+    run drops the requests not yet sent, so that the server stops at once)."""
+    pool = ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS)
+    try:
+        return list(pool.map(function, items))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def served_answers(candidate: Session, rows: list[list[int]], top_k: int) -> list[list[dict[int, float]]]:
-    """A server's top log-probabilities for each row, several rows in flight at once (an interrupted run drops
-    the requests not yet sent, so that the server stops at once)."""
-    pool = ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS)
-    try:
-        return list(pool.map(lambda ids: candidate.top_logprobs(ids, top_k), rows))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    """A server's top log-probabilities for each row, several rows in flight at once."""
+    return in_flight(lambda ids: candidate.top_logprobs(ids, top_k), rows)
 
 
 def compare_next_tokens(

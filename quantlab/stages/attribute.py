@@ -268,12 +268,12 @@ class CellRunner:
             self._say(f"evaluating {self.describe(cell)} on {task}")
             result = evaluate(subject, task, artifacts=self.store, **options)
             self.scores[key] = {
-                "score": result["score"],
-                "ci95": result["ci95"],
-                "items": result["items"],
-                "repeats": result["repeats"],
-                "doc_ids": result["doc_ids"],
-                "per_item": np.array(result["correct"], dtype=float).mean(axis=1),
+                "score": result.score,
+                "ci95": result.ci95,
+                "items": result.items,
+                "repeats": result.repeats,
+                "doc_ids": result.doc_ids,
+                "per_item": np.array(result.correct, dtype=float).mean(axis=1),
             }
         return self.scores[key]
 

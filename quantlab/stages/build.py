@@ -109,7 +109,7 @@ def build(
     with ArtifactStore.lock(out):
         existing = ArtifactStore.cached(out / MANIFEST, key)
         if existing is not None and not force:
-            return BuildResult(out, True, existing)
+            return BuildResult(out, True, Manifest.from_dict(existing, out / MANIFEST))
         if stream:
             return build_streaming(recipe, recipe_path, folder, model_sha256, versions, key, out, started, progress)
         return _build(recipe, recipe_path, folder, model_sha256, versions, key, out, started, progress)
@@ -150,8 +150,9 @@ def _build(
         manifest["sizes"] = _sizes(tmp, plan)
         manifest["exports"] = _exports(recipe, model, tokenizer, done.packed_by_unit, tmp)
         manifest["run"] = run_record(started, loaded, quantized)
-        (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
-    return BuildResult(out, False, manifest)
+        record = Manifest.from_dict(manifest, out / MANIFEST)
+        (tmp / MANIFEST).write_text(record.to_json(indent=2))
+    return BuildResult(out, False, record)
 
 
 def _exports(recipe: Recipe, model, tokenizer, packed_by_unit: dict, folder: Path) -> dict:

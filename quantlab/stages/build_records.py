@@ -14,13 +14,16 @@ import torch
 
 from quantlab.plan import Plan
 from quantlab.recipe import Recipe
+from quantlab.store.records import Manifest
 
 
 @dataclass
 class BuildResult:
+    """What a build returns: the variant's folder, whether the store held it already, and its manifest."""
+
     path: Path
     cache_hit: bool
-    manifest: dict
+    manifest: Manifest
 
 
 def library_versions() -> dict[str, str]:

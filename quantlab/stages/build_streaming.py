@@ -182,8 +182,9 @@ def build_streaming(
         }
         manifest["exports"] = _exports(recipe, model.config, folder, tmp, packed_map, [n for _, n in groups])
         manifest["run"] = run_record(started, loaded, quantized, streamed=True)
-        (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
-    return BuildResult(out, False, manifest)
+        record = Manifest.from_dict(manifest, out / MANIFEST)
+        (tmp / MANIFEST).write_text(record.to_json(indent=2))
+    return BuildResult(out, False, record)
 
 
 def _exports(

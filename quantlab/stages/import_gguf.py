@@ -53,7 +53,7 @@ def import_gguf(
     with ArtifactStore.lock(out):
         existing = ArtifactStore.cached(out / MANIFEST, key)
         if existing is not None and not force:
-            return BuildResult(out, True, existing)
+            return BuildResult(out, True, Manifest.from_dict(existing, out / MANIFEST))
         return _import(gguf_path, model, folder, name, model_sha256, file_sha256, versions, key, out, started)
 
 
@@ -121,8 +121,9 @@ def _import(gguf_path, model_ref, folder, name, model_sha256, file_sha256, versi
             }
         }
         manifest["run"] = run_record(started)
-        (tmp / MANIFEST).write_text(Manifest.from_dict(manifest, out / MANIFEST).to_json(indent=2))
-    return BuildResult(out, False, manifest)
+        record = Manifest.from_dict(manifest, out / MANIFEST)
+        (tmp / MANIFEST).write_text(record.to_json(indent=2))
+    return BuildResult(out, False, record)
 
 
 def _reader(path: Path):

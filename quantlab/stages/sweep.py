@@ -91,8 +91,8 @@ def run_point(recipe: Path, store_root: str, tasks: list[str], options: dict, te
     measured = measure_variant(str(built.path), None, text, tokens, store_root)
     kld = measured.logits["response_tokens"]["kl_divergence"]
     row = {
-        "variant": built.manifest["variant"],
-        "bits_per_weight": built.manifest["plan"]["average_bits_per_weight"],
+        "variant": built.manifest.variant,
+        "bits_per_weight": built.manifest.plan.average_bits_per_weight,
         "kld_mean": kld["mean"],
         "kld_stderr": kld["mean_stderr"],
         "kld_n": kld["n"],
@@ -100,7 +100,12 @@ def run_point(recipe: Path, store_root: str, tasks: list[str], options: dict, te
     }
     for task in tasks:
         result = evaluate(str(built.path), task, artifacts=Path(store_root), **options)
-        row["tasks"][task] = {k: result[k] for k in ("score", "ci95", "items", "repeats")}
+        row["tasks"][task] = {
+            "score": result.score,
+            "ci95": result.ci95,
+            "items": result.items,
+            "repeats": result.repeats,
+        }
     return row
 
 

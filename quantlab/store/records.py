@@ -184,8 +184,17 @@ class Evaluation(Record):
     ci95: list[int | float]
     per_repeat_scores: list[int | float]
     pass_at_k: dict[str, int | float]
-    correct: list[list[int | float]]
+    correct: list[list[int | float]]  # (items, repeats): each item's correctness in each repeat
     doc_ids: list[int]
+    lm_eval: list[dict[str, Any]] = Field(default_factory=list)  # per repeat: lm-eval's results, config, samples
+    versions: dict[str, Any] = Field(default_factory=dict)
+    seconds: int | float = 0
+    server: dict[str, Any] | None = None  # a served evaluation's server: its start-up time, log, what it loaded
+
+    def first_answers(self) -> list[Any]:
+        """The first repeat's answers, item by item (lm-eval's filtered responses: text for a generation task,
+        scores for a log-likelihood one)."""
+        return [sample["response"] for sample in self.lm_eval[0]["samples"]] if self.lm_eval else []
 
 
 class FactorRecord(Part):

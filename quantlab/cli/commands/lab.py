@@ -67,10 +67,10 @@ def _demo_stage(stage: str, run, spinner) -> None:
     if stage == "build":
         console.print(f"\n[bold]1. Build[/bold] {len(run.builds)} variants from {run.recipes}/")
         for result in run.builds:
-            summary = result.manifest["plan"]
-            state = "cached" if result.cache_hit else f"built in {result.manifest['run']['seconds']['total']:.1f} s"
+            summary = result.manifest.plan
+            state = "cached" if result.cache_hit else f"built in {result.manifest.run['seconds']['total']:.1f} s"
             console.print(
-                f"  {result.manifest['variant']:17s} {summary['average_bits_per_weight']:6.3f} bits/weight  {state}: {result.path}"
+                f"  {result.manifest.variant:17s} {summary.average_bits_per_weight:6.3f} bits/weight  {state}: {result.path}"
             )
     elif stage == "measure":
         console.print(

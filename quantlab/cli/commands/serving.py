@@ -141,7 +141,7 @@ def audit_command(
     """Audit an OpenAI-compatible endpoint: weights, reasoning effort, prompt format, sampling, accuracy and
     response shape, each a statistical test with its verdict and the queries it spent."""
     with render.status("auditing", as_json) as status:
-        result = audit(
+        record = audit(
             url,
             model,
             candidates,
@@ -156,9 +156,8 @@ def audit_command(
             repeats=repeats,
             on_check=lambda name, queries: status.update(f"audit: {name} ({queries} queries)") if status else None,
         )
-    record = result["record"]
     if as_json:
         print(record.model_dump_json(indent=1))
         return
     render.audit(record)
-    console.print(f"written: {result['path']}", highlight=False)
+    console.print(f"written: {record.stored_at}", highlight=False)

@@ -16,6 +16,7 @@ from quantlab.cli.options import (
     Artifacts,
     Limit,
     RayWorkers,
+    ReasoningEffort,
     Repeats,
     Temperature,
     TopP,
@@ -25,7 +26,7 @@ from quantlab.cli.render import console
 from quantlab.errors import UserError
 from quantlab.models.loading import default_model
 from quantlab.stages.attribute import attribute
-from quantlab.stages.evaluate.run import evaluate_tasks
+from quantlab.stages.evaluate.compare import evaluate_tasks
 from quantlab.stages.measure.run import measure_variant
 from quantlab.stages.sweep import sweep
 from quantlab.store import ArtifactStore
@@ -162,12 +163,7 @@ def eval_command(
         "final-only (harmony with the analysis channel skipped), plain (no template: lm-eval's default for "
         "a model without one), or a Jinja file.",
     ),
-    reasoning_effort: Optional[str] = typer.Option(
-        None,
-        "--reasoning-effort",
-        help="low / medium / high, passed to the chat template as gpt-oss's reads it (none: the template's "
-        "default, medium for gpt-oss).",
-    ),
+    reasoning_effort: ReasoningEffort = None,
     ray: Optional[str] = typer.Option(
         None, "--ray", help="Run the repeats as Ray tasks: --ray (a local cluster) or --ray ADDRESS."
     ),
@@ -209,7 +205,7 @@ def eval_command(
             workers=workers,
         )
     if as_json:
-        return render.print_json(rows)
+        return render.print_json([row.to_dict() for row in rows])
     render.evaluations(rows, temperature, top_p, baseline)
 
 
@@ -296,11 +292,7 @@ def attribute_command(
         help="Measurement text of the KL drift and perplexity (as quantlab measure --text).",
     ),
     tokens: int = typer.Option(16384, "--tokens", min=256, help="About this many measurement tokens."),
-    reasoning_effort: Optional[str] = typer.Option(
-        None,
-        "--reasoning-effort",
-        help="low / medium / high: what every cell asks for (a recipe's serve: reasoning_effort names it too).",
-    ),
+    reasoning_effort: ReasoningEffort = None,
     engine: Optional[str] = typer.Option(
         None,
         "--engine",

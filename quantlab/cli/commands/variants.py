@@ -47,7 +47,7 @@ def build_command(
 
         result = builder.build(recipe, out, force=force, progress=progress, stream=stream)
     if as_json:
-        return render.print_json(result.manifest)
+        return render.print_json(result.manifest.to_dict())
     render.build_result(result)
 
 
@@ -65,5 +65,5 @@ def import_command(
     with render.status(f"importing {gguf_file}", as_json):
         result = import_gguf(gguf_file, model, name, artifacts, force=force)
     if as_json:
-        return render.print_json(result.manifest)
+        return render.print_json(result.manifest.to_dict())
     render.build_result(result)

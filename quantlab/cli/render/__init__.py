@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +15,9 @@ from rich.table import Table
 from quantlab.recipe import _ranges
 from quantlab.runtimes import runtime_label
 from quantlab.store.records import Attribution, Measurement, Sweep
+
+if TYPE_CHECKING:  # the rows' module runs lm-eval; printing them needs only their fields
+    from quantlab.stages.evaluate.compare import TaskScore
 
 console = Console()
 
@@ -74,13 +78,13 @@ def reference_scores(scores: dict) -> None:
 
 
 def build_result(result) -> None:
-    summary = result.manifest["plan"]
-    size_mb = result.manifest["sizes"]["planned_size_bytes"] / 1e6
+    summary = result.manifest.plan
+    size_mb = result.manifest.sizes["planned_size_bytes"] / 1e6
     what = "cache hit (same recipe, model and library versions; --force rebuilds)" if result.cache_hit else "built"
-    seconds = "" if result.cache_hit else f" in {result.manifest['run']['seconds']['total']:.1f} s"
+    seconds = "" if result.cache_hit else f" in {result.manifest.run['seconds']['total']:.1f} s"
     console.print(
-        f"{what}: {result.path}  ({summary['quantized_weights']:,} of {summary['weights']:,} weights quantized, "
-        f"{summary['average_bits_per_weight']:.3f} bits/weight, {size_mb:.2f} MB){seconds}"
+        f"{what}: {result.path}  ({summary.quantized_weights:,} of {summary.weights:,} weights quantized, "
+        f"{summary.average_bits_per_weight:.3f} bits/weight, {size_mb:.2f} MB){seconds}"
     )
 
 
@@ -215,7 +219,7 @@ def measurements(results: list[Measurement], artifacts: Path, markdown: bool = F
     console.print(f"written: {', '.join(str(Path(artifacts) / r.variant / 'measure') for r in results)}")
 
 
-def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: str | None) -> None:
+def evaluations(rows: list[TaskScore], temperature: float, top_p: float, baseline: str | None) -> None:
     table = Table(
         "subject",
         "runtime",
@@ -229,22 +233,22 @@ def evaluations(rows: list[dict], temperature: float, top_p: float, baseline: st
         "answers differ",
         "cached",
         title=f"lm-eval, {'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}"
-        + (f"; flips against {', '.join(dict.fromkeys(str(r.get('against')) for r in rows))}" if baseline else ""),
+        + (f"; flips against {', '.join(dict.fromkeys(str(r.against) for r in rows))}" if baseline else ""),
     )
     for r in rows:
-        f = r.get("flips", {})
+        f = r.flips or {}
         table.add_row(
-            r["subject"],
-            runtime_label(r["settings"]),
-            r["task"],
-            f"{r['score']:.3f}",
-            f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}",
-            f"{r['items']} x {r['repeats']}",
+            r.subject,
+            runtime_label(r.settings),
+            r.task,
+            f"{r.score:.3f}",
+            f"{r.ci95[0]:.3f}-{r.ci95[1]:.3f}",
+            f"{r.items} x {r.repeats}",
             str(f.get("right_to_wrong", "")),
             str(f.get("wrong_to_right", "")),
             f"{f['mcnemar_p']:.3g}" if f else "",
-            str(r.get("different_answers", "")),
-            "yes" if r["cache_hit"] else "",
+            "" if r.different_answers is None else str(r.different_answers),
+            "yes" if r.cache_hit else "",
         )
     wide().print(table)
 

@@ -62,9 +62,9 @@ def audit(
     timeout_s: float = REQUEST_TIMEOUT_S,
     repeats: int = 1,
     on_check: Callable[[str, int], None] | None = None,
-) -> dict:
+) -> Audit:
     """Audits the endpoint at ``url`` against ``model`` (a variant or model source; None: the default model);
-    returns {"record": Audit, "path": where it is stored}."""
+    returns the stored ``Audit`` record (``stored_at``: its file)."""
 
     if api not in APIS:
         raise UserError(f"--api {api!r}: choose chat or completions")
@@ -137,7 +137,7 @@ def audit(
     path = store.audit_path(_file_name(base_url, client.model, seed, record.cache_key))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, record.model_dump_json(indent=1))
-    return {"record": record, "path": path}
+    return record.at(path)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import torch
 from quantlab import chat
 from quantlab.errors import UserError
 from quantlab.models.loading import float32_bytes, load_config_and_tokenizer, require_memory
-from quantlab.runtimes import Prompting, RuntimeSettings, get_runtime, runtime_label
+from quantlab.runtimes import Prompting, RuntimeSettings, get_runtime
 from quantlab.runtimes.engines import get_engine
 from quantlab.runtimes.serve import ServeOptions
 from quantlab.runtimes.sessions import TransformersSession, open_session
@@ -31,7 +31,7 @@ from quantlab.stages.build import library_versions
 from quantlab.stages.evaluate.settings import EvaluationSettings, GenerationLimits
 from quantlab.stages.evaluate.task_specs import data_settings, split_files, task_manager, task_spec
 from quantlab.stages.parallel import run_on_ray
-from quantlab.statistics import bootstrap_interval, flips, pass_at_k
+from quantlab.statistics import bootstrap_interval, pass_at_k
 from quantlab.store import ArtifactStore, StoreLocation, Subject, as_store, atomic_write_text, content_key
 from quantlab.store.records import Evaluation
 
@@ -65,7 +65,7 @@ def evaluate(
     concurrent: int = 64,
     ray: str | None = None,
     workers: int | None = None,
-) -> dict:
+) -> Evaluation:
     """The stored (or freshly computed) evaluation of one task on one variant. ``data_file``: a local copy of the
     task's test split, or {split: file}. ``chat_template``: a name of ``quantlab.chat`` (``model``, ``chatml``,
     ``final-only``, ``plain``) or a Jinja file; None: the model's own if it has one, else none (``plain``).
@@ -118,20 +118,24 @@ def evaluate(
     with ArtifactStore.lock(path):
         stored = ArtifactStore.cached(path, key)
         if stored is not None:
-            return stored | {"cache_hit": True}
+            return Evaluation.from_dict(stored, path).at(path, cache_hit=True)
         limits, result = _evaluate(subject, settings, batch_size, ray, workers)
-        result = {
-            "schema_version": SCHEMA_VERSION,
-            "cache_key": key,
-            "subject": subject.name,
-            "subject_key": subject.key,
-            "task": task,
-            # what the run chose where the request left the length open, beside what was asked
-            "settings": recorded | limits.record(),
-            "settings_hash": settings_hash,
-        } | result
-        atomic_write_text(path, Evaluation.from_dict(result, path).to_json(indent=1, default=str))
-    return result | {"cache_hit": False}
+        record = Evaluation.from_dict(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "cache_key": key,
+                "subject": subject.name,
+                "subject_key": subject.key,
+                "task": task,
+                # what the run chose where the request left the length open, beside what was asked
+                "settings": recorded | limits.record(),
+                "settings_hash": settings_hash,
+            }
+            | result,
+            path,
+        )
+        atomic_write_text(path, record.to_json(indent=1, default=str))
+    return record.at(path)
 
 
 def _engine_settings(
@@ -408,75 +412,3 @@ def _unreachable(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def different_answers(baseline_result: dict, variant_result: dict) -> int | None:
-    """How many items' (first repeat's) generated answers differ in text between two evaluations of the same
-    items; None for a log-likelihood task (its responses are scores, which no two runtimes share to the bit)."""
-
-    def answers(result: dict) -> list:
-        return [sample["response"] for sample in result["lm_eval"][0]["samples"]]
-
-    pairs = list(zip(answers(baseline_result), answers(variant_result)))
-    if not all(isinstance(a, str) and isinstance(b, str) for a, b in pairs):
-        return None
-    return sum(a != b for a, b in pairs)
-
-
-def compare(baseline_result: dict, variant_result: dict) -> dict:
-    """Flips and McNemar's test of a variant against its baseline on the same task, items and settings."""
-    if baseline_result["doc_ids"] != variant_result["doc_ids"]:
-        raise UserError(f"{variant_result['task']}: baseline and variant were evaluated on different items")
-    return flips(np.array(baseline_result["correct"]), np.array(variant_result["correct"]))
-
-
-def evaluate_tasks(
-    subjects: list[str],
-    tasks: list[str],
-    baseline: str | None = None,
-    data_files: dict | None = None,
-    generation: dict | None = None,
-    progress=None,
-    baseline_engine: str = "same",
-    **options,
-) -> list[dict]:
-    """Each subject on each task (``evaluate``'s options), summarised; with ``baseline``, each row also has the
-    flips against it, McNemar's p and (greedy) how many answers differ in text. ``data_files`` / ``generation``:
-    per task, as ``evaluate`` takes them. ``baseline_engine``: ``same`` (the baseline runs as the subjects do),
-    ``transformers`` (in-process, as built), or an engine's name."""
-    rows = []
-    baseline_options = dict(options)
-    if baseline_engine != "same":
-        baseline_options["engine"] = None if baseline_engine == "transformers" else baseline_engine
-    for task in tasks:
-        per_task = {"data_file": (data_files or {}).get(task), "generation": (generation or {}).get(task)}
-        task_options = options | per_task
-        reference = evaluate(baseline, task, **(baseline_options | per_task)) if baseline else None
-        for subject in subjects:
-            if progress:
-                progress(f"evaluating {subject} on {task}")
-            result = evaluate(subject, task, **task_options)
-            summary = {
-                k: result[k]
-                for k in (
-                    "subject",
-                    "task",
-                    "metric",
-                    "score",
-                    "ci95",
-                    "items",
-                    "repeats",
-                    "seeds",
-                    "settings",
-                    "cache_hit",
-                )
-            }
-            if reference is not None:
-                summary["against"] = f"{reference['subject']} on {runtime_label(reference['settings'])}"
-                summary["flips"] = compare(reference, result)
-                if result["repeats"] == 1 == reference["repeats"]:
-                    differ = different_answers(reference, result)
-                    if differ is not None:
-                        summary["different_answers"] = differ
-            rows.append(summary)
-    return rows

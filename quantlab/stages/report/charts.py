@@ -37,9 +37,9 @@ def _png(fig) -> bytes:
 def accuracy_bars(comparison: Comparison, baseline: str | None) -> bytes:
     """Task accuracy per variant with its 95% interval: the provider-comparison chart, for variants."""
     names = list(comparison.results)
-    scores = np.array([100 * comparison.results[n]["score"] for n in names])
-    low = np.array([100 * comparison.results[n]["ci95"][0] for n in names])
-    high = np.array([100 * comparison.results[n]["ci95"][1] for n in names])
+    scores = np.array([100 * comparison.results[n].score for n in names])
+    low = np.array([100 * comparison.results[n].ci95[0] for n in names])
+    high = np.array([100 * comparison.results[n].ci95[1] for n in names])
     fig, ax = _figure(7, 0.45 * len(names) + 1.2)
     y = np.arange(len(names))[::-1]
     ax.barh(y, scores, color=BAR, height=0.6)
@@ -47,7 +47,7 @@ def accuracy_bars(comparison: Comparison, baseline: str | None) -> bytes:
     for yi, s, h in zip(y, scores, high):
         ax.text(h + 1, yi, f"{s:.1f}%", va="center", fontsize=8)
     if baseline in comparison.results:
-        ax.axvline(100 * comparison.results[baseline]["score"], color=REFERENCE, ls="--", lw=1)
+        ax.axvline(100 * comparison.results[baseline].score, color=REFERENCE, ls="--", lw=1)
     ax.set_yticks(y, names)
     ax.set_xlim(0, 110)
     ax.set_xlabel(
@@ -60,7 +60,7 @@ def drift_vs_accuracy(variants: list[Variant], comparison: Comparison, baseline:
     """Does perplexity predict the loss? Accuracy loss against the perplexity ratio and against mean KLD."""
     fig, axes = _figure(9, 3.4, 1, 2)
     axes = axes[0]
-    base = 100 * comparison.results[baseline]["score"]
+    base = 100 * comparison.results[baseline].score
     points = [
         (v, v.measurement["logits"]["response_tokens"])
         for v in variants
@@ -73,8 +73,8 @@ def drift_vs_accuracy(variants: list[Variant], comparison: Comparison, baseline:
         for n, (v, logits) in enumerate(points):
             x = logits[key] if key == "perplexity_ratio" else max(logits[key]["mean"], 1e-7)
             r = comparison.results[v.name]
-            loss = base - 100 * r["score"]
-            err = [[100 * (r["ci95"][1] - r["score"])], [100 * (r["score"] - r["ci95"][0])]]
+            loss = base - 100 * r.score
+            err = [[100 * (r.ci95[1] - r.score)], [100 * (r.score - r.ci95[0])]]
             ax.errorbar([x], [loss], yerr=err, fmt="o", color=BAR, ecolor="black", capsize=2, ms=4, lw=1)
             # staggered labels: variants that barely differ sit on top of each other
             ax.annotate(v.name, (x, loss), fontsize=7, xytext=(4, 3 + 9 * (n % 4)), textcoords="offset points")

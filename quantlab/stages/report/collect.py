@@ -25,7 +25,7 @@ class Variant:
     folder: Path
     manifest: dict
     measure: dict | None
-    evals: list[dict] = field(default_factory=list)
+    evals: list[Evaluation] = field(default_factory=list)
     served_measures: list[dict] = field(default_factory=list)  # measure/<engine>.json: served by an engine
 
     @property
@@ -46,15 +46,15 @@ class Comparison:
 
     task: str
     settings: dict
-    results: dict[str, dict]  # variant -> stored evaluation
+    results: dict[str, Evaluation]  # variant -> stored evaluation
 
     @property
     def items(self) -> int:
-        return next(iter(self.results.values()))["items"]
+        return next(iter(self.results.values())).items
 
     @property
     def repeats(self) -> int:
-        return next(iter(self.results.values()))["repeats"]
+        return next(iter(self.results.values())).repeats
 
     def decoding(self) -> str:
         s = self.settings
@@ -98,7 +98,7 @@ def collect(artifacts: ArtifactStore | Path, names: list[str] | None = None, bas
         manifest = store.manifest(folder)
         measured = Measurement.from_json(measure).to_dict() if measure.is_file() else None
         variant = Variant(name, folder, manifest, measured)
-        variant.evals = [Evaluation.from_json(p).to_dict() for p in ArtifactStore.evaluations(folder)]
+        variant.evals = [Evaluation.from_json(p) for p in ArtifactStore.evaluations(folder)]
         variant.served_measures = [read_json(p) for p in ArtifactStore.engine_measurements(folder)]
         variants.append(variant)
     if not names:  # highest precision first, the way a provider table lists the reference first
@@ -115,8 +115,8 @@ def _comparisons(variants: list[Variant]) -> list[Comparison]:
     groups: dict[tuple[str, str], Comparison] = {}
     for variant in variants:
         for result in variant.evals:
-            key = (result["task"], result["settings_hash"])
-            groups.setdefault(key, Comparison(result["task"], result["settings"], {})).results[variant.name] = result
+            key = (result.task, result.settings_hash)
+            groups.setdefault(key, Comparison(result.task, result.settings, {})).results[variant.name] = result
     # the comparisons with the most variants first, then by task name: the report's headline charts lead
     return sorted(
         groups.values(), key=lambda c: (-len(c.results), c.task, -c.items, json.dumps(c.settings, sort_keys=True))
@@ -128,7 +128,7 @@ def flips_against(comparison: Comparison, baseline: str | None, variant: str) ->
         return None
     import numpy as np
 
-    return flips(np.array(comparison.results[baseline]["correct"]), np.array(comparison.results[variant]["correct"]))
+    return flips(np.array(comparison.results[baseline].correct), np.array(comparison.results[variant].correct))
 
 
 def eval_command(comparison: Comparison, baseline: str | None) -> str:

@@ -14,11 +14,12 @@ from typing import Literal
 import numpy as np
 
 from quantlab.runtimes import runs_as_built, runtime_label
-from quantlab.stages.evaluate.run import different_answers
+from quantlab.stages.evaluate.compare import different_answers
 from quantlab.stages.report import charts
 from quantlab.stages.report.collect import Store, attribute_command, eval_command, flips_against, measure_command
 from quantlab.statistics import flips
 from quantlab.store import atomic_directory
+from quantlab.store.records import Evaluation
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,9 @@ def _accuracy(report: Report, store: Store) -> None:
                 [
                     name,
                     f"{bits[name]:.2f}",
-                    _pct(result["score"]),
-                    _ci(result["ci95"]),
-                    f"{result['items']} x {result['repeats']}",
+                    _pct(result.score),
+                    _ci(result.ci95),
+                    f"{result.items} x {result.repeats}",
                     str(flip["right_to_wrong"]) if flip else "",
                     str(flip["wrong_to_right"]) if flip else "",
                     f"{flip['mcnemar_p']:.3g}" if flip else "",
@@ -154,28 +155,28 @@ def _runtimes(report: Report, store: Store) -> None:
     in-process transformers run; and each engine's share of the mean KLD beside the torch model's."""
     rows = []
     for variant in store.variants:
-        groups: dict[tuple, list[dict]] = {}
+        groups: dict[tuple, list[Evaluation]] = {}
         for result in variant.evals:
-            rest = {k: v for k, v in result["settings"].items() if k not in RUNTIME_SETTINGS}
-            groups.setdefault((result["task"], json.dumps(rest, sort_keys=True, default=str)), []).append(result)
+            rest = {k: v for k, v in result.settings.items() if k not in RUNTIME_SETTINGS}
+            groups.setdefault((result.task, json.dumps(rest, sort_keys=True, default=str)), []).append(result)
         for (task, _), results in sorted(groups.items()):
-            reference = next((r for r in results if runs_as_built(r["settings"])), None)
+            reference = next((r for r in results if runs_as_built(r.settings)), None)
             if reference is None or len(results) < 2:
                 continue
             for result in sorted(results, key=lambda r: r is not reference):
                 same = result is reference
-                flip = None if same else flips(np.array(reference["correct"]), np.array(result["correct"]))
+                flip = None if same else flips(np.array(reference.correct), np.array(result.correct))
                 differ = None if same else different_answers(reference, result)
                 rows.append(
                     [
                         variant.name,
                         task,
-                        _runtime_with_version(result["settings"]),
-                        _pct(result["score"]),
-                        _ci(result["ci95"]),
-                        f"{result['items']} x {result['repeats']}",
+                        _runtime_with_version(result.settings),
+                        _pct(result.score),
+                        _ci(result.ci95),
+                        f"{result.items} x {result.repeats}",
                         "" if flip is None else f"{flip['right_to_wrong']} / {flip['wrong_to_right']}",
-                        "" if differ is None else f"{differ} of {result['items']}",
+                        "" if differ is None else f"{differ} of {result.items}",
                     ]
                 )
     shares = []
@@ -321,7 +322,7 @@ def _drift(report: Report, store: Store) -> None:
         "drift-vs-accuracy", charts.drift_vs_accuracy(store.variants, comparison, store.baseline), caption, command
     )
     rows = []
-    base = comparison.results[store.baseline]["score"]
+    base = comparison.results[store.baseline].score
     for v in measured:
         a = v.measurement["logits"]["response_tokens"]
         if not a.get("n"):
@@ -334,7 +335,7 @@ def _drift(report: Report, store: Store) -> None:
                 f"{a['kl_divergence']['mean']:.5f} ± {a['kl_divergence']['mean_stderr']:.5f}",
                 f"{100 * a['same_top']['rate']:.2f} ± {100 * a['same_top']['stderr']:.2f}",
                 f"{a['n']:,}",
-                f"{100 * (base - result['score']):+.1f}" if result else "",
+                f"{100 * (base - result.score):+.1f}" if result else "",
             ]
         )
     report.table(
@@ -489,12 +490,7 @@ def _reproducibility(report: Report, store: Store, command: str) -> None:
         )
     report.table(["variant", "recipe", "cache key", "model sha256", "seed", "versions"], rows)
     evaluated = sorted(
-        {
-            f"lm-eval {r['versions']['lm_eval']}"
-            for c in store.comparisons
-            for r in c.results.values()
-            if r.get("versions")
-        }
+        {f"lm-eval {r.versions['lm_eval']}" for c in store.comparisons for r in c.results.values() if r.versions}
     )
     report.text(
         f"Evaluations: {', '.join(evaluated) or 'lm-eval version not recorded (results stored before versions were)'}; "
