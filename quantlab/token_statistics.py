@@ -80,6 +80,22 @@ def topk_token_statistics(
     return columns | {"same_top": same_top, "nll_base": nll_base}
 
 
+def topk_pair_kl(reference: dict[int, float], served: dict[int, float]) -> float:
+    """KL(reference ‖ served) when both sides are known only on their top-k (token id -> log-probability): the
+    tokens both list kept apart, every other token merged into one outcome on each side. Merging outcomes never
+    raises a KL (the data-processing inequality), so this is a lower bound on the true KL, zero when both sides
+    return the same values."""
+    shared = [token for token in reference if token in served]
+    p = np.exp(np.fromiter((reference[t] for t in shared), dtype=np.float64, count=len(shared)))
+    q = np.exp(np.fromiter((served[t] for t in shared), dtype=np.float64, count=len(shared)))
+    kl = float((p * (np.log(p) - np.log(q))).sum()) if shared else 0.0
+    rest_p = max(0.0, 1.0 - float(p.sum()))
+    rest_q = max(0.0, 1.0 - float(q.sum())) + SERVED_TAIL_RESOLUTION
+    if rest_p > 1e-15:
+        kl += rest_p * np.log(rest_p / rest_q)
+    return max(0.0, kl)
+
+
 def logit_summaries(arrays: dict) -> dict:
     """The logit statistics over all predicted tokens, the answer tokens, the response tokens (what the model
     writes: its analysis and its answer) and, where the text marks them, the analysis channel's tokens."""

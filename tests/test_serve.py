@@ -183,7 +183,7 @@ def test_llama_cpp_served_answers_equal_the_in_process_runtime(served_store):
     )
     assert served.settings["engine"] == "llama.cpp" and served.settings["loaded"] == "gguf"
     assert served.settings["engine_version"].startswith("llama-cpp-python")
-    assert served.settings["request_defaults"] == {"repeat_penalty": 1.0}
+    assert served.settings["request_defaults"] == {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
     assert sum(row[0] for row in local.correct) > 0
     assert [s["response"] for s in served.lm_eval[0]["samples"]] == [s["response"] for s in local.lm_eval[0]["samples"]]
     assert Path(served.server["log"]).is_file()

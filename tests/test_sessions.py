@@ -228,10 +228,12 @@ def test_every_engine_speaks_a_registered_protocol_and_llama_cpps_defaults_undo_
     for name in Engine.names():
         assert get_engine(name).speaks().name == get_engine(name).protocol
     llama_server = pytest.importorskip("llama_cpp.server.types")
-    # llama-cpp-python's server penalizes repeats unless asked not to; the model's own sampling has no penalty
+    # llama-cpp-python's server penalizes repeats and cuts the sampled tokens by top_k and min_p unless asked not
+    # to; the model's own sampling has none of them, and the protocol's defaults turn each off
+    neutral = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
     for request in (llama_server.CreateCompletionRequest, llama_server.CreateChatCompletionRequest):
-        assert request.model_fields["repeat_penalty"].default != 1.0
-    assert get_protocol("llama.cpp").request_defaults == {"repeat_penalty": 1.0}
+        assert all(request.model_fields[name].default != value for name, value in neutral.items())
+    assert get_protocol("llama.cpp").request_defaults == neutral
     assert not get_protocol("llama.cpp").prompt_logprobs_by_token_id
     with pytest.raises(UserError, match="no prompt log-probabilities by token id"):
         get_protocol("llama.cpp").prompt_logprobs(_Answers({}), [1, 2], 1)

@@ -83,9 +83,10 @@ class LlamaCppLM(LM):
             self.llm.reset()
             generated: list[int] = []
             temperature = float(kwargs.get("temperature", self.temperature)) if kwargs.get("do_sample") else 0.0
-            for token in self.llm.generate(
-                ids, temp=temperature, top_p=float(kwargs.get("top_p", self.top_p)), reset=True
-            ):
+            # llama-cpp-python's generate cuts sampling by top_k 40 and min_p 0.05 unless told otherwise: the
+            # model's own sampling has neither
+            top_p = float(kwargs.get("top_p", self.top_p))
+            for token in self.llm.generate(ids, temp=temperature, top_p=top_p, top_k=0, min_p=0.0, reset=True):
                 if token == self.llm.token_eos() or token == self.tokenizer.eos_token_id or len(generated) >= max_new:
                     break
                 generated.append(token)

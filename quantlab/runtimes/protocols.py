@@ -93,6 +93,7 @@ class LlamaCppServer(Protocol, name="llama.cpp"):
     prompt_logprobs_by_token_id = False
     # its completions route stops at strings only, and control tokens detokenize to "": a stop by id cannot be
     # asked (Protocol.generate refuses)
-    # it applies repeat_penalty 1.1 unless the request says otherwise, which changes greedy answers; the model's
-    # own sampling has none
-    request_defaults = MappingProxyType({"repeat_penalty": 1.0})
+    # it applies repeat_penalty 1.1 unless the request says otherwise, which changes greedy answers, and samples
+    # from the top 40 tokens above 5% of the top one's probability (top_k 40, min_p 0.05), which narrows sampled
+    # ones; the model's own sampling has none of them (0 turns top_k and min_p off in llama.cpp's sampler)
+    request_defaults = MappingProxyType({"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0})

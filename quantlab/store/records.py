@@ -256,7 +256,8 @@ class AuditCheck(Part):
 
 
 class Audit(Record):
-    """``audits/<endpoint>-<model>-<key>.json``: an endpoint checked against a local reference."""
+    """``audits/<endpoint>-<model>-<key>.json``: an endpoint checked against a local reference, or against a
+    trusted endpoint (``reference_endpoint``)."""
 
     kind: ClassVar[str] = "audit"
 
@@ -274,3 +275,6 @@ class Audit(Record):
     seconds: float
     finished: str = ""  # when (UTC, ISO 8601): an endpoint changes, so an audit is dated
     checks: list[AuditCheck]
+    # a differential audit (--reference-url): the trusted endpoint every check compared with, and its queries
+    reference_endpoint: str | None = None
+    reference_queries: int = 0

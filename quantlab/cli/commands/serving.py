@@ -132,7 +132,21 @@ def audit_command(
     calibrate: bool = typer.Option(
         False,
         "--calibrate",
-        help="Declare this endpoint faithful: its next-token noise joins the weights check's calibration.",
+        help="Declare this endpoint faithful: its next-token noise joins the weights check's calibration (against "
+        "the trusted endpoint, with --reference-url).",
+    ),
+    reference_url: Optional[str] = typer.Option(
+        None,
+        "--reference-url",
+        help="A trusted endpoint (your own vLLM, the vendor's API): every check compares the audited endpoint with "
+        "it, and the reference's weights are never loaded (--model still names the model: its template, tokenizer "
+        "and questions).",
+    ),
+    reference_api: str = typer.Option(
+        "chat", "--reference-api", help="The route the trusted endpoint's turns are asked through: chat or completions."
+    ),
+    reference_served_model: Optional[str] = typer.Option(
+        None, "--reference-served-model", help="The model name requests to the trusted endpoint carry."
     ),
     timeout_s: float = typer.Option(120.0, "--timeout", help="Seconds to wait for one answer."),
     artifacts: Artifacts = Path("artifacts"),
@@ -154,6 +168,9 @@ def audit_command(
             calibrate=calibrate,
             timeout_s=timeout_s,
             repeats=repeats,
+            reference_url=reference_url,
+            reference_api=reference_api,
+            reference_served_model=reference_served_model,
             on_check=lambda name, queries: status.update(f"audit: {name} ({queries} queries)") if status else None,
         )
     if as_json:

@@ -317,8 +317,13 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "could not check": "yellow
 def audit(record) -> None:
     """An audit: one row per check, its verdict, test outcome and cost; the weights check's candidates."""
     table = Table(
-        title=f"audit of {record.endpoint} (model {record.served_model!r}) against {record.reference}: "
-        f"{record.queries} queries, {record.seconds:.0f} s, level {record.alpha}",
+        title=f"audit of {record.endpoint} (model {record.served_model!r}) against "
+        + (
+            f"the trusted endpoint {record.reference_endpoint} ({record.reference_queries} queries to it)"
+            if record.reference_endpoint
+            else record.reference
+        )
+        + f": {record.queries} queries, {record.seconds:.0f} s, level {record.alpha}",
         title_justify="left",
     )
     for column in ("check", "verdict", "statistic", "p", "queries", "what it rests on"):

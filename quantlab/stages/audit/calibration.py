@@ -22,6 +22,7 @@ With several calibrated sources, the one whose threshold is largest (the noisies
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -33,7 +34,7 @@ from quantlab.models.loading import load_model
 from quantlab.runtimes.sessions import TransformersSession
 from quantlab.store.atomic import atomic_write_text
 from quantlab.store.records import Record
-from quantlab.token_statistics import topk_token_statistics
+from quantlab.token_statistics import topk_pair_kl, topk_token_statistics
 
 QUANTILE = 0.99  # the threshold: the calibration's 99th percentile, as an order statistic
 CALIBRATION_PROMPTS = 96
@@ -101,6 +102,19 @@ def tokens_and_served(model, answer) -> tuple[list[int], list[dict[int, float]]]
     return ids, served
 
 
+def pair_kl_per_prompt(model, reference_answer, served_answer) -> float:
+    """The mean top-k KL(reference endpoint ‖ served endpoint) over the positions whose context both greedy
+    continuations share: their common prefix and the first position after it (NaN: none maps to the model's
+    vocabulary)."""
+    ids, reference = tokens_and_served(model, reference_answer)
+    served_ids, served = tokens_and_served(model, served_answer)
+    common = next((j for j, (a, b) in enumerate(zip(ids, served_ids)) if a != b), min(len(ids), len(served_ids)))
+    shared = min(common + 1, len(ids), len(served_ids))
+    if shared == 0:
+        return math.nan
+    return float(np.mean([topk_pair_kl(reference[j], served[j]) for j in range(shared)]))
+
+
 def kl_per_prompt(model, prompts: list[str], answers) -> list[float]:
     """Per prompt: the mean top-k KL(model ‖ endpoint) along the tokens the endpoint generated (NaN: none)."""
     out = []
@@ -163,10 +177,33 @@ def load_or_compute(store, reference, reference_key: str, questions, top_k: int,
     return Calibration.of(record.kl_per_prompt)
 
 
-def add_source(store, reference, reference_key: str, source: str, values: list[float], top_k: int) -> None:
-    """Adds a faithful server's per-prompt KLs to the reference's calibration (``quantlab audit --calibrate``)."""
-    path = store.audit_calibration_path(reference.name)
+def differential_name(reference_name: str, trusted_name: str) -> str:
+    """The calibration a differential audit against ``trusted_name`` keeps (its own: the noise is that of hosts
+    against that endpoint, not against the local reference)."""
+    return f"{reference_name}--vs--" + re.sub(r"[^A-Za-z0-9.-]+", "-", trusted_name).strip("-")
+
+
+def load_declared(store, name: str, reference_key: str) -> Calibration | None:
+    """The sources declared faithful in calibration ``name`` (None: none yet)."""
+    path = store.audit_calibration_path(name)
+    if not path.is_file():
+        return None
     record = CalibrationRecord.from_json(path)
+    if record.reference_key != reference_key or not record.kl_per_prompt:
+        return None
+    return Calibration.of(record.kl_per_prompt)
+
+
+def add_source(store, name: str, reference_key: str, source: str, values: list[float], top_k: int) -> None:
+    """Adds a faithful server's per-prompt KLs to calibration ``name`` (``quantlab audit --calibrate``): the
+    reference's, or a differential audit's against its trusted endpoint (``differential_name``)."""
+    path = store.audit_calibration_path(name)
+    if path.is_file():
+        record = CalibrationRecord.from_json(path)
+        if record.reference_key != reference_key:  # the reference changed: its calibration with it
+            record = CalibrationRecord(reference=name, reference_key=reference_key, top_k=top_k, kl_per_prompt={})
+    else:
+        record = CalibrationRecord(reference=name, reference_key=reference_key, top_k=top_k, kl_per_prompt={})
     # a real faithful server replaces the in-process stand-in, which only emulates one
     record.kl_per_prompt.pop(IN_PROCESS, None)
     record.kl_per_prompt[source] = [v for v in values if not math.isnan(v)]

@@ -14,10 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from quantlab.chat import harmony
+from quantlab.chat import MODEL, harmony
+from quantlab.plugins import Probe
 from quantlab.runtimes.openai_client import OpenAIClient, RequestFailed
+from quantlab.stages.audit.local import LocalModel
 
 REQUEST_TIMEOUT_S = 120.0
+CHAT, COMPLETIONS = "chat", "completions"  # the two routes an audit asks through (--api)
 CONCURRENT_REQUESTS = 8
 
 
@@ -117,6 +120,26 @@ class EndpointClient:
             turn = harmony.split_turn(content)
             field_name, reasoning, content = "content", turn.reasoning, turn.final
         return ChatAnswer(content.strip(), reasoning or "", field_name, finish, answer)
+
+    def turn(
+        self,
+        api: str,
+        renderer: LocalModel,
+        probe: Probe,
+        effort: str | None,
+        max_tokens: int,
+        template: str = MODEL,
+        **sampling,
+    ) -> harmony.Turn:
+        """The endpoint's turn for ``probe`` at ``effort`` (None: none asked) through ``api``: the chat route
+        (the endpoint renders), or the completions route with the prompt ``renderer`` renders with ``template``."""
+        if api == CHAT:
+            extra = {} if effort is None else {"reasoning_effort": effort}
+            answer = self.chat(probe.messages, max_tokens=max_tokens, **extra, **sampling)
+            return harmony.Turn(answer.reasoning, answer.content, True)
+        prompt = renderer.prompt(probe.messages, effort, template)
+        completion = self.complete(prompt, max_tokens=max_tokens, skip_special_tokens=False, **sampling)
+        return harmony.split_turn(completion.text)
 
     def complete(self, prompt: str, **fields) -> CompletionAnswer:
         if not self.special_tokens_field:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from quantlab.chat import harmony, model_template, render, template_source
-from quantlab.models.loading import load_model
+from quantlab.models.loading import load_config_and_tokenizer, load_model
 from quantlab.runtimes.sessions import TransformersSession
 
 
@@ -26,16 +26,14 @@ class LocalModel:
     folder: Path
 
     @cached_property
-    def loaded(self):
-        return load_model(self.folder, dtype=torch.float32)
-
-    @property
     def model(self):
-        return self.loaded[0]
+        return load_model(self.folder, dtype=torch.float32)[0]
 
-    @property
+    @cached_property
     def tokenizer(self):
-        return self.loaded[1]
+        # apart from the weights: a differential audit renders prompts and maps token texts with it, and never
+        # loads the model
+        return load_config_and_tokenizer(self.folder)[1]
 
     @cached_property
     def own_template(self) -> str | None:

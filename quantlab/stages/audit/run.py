@@ -26,6 +26,7 @@ from quantlab.stages.audit.checks.base import CHAT, COMPLETIONS, COULD_NOT_CHECK
 from quantlab.stages.audit.checks.weights import GENERATED_TOKENS, TOP_K
 from quantlab.stages.audit.client import REQUEST_TIMEOUT_S, CouldNotCheck, EndpointClient
 from quantlab.stages.audit.local import LocalModel
+from quantlab.stages.audit.trusted import TrustedEndpoint
 from quantlab.store import as_store
 from quantlab.store.atomic import atomic_write_text
 from quantlab.store.records import Audit, AuditCheck
@@ -62,12 +63,23 @@ def audit(
     timeout_s: float = REQUEST_TIMEOUT_S,
     repeats: int = 1,
     on_check: Callable[[str, int], None] | None = None,
+    reference_url: str | None = None,
+    reference_api: str = CHAT,
+    reference_served_model: str | None = None,
 ) -> Audit:
     """Audits the endpoint at ``url`` against ``model`` (a variant or model source; None: the default model);
-    returns the stored ``Audit`` record (``stored_at``: its file)."""
+    returns the stored ``Audit`` record (``stored_at``: its file). With ``reference_url``, a differential audit:
+    every check compares the endpoint with that trusted endpoint (asked through ``reference_api``), and the
+    local model only renders prompts and maps tokens (``stages.audit.trusted``; its weights are not loaded)."""
 
     if api not in APIS:
         raise UserError(f"--api {api!r}: choose chat or completions")
+    if reference_api not in APIS:
+        raise UserError(f"--reference-api {reference_api!r}: choose chat or completions")
+    if reference_url is not None and candidates:
+        raise UserError(
+            "--candidates run in-process; a differential audit (--reference-url) compares two endpoints: drop one"
+        )
     checks = Check.in_run_order(checks or None)  # one line naming the known checks for an unknown one
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: give a positive number of runs per question")
@@ -79,7 +91,7 @@ def audit(
         subject = store.subject(model or default_model())
         candidate_subjects = [
             store.subject(name)
-            for name in (candidates if candidates is not None else store.built())
+            for name in (candidates if candidates is not None else [] if reference_url else store.built())
             if name != subject.name
         ]
     questions = registry().audit_probes
@@ -103,7 +115,13 @@ def audit(
             raise UserError(f"endpoint {base_url}: {error}; is the server running, and is the URL right?") from None
         client.model = served_model or subject.name  # the checks report what fails
     context = Context(client, reference, candidate_models, questions, api, seed, alpha, repeats)
-    if "weights" in checks:
+    calibration_name = subject.name
+    if reference_url is not None:
+        context.trusted = _trusted(reference_url, reference_api, reference_served_model, reference, timeout_s)
+        calibration_name = calibration_module.differential_name(subject.name, context.trusted.name)
+        if "weights" in checks:  # the sources declared faithful against it; the check adds its reruns
+            context.calibration = calibration_module.load_declared(store, calibration_name, subject.key)
+    elif "weights" in checks:
         context.calibration = calibration_module.load_or_compute(
             store, reference, subject.key, questions, TOP_K, GENERATED_TOKENS
         )
@@ -116,7 +134,7 @@ def audit(
             result.detail["compared_with"] = context.weights_model.name
         results.append(result)
     if calibrate:
-        _calibrate(store, reference, subject.key, base_url, results)
+        _calibrate(store, calibration_name, subject.key, base_url, results)
     record = Audit(
         endpoint=base_url,
         served_model=client.model,
@@ -132,7 +150,12 @@ def audit(
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         checks=results,
         repeats=repeats,
-        cache_key=content_key([base_url, client.model, subject.key, names, api, budgets, seed, alpha, repeats]),
+        reference_endpoint=context.trusted.name if context.trusted is not None else None,
+        reference_queries=context.trusted.client.queries if context.trusted is not None else 0,
+        cache_key=content_key(
+            [base_url, client.model, subject.key, names, api, budgets, seed, alpha, repeats]
+            + ([context.trusted.name, reference_api] if context.trusted is not None else [])
+        ),
     )
     path = store.audit_path(_file_name(base_url, client.model, seed, record.cache_key))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,12 +202,30 @@ def _run_check(check: Check, context: Context, budget: int) -> AuditCheck:
     return result
 
 
-def _calibrate(store, reference, reference_key: str, base_url: str, results: list[AuditCheck]) -> None:
+def _trusted(url: str, api: str, served_model: str | None, renderer: LocalModel, timeout_s: float) -> TrustedEndpoint:
+    """The trusted endpoint's client, its model named (one line when it cannot be reached)."""
+    base_url = base_url_of(url)
+    client = EndpointClient(base_url, timeout_s=timeout_s)
+    try:
+        client.model = served_model or client.served_model()
+    except CouldNotCheck as error:
+        raise UserError(
+            f"--reference-url {base_url}: {error}; the trusted endpoint must answer before an audit against it"
+        ) from None
+    return TrustedEndpoint(client, api, renderer)
+
+
+def _calibrate(store, calibration_name: str, reference_key: str, base_url: str, results: list[AuditCheck]) -> None:
     weights = next((r for r in results if r.name == "weights"), None)
     if weights is None or "kl_per_prompt" not in weights.detail:
         raise UserError("--calibrate needs the weights check with log-probabilities; it could not run on this endpoint")
     calibration_module.add_source(
-        store, reference, reference_key, f"{base_url} (declared faithful)", weights.detail["kl_per_prompt"], TOP_K
+        store,
+        calibration_name,
+        reference_key,
+        f"{base_url} (declared faithful)",
+        weights.detail["kl_per_prompt"],
+        TOP_K,
     )
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from quantlab import statistics
-from quantlab.stages.audit.checks.base import FAIL, PASS, TURN_TOKENS, Check, Context
+from quantlab.chat import MODEL
+from quantlab.stages.audit.checks.base import FAIL, PASS, Check, Context
 
 
 class Accuracy(Check, name="accuracy"):
@@ -31,10 +32,12 @@ class Accuracy(Check, name="accuracy"):
         )
         endpoint = np.array([t.final.strip() == p.answer for (p, _), t in zip(jobs, turns)], dtype=float)
         endpoint = endpoint.reshape(len(probes), repeats)
-        prompts = [context.reference.prompt(p.messages, "high") for p in probes]
-        local = context.reference.turns(
-            [prompt for prompt in prompts for _ in range(repeats)],
-            TURN_TOKENS,
+        # the reference itself (not the model the weights look like), rendered with the model's own template
+        local = context.reference_turns(
+            [probe for probe in probes for _ in range(repeats)],
+            "high",
+            template=MODEL,
+            as_served=False,
             temperature=temperature,
             seed=context.seed,
         )

@@ -9,12 +9,12 @@ from typing import Any, ClassVar
 from quantlab.chat import REASONING_EFFORTS, harmony
 from quantlab.plugins import Probe
 from quantlab.registry import Registered
-from quantlab.stages.audit.client import EndpointClient
+from quantlab.stages.audit.client import CHAT, COMPLETIONS, EndpointClient
 from quantlab.stages.audit.local import LocalModel
+from quantlab.stages.audit.trusted import TrustedEndpoint
 from quantlab.store.records import AuditCheck
 
 PASS, FAIL, COULD_NOT_CHECK, NOT_APPLICABLE = "pass", "fail", "could not check", "not applicable"
-CHAT, COMPLETIONS = "chat", "completions"
 EFFORTS = REASONING_EFFORTS
 TURN_TOKENS = 96  # enough for the longest turn of the reference's tasks at high effort
 
@@ -47,6 +47,9 @@ class Context:
     weights_explained: bool = True
     # The rendering the endpoint's turns match (the template check's choice): the effort check renders with it.
     template_like: str = "model"
+    # A differential audit (--reference-url): the endpoint the user trusts, asked what the audited one is asked;
+    # the local reference then only renders prompts (its template and tokenizer; its weights are never loaded).
+    trusted: TrustedEndpoint | None = None
 
     @property
     def weights_model(self) -> LocalModel:
@@ -63,13 +66,29 @@ class Context:
     def ask(self, probe: Probe, effort: str | None, max_tokens: int = TURN_TOKENS, **sampling) -> harmony.Turn:
         """The endpoint's turn for ``probe`` at ``effort`` (None: none asked) through the audit's API: the chat
         route, or the completions route with the prompt rendered here by the reference's own template."""
-        if self.api == CHAT:
-            extra = {} if effort is None else {"reasoning_effort": effort}
-            answer = self.client.chat(probe.messages, max_tokens=max_tokens, **extra, **sampling)
-            return harmony.Turn(answer.reasoning, answer.content, True)
-        prompt = self.reference.prompt(probe.messages, effort)
-        completion = self.client.complete(prompt, max_tokens=max_tokens, skip_special_tokens=False, **sampling)
-        return harmony.split_turn(completion.text)
+        return self.client.turn(self.api, self.reference, probe, effort, max_tokens, **sampling)
+
+    def reference_turns(
+        self,
+        probes: list[Probe],
+        effort: str | None,
+        template: str | None = None,
+        max_tokens: int = TURN_TOKENS,
+        as_served: bool = True,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[harmony.Turn]:
+        """What the endpoint's turns are compared with, question by question: the trusted endpoint's answers to
+        the same requests (a differential audit; ``template``: a named rendering it is sent through its
+        completions route instead of its own), else the local model's turns, rendered with ``template`` (None:
+        as the endpoint seems to render) from the model the weights look like (``as_served``) or the reference
+        itself. Sampled turns are seeded: one seed for the local batch, ``seed + i`` for the i-th request."""
+        template = template or self.template_like
+        if self.trusted is not None:
+            return self.trusted.turns(probes, effort, template, max_tokens, temperature=temperature, seed=seed)
+        model = self.weights_model if as_served else self.reference
+        prompts = [model.prompt(p.messages, effort, template) for p in probes]
+        return model.turns(prompts, max_tokens, temperature=temperature, seed=seed)
 
 
 GREEDY_UNRELIABLE = (

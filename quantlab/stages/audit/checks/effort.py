@@ -17,7 +17,6 @@ from quantlab.stages.audit.checks.base import (
     EFFORTS,
     FAIL,
     PASS,
-    TURN_TOKENS,
     Check,
     Context,
 )
@@ -42,8 +41,7 @@ class Effort(Check, name="effort"):
         }
         reference, correct_reference = {}, {}
         for effort in EFFORTS:
-            prompts = [context.prompt(p, effort) for p in probes]
-            local = context.weights_model.turns(prompts, TURN_TOKENS)
+            local = context.reference_turns(probes, effort)
             reference[effort] = [len(t.reasoning) for t in local]
             correct_reference[effort] = [t.final.strip() == p.answer for p, t in zip(probes, local)]
         p_values = {e: statistics.signed_rank_p(np.array(endpoint[e]) - np.array(reference[e])) for e in EFFORTS}

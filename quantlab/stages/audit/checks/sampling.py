@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from quantlab import statistics
 from quantlab.chat import MODEL, NAMED
-from quantlab.stages.audit.checks.base import FAIL, PASS, TURN_TOKENS, Check, Context, same_turn, turn_text
+from quantlab.stages.audit.checks.base import FAIL, PASS, Check, Context, same_turn, turn_text
 
 NULL_VARIATION_RATE = 0.05  # a faithful engine's greedy turns that vary between identical requests (batching)
 GREEDY_REPEATS = 3
@@ -61,9 +61,11 @@ class Sampling(Check, name="sampling"):
         # null is composite, "the requested temperature under some rendering", so its p-value is the largest
         by_rendering = {}
         for name in NAMED:
-            prompts = [context.prompt(p, None, template=name) for p in spread_probes]
-            local = context.weights_model.turns(prompts * SAMPLES, TURN_TOKENS, temperature=1.0, seed=context.seed)
-            samples = [[turn_text(t) for t in local[i :: len(prompts)]] for i in range(len(prompts))]
+            local = context.reference_turns(
+                spread_probes * SAMPLES, None, template=name, temperature=1.0, seed=context.seed
+            )
+            questions = len(spread_probes)
+            samples = [[turn_text(t) for t in local[i::questions]] for i in range(questions)]
             by_rendering[name] = (statistics.mmd_permutation_test(endpoint, samples, seed=context.seed), samples)
         rendering = max(NAMED, key=lambda name: (by_rendering[name][0][1], name == MODEL))
         (mmd, p_spread), reference = by_rendering[rendering]

@@ -18,7 +18,6 @@ from quantlab.stages.audit.checks.base import (
     CHAT,
     FAIL,
     PASS,
-    TURN_TOKENS,
     Check,
     Context,
     same_turn,
@@ -43,8 +42,7 @@ class Template(Check, name="template"):
         endpoint = [turn_text(t) for t in turns]
         agrees = {}
         for name in NAMED:
-            prompts = [context.prompt(p, None, template=name) for p in probes]
-            local = [turn_text(t) for t in context.weights_model.turns(prompts, TURN_TOKENS)]
+            local = [turn_text(t) for t in context.reference_turns(probes, None, template=name)]
             agrees[name] = [same_turn(a, b) for a, b in zip(endpoint, local)]
         agreement = {name: sum(values) for name, values in agrees.items()}
         n = len(probes)
