@@ -98,6 +98,16 @@ def test_quantized_weights_fail_the_weights_check_which_names_the_variant(store)
 
 
 @needs_llama_server
+def test_weights_that_no_local_model_explains_are_named_by_nothing(store):
+    """mxfp4 served, but only the reference to compare with: the check fails and names nothing (not the closest)."""
+    record = _audit(store, "mxfp4", FrontSettings(), checks=["weights"], budget=16, candidates=[])
+    (weights,) = record.checks
+    assert weights.verdict == "fail" and weights.detail["named"] is None
+    assert weights.detail["closest"] == "zoo-tiny-gpt-oss" and "explains the endpoint" in weights.reason
+    assert weights.reason.count("none of the 1 local models") == 1
+
+
+@needs_llama_server
 def test_calibrating_on_a_faithful_server_replaces_the_in_process_stand_in(store):
     from quantlab.stages.audit.calibration import CALIBRATION_PROMPTS, IN_PROCESS
 

@@ -13,7 +13,11 @@ template, the sampling settings dropped. Three measurements:
   share that fail, and the smallest budget reaching 80%;
 * ``calibrated``: the weights check calibrated on a faithful vLLM server (``--calibrate``, its own questions),
   then its false positives on both faithful servers and its power on each distorted-weights server at the
-  default budget; the store's calibration is put back afterwards.
+  default budget; the store's calibration is put back afterwards;
+* ``differential``: every audit against a trusted endpoint instead of the local reference (``--reference-url``:
+  bf16 through vLLM): the faithful llama.cpp server first audited as is (the trusted endpoint's reruns the only
+  null), then declared faithful on questions of its own (``--calibrate``), then audited with seeds 1..N (false
+  positives per check), and every distorted server audited once (seed 0).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from quantlab.models.loading import default_model
 from quantlab.runtimes.chat_front import FrontSettings
 from quantlab.runtimes.serve import ServeOptions, serve
 from quantlab.stages.audit import CHECKS, audit
+from quantlab.stages.audit import calibration as calibration_module
 from quantlab.stages.build import build
 from quantlab.store import as_store
 
@@ -181,6 +186,8 @@ def bench_audit(
         result["power"] = curves
     if "calibrated" in parts:
         result["calibrated"] = _calibrated(store, audits, repeats, say)
+    if "differential" in parts:
+        result["differential"] = _differential(store, audits, say)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -219,6 +226,54 @@ def _calibrated(store, audits: int, repeats: int, say) -> dict:
             path.unlink(missing_ok=True)
         else:
             path.write_bytes(saved)
+
+
+def _differential(store, audits: int, say) -> dict:
+    trusted_host, faithful = FAITHFUL
+    # dated here: a partial run merged into docs/bench_audit.json must not redate the other parts
+    out: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": _cpu(),
+        "trusted": trusted_host.label,
+        "audited": faithful.label,
+    }
+    with _served(trusted_host, store) as trusted:
+        against = {"artifacts": store, "reference_url": trusted.base_url}
+        with _served(faithful, store) as server:
+            say(f"differential: {faithful.label} against {trusted_host.label}, before any calibration")
+            first = audit(server.base_url, **against)
+            out["uncalibrated"] = _verdicts(first) | {"weights_reason": first.checks[0].reason}
+            say(f"differential: declaring {faithful.label} faithful (its own questions)")
+            declared = audit(server.base_url, checks=["weights"], calibrate=True, seed=999, **against)
+            out["calibration"] = {
+                "prompts": declared.checks[0].detail.get("prompts"),
+                "threshold_before": declared.checks[0].detail.get("threshold"),
+            }
+            failures = dict.fromkeys(CHECKS, 0)
+            thresholds = set()
+            for seed in range(1, audits + 1):
+                say(f"differential false positives: {faithful.label}, audit {seed}/{audits}")
+                record = audit(server.base_url, seed=seed, **against)
+                thresholds.add(record.checks[0].detail.get("threshold"))
+                for check in record.checks:
+                    failures[check.name] += check.verdict == "fail"
+            out["calibration"]["threshold"] = sorted(t for t in thresholds if t is not None)
+            out["false_positives"] = {
+                name: {"failed": count, "audits": audits, "ci95": list(statistics.wilson_interval(count, audits))}
+                for name, count in failures.items()
+            }
+        rows = []
+        for host in DISTORTED:
+            say(f"differential: {host.label} against {trusted_host.label}")
+            with _served(host, store) as server:
+                record = audit(server.base_url, **against)
+            rows.append({"server": host.label, "distortion": host.distortion, "check": host.check} | _verdicts(record))
+        out["table"] = rows
+        out["reference_queries_per_audit"] = record.reference_queries
+    # the declared calibration belongs to that server's port, gone with it
+    name = calibration_module.differential_name(record.reference, record.reference_endpoint or "")
+    store.audit_calibration_path(name).unlink(missing_ok=True)
+    return out
 
 
 def save(result: dict, docs: Path = Path("docs")) -> list[Path]:

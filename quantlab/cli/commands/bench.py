@@ -174,7 +174,9 @@ def bench_serve_command(
 
 def bench_audit_command(
     parts: Optional[list[str]] = typer.Option(
-        None, "--part", help="table, false_positives, power or calibrated (repeatable; default: the first three)."
+        None,
+        "--part",
+        help="table, false_positives, power, calibrated or differential (repeatable; default: the first three).",
     ),
     audits: int = typer.Option(20, "--audits", min=1, help="false_positives: audits per faithful server."),
     repeats: int = typer.Option(10, "--repeats", min=1, help="power: audits per distortion and budget."),
@@ -186,11 +188,12 @@ def bench_audit_command(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The audit against servers the lab starts (faithful and distorted): verdict table, false-positive rate
-    over repeated audits, and the queries each distortion needs for 80% power."""
+    over repeated audits, the queries each distortion needs for 80% power, and the same against a trusted
+    endpoint (differential)."""
     chosen = tuple(parts or ("table", "false_positives", "power"))
     for part in chosen:
-        if part not in ("table", "false_positives", "power", "calibrated"):
-            raise UserError(f"--part {part!r}: choose table, false_positives, power or calibrated")
+        if part not in ("table", "false_positives", "power", "calibrated", "differential"):
+            raise UserError(f"--part {part!r}: choose table, false_positives, power, calibrated or differential")
     with render.status("benchmarking the audit", as_json) as status:
         say = (lambda message: status.update(message)) if status is not None else None
         result = bench_audit(artifacts, audits, repeats, chosen, say, tuple(checks or ()))

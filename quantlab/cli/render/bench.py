@@ -145,6 +145,22 @@ def audit(result: dict) -> None:
                     f"{rate['failed'] / rate['audits']:.0%} [{rate['ci95'][0]:.0%}, {rate['ci95'][1]:.0%}]",
                 )
         wide().print(table)
+    if "differential" in result:
+        differential = result["differential"]
+        checks = list(differential["false_positives"])
+        table = Table(
+            "server",
+            *checks,
+            title=f"differential audits against {differential['trusted']} (seed 0; false positives: seeds 1..N)",
+            title_justify="left",
+        )
+        table.add_row(
+            f"{differential['audited']} (faithful), false positives",
+            *[f"{r['failed']}/{r['audits']}" for r in differential["false_positives"].values()],
+        )
+        for row in differential["table"]:
+            table.add_row(row["server"], *[f"[{VERDICT_STYLE.get(v, '')}]{v}[/]" for v in row["verdicts"].values()])
+        wide().print(table)
     if "calibrated" in result:
         calibrated = result["calibrated"]
         table = Table(

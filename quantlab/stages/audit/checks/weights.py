@@ -86,11 +86,13 @@ class Weights(Check, name="weights"):
             f"{reference['prompts_over_threshold']} of {len(kept)} prompts have a KL above a faithful server's 99th "
             f"percentile ({threshold:.2e}, the {_ordinal(calibration.rank)} largest of {calibration.size})"
         )
-        if failed:
+        if failed and explained:
+            reason += f"; explained by {named} (mean KL {rows[named]['mean_kl']:.2e})"
+        elif failed:
             reason += (
-                f"; closest candidate: {named} (mean KL {rows[named]['mean_kl']:.2e}"
-                + ("" if explained else ", itself rejected: none of the candidates explains the endpoint")
-                + ")"
+                f"; none of the {len(rows)} local models (the reference and its candidates) explains the endpoint "
+                f"(the closest, {named}, at mean KL "
+                f"{rows[named]['mean_kl']:.2e}, is itself rejected)"
             )
         return self.result(
             FAIL if failed else PASS,
@@ -103,7 +105,8 @@ class Weights(Check, name="weights"):
             reason=reason,
             detectable=_detectable(len(kept), calibration, context.alpha),
             detail={
-                "named": named,
+                "named": named if explained else None,  # None: no candidate explains the endpoint
+                "closest": named,
                 "explains": explained,
                 "candidates": rows,
                 "threshold": threshold,
@@ -223,7 +226,8 @@ class Weights(Check, name="weights"):
             alpha=context.alpha,
             reason=f"no log-probabilities ({why}); {len(chosen)} prompts x {SAMPLES_PER_PROMPT} samples each side",
             detail={
-                "named": named,
+                "named": named if rows[named]["p_value"] >= context.alpha else None,
+                "closest": named,
                 "explains": rows[named]["p_value"] >= context.alpha,
                 "candidates": rows,
                 "mode": "text only",
