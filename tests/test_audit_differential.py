@@ -109,6 +109,8 @@ def test_a_faithful_llama_cpp_host_passes_every_check_against_a_faithful_vllm_ho
     assert weights.detail["mode"] == "differential log-probabilities"
     assert "declared faithful" in weights.detail["calibration"] and weights.detail["calibration_size"] == 96
     assert record.reference_endpoint.endswith(trusted_url) and record.reference_queries > 0
+    template = next(c for c in record.checks if c.name == "template")
+    assert template.detail["compared_with"] == record.reference_endpoint
     assert record.candidates == []
 
 

@@ -131,7 +131,9 @@ def audit(
             on_check(name, budgets[name])
         result = _run_check(Check.lookup(name), context, budgets[name])
         if name in ("effort", "template", "sampling") and result.verdict not in (NOT_APPLICABLE,):
-            result.detail["compared_with"] = context.weights_model.name
+            result.detail["compared_with"] = (
+                context.trusted.name if context.trusted is not None else context.weights_model.name
+            )
         results.append(result)
     if calibrate:
         _calibrate(store, calibration_name, subject.key, base_url, results)
