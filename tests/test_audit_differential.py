@@ -157,5 +157,7 @@ def test_a_trusted_endpoint_that_does_not_answer_is_one_line(hosts):
             audit(server.base_url, artifacts=store, reference_url=dead)
         with pytest.raises(UserError, match="--candidates"):
             audit(server.base_url, artifacts=store, reference_url=dead, candidates=["mxfp4"])
+        with pytest.raises(UserError, match="--reference-url: endpoint 'ftp://x': give an http"):
+            audit(server.base_url, artifacts=store, reference_url="ftp://x")
     message = str(error.value)
     assert message.startswith(f"--reference-url {dead}") and "\n" not in message

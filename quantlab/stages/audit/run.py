@@ -80,6 +80,11 @@ def audit(
         raise UserError(
             "--candidates run in-process; a differential audit (--reference-url) compares two endpoints: drop one"
         )
+    if reference_url is not None:
+        try:
+            reference_url = base_url_of(reference_url)  # a malformed URL is one line before anything is asked
+        except UserError as error:
+            raise UserError(f"--reference-url: {error}") from None
     checks = Check.in_run_order(checks or None)  # one line naming the known checks for an unknown one
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: give a positive number of runs per question")
