@@ -86,11 +86,12 @@ def topk_pair_kl(reference: dict[int, float], served: dict[int, float]) -> float
     raises a KL (the data-processing inequality), so this is a lower bound on the true KL, zero when both sides
     return the same values."""
     shared = [token for token in reference if token in served]
-    p = np.exp(np.fromiter((reference[t] for t in shared), dtype=np.float64, count=len(shared)))
-    q = np.exp(np.fromiter((served[t] for t in shared), dtype=np.float64, count=len(shared)))
-    kl = float((p * (np.log(p) - np.log(q))).sum()) if shared else 0.0
+    log_p = np.fromiter((reference[t] for t in shared), dtype=np.float64, count=len(shared))
+    log_q = np.fromiter((served[t] for t in shared), dtype=np.float64, count=len(shared))
+    p = np.exp(log_p)
+    kl = float((p * (log_p - log_q)).sum())
     rest_p = max(0.0, 1.0 - float(p.sum()))
-    rest_q = max(0.0, 1.0 - float(q.sum())) + SERVED_TAIL_RESOLUTION
+    rest_q = max(0.0, 1.0 - float(np.exp(log_q).sum())) + SERVED_TAIL_RESOLUTION
     if rest_p > 1e-15:
         kl += rest_p * np.log(rest_p / rest_q)
     return max(0.0, kl)

@@ -259,12 +259,7 @@ class ServedSession(Session, runtime="served"):
         return self.protocol.prompt_logprobs(self.server, ids, top_k)
 
     def generate(self, prompts, limits, stops, temperature=0.0, top_p=1.0, seed=0):
-        # one request per prompt, each seeded alike (as transformers seeds a batch once); the engine batches them
-        def ask(job: tuple[str, int]) -> tuple[str, int, bool]:
-            prompt, limit = job
-            return self.protocol.generate(self.server, prompt, limit, stops, temperature, top_p, seed)
-
-        return in_flight(ask, list(zip(prompts, limits)))
+        return generate_in_flight(self.protocol, self.server, prompts, limits, stops, temperature, top_p, seed)
 
     def language_model(self, prompting, settings, seed, batch_size):
         # the requests a serving stack's users send concurrently (the engine batches them)
@@ -303,16 +298,12 @@ class EndpointSession(Session, runtime="endpoint"):
             ) from None
 
     def generate(self, prompts, limits, stops, temperature=0.0, top_p=1.0, seed=0):
-        def ask(job: tuple[str, int]) -> tuple[str, int, bool]:
-            try:
-                prompt, limit = job
-                return self.protocol.generate(self.client, prompt, limit, stops, temperature, top_p, seed)
-            except RequestFailed as failure:
-                raise UserError(
-                    f"endpoint {self.client.base_url}: {failure}; it must take {self.protocol.name}'s stop_token_ids"
-                ) from None
-
-        return in_flight(ask, list(zip(prompts, limits)))
+        try:
+            return generate_in_flight(self.protocol, self.client, prompts, limits, stops, temperature, top_p, seed)
+        except RequestFailed as failure:
+            raise UserError(
+                f"endpoint {self.client.base_url}: {failure}; it must take {self.protocol.name}'s stop_token_ids"
+            ) from None
 
     def language_model(self, prompting, settings, seed, batch_size):
         # the model name the variant's folder gives (a served model's name, as quantlab serve names it)
@@ -338,6 +329,15 @@ def in_flight(function: Callable[[T], U], items: list[T]) -> list[U]:
         return list(pool.map(function, items))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def generate_in_flight(
+    protocol: Protocol, server, prompts: list[str], limits: list[int], stops: list[int], temperature, top_p, seed
+) -> list[tuple[str, int, bool]]:
+    """``Session.generate`` on a server: one request per prompt in ``protocol``'s form, several in flight (the
+    engine batches them), each seeded alike, as transformers seeds a batch once."""
+    jobs = list(zip(prompts, limits))
+    return in_flight(lambda job: protocol.generate(server, job[0], job[1], stops, temperature, top_p, seed), jobs)
 
 
 def served_answers(candidate: Session, rows: list[list[int]], top_k: int) -> list[list[dict[int, float]]]:

@@ -198,11 +198,8 @@ def add_source(store, name: str, reference_key: str, source: str, values: list[f
     """Adds a faithful server's per-prompt KLs to calibration ``name`` (``quantlab audit --calibrate``): the
     reference's, or a differential audit's against its trusted endpoint (``differential_name``)."""
     path = store.audit_calibration_path(name)
-    if path.is_file():
-        record = CalibrationRecord.from_json(path)
-        if record.reference_key != reference_key:  # the reference changed: its calibration with it
-            record = CalibrationRecord(reference=name, reference_key=reference_key, top_k=top_k, kl_per_prompt={})
-    else:
+    record = CalibrationRecord.from_json(path) if path.is_file() else None
+    if record is None or record.reference_key != reference_key:  # none yet, or the reference changed
         record = CalibrationRecord(reference=name, reference_key=reference_key, top_k=top_k, kl_per_prompt={})
     # a real faithful server replaces the in-process stand-in, which only emulates one
     record.kl_per_prompt.pop(IN_PROCESS, None)

@@ -27,7 +27,9 @@ class LocalModel:
 
     @cached_property
     def model(self):
-        return load_model(self.folder, dtype=torch.float32)[0]
+        model, tokenizer = load_model(self.folder, dtype=torch.float32)
+        self.__dict__.setdefault("tokenizer", tokenizer)  # the one it loaded, unless read already (cached_property)
+        return model
 
     @cached_property
     def tokenizer(self):
