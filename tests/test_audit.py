@@ -62,6 +62,8 @@ def test_the_reference_served_faithfully_passes_every_check_and_is_named(store):
     assert all(check.queries <= check.budget for check in record.checks)
     stored = json.loads(next((store / "audits").glob("127.0.0.1-*.json")).read_text())
     assert stored["reference"] == "zoo-tiny-gpt-oss" and len(stored["checks"]) == 6
+    # nothing failed: no ranking of causes, and the record says why
+    assert record.causes == [] and record.cause.startswith("no departure to explain")
 
 
 @needs_llama_server
@@ -95,6 +97,9 @@ def test_quantized_weights_fail_the_weights_check_which_names_the_variant(store)
     (weights,) = record.checks
     assert weights.verdict == "fail"
     assert weights.detail["named"] == "mxfp4"
+    # the cause ranking agrees: the store's mxfp4 ranks first and explains the endpoint on its own
+    assert record.causes[0].name == "weights: mxfp4" and record.causes[0].explains
+    assert record.cause.startswith("explained by weights: mxfp4")
 
 
 @needs_llama_server
@@ -105,6 +110,9 @@ def test_weights_that_no_local_model_explains_are_named_by_nothing(store):
     assert weights.verdict == "fail" and weights.detail["named"] is None
     assert weights.detail["closest"] == "zoo-tiny-gpt-oss" and "explains the endpoint" in weights.reason
     assert weights.reason.count("none of the 1 local models") == 1
+    # nothing in the library explains it: the fitted unknown format ranks first, and the sentence says so
+    assert record.causes[0].name == "weights: an unknown format" and not record.causes[0].known
+    assert record.cause.startswith("none of the known departures explains it")
 
 
 @needs_llama_server
@@ -122,6 +130,30 @@ def test_calibrating_on_a_faithful_server_replaces_the_in_process_stand_in(store
     # the next audit is tested against it
     again = _audit(store, "mxfp4", FrontSettings(), checks=["weights"], budget=16)
     assert again.checks[0].detail["threshold"] < 1e-4 and again.checks[0].verdict == "fail"
+
+
+@needs_llama_server
+@pytest.mark.parametrize(
+    ("edit", "first", "explains"),
+    [("hard-high", "effort fixed at high", True), ("no-system", "rendering: an unknown template or effort", None)],
+    ids=["effort-hard-coded-high", "system-message-dropped"],
+)
+def test_a_held_out_template_is_named_by_the_library_or_by_nothing_it_knows(store, tmp_path, edit, first, explains):
+    """Templates the lab does not ship: one that hard-codes high effort is the library's "effort fixed at high"
+    (it also fails the template check, whose turns to a request without an effort are the reference's at high);
+    one that drops the system message is none of the known departures."""
+    from quantlab.bench.audit_causes import held_out_template
+    from quantlab.chat import model_template
+    from quantlab.store import as_store
+
+    own = model_template(as_store(store).subject("zoo:tiny-gpt-oss").model_folder)
+    path = tmp_path / f"{edit}.jinja"
+    path.write_text(held_out_template(edit, own or ""))
+    record = _audit(store, "bf16-gguf", FrontSettings(chat_template=str(path)))
+    assert _verdicts(record)["template"] == "fail"
+    top = record.causes[0]
+    assert (top.name, top.explains) == (first, explains), record.cause
+    assert top.log_likelihood_ratio > 0  # likelier than the faithful engine
 
 
 # --- an endpoint that misbehaves ---------------------------------------------------------------------------

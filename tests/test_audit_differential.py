@@ -117,22 +117,30 @@ def test_a_faithful_llama_cpp_host_passes_every_check_against_a_faithful_vllm_ho
 @needs_vllm
 @needs_llama_server
 @pytest.mark.parametrize(
-    ("variant", "front", "check", "diagnosis"),
+    ("variant", "front", "check", "diagnosis", "cause"),
     [
-        ("mxfp4", FrontSettings(), "weights", {}),
+        # no local formats in a differential audit: the weights are "an unknown format"
+        ("mxfp4", FrontSettings(), "weights", {}, "weights: an unknown format"),
         (
             "bf16-gguf",
             FrontSettings(effort_honored=False),
             "effort",
             {"looks_like": {"low": "medium", "medium": "medium", "high": "medium"}},
+            "effort dropped",
         ),
-        ("bf16-gguf", FrontSettings(chat_template="chatml"), "template", {"renders_like": "chatml"}),
-        ("bf16-gguf", FrontSettings(sampling_honored=False), "sampling", {}),
+        (
+            "bf16-gguf",
+            FrontSettings(chat_template="chatml"),
+            "template",
+            {"renders_like": "chatml"},
+            "template: chatml",
+        ),
+        ("bf16-gguf", FrontSettings(sampling_honored=False), "sampling", {}, "sampling dropped"),
     ],
     ids=["mxfp4-weights", "effort-dropped", "chatml", "sampling-dropped"],
 )
 def test_each_shipped_distortion_fails_its_own_check_against_the_trusted_host(
-    calibrated, variant, front, check, diagnosis
+    calibrated, variant, front, check, diagnosis, cause
 ):
     store, trusted_url, _ = calibrated
     record = _audit(store, trusted_url, variant, front, checks=[check])
@@ -140,6 +148,8 @@ def test_each_shipped_distortion_fails_its_own_check_against_the_trusted_host(
     assert result.verdict == "fail" and result.p_value < record.alpha, result.reason
     for key, value in diagnosis.items():
         assert result.detail[key] == value
+    # the cause ranking, its fingerprints simulated through the trusted endpoint, names the departure first
+    assert record.causes[0].name == cause, record.cause
 
 
 @needs_vllm

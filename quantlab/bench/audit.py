@@ -99,7 +99,7 @@ POWER_BUDGETS = {
 
 
 @contextlib.contextmanager
-def _served(host: Host, store):
+def served(host: Host, store):
     if store.find_variant(host.variant) is None:
         build(host.variant, store.root)
     with serve(host.variant, host.engine, store, options=ServeOptions(load=host.load), front=host.front) as server:
@@ -136,7 +136,7 @@ def bench_audit(
         rows = []
         for host in FAITHFUL + DISTORTED:
             say(f"table: auditing {host.label}")
-            with _served(host, store) as server:
+            with served(host, store) as server:
                 record = audit(server.base_url, artifacts=store)
             rows.append({"server": host.label, "distortion": host.distortion, "check": host.check} | _verdicts(record))
         result["table"] = rows
@@ -144,7 +144,7 @@ def bench_audit(
         rates = {}
         for host in FAITHFUL:
             failures = {name: 0 for name in (checks or CHECKS)}
-            with _served(host, store) as server:
+            with served(host, store) as server:
                 for seed in range(1, audits + 1):
                     say(f"false positives: {host.label}, audit {seed}/{audits}")
                     chosen = list(checks) if checks else None
@@ -162,7 +162,7 @@ def bench_audit(
             if checks and host.check not in checks:
                 continue
             budgets = POWER_BUDGETS[host.check]
-            with _served(host, store) as server:
+            with served(host, store) as server:
                 points = []
                 for budget in budgets:
                     failed = 0
@@ -197,14 +197,14 @@ def _calibrated(store, audits: int, repeats: int, say) -> dict:
     saved = path.read_bytes() if path.is_file() else None
     try:
         say("calibrated: calibrating the weights check on bf16 through vLLM")
-        with _served(FAITHFUL[0], store) as server:
+        with served(FAITHFUL[0], store) as server:
             audit(server.base_url, checks=["weights"], calibrate=True, seed=999, artifacts=store, candidates=[])
         threshold = None
         rows = []
         for host in FAITHFUL + tuple(h for h in DISTORTED if h.check == "weights"):
             runs = audits if not host.distortion else repeats
             failed = 0
-            with _served(host, store) as server:
+            with served(host, store) as server:
                 for seed in range(1, runs + 1):
                     say(f"calibrated: {host.label}, audit {seed}/{runs}")
                     record = audit(server.base_url, checks=["weights"], seed=seed, artifacts=store, candidates=[])
@@ -237,9 +237,9 @@ def _differential(store, audits: int, say) -> dict:
         "trusted": trusted_host.label,
         "audited": faithful.label,
     }
-    with _served(trusted_host, store) as trusted:
+    with served(trusted_host, store) as trusted:
         against = {"artifacts": store, "reference_url": trusted.base_url}
-        with _served(faithful, store) as server:
+        with served(faithful, store) as server:
             say(f"differential: {faithful.label} against {trusted_host.label}, before any calibration")
             first = audit(server.base_url, **against)
             out["uncalibrated"] = _verdicts(first) | {"weights_reason": first.checks[0].reason}
@@ -265,7 +265,7 @@ def _differential(store, audits: int, say) -> dict:
         rows = []
         for host in DISTORTED:
             say(f"differential: {host.label} against {trusted_host.label}")
-            with _served(host, store) as server:
+            with served(host, store) as server:
                 record = audit(server.base_url, **against)
             rows.append({"server": host.label, "distortion": host.distortion, "check": host.check} | _verdicts(record))
         out["table"] = rows

@@ -255,6 +255,22 @@ class AuditCheck(Part):
     detail: dict[str, Any] = {}
 
 
+class AuditCause(Part):
+    """One fingerprint of the audit's cause ranking (``stages.audit.causes``): its place, its log-likelihood of
+    what the audit saw (penalized where its parameters are fitted) and its parts, the ratio to the most likely
+    faithful engine, and, for a known one, whether it explains the endpoint on its own."""
+
+    rank: int
+    name: str
+    kind: str  # weights, engine, template, effort, sampling
+    known: bool  # False: a departure outside the library, its parameters fitted
+    log_likelihood: float
+    log_likelihood_ratio: float
+    evidence: dict[str, float] = {}
+    fit_p_value: float | None = None
+    explains: bool | None = None
+
+
 class Audit(Record):
     """``audits/<endpoint>-<model>-<key>.json``: an endpoint checked against a local reference, or against a
     trusted endpoint (``reference_endpoint``)."""
@@ -278,3 +294,6 @@ class Audit(Record):
     # a differential audit (--reference-url): the trusted endpoint every check compared with, and its queries
     reference_endpoint: str | None = None
     reference_queries: int = 0
+    # the departures ranked by likelihood (only when a check failed), and the sentence naming the cause
+    causes: list[AuditCause] = []
+    cause: str = ""

@@ -12,6 +12,7 @@ import typer
 from quantlab.bench import formats as bench
 from quantlab.bench import memory
 from quantlab.bench.audit import bench_audit, save
+from quantlab.bench.audit_causes import bench_causes
 from quantlab.bench.families import run_families
 from quantlab.bench.measure_cost import measure_variant_cost
 from quantlab.bench.plots import plot_rate_distortion
@@ -172,11 +173,15 @@ def bench_serve_command(
     bench_tables.serve(result)
 
 
+AUDIT_PARTS = ("table", "false_positives", "power", "calibrated", "differential", "causes")
+
+
 def bench_audit_command(
     parts: Optional[list[str]] = typer.Option(
         None,
         "--part",
-        help="table, false_positives, power, calibrated or differential (repeatable; default: the first three).",
+        help="table, false_positives, power, calibrated, differential or causes (repeatable; default: the first "
+        "three).",
     ),
     audits: int = typer.Option(20, "--audits", min=1, help="false_positives: audits per faithful server."),
     repeats: int = typer.Option(10, "--repeats", min=1, help="power: audits per distortion and budget."),
@@ -188,15 +193,19 @@ def bench_audit_command(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The audit against servers the lab starts (faithful and distorted): verdict table, false-positive rate
-    over repeated audits, the queries each distortion needs for 80% power, and the same against a trusted
-    endpoint (differential)."""
+    over repeated audits, the queries each distortion needs for 80% power, the same against a trusted
+    endpoint (differential), and the cause ranking's answers on held-out faults (causes)."""
     chosen = tuple(parts or ("table", "false_positives", "power"))
     for part in chosen:
-        if part not in ("table", "false_positives", "power", "calibrated", "differential"):
-            raise UserError(f"--part {part!r}: choose table, false_positives, power, calibrated or differential")
+        if part not in AUDIT_PARTS:
+            raise UserError(f"--part {part!r}: choose one of {', '.join(AUDIT_PARTS)}")
     with render.status("benchmarking the audit", as_json) as status:
-        say = (lambda message: status.update(message)) if status is not None else None
-        result = bench_audit(artifacts, audits, repeats, chosen, say, tuple(checks or ()))
+        say = (lambda message: status.update(message)) if status is not None else (lambda message: None)
+        result = bench_audit(
+            artifacts, audits, repeats, tuple(p for p in chosen if p != "causes"), say, tuple(checks or ())
+        )
+        if "causes" in chosen:
+            result["causes"] = bench_causes(artifacts, say)
     written = save(result, docs)
     if as_json:
         return render.print_json(result)

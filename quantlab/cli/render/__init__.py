@@ -314,6 +314,9 @@ def attribution(result: Attribution) -> None:
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "could not check": "yellow", "not applicable": "dim"}
 
 
+CAUSES_SHOWN = 5  # the ranking's head: the rest are far less likely
+
+
 def audit(record) -> None:
     """An audit: one row per check, its verdict, test outcome and cost; the weights check's candidates."""
     table = Table(
@@ -355,6 +358,22 @@ def audit(record) -> None:
             f"({'mean KL per token' if 'mean_kl' in next(iter(rows.values())) else 'MMD²'}: {line})",
             highlight=False,
         )
+    if record.causes:
+        causes = Table(title="the departures, most likely first", title_justify="left")
+        for column in ("rank", "departure", "kind", "log-likelihood ratio over faithful", "explains it"):
+            causes.add_column(column, overflow="fold")
+        for cause in record.causes[:CAUSES_SHOWN]:
+            explains = "" if cause.explains is None else ("yes" if cause.explains else "no")
+            causes.add_row(
+                str(cause.rank),
+                cause.name + ("" if cause.known else " (fitted)"),
+                cause.kind,
+                f"{cause.log_likelihood_ratio:.1f}",
+                explains,
+            )
+        wide().print(causes)
+    if record.cause:
+        console.print(f"cause: {record.cause}", highlight=False)
 
 
 def sweep(result: Sweep) -> None:

@@ -161,6 +161,28 @@ def audit(result: dict) -> None:
         for row in differential["table"]:
             table.add_row(row["server"], *[f"[{VERDICT_STYLE.get(v, '')}]{v}[/]" for v in row["verdicts"].values()])
         wide().print(table)
+    if "causes" in result:
+        causes = result["causes"]
+        table = Table(
+            "fault",
+            "a correct answer",
+            "ranked first",
+            "explains it",
+            "correct",
+            title=f"the cause ranking on held-out faults: {causes['rank_1_correct']} of {causes['faults']} answered "
+            f"right ({causes['detected']} detected); then the shipped distortions",
+            title_justify="left",
+        )
+        for row in causes["table"] + causes.get("shipped", []):
+            explains = "" if row["first_explains"] is None else str(row["first_explains"]).lower()
+            table.add_row(
+                row["fault"],
+                row["expected"],
+                row["first"] or "(no check failed)",
+                explains,
+                "yes" if row["correct"] else "no",
+            )
+        wide().print(table)
     if "calibrated" in result:
         calibrated = result["calibrated"]
         table = Table(

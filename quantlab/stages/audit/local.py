@@ -7,7 +7,7 @@ generated. Computed in float32 (the reference the engines are measured against).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -24,6 +24,7 @@ class LocalModel:
 
     name: str
     folder: Path
+    greedy_turns: dict[tuple[str, int], harmony.Turn] = field(default_factory=dict, repr=False)
 
     @cached_property
     def model(self):
@@ -78,7 +79,17 @@ class LocalModel:
 
     def turns(self, prompts: list[str], max_new_tokens: int, **sampling) -> list[harmony.Turn]:
         """Each prompt's assistant turn as a harmony-aware server generates it (``chat_front``'s rule): message by
-        message, going on after an analysis message's end, within ``max_new_tokens`` in all."""
+        message, going on after an analysis message's end, within ``max_new_tokens`` in all. Greedy turns are
+        kept: the cause ranking asks again for many a check asked already."""
+        if sampling.get("temperature", 0.0) > 0:
+            return self._generated_turns(prompts, max_new_tokens, **sampling)
+        missing = list(dict.fromkeys(p for p in prompts if (p, max_new_tokens) not in self.greedy_turns))
+        if missing:
+            for prompt, turn in zip(missing, self._generated_turns(missing, max_new_tokens, **sampling)):
+                self.greedy_turns[(prompt, max_new_tokens)] = turn
+        return [self.greedy_turns[(p, max_new_tokens)] for p in prompts]
+
+    def _generated_turns(self, prompts: list[str], max_new_tokens: int, **sampling) -> list[harmony.Turn]:
         texts = [""] * len(prompts)
         budgets = [max_new_tokens] * len(prompts)
         active = list(range(len(prompts)))

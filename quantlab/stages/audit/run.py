@@ -21,19 +21,29 @@ from quantlab.models.loading import default_model
 from quantlab.plugins import registry
 from quantlab.runtimes.openai_client import base_url_of
 from quantlab.stages.audit import calibration as calibration_module
+from quantlab.stages.audit import causes as causes_module
 from quantlab.stages.audit.checks import Check, Context
-from quantlab.stages.audit.checks.base import CHAT, COMPLETIONS, COULD_NOT_CHECK, GREEDY_UNRELIABLE, NOT_APPLICABLE
+from quantlab.stages.audit.checks.base import (
+    CHAT,
+    COMPLETIONS,
+    COULD_NOT_CHECK,
+    FAIL,
+    GREEDY_UNRELIABLE,
+    NOT_APPLICABLE,
+)
 from quantlab.stages.audit.checks.weights import GENERATED_TOKENS, TOP_K
 from quantlab.stages.audit.client import REQUEST_TIMEOUT_S, CouldNotCheck, EndpointClient
 from quantlab.stages.audit.local import LocalModel
 from quantlab.stages.audit.trusted import TrustedEndpoint
 from quantlab.store import as_store
 from quantlab.store.atomic import atomic_write_text
-from quantlab.store.records import Audit, AuditCheck
+from quantlab.store.records import Audit, AuditCause, AuditCheck
 
 APIS = (CHAT, COMPLETIONS)
 CHECKS = tuple(Check.in_run_order())  # every registered check, in the order an audit runs them
 ALPHA = 0.05
+# the checks a known departure fails (shape is the API's form; a ranking of causes has nothing to say of it)
+RANKED_CHECKS = ("weights", "sampling", "template", "effort", "accuracy")
 
 
 def default_budget(checks=CHECKS) -> int:
@@ -142,6 +152,7 @@ def audit(
         results.append(result)
     if calibrate:
         _calibrate(store, calibration_name, subject.key, base_url, results)
+    causes, cause = _causes(context, results)
     record = Audit(
         endpoint=base_url,
         served_model=client.model,
@@ -159,6 +170,8 @@ def audit(
         repeats=repeats,
         reference_endpoint=context.trusted.name if context.trusted is not None else None,
         reference_queries=context.trusted.client.queries if context.trusted is not None else 0,
+        causes=causes,
+        cause=cause,
         cache_key=content_key(
             [base_url, client.model, subject.key, names, api, budgets, seed, alpha, repeats]
             + ([context.trusted.name, reference_api] if context.trusted is not None else [])
@@ -207,6 +220,19 @@ def _run_check(check: Check, context: Context, budget: int) -> AuditCheck:
     result.queries = client.queries - before
     result.budget = budget
     return result
+
+
+def _causes(context: Context, results: list[AuditCheck]) -> tuple[list[AuditCause], str]:
+    """The departures ranked by likelihood, when a check that a known departure fails has failed."""
+    failed = [r.name for r in results if r.verdict == FAIL and r.name in RANKED_CHECKS]
+    if not failed:
+        return [], "no departure to explain: " + (
+            "the checks that a known departure fails passed" if results else "no check ran"
+        )
+    try:
+        return causes_module.rank(context)
+    except CouldNotCheck as error:
+        return [], f"the causes could not be ranked: {error}"
 
 
 def _trusted(url: str, api: str, served_model: str | None, renderer: LocalModel, timeout_s: float) -> TrustedEndpoint:

@@ -10,7 +10,7 @@ texts to ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quantlab.chat import MODEL, harmony
@@ -27,6 +27,7 @@ class TrustedEndpoint:
     client: EndpointClient
     api: str
     renderer: LocalModel
+    greedy_turns: dict[tuple, harmony.Turn] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -53,7 +54,14 @@ class TrustedEndpoint:
                 return self.client.turn(self.api, self.renderer, probe, effort, max_tokens, **sampling)
             return self.rendered_turn(self.renderer.prompt(probe.messages, effort, template), max_tokens, **sampling)
 
-        return self.map(ask, list(enumerate(probes)))
+        if temperature > 0:
+            return self.map(ask, list(enumerate(probes)))
+        # greedy turns are kept: the cause ranking asks again for many a check asked already
+        key = (effort, template, max_tokens)
+        missing = [(i, p) for i, p in enumerate(probes) if (*key, p.question) not in self.greedy_turns]
+        for (_, probe), turn in zip(missing, self.map(ask, missing)):
+            self.greedy_turns[(*key, probe.question)] = turn
+        return [self.greedy_turns[(*key, p.question)] for p in probes]
 
     def rendered_turn(self, prompt: str, max_tokens: int, **sampling) -> harmony.Turn:
         """The turn a harmony-aware chat host makes of ``prompt`` on this engine's completions route (the chat

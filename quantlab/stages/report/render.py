@@ -243,6 +243,7 @@ def _runtimes(report: Report, store: Store) -> None:
 
 
 AUDITS_SHOWN = 12
+CAUSES_SHOWN = 5  # the ranking's head: the rest are far less likely
 
 
 def _audits(report: Report, store: Store) -> None:
@@ -291,6 +292,23 @@ def _audits(report: Report, store: Store) -> None:
                 for c in latest["checks"]
             ],
         )
+        if latest.get("cause"):
+            report.text(f"Its cause: {latest['cause']}.")
+        if latest.get("causes"):
+            report.table(
+                ["rank", "departure", "kind", "known", "log-likelihood ratio over faithful", "explains it"],
+                [
+                    [
+                        f"{c['rank']}",
+                        c["name"],
+                        c["kind"],
+                        "yes" if c["known"] else "no (fitted)",
+                        f"{c['log_likelihood_ratio']:.1f}",
+                        "" if c["explains"] is None else ("yes" if c["explains"] else "no"),
+                    ]
+                    for c in latest["causes"][:CAUSES_SHOWN]
+                ],
+            )
 
 
 def _headline(store: Store):

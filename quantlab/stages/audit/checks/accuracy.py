@@ -13,7 +13,7 @@ import numpy as np
 
 from quantlab import statistics
 from quantlab.chat import MODEL
-from quantlab.stages.audit.checks.base import FAIL, PASS, Check, Context
+from quantlab.stages.audit.checks.base import FAIL, PASS, TURN_TOKENS, Check, Context
 
 
 class Accuracy(Check, name="accuracy"):
@@ -30,6 +30,8 @@ class Accuracy(Check, name="accuracy"):
         turns = context.client.map(
             lambda job: context.ask(job[0], "high", temperature=temperature, seed=context.seed * 1000 + job[1]), jobs
         )
+        if repeats == 1:
+            context.saw(probes, ["high"] * len(probes), turns, TURN_TOKENS)
         endpoint = np.array([t.final.strip() == p.answer for (p, _), t in zip(jobs, turns)], dtype=float)
         endpoint = endpoint.reshape(len(probes), repeats)
         # the reference itself (not the model the weights look like), rendered with the model's own template

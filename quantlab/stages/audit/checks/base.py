@@ -3,7 +3,7 @@ registry the checks enter by subclassing ``Check``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from quantlab.chat import REASONING_EFFORTS, harmony
@@ -17,6 +17,19 @@ from quantlab.store.records import AuditCheck
 PASS, FAIL, COULD_NOT_CHECK, NOT_APPLICABLE = "pass", "fail", "could not check", "not applicable"
 EFFORTS = REASONING_EFFORTS
 TURN_TOKENS = 96  # enough for the longest turn of the reference's tasks at high effort
+
+
+@dataclass(frozen=True)
+class SeenTurn:
+    """One greedy turn the endpoint gave: the question, the effort requested (None: none), the token limit,
+    whether the audit rendered the prompt itself (the completions route: no host template or effort applies),
+    and the turn's text (``turn_text``)."""
+
+    probe: Probe
+    effort: str | None
+    max_tokens: int
+    rendered_here: bool
+    text: str
 
 
 @dataclass
@@ -50,6 +63,12 @@ class Context:
     # A differential audit (--reference-url): the endpoint the user trusts, asked what the audited one is asked;
     # the local reference then only renders prompts (its template and tokenizer; its weights are never loaded).
     trusted: TrustedEndpoint | None = None
+    # What the cause ranking (``stages.audit.causes``) weighs every known departure against: the endpoint's
+    # greedy turns, whether its greedy turns varied between identical requests, and each local model's
+    # per-prompt KL to it (the weights check's; keyed by the model, or by the reference in a differential audit).
+    seen: list[SeenTurn] = field(default_factory=list)
+    greedy_varied: list[bool] = field(default_factory=list)
+    weights_kl: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def weights_model(self) -> LocalModel:
@@ -67,6 +86,11 @@ class Context:
         """The endpoint's turn for ``probe`` at ``effort`` (None: none asked) through the audit's API: the chat
         route, or the completions route with the prompt rendered here by the reference's own template."""
         return self.client.turn(self.api, self.reference, probe, effort, max_tokens, **sampling)
+
+    def saw(self, probes: list[Probe], efforts: list[str | None], turns: list[harmony.Turn], max_tokens: int) -> None:
+        """Keeps the endpoint's greedy ``turns`` (to ``probes`` at ``efforts``) for the cause ranking."""
+        for probe, effort, turn in zip(probes, efforts, turns):
+            self.seen.append(SeenTurn(probe, effort, max_tokens, self.api == COMPLETIONS, turn_text(turn)))
 
     def reference_turns(
         self,

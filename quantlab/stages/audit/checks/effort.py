@@ -17,6 +17,7 @@ from quantlab.stages.audit.checks.base import (
     EFFORTS,
     FAIL,
     PASS,
+    TURN_TOKENS,
     Check,
     Context,
 )
@@ -35,6 +36,7 @@ class Effort(Check, name="effort"):
         probes = context.probes(budget // len(EFFORTS), offset=2)
         jobs = [(probe, effort) for effort in EFFORTS for probe in probes]
         turns = context.client.map(lambda job: context.ask(job[0], job[1], temperature=0), jobs)
+        context.saw([probe for probe, _ in jobs], [effort for _, effort in jobs], turns, TURN_TOKENS)
         endpoint = {e: [len(t.reasoning) for (_, effort), t in zip(jobs, turns) if effort == e] for e in EFFORTS}
         correct_endpoint = {
             e: [t.final.strip() == p.answer for (p, effort), t in zip(jobs, turns) if effort == e] for e in EFFORTS

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from quantlab import statistics
 from quantlab.chat import MODEL, NAMED
-from quantlab.stages.audit.checks.base import FAIL, PASS, Check, Context, same_turn, turn_text
+from quantlab.stages.audit.checks.base import FAIL, PASS, TURN_TOKENS, Check, Context, same_turn, turn_text
 
 NULL_VARIATION_RATE = 0.05  # a faithful engine's greedy turns that vary between identical requests (batching)
 GREEDY_REPEATS = 3
@@ -39,11 +39,14 @@ class Sampling(Check, name="sampling"):
         greedy_probes, spread_probes = probes[:greedy_questions], probes[greedy_questions:]
         ask = context.ask
         greedy_jobs = [(p, r) for p in greedy_probes for r in range(GREEDY_REPEATS)]
-        greedy = context.client.map(
-            lambda job: turn_text(ask(job[0], None, temperature=0, seed=context.seed + job[1])), greedy_jobs
+        greedy_turns = context.client.map(
+            lambda job: ask(job[0], None, temperature=0, seed=context.seed + job[1]), greedy_jobs
         )
+        greedy = [turn_text(turn) for turn in greedy_turns]
         by_question = [greedy[i * GREEDY_REPEATS : (i + 1) * GREEDY_REPEATS] for i in range(greedy_questions)]
         varied = sum(len(set(turns)) > 1 for turns in by_question)
+        context.saw(greedy_probes, [None] * greedy_questions, greedy_turns[::GREEDY_REPEATS], TURN_TOKENS)
+        context.greedy_varied = [len(set(turns)) > 1 for turns in by_question]
         p_greedy = statistics.excess_rate_test(varied, greedy_questions, NULL_VARIATION_RATE)
 
         narrow = context.client.map(

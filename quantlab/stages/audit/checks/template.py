@@ -18,6 +18,7 @@ from quantlab.stages.audit.checks.base import (
     CHAT,
     FAIL,
     PASS,
+    TURN_TOKENS,
     Check,
     Context,
     same_turn,
@@ -40,6 +41,7 @@ class Template(Check, name="template"):
         probes = context.probes(budget, offset=3)
         turns = context.client.map(lambda probe: context.ask(probe, None, temperature=0), probes)
         endpoint = [turn_text(t) for t in turns]
+        context.saw(probes, [None] * len(probes), turns, TURN_TOKENS)
         agrees = {}
         for name in NAMED:
             local = [turn_text(t) for t in context.reference_turns(probes, None, template=name)]

@@ -75,6 +75,7 @@ class Weights(Check, name="weights"):
                 "prompts_over_threshold": exceed,
                 "p_value": statistics.exceedance_p_value(exceed, len(values), calibration.size, calibration.rank),
             }
+        context.weights_kl = {name: [float(v) for v in np.asarray(per_prompt)[kept]] for name, per_prompt in kl.items()}
         named = min(rows, key=lambda name: rows[name]["mean_kl"])
         reference = rows[context.reference.name]
         failed = reference["p_value"] < context.alpha
@@ -137,6 +138,9 @@ class Weights(Check, name="weights"):
         declared = context.calibration.sources if context.calibration is not None else {}
         calibration = Calibration.of(declared | {f"reruns of {trusted.name}": reruns})
         values = np.asarray(kl)[kept]
+        # the causes ranking weighs the same KLs against the same null (the trusted endpoint's weights: the reference's)
+        context.calibration = calibration
+        context.weights_kl = {context.reference.name: [float(v) for v in values]}
         exceed = int((values > calibration.threshold).sum())
         p_value = statistics.exceedance_p_value(exceed, len(values), calibration.size, calibration.rank)
         failed = p_value < context.alpha
