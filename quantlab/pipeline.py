@@ -218,7 +218,7 @@ def audit_line(run: DemoRun) -> str | None:
     return (
         f"Audit of a host serving {AUDITED[0]} through {AUDITED[1]} with the reasoning effort dropped "
         f"({run.audit.queries} queries): failed {', '.join(failed) or 'nothing'}; the weights look like "
-        f"{weights.detail.get('named')}."
+        f"{weights.detail.get('named')}; cause: {run.audit.cause}."
     )
 
 
