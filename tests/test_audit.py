@@ -156,6 +156,17 @@ def test_a_held_out_template_is_named_by_the_library_or_by_nothing_it_knows(stor
     assert top.log_likelihood_ratio > 0  # likelier than the faithful engine
 
 
+@needs_llama_server
+def test_two_departures_at_once_are_named_as_the_pair(store):
+    """The demo's host: mxfp4 weights and the effort dropped. Neither alone explains the endpoint (each leaves
+    the other's turns unexplained); the pair ranks first and does."""
+    record = _audit(store, "mxfp4", FrontSettings(effort_honored=False))
+    top, *rest = record.causes
+    assert (top.name, top.kind, top.explains) == ("weights: mxfp4 + effort dropped", "weights + effort", True)
+    singles = {cause.name: cause for cause in rest}
+    assert singles["weights: mxfp4"].explains is False and singles["effort dropped"].explains is False
+
+
 # --- an endpoint that misbehaves ---------------------------------------------------------------------------
 
 
