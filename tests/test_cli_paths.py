@@ -62,6 +62,10 @@ def test_build_by_name_from_any_directory_and_a_report_of_one_measured_variant(t
     assert code == 0, err
     html = (tmp_path / "r" / "report.html").read_text()
     assert "mxfp4" in html and "expert" in html.lower()
+    # without --out, the report goes beside the store it reads (not into ./artifacts of wherever it ran)
+    code, out, err = quantlab("report", "--artifacts", str(store), capsys=capsys)
+    assert code == 0 and (store / "report" / "report.html").is_file(), err
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_eval_without_a_subject_evaluates_the_store_or_the_default_model(one_variant, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,11 +18,14 @@ from quantlab.stages.report import write_report
 
 def report_command(
     variants: list[str] = typer.Argument(None, help="Variants to show (default: every variant built in --artifacts)."),
-    out: Path = typer.Option(Path("artifacts/report"), "--out", help="Folder for report.html, report.md and figures/."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for report.html, report.md and figures/ (default: report/ in --artifacts)."
+    ),
     baseline: str = typer.Option("bf16", "--baseline", help="The variant losses and flips are measured against."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="The store to read (nothing is recomputed)."),
 ) -> None:
     """Write a self-contained HTML report and its markdown twin from stored results (never recomputing)."""
+    out = out or artifacts / "report"  # beside the store it reads, not the default store's
     command = shlex.join(
         [
             "quantlab",
