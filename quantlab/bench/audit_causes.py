@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from quantlab.bench.audit import DISTORTED, served
@@ -30,17 +30,17 @@ from quantlab.store import as_store
 # the library the audit ranks against: the shipped variants (candidates) besides the reference's own bf16 GGUF
 SHIPPED_CANDIDATES = ("mxfp4", "int4-rtn", "gguf-q4_k_m", "compactifai-like", "fp8")
 SERVED_REFERENCE = "bf16-gguf"
-# the fingerprint each shipped distortion is, by the distortion's name in bench.audit: those llama.cpp serves (the
-# int4-rtn and compactifai-like hosts are vLLM's, whose CPU start takes minutes; their variants are candidates)
-SHIPPED_EXPECTED = {
-    "weights: mxfp4": "weights: mxfp4",
-    "weights: gguf-q4_k_m": "weights: gguf-q4_k_m",
-    "effort dropped": "effort dropped",
-    "template: chatml": "template: chatml",
-    "template: final-only": "template: final-only",
-    "template: plain": "template: plain",
-    "sampling dropped": "sampling dropped",
-}
+# the shipped distortions llama.cpp serves (bench.audit's names, which are their fingerprints' names); the int4-rtn
+# and compactifai-like hosts are vLLM's, whose CPU start takes minutes: their variants are candidates only
+SHIPPED_DISTORTIONS = (
+    "weights: mxfp4",
+    "weights: gguf-q4_k_m",
+    "effort dropped",
+    "template: chatml",
+    "template: final-only",
+    "template: plain",
+    "sampling dropped",
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,11 @@ class Fault:
     expected: str | None  # the fingerprint that must rank first and explain it; None: "none explains it"
     recipe: str = ""  # a recipe's YAML (a weights fault), served as its GGUF by llama.cpp
     template: str = ""  # a Jinja edit of the model's own template (a serving fault), applied by the chat front
-    front: dict = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        """The variant a recipe fault builds (its recipe's name, the YAML's first line)."""
+        return self.recipe.split("\n", 1)[0].removeprefix("name: ")
 
 
 def _recipe(name: str, groups: str, extra: str = "exports: [gguf]") -> str:
@@ -147,16 +151,16 @@ def held_out_template(edit: str, own: str) -> str:
     raise ValueError(f"unknown template edit {edit!r}")
 
 
-def correct(fault: Fault, record) -> bool:
-    """Whether the audit's ranking answers ``fault`` right: its fingerprint first and explaining it, or (outside
-    the library) nothing known explaining it, with the right kind of departure first."""
+def correct(expected: str | None, kind: str, record) -> bool:
+    """Whether the audit's ranking answers right: the ``expected`` fingerprint first and explaining it, or (None:
+    a fault outside the library) nothing known explaining it, with the right ``kind`` of departure first."""
     if not record.causes:
         return False
     first = record.causes[0]
-    if fault.expected is not None:
-        return first.name == fault.expected and bool(first.explains)
+    if expected is not None:
+        return first.name == expected and bool(first.explains)
     explained = first.known and bool(first.explains)
-    return not explained and first.kind == fault.kind
+    return not explained and first.kind == kind
 
 
 def bench_causes(artifacts, say) -> dict:
@@ -176,8 +180,7 @@ def bench_causes(artifacts, say) -> dict:
             say(f"causes: {fault.label}")
             with _served_fault(fault, store, Path(scratch), own) as server:
                 record = audit(server.base_url, artifacts=store, candidates=list(SHIPPED_CANDIDATES))
-            expected = fault.expected or "none explains it"
-            rows.append(_row(fault.label, expected, record) | {"kind": fault.kind, "correct": correct(fault, record)})
+            rows.append(_row(fault.label, fault.expected, fault.kind, record))
     out["table"] = rows
     out["rank_1_correct"] = sum(row["correct"] for row in rows)
     out["faults"] = len(rows)
@@ -185,27 +188,28 @@ def bench_causes(artifacts, say) -> dict:
     # the library's own departures (the shipped distortions llama.cpp serves): each must be named and explained
     library = []
     for host in DISTORTED:
-        if host.distortion not in SHIPPED_EXPECTED:
+        if host.distortion not in SHIPPED_DISTORTIONS:
             continue
         say(f"causes: the shipped distortion {host.label}")
         with served(host, store) as server:
             record = audit(server.base_url, artifacts=store, candidates=list(SHIPPED_CANDIDATES))
-        library.append(_row(host.label, SHIPPED_EXPECTED[host.distortion], record))
+        library.append(_row(host.label, host.distortion, host.check, record))
     out["shipped"] = library
     return out
 
 
-def _row(label: str, expected: str, record) -> dict:
+def _row(label: str, expected: str | None, kind: str, record) -> dict:
     first = record.causes[0] if record.causes else None
     return {
         "fault": label,
-        "expected": expected,
+        "kind": kind,
+        "expected": expected or "none explains it",
         "verdicts": {c.name: c.verdict for c in record.checks},
         "first": first.name if first else None,
         "first_explains": first.explains if first else None,
         "ranking": [c.name for c in record.causes[:4]],
         "cause": record.cause,
-        "correct": bool(first and first.name == expected and first.explains),
+        "correct": correct(expected, kind, record),
         "seconds": record.seconds,
     }
 
@@ -213,7 +217,7 @@ def _row(label: str, expected: str, record) -> dict:
 @contextlib.contextmanager
 def _served_fault(fault: Fault, store, scratch: Path, own_template: str):
     if fault.recipe:
-        path = scratch / f"{fault.label.split()[0]}-{abs(hash(fault.recipe)) % 10**8}.yaml"
+        path = scratch / f"{fault.variant}.yaml"
         path.write_text(fault.recipe)
         variant = build(str(path), store.root).manifest.variant
         front = FrontSettings()

@@ -30,8 +30,9 @@ its own (``explains``): its KLs against the calibration's threshold (the weights
 its turn misses against the flip allowance, its greedy variation, Bonferroni over the parts; when that rejects,
 nothing in the library explains the endpoint either.
 
-One departure at a time: a host with two (quantized weights and a wrong template) is ranked against single
-causes only, and its most likely single cause is named.
+Besides single departures, one pair: the likeliest known format with the likeliest known rendering or effort
+policy (a host with quantized weights and the effort dropped); a host with more departures than that is named by
+its likeliest single one or pair, which its fit test then rejects.
 """
 
 from __future__ import annotations
@@ -243,14 +244,13 @@ def log_likelihood(fingerprint: Fingerprint, evidence: Evidence) -> tuple[float,
         if fingerprint.fits_noise:
             parts["weights"] -= 0.5 * math.log(len(values))
     if evidence.seen:
+        misses = _misses(fingerprint, evidence)
         if fingerprint.sampled or not fingerprint.known:
             # a miss rate of its own: a sampling host's depends on the engine's default temperature, an unknown
             # departure's on its size; fitted, and charged for (no lower than a faithful host's)
-            misses = _misses(fingerprint, evidence)
             rate = min(max(float(misses.mean()), FLIP_RATE), 1 - 0.5 / len(misses))
             parts["turns"] = _bernoulli(misses, rate) - 0.5 * math.log(len(misses))
         else:
-            misses = _misses(fingerprint, evidence)
             parts["turns"] = _bernoulli(misses, FLIP_RATE)
         parts["turns"] += int(misses.sum()) * math.log(UNPREDICTED_TURN)
     if evidence.greedy_varied.size:
@@ -292,8 +292,10 @@ def _sentence(causes: list[AuditCause], evidence: Evidence) -> str:
         return (
             f"explained by {first.name} (log-likelihood ratio {first.log_likelihood_ratio:.1f} over faithful; {seen})"
         )
-    closest = next((c for c in causes if c.known and c.kind == first.kind), None) or next(c for c in causes if c.known)
     if not first.known:
+        closest = next((c for c in causes if c.known and c.kind == first.kind), None) or next(
+            c for c in causes if c.known
+        )
         return (
             f"none of the known departures explains it: most likely {first.name} (closest known: {closest.name}; "
             f"{seen})"

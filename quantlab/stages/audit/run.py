@@ -224,8 +224,7 @@ def _run_check(check: Check, context: Context, budget: int) -> AuditCheck:
 
 def _causes(context: Context, results: list[AuditCheck]) -> tuple[list[AuditCause], str]:
     """The departures ranked by likelihood, when a check that a known departure fails has failed."""
-    failed = [r.name for r in results if r.verdict == FAIL and r.name in RANKED_CHECKS]
-    if not failed:
+    if not any(r.verdict == FAIL and r.name in RANKED_CHECKS for r in results):
         return [], "no departure to explain: " + (
             "the checks that a known departure fails passed" if results else "no check ran"
         )
