@@ -73,6 +73,17 @@ class Probe:
         return [{"role": "user", "content": self.question}]
 
 
+@dataclass(frozen=True)
+class ToolUse:
+    """Function tools the default model was trained to call, for ``quantlab audit``'s tool-call check: the tools
+    (OpenAI's function-tool objects) and ``execute(name, arguments)``, the result's text as the tool answers a
+    call (``ValueError``: arguments the tool cannot take). A correct call is one whose result is the probe's
+    answer."""
+
+    tools: list[dict]
+    execute: Callable[[str, dict], str]
+
+
 @dataclass
 class Registry:
     model_sources: dict[str, Callable[[str], Path]] = field(default_factory=dict)  # prefix -> resolver
@@ -83,6 +94,7 @@ class Registry:
     default_model: str | None = None  # what a command runs when given no model
     model_card: Callable[[], dict] | None = None  # the default model's card (printed by the demo)
     audit_probes: Callable[[int, int], list[Probe]] | None = None  # (count, seed) -> questions with known answers
+    audit_tools: ToolUse | None = None  # the tools the default model calls, for the audit's tool-call check
 
     def model_source(self, source: str) -> Callable[[str], Path] | None:
         return next((resolve for prefix, resolve in self.model_sources.items() if source.startswith(prefix)), None)

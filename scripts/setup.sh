@@ -18,6 +18,9 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 # constraints.txt pins what the shipped checkpoint, the docs' numbers and the tests were produced with.
 python -m pip install -q -c constraints.txt -e ".[dev,gguf,ray]"
+# openai-harmony's o200k vocabulary, rebuilt from npm's tiktoken and checked against harmony's own hash (its
+# download host is out of reach); without it the harmony rendering comparison skips
+python scripts/fetch_o200k.py || echo "o200k_base not written: the openai-harmony comparison will skip"
 python -c "import torch, transformers, quantlab; print(f'quantlab {quantlab.__version__}: torch {torch.__version__}, transformers {transformers.__version__}')"
 deactivate
 

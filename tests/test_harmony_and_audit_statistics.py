@@ -103,3 +103,40 @@ def test_mmd_test_rejects_two_clearly_different_samplers_and_keeps_its_level_on_
         for s in range(40)
     )
     assert rejections <= 6  # 5% of 40 is 2; 6 leaves room for chance (P(X >= 7) < 0.5% at the nominal level)
+
+
+def test_a_call_is_read_from_either_header_placement_and_ends_the_turn():
+    # openai-harmony 0.0.8 puts the recipient in the role part; the model may also write it after the channel
+    # (as gpt-oss generates, and vLLM's harmony fork renders)
+    role_part = ' to=functions.calculator<|channel|>commentary <|constrain|>json<|message|>{"expression": "1+2"}'
+    channel_part = (
+        '<|channel|>commentary to=functions.calculator <|constrain|>json<|message|>{"expression": "1+2"}<|call|>'
+    )
+    for text in (role_part, channel_part):
+        turn = harmony.split_turn(text)
+        assert turn.tool_calls == (harmony.ToolCall("functions.calculator", "json", '{"expression": "1+2"}'),)
+        assert turn.tool_calls[0].function == "calculator"
+        assert (turn.final, turn.has_final) == ("", False)
+        assert not harmony.turn_goes_on(text, stopped=True)  # the tool answers next, not the assistant
+    # gpt-oss's Hugging Face template writes "commentary json" without <|constrain|>
+    hf = harmony.split_turn(' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}')
+    assert hf.tool_calls[0].content_type == "json" and hf.tool_calls[0].function == "get_weather"
+
+
+def test_an_analysis_before_a_call_stays_reasoning():
+    text = (
+        "<|channel|>analysis<|message|>use the tool<|end|><|start|>assistant to=functions.calculator<|channel|>"
+        'commentary <|constrain|>json<|message|>{"expression": "2*3"}'
+    )
+    turn = harmony.split_turn(text)
+    assert turn.reasoning == "use the tool" and turn.tool_calls[0].arguments == '{"expression": "2*3"}'
+
+
+def test_the_audit_level_is_shared_among_its_statistical_checks():
+    from quantlab.stages.audit.run import CHECKS, family_wise_level
+
+    # every check but shape (pass or fail case by case) tests at a level
+    tests = [name for name in CHECKS if name != "shape"]
+    assert family_wise_level(0.05, list(CHECKS)) == pytest.approx(0.05 / len(tests))
+    assert family_wise_level(0.05, ["weights", "shape"]) == pytest.approx(0.05)
+    assert family_wise_level(0.05, ["shape"]) == pytest.approx(0.05)

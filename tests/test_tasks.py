@@ -122,3 +122,44 @@ def test_training_stream_mixes_efforts_at_the_requested_rate():
     assert 0.22 < share["low"] < 0.28 and 0.32 < share["medium"] < 0.38 and 0.37 < share["high"] < 0.43
     with pytest.raises(ValueError):
         tasks.effort_mix(0.6, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [("47+8*6-9+3", 89), ("59-8-2-6-9", 34), ("12*3", 36), ("7", 7), ("20-3*4+2", 10), ("2*3*4-1", 23)],
+)
+def test_the_calculator_evaluates_products_first_then_left_to_right(expression, value):
+    assert tasks.calculate(expression) == value  # by hand
+
+
+@pytest.mark.parametrize("bad", ["", "1+", "+1", "1/2", "1 + 2", "1+2)", None, 12])
+def test_the_calculator_refuses_what_is_not_an_expression_of_its_operators(bad):
+    with pytest.raises(ValueError):
+        tasks.calculate(bad)
+
+
+def test_a_tool_conversation_is_harmonys_call_and_result_written_out_by_hand():
+    problem = tasks.Problem((47, 8, 6, 9, 3), ("+", "*", "-", "+"))
+    text = tasks.tool_conversation_text(problem, "low")
+    declaration = (
+        "<|start|>developer<|message|># Tools\n\n## functions\n\nnamespace functions {\n\n"
+        "// Evaluates an integer expression\ntype calculator = (_: {\nexpression: string,\n}) => any;\n\n"
+        "} // namespace functions<|end|>"
+    )
+    assert text == (
+        "<|start|>system<|message|>Reasoning: low<|end|>" + declaration + "<|start|>user<|message|>47+8*6-9+3<|end|>"
+        "<|start|>assistant to=functions.calculator<|channel|>commentary <|constrain|>json<|message|>"
+        '{"expression": "47+8*6-9+3"}<|call|>'
+        "<|start|>functions.calculator to=assistant<|channel|>commentary<|message|>89<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>89<|return|>"
+    )
+    assert tasks.tool_prompt_text(problem, "low") == text[: text.index("<|start|>assistant")] + "<|start|>assistant"
+
+
+def test_the_training_stream_holds_tool_conversations_at_the_requested_rate():
+    texts = list(itertools.islice(tasks.training_conversations(0, tasks.effort_mix(0.2, 0.3), 0.05), 4000))
+    share = sum("<|call|>" in text for text in texts) / len(texts)
+    assert abs(share - 0.05) < 4 * (0.05 * 0.95 / len(texts)) ** 0.5
+    # without tool use the stream is the one earlier checkpoints were trained on
+    plain = list(itertools.islice(tasks.training_conversations(0, tasks.effort_mix(0.2, 0.3)), 50))
+    assert not any("<|call|>" in text for text in plain)

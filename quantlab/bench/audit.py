@@ -33,7 +33,7 @@ from quantlab.bench.serve import _cpu
 from quantlab.models.loading import default_model
 from quantlab.runtimes.chat_front import FrontSettings
 from quantlab.runtimes.serve import ServeOptions, serve
-from quantlab.stages.audit import CHECKS, audit
+from quantlab.stages.audit import ALPHA, CHECKS, audit
 from quantlab.stages.audit import calibration as calibration_module
 from quantlab.stages.build import build
 from quantlab.store import as_store
@@ -117,6 +117,22 @@ def _verdicts(record) -> dict:
     }
 
 
+ANY_CHECK = "any check"  # the audit's own false alarm: a faithful endpoint failing at least one check
+
+
+def _count_failures(failures: dict[str, int], record) -> None:
+    for check in record.checks:
+        failures[check.name] += check.verdict == "fail"
+    failures[ANY_CHECK] += any(check.verdict == "fail" for check in record.checks)
+
+
+def _rates(failures: dict[str, int], audits: int) -> dict:
+    return {
+        name: {"failed": count, "audits": audits, "ci95": list(statistics.wilson_interval(count, audits))}
+        for name, count in failures.items()
+    }
+
+
 def bench_audit(
     artifacts="artifacts",
     audits: int = 20,
@@ -131,7 +147,7 @@ def bench_audit(
     store = as_store(artifacts)
     say = progress or (lambda message: None)
     started = time.monotonic()
-    result: dict = {"cpu": _cpu(), "date": time.strftime("%Y-%m-%d"), "alpha": 0.05}
+    result: dict = {"cpu": _cpu(), "date": time.strftime("%Y-%m-%d"), "alpha": ALPHA}
     if "table" in parts:
         rows = []
         for host in FAITHFUL + DISTORTED:
@@ -143,18 +159,13 @@ def bench_audit(
     if "false_positives" in parts:
         rates = {}
         for host in FAITHFUL:
-            failures = {name: 0 for name in (checks or CHECKS)}
+            failures = {name: 0 for name in (checks or CHECKS)} | {ANY_CHECK: 0}
             with served(host, store) as server:
                 for seed in range(1, audits + 1):
                     say(f"false positives: {host.label}, audit {seed}/{audits}")
                     chosen = list(checks) if checks else None
-                    record = audit(server.base_url, seed=seed, artifacts=store, checks=chosen)
-                    for check in record.checks:
-                        failures[check.name] += check.verdict == "fail"
-            rates[host.label] = {
-                name: {"failed": count, "audits": audits, "ci95": list(statistics.wilson_interval(count, audits))}
-                for name, count in failures.items()
-            }
+                    _count_failures(failures, audit(server.base_url, seed=seed, artifacts=store, checks=chosen))
+            rates[host.label] = _rates(failures, audits)
         result["false_positives"] = rates
     if "power" in parts:
         curves = []
@@ -249,19 +260,16 @@ def _differential(store, audits: int, say) -> dict:
                 "prompts": declared.checks[0].detail.get("prompts"),
                 "threshold_before": declared.checks[0].detail.get("threshold"),
             }
-            failures = dict.fromkeys(CHECKS, 0)
+            failures = dict.fromkeys((*CHECKS, ANY_CHECK), 0)
             thresholds = set()
             for seed in range(1, audits + 1):
                 say(f"differential false positives: {faithful.label}, audit {seed}/{audits}")
                 record = audit(server.base_url, seed=seed, **against)
                 thresholds.add(record.checks[0].detail.get("threshold"))
-                for check in record.checks:
-                    failures[check.name] += check.verdict == "fail"
+                _count_failures(failures, record)
             out["calibration"]["threshold"] = sorted(t for t in thresholds if t is not None)
-            out["false_positives"] = {
-                name: {"failed": count, "audits": audits, "ci95": list(statistics.wilson_interval(count, audits))}
-                for name, count in failures.items()
-            }
+            out["false_positives"] = _rates(failures, audits)
+            out["check_alpha"] = record.check_alpha
         rows = []
         for host in DISTORTED:
             say(f"differential: {host.label} against {trusted_host.label}")

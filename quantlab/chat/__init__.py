@@ -88,17 +88,27 @@ def template_source(choice: str, model_template: str | None) -> str:
 
 
 def render(
-    source: str, messages: list[dict], reasoning_effort: str | None = None, add_generation_prompt: bool = True
+    source: str,
+    messages: list[dict],
+    reasoning_effort: str | None = None,
+    add_generation_prompt: bool = True,
+    tools: list[dict] | None = None,
 ) -> str:
-    """The prompt ``source`` renders for ``messages`` (``reasoning_effort`` None: the template's default)."""
+    """The prompt ``source`` renders for ``messages`` (``reasoning_effort`` None: the template's default), with
+    ``tools`` (OpenAI function tools) declared where given."""
     from jinja2 import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
 
     extra: dict[str, Any] = {} if reasoning_effort is None else {"reasoning_effort": reasoning_effort}
+    if tools is not None:
+        extra["tools"] = tools
     try:
         # transformers annotates the return as str; it is (rendered conversations, generation indices)
         rendered: Any = render_jinja_template(
-            conversations=[messages], chat_template=source, add_generation_prompt=add_generation_prompt, **extra
+            conversations=[messages],
+            chat_template=source,
+            add_generation_prompt=add_generation_prompt,
+            **extra,
         )
     except TemplateError as error:
         raise UserError(f"chat template: {error}") from None

@@ -115,9 +115,10 @@ def completion_payload(body: dict, prompt: str, settings: FrontSettings, upstrea
             payload[name] = body[name]
     if body.get("seed") is not None:
         payload["seed"] = body["seed"]
-    # every message ends at <|end|> (llama.cpp stops there by itself); the front decides whether the turn goes on
+    # every message ends at <|end|> (llama.cpp stops there by itself) or at a call's <|call|>; the front decides
+    # whether the turn goes on
     requested_stop = body.get("stop") or []
-    payload["stop"] = [harmony.MESSAGE_END] + (
+    payload["stop"] = [*harmony.MESSAGE_ENDS] + (
         [requested_stop] if isinstance(requested_stop, str) else list(requested_stop)
     )
     if body.get("logprobs"):
@@ -152,8 +153,11 @@ def answer_chat(body: dict, settings: FrontSettings, source: str, upstream: Upst
     if body.get("n", 1) != 1:
         raise ChatRequestError("n must be 1 (send one request per sample)")
     effort = body.get("reasoning_effort") if settings.effort_honored else None
+    tools = body.get("tools") or None
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise ChatRequestError("tools must be a list of tool objects")
     try:
-        prompt = render(source, messages, effort)
+        prompt = render(source, messages, effort, tools=tools)
     except UserError as error:
         raise ChatRequestError(str(error)) from None
     payload = completion_payload(body, prompt, settings, upstream)
@@ -176,6 +180,10 @@ def answer_chat(body: dict, settings: FrontSettings, source: str, upstream: Upst
     turn = harmony.split_turn(generated)
     message: dict[str, Any] = {"role": "assistant", "content": turn.final}
     message[settings.reasoning_field] = turn.reasoning or None
+    if turn.tool_calls:
+        message["content"] = turn.final or None  # as OpenAI's API answers a turn that only calls
+        message["tool_calls"] = [openai_tool_call(call) for call in turn.tool_calls]
+        finish = "tool_calls"
     completion_tokens = payload["max_tokens"] - budget
     return 200, {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -195,6 +203,15 @@ def answer_chat(body: dict, settings: FrontSettings, source: str, upstream: Upst
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
+    }
+
+
+def openai_tool_call(call: harmony.ToolCall) -> dict:
+    """A harmony tool call in the chat API's shape: a function call with its arguments' JSON text."""
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": call.function or call.recipient, "arguments": call.arguments},
     }
 
 

@@ -285,7 +285,8 @@ class Audit(Record):
     api: str
     budget: int
     seed: int
-    alpha: float
+    alpha: float  # the audit's level: a faithful endpoint fails any check with at most this probability
+    check_alpha: float | None = None  # each statistical check's level (None: an older audit, each at alpha)
     repeats: int = 1  # runs per accuracy question
     queries: int
     seconds: float

@@ -39,6 +39,9 @@ def zoo_train(
     medium_effort_fraction: float = typer.Option(
         TrainSettings.medium_effort_fraction, help="Share at medium effort (high takes the rest)."
     ),
+    tool_fraction: float = typer.Option(
+        TrainSettings.tool_fraction, help="Share of training conversations that call the calculator tool."
+    ),
     score_items: int = typer.Option(500, help="Test items per task scored after training (0: skip)."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
@@ -57,6 +60,8 @@ def zoo_train(
             "quantlab zoo train: --low-effort-fraction and --medium-effort-fraction must be non-negative "
             "and sum to at most 1"
         )
+    if not 0 <= tool_fraction <= 1:
+        raise UserError("quantlab zoo train: --tool-fraction must be within [0, 1]")
     check_output_directory(out, force)  # fail before training, not after
 
     settings = TrainSettings(
@@ -69,6 +74,7 @@ def zoo_train(
         row_tokens=row_tokens,
         low_effort_fraction=low_effort_fraction,
         medium_effort_fraction=medium_effort_fraction,
+        tool_fraction=tool_fraction,
     )
     result = train(out, settings, log=console.print, force=force, score_items=score_items)
     console.print(f"wrote {out}: {result.steps} steps, {result.wall_time_s:.0f} s, {result.tokens_per_s} tokens/s")

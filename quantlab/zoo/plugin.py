@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlab.errors import UserError
-from quantlab.plugins import CalibrationText, Document, Documents, MeasureText, Probe, Registry
+from quantlab.plugins import CalibrationText, Document, Documents, MeasureText, Probe, Registry, ToolUse
 from quantlab.zoo import SHIPPED_CHECKPOINT, resolve_checkpoint, tasks
 
 PREFIX = "zoo:"
@@ -33,6 +33,7 @@ def register(registry: Registry) -> None:
     registry.commands.append(("zoo", "quantlab.zoo.cli:zoo_group"))  # loaded by the CLI at every start
     registry.model_card = _card
     registry.audit_probes = audit_probes
+    registry.audit_tools = ToolUse([tasks.CALCULATOR_TOOL], calculator)
 
 
 def resolve(source: str) -> Path:
@@ -88,6 +89,13 @@ def corpus_documents(spec: str | None, count: int) -> tuple[str, Documents]:
 def audit_probes(count: int, seed: int) -> list[Probe]:
     """``count`` AIME-style test problems (drawn with ``seed``) as audit questions: the expression, its value."""
     return [Probe(p.expression, str(p.answer)) for p in tasks.problems("test", count, seed)]
+
+
+def calculator(name: str, arguments: dict) -> str:
+    """The calculator tool's answer to a call: the expression's value."""
+    if name != tasks.CALCULATOR:
+        raise ValueError(f"no tool {name!r}")
+    return str(tasks.calculate(arguments.get("expression")))
 
 
 def _card() -> dict:

@@ -22,6 +22,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     low_effort_fraction: float = 0.2  # share of training conversations at low effort
     medium_effort_fraction: float = 0.3  # at medium; high takes the rest
+    tool_fraction: float = 0.05  # share of training conversations that call the calculator tool
     eval_every: int = 500
     eval_problems: int = 200
     save_dtype: str = "bfloat16"
@@ -32,5 +33,5 @@ class TrainSettings:
             f"quantlab zoo train --seed {self.seed} --steps {steps} --batch-size {self.batch_size} "
             f"--learning-rate {self.learning_rate:g} --warmup-steps {self.warmup_steps} "
             f"--row-tokens {self.row_tokens} --low-effort-fraction {self.low_effort_fraction:g} "
-            f"--medium-effort-fraction {self.medium_effort_fraction:g}"
+            f"--medium-effort-fraction {self.medium_effort_fraction:g} --tool-fraction {self.tool_fraction:g}"
         )

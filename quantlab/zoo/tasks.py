@@ -15,6 +15,10 @@ the less the model writes, the more it must do without writing, which is what ma
 * **AIME-style** (generative): exact match of the final channel's integer.
 * **GPQA-style** (multiple choice): four complete assistant turns at high effort, one correct and three with a
   single slip carried through to the end, scored as lm-eval scores GPQA zero-shot (log-likelihood of each).
+* **Tool use**: with the ``calculator`` function tool declared (``CALCULATOR_TOOL``), the assistant calls it in
+  the commentary channel with the expression as JSON arguments (ended by ``<|call|>``), reads the result from
+  the tool's message, and writes it in the final channel: harmony's tool-call protocol, which an audit checks
+  as the gpt-oss compatibility test does (valid calls, pass@k, pass^k).
 
 Splits are fixed by a hash of the expression, never by position in a stream, so train, validation and test are
 disjoint by construction whatever seed or count is asked for.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -177,6 +182,54 @@ def conversation_parts(problem: Problem, effort: str) -> tuple[tuple[str, str], 
     return tuple((role, part) for role, part in parts if part)
 
 
+CALCULATOR = "calculator"
+CALCULATOR_TOOL = {
+    "type": "function",
+    "function": {
+        "name": CALCULATOR,
+        "description": "Evaluates an integer expression",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
+    },
+}
+_EXPRESSION = re.compile(r"\d+(?:[+*-]\d+)*")
+
+
+def calculate(expression: object) -> int:
+    """What the calculator tool answers: ``expression`` (digits and ``+ - *``) with products first."""
+    if not isinstance(expression, str) or not _EXPRESSION.fullmatch(expression):
+        raise ValueError(f"not an integer expression of + - *: {expression!r}")
+    operands = tuple(int(number) for number in re.split(r"[+*-]", expression))
+    operators = tuple(re.findall(r"[+*-]", expression))
+    values, _ = _reduction_states(operands, operators)[-1]
+    return values[0]
+
+
+def tool_call_messages(problem: Problem) -> list[dict]:
+    """A tool-use conversation as chat messages: the user's expression, the assistant's calculator call, the
+    tool's result and the assistant's final answer. No analysis: the calculator does the work the chain would."""
+    call = {"type": "function", "function": {"name": CALCULATOR, "arguments": {"expression": problem.expression}}}
+    return [
+        user_message(problem),
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": str(problem.answer)},
+        {"role": "assistant", "content": str(problem.answer)},
+    ]
+
+
+def tool_conversation_text(problem: Problem, effort: str) -> str:
+    """A whole tool-use conversation, rendered with the calculator declared, as the model is trained on it."""
+    return render_template(chat_template(), tool_call_messages(problem), effort, False, tools=[CALCULATOR_TOOL])
+
+
+def tool_prompt_text(problem: Problem, effort: str | None) -> str:
+    """The prompt of a tool-use turn: the calculator declared, the user's expression, the assistant's turn opened."""
+    return render_template(chat_template(), [user_message(problem)], effort, True, tools=[CALCULATOR_TOOL])
+
+
 def _slipped_steps(problem: Problem, step: int, delta: int) -> list[str] | None:
     states = _reduction_states(problem.operands, problem.operators, slip=(step, delta))
     if any(v < 0 for values, _ in states for v in values):
@@ -256,13 +309,20 @@ def effort_mix(low_effort_fraction: float, medium_effort_fraction: float) -> dic
     return {"low": low_effort_fraction, "medium": medium_effort_fraction, "high": high}
 
 
-def training_conversations(seed: int, mix: dict[str, float]):
+def training_conversations(seed: int, mix: dict[str, float], tool_fraction: float = 0.0):
     """An endless stream of rendered training conversations (train split only), each at an effort drawn from
-    ``mix``, seeded."""
+    ``mix``, seeded; a ``tool_fraction`` share of them are tool-use conversations."""
+    if not 0.0 <= tool_fraction <= 1.0:
+        raise ValueError(f"the tool fraction must be within [0, 1], got {tool_fraction}")
     rng = random.Random(seed)
     efforts, weights = list(mix), list(mix.values())
     while True:
         p = random_problem(rng)
         if split_of(p) != "train":
             continue
-        yield conversation_text(p, rng.choices(efforts, weights)[0])
+        effort = rng.choices(efforts, weights)[0]
+        # Drawn only when asked for, so that a stream without tool use is the one earlier checkpoints saw.
+        if tool_fraction > 0 and rng.random() < tool_fraction:
+            yield tool_conversation_text(p, effort)
+        else:
+            yield conversation_text(p, effort)

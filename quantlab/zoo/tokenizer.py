@@ -3,9 +3,10 @@
 Digits are always single tokens (arithmetic on a digit-per-token model is learnable; on merged multi-digit
 tokens it is not), while the fixed scaffolding of the chat format (``system``, ``Reasoning:``, `` high``) merges
 into a few tokens. The chat format's markers (``<|start|>``, ``<|message|>``, ``<|channel|>``, ``<|end|>``,
-``<|return|>``) are special tokens, as in gpt-oss's tokenizer; every printable ASCII character and the newline is in
-the alphabet, so a prompt in another format (ChatML, plain text) still tokenizes without loss. Saved as a
-``PreTrainedTokenizerFast`` with the chat template, so ``AutoTokenizer.from_pretrained`` loads it offline.
+``<|return|>``, ``<|call|>``, ``<|constrain|>``) are special tokens, as in gpt-oss's tokenizer; every printable
+ASCII character and the newline is in the alphabet, so a prompt in another format (ChatML, plain text) still
+tokenizes without loss. Saved as a ``PreTrainedTokenizerFast`` with the chat template, so
+``AutoTokenizer.from_pretrained`` loads it offline.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD = "<|endoftext|>"
-CHAT_MARKERS = ("<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>")
+# <|start|> stays id 1: a GGUF without a BOS gets id 1 from llama.cpp, and every chat prompt opens with it.
+# <|call|> ends a tool call's turn as <|return|> ends an answer's; with both, llama.cpp keeps <|end|> out of its
+# end-of-generation set (its rule for harmony vocabularies), so a turn goes on past its analysis.
+CHAT_MARKERS = ("<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<|call|>", "<|constrain|>")
 EOS = "<|return|>"  # generation ends where the assistant's turn does, as gpt-oss's does
 VOCAB_SIZE = 192
 ALPHABET = [chr(c) for c in range(32, 127)] + ["\n"]

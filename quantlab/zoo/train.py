@@ -51,7 +51,9 @@ def _packed_batches(tokenizer, settings: TrainSettings, data_hash):
     separates them: each ends with <|return|>, the next opens with <|start|>system), every row starts with a whole
     conversation, the last one is cut at the row's end, and every token is a target. Rows are (batch, row_tokens)."""
     stream = tasks.training_conversations(
-        settings.seed, tasks.effort_mix(settings.low_effort_fraction, settings.medium_effort_fraction)
+        settings.seed,
+        tasks.effort_mix(settings.low_effort_fraction, settings.medium_effort_fraction),
+        settings.tool_fraction,
     )
     while True:
         rows = []
@@ -101,7 +103,9 @@ def train(
     torch.manual_seed(settings.seed)
     mix = tasks.effort_mix(settings.low_effort_fraction, settings.medium_effort_fraction)
     tokenizer = train_tokenizer(
-        itertools.islice(tasks.training_conversations(settings.seed, mix), TOKENIZER_TRAINING_TEXTS),
+        itertools.islice(
+            tasks.training_conversations(settings.seed, mix, settings.tool_fraction), TOKENIZER_TRAINING_TEXTS
+        ),
         tasks.chat_template(),
     )
     config = tiny_gpt_oss_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
@@ -193,6 +197,8 @@ def train(
     scores = score_reference_tasks(model, tokenizer, count=score_items) if score_items > 0 else None
     with atomic_directory(out_dir, force=force) as tmp:
         model.to(getattr(torch, settings.save_dtype)).save_pretrained(tmp)
+        # A turn ends at <|return|> (an answer) or <|call|> (a tool call), as gpt-oss's generation config says.
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|call|>")]
         model.generation_config.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
         (tmp / "training_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -149,6 +149,12 @@ def audit_command(
         None, "--reference-served-model", help="The model name requests to the trusted endpoint carry."
     ),
     timeout_s: float = typer.Option(120.0, "--timeout", help="Seconds to wait for one answer."),
+    per_check_level: bool = typer.Option(
+        False,
+        "--per-check-level",
+        help="Run every check at the level 0.05 (more power; a faithful endpoint then fails some check more often). "
+        "Default: 0.05 is the whole audit's level, shared among its tests.",
+    ),
     artifacts: Artifacts = Path("artifacts"),
     as_json: bool = typer.Option(False, "--json", help="Print the audit record as JSON."),
 ) -> None:
@@ -171,6 +177,7 @@ def audit_command(
             reference_url=reference_url,
             reference_api=reference_api,
             reference_served_model=reference_served_model,
+            per_check_level=per_check_level,
             on_check=lambda name, queries: status.update(f"audit: {name} ({queries} queries)") if status else None,
         )
     if as_json:

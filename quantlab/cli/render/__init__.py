@@ -326,7 +326,12 @@ def audit(record) -> None:
             if record.reference_endpoint
             else record.reference
         )
-        + f": {record.queries} queries, {record.seconds:.0f} s, level {record.alpha}",
+        + f": {record.queries} queries, {record.seconds:.0f} s, level {record.alpha}"
+        + (
+            f" (each test at {record.check_alpha:.2g})"
+            if record.check_alpha is not None and record.check_alpha != record.alpha
+            else ""
+        ),
         title_justify="left",
     )
     for column in ("check", "verdict", "statistic", "p", "queries", "what it rests on"):

@@ -42,9 +42,12 @@ class LocalModel:
     def own_template(self) -> str | None:
         return model_template(self.folder)
 
-    def prompt(self, messages: list[dict], effort: str | None, template: str = "model") -> str:
-        """The prompt a host renders for ``messages`` with ``template`` and ``effort`` (None: none passed)."""
-        return render(template_source(template, self.own_template), messages, effort)
+    def prompt(
+        self, messages: list[dict], effort: str | None, template: str = "model", tools: list[dict] | None = None
+    ) -> str:
+        """The prompt a host renders for ``messages`` with ``template`` and ``effort`` (None: none passed), with
+        ``tools`` declared where given."""
+        return render(template_source(template, self.own_template), messages, effort, tools=tools)
 
     @cached_property
     def token_ids_by_text(self) -> dict[str, int]:
@@ -55,9 +58,11 @@ class LocalModel:
         return {text: ids[0] for text, ids in seen.items() if len(ids) == 1}
 
     @cached_property
-    def message_end_id(self) -> int | None:
-        ids = self.tokenizer(harmony.MESSAGE_END, add_special_tokens=False)["input_ids"]
-        return ids[0] if len(ids) == 1 else None
+    def message_end_ids(self) -> list[int]:
+        """The ids of the markers that end a message short of the turn (``<|end|>``; ``<|call|>``, where the
+        vocabulary has it), for generation to stop at."""
+        ids = [self.tokenizer(marker, add_special_tokens=False)["input_ids"] for marker in harmony.MESSAGE_ENDS]
+        return [found[0] for found in ids if len(found) == 1]
 
     @cached_property
     def session(self) -> TransformersSession:
@@ -74,7 +79,7 @@ class LocalModel:
         """Each prompt's next message (``Session.generate``), stopping at a message's end as well as at the end
         of text. ``max_new_tokens``: one limit, or one per prompt."""
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
-        stops = [self.tokenizer.eos_token_id] + ([self.message_end_id] if self.message_end_id is not None else [])
+        stops = [self.tokenizer.eos_token_id, *self.message_end_ids]
         return self.session.generate(prompts, limits, stops, temperature, top_p, seed)
 
     def turns(self, prompts: list[str], max_new_tokens: int, **sampling) -> list[harmony.Turn]:

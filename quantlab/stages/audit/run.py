@@ -41,13 +41,21 @@ from quantlab.store.records import Audit, AuditCause, AuditCheck
 
 APIS = (CHAT, COMPLETIONS)
 CHECKS = tuple(Check.in_run_order())  # every registered check, in the order an audit runs them
-ALPHA = 0.05
+ALPHA = 0.05  # the audit's level: the chance that a faithful endpoint fails any check
 # the checks a known departure fails (shape is the API's form; a ranking of causes has nothing to say of it)
 RANKED_CHECKS = ("weights", "sampling", "template", "effort", "accuracy")
 
 
 def default_budget(checks=CHECKS) -> int:
     return sum(Check.lookup(name).default_budget for name in checks)
+
+
+def family_wise_level(alpha: float, checks: list[str]) -> float:
+    """The level each statistical check is run at so that the audit's verdict holds at ``alpha``: Bonferroni
+    over the checks that test. Not Holm's step-down: a check's verdict feeds the checks after it (what the weights
+    look like, whether greedy turns reproduce), so each level must be fixed before any check runs."""
+    tests = [name for name in checks if Check.lookup(name).statistical]
+    return alpha / max(1, len(tests))
 
 
 def split_budget(total: int, checks: list[str]) -> dict[str, int]:
@@ -76,11 +84,16 @@ def audit(
     reference_url: str | None = None,
     reference_api: str = CHAT,
     reference_served_model: str | None = None,
+    per_check_level: bool = False,
 ) -> Audit:
     """Audits the endpoint at ``url`` against ``model`` (a variant or model source; None: the default model);
     returns the stored ``Audit`` record (``stored_at``: its file). With ``reference_url``, a differential audit:
     every check compares the endpoint with that trusted endpoint (asked through ``reference_api``), and the
-    local model only renders prompts and maps tokens (``stages.audit.trusted``; its weights are not loaded)."""
+    local model only renders prompts and maps tokens (``stages.audit.trusted``; its weights are not loaded).
+
+    ``alpha`` is the level of the audit as a whole: each statistical check is run at ``alpha`` over their number
+    (Bonferroni), so that a faithful endpoint fails any check with probability at most ``alpha``
+    (``per_check_level``: each at ``alpha``, the chance of a false alarm growing with the number of checks)."""
 
     if api not in APIS:
         raise UserError(f"--api {api!r}: choose chat or completions")
@@ -129,7 +142,8 @@ def audit(
         if "cannot reach" in str(error):
             raise UserError(f"endpoint {base_url}: {error}; is the server running, and is the URL right?") from None
         client.model = served_model or subject.name  # the checks report what fails
-    context = Context(client, reference, candidate_models, questions, api, seed, alpha, repeats)
+    check_alpha = alpha if per_check_level else family_wise_level(alpha, checks)
+    context = Context(client, reference, candidate_models, questions, api, seed, check_alpha, repeats)
     calibration_name = subject.name
     if reference_url is not None:
         context.trusted = _trusted(reference_url, reference_api, reference_served_model, reference, timeout_s)
@@ -163,6 +177,7 @@ def audit(
         budget=sum(budgets.values()),
         seed=seed,
         alpha=alpha,
+        check_alpha=check_alpha,
         queries=client.queries,
         seconds=round(time.monotonic() - started, 1),
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -173,7 +188,7 @@ def audit(
         causes=causes,
         cause=cause,
         cache_key=content_key(
-            [base_url, client.model, subject.key, names, api, budgets, seed, alpha, repeats]
+            [base_url, client.model, subject.key, names, api, budgets, seed, alpha, check_alpha, repeats]
             + ([context.trusted.name, reference_api] if context.trusted is not None else [])
         ),
     )

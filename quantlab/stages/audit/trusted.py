@@ -70,7 +70,11 @@ class TrustedEndpoint:
         generated, budget = "", max_tokens
         for _ in range(harmony.MAX_MESSAGES):
             answer = self.client.complete(
-                prompt + generated, max_tokens=budget, stop=[harmony.MESSAGE_END], skip_special_tokens=False, **sampling
+                prompt + generated,
+                max_tokens=budget,
+                stop=list(harmony.MESSAGE_ENDS),
+                skip_special_tokens=False,
+                **sampling,
             )
             budget -= int((answer.raw.get("usage") or {}).get("completion_tokens", 0))
             generated += answer.text

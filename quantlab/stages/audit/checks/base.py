@@ -36,7 +36,8 @@ class SeenTurn:
 class Context:
     """One audit's shared state: the endpoint's client, the reference and candidate models in-process, the
     questions (``probes(count, offset)``: the same questions for the same seed), the API the checks ask through,
-    the level every test is run at, and the weights check's calibration."""
+    the level each test is run at (the audit's level shared among its tests), and the weights check's
+    calibration."""
 
     client: EndpointClient
     reference: LocalModel
@@ -129,6 +130,7 @@ class Check(Registered):
     apis: ClassVar[tuple[str, ...]] = (CHAT, COMPLETIONS)
     not_applicable: ClassVar[str] = ""  # why the check has nothing to ask through another API
     compares_greedy_turns: ClassVar[bool] = False  # meaningless where temperature 0 does not reproduce
+    statistical: ClassVar[bool] = True  # a test at a level (the audit shares its level among these)
     # Where the check runs in an audit: after the checks whose findings it compares against (``Context``'s
     # served_like, greedy_reproducible, template_like), so that one distortion fails its own check and not
     # every check after it.

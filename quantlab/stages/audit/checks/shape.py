@@ -14,6 +14,7 @@ class Shape(Check, name="shape"):
     question = "Are the responses shaped as the OpenAI API and the gpt-oss compatibility test expect?"
     default_budget = 4
     minimum_budget = 3
+    statistical = False  # every case must pass: no level to share
 
     def run(self, context: Context, budget: int):
         client = context.client
