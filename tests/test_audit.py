@@ -47,8 +47,13 @@ def _verdicts(record) -> dict[str, str]:
 def test_the_reference_served_faithfully_passes_every_check_and_is_named(store):
     record = _audit(store, "bf16-gguf", FrontSettings(), budget=80, repeats=2)
     assert _verdicts(record) == {
-        name: "pass" for name in ("weights", "sampling", "template", "effort", "accuracy", "shape")
+        name: "pass" for name in ("weights", "sampling", "template", "effort", "accuracy", "tools", "shape")
     }
+    # the level is the audit's: shared among its six tests
+    assert record.alpha == 0.05 and record.check_alpha == pytest.approx(0.05 / 6)
+    assert all(check.alpha == pytest.approx(0.05 / 6) for check in record.checks if check.name != "shape")
+    tools = next(check for check in record.checks if check.name == "tools")
+    assert tools.detail["round_trips"]["endpoint"] == tools.detail["questions"]  # every call answered
     weights = record.checks[0]
     # the reference and its bf16 GGUF are the same weights: the reference is named (ties go to it)
     assert weights.detail["named"] == "zoo-tiny-gpt-oss"
@@ -61,7 +66,7 @@ def test_the_reference_served_faithfully_passes_every_check_and_is_named(store):
     assert record.queries == 1 + sum(check.queries for check in record.checks)  # + the model list
     assert all(check.queries <= check.budget for check in record.checks)
     stored = json.loads(next((store / "audits").glob("127.0.0.1-*.json")).read_text())
-    assert stored["reference"] == "zoo-tiny-gpt-oss" and len(stored["checks"]) == 6
+    assert stored["reference"] == "zoo-tiny-gpt-oss" and len(stored["checks"]) == 7
     # nothing failed: no ranking of causes, and the record says why
     assert record.causes == [] and record.cause.startswith("no departure to explain")
 
@@ -89,6 +94,28 @@ def test_each_host_mistake_fails_its_own_check_and_the_check_names_it(store, fro
     assert result.p_value < record.alpha
     for key, value in diagnosis.items():
         assert result.detail[key] == value
+
+
+@needs_llama_server
+def test_llama_cpp_pythons_own_chat_route_passes_the_template_check_given_its_effort(store):
+    """llama-cpp-python's own chat route (no chat front): it renders the GGUF's template, and with <|call|> in
+    the vocabulary llama.cpp goes on past an analysis message's <|end|>. Given the effort it renders (its
+    chat_template_kwargs; the template check asks with none, which the template writes as medium) its turns are
+    the model's. What it cannot do is read an effort per request (the effort check fails, its cause the effort
+    dropped), and it leaves the channels in the content (the shape check)."""
+    from quantlab.runtimes.serve import ServeOptions, serve
+    from quantlab.stages.audit import audit
+
+    options = ServeOptions(reasoning_effort="medium")
+    with serve("bf16-gguf", "llama.cpp", store, options=options) as server:
+        record = audit(server.base_url, artifacts=store, checks=["template", "effort", "shape"], budget=40)
+    verdicts = _verdicts(record)
+    assert verdicts == {"template": "pass", "effort": "fail", "shape": "fail"}, [c.reason for c in record.checks]
+    template = next(check for check in record.checks if check.name == "template")
+    assert template.detail["renders_like"] == "model"
+    shape = next(check for check in record.checks if check.name == "shape")
+    assert "left in the content" in shape.reason
+    assert record.causes[0].name == "effort dropped"
 
 
 @needs_llama_server

@@ -28,7 +28,7 @@ needs_llama_server = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None, reason="needs quantlab[gguf] (llama-cpp-python)"
 )
 
-CHECKS = ("weights", "sampling", "template", "effort", "accuracy", "shape")
+CHECKS = ("weights", "sampling", "template", "effort", "accuracy", "tools", "shape")
 
 
 # --- the statistic ---------------------------------------------------------------------------------------------

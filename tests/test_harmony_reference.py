@@ -118,6 +118,27 @@ def test_a_call_is_graded_valid_and_correct_by_hand(message, valid, correct, pro
 
 def test_a_round_trip_answers_the_call_with_the_tools_result():
     call = _message()["tool_calls"][0]
-    messages = round_trip(Probe("2*3+1", "7"), call, CALCULATOR)
+    graded = grade(_message(), CALCULATOR, "7")
+    assert graded.result == "7"
+    messages = round_trip(Probe("2*3+1", "7"), call, graded.result)
     assert messages[-1] == {"role": "tool", "tool_call_id": "c", "content": "7"}
     assert json.loads(messages[1]["tool_calls"][0]["function"]["arguments"]) == {"expression": "2*3+1"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs quantlab[gguf] (llama-cpp-python)")
+@pytest.mark.parametrize("case", _cases(), ids=lambda case: case.name)
+def test_llama_cpp_pythons_own_chat_route_renders_the_template_byte_for_byte(case):
+    # llama-cpp-python's server renders a GGUF's template with its own Jinja environment, passing tools and its
+    # chat_template_kwargs (the effort); it must give the prompt transformers gives
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from quantlab.chat import render
+
+    formatter = Jinja2ChatFormatter(
+        tasks.chat_template(), eos_token="<|return|>", bos_token="", add_generation_prompt=case.add_generation_prompt
+    )
+    extra = {} if case.effort is None else {"reasoning_effort": case.effort}
+    theirs = formatter(messages=case.messages, tools=case.tools, **extra).prompt
+    assert theirs == render(
+        tasks.chat_template(), case.messages, case.effort, case.add_generation_prompt, tools=case.tools
+    )

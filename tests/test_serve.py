@@ -319,6 +319,38 @@ def test_the_official_openai_client_reads_the_chat_front(served_store):
         process.wait(timeout=60)
 
 
+@needs_llama_server
+def test_the_official_openai_client_calls_the_models_tool_through_the_chat_front(served_store):
+    """A function tool through openai's client: the model's calculator call comes back as ``tool_calls`` (one
+    function call, JSON arguments the tool takes, finish reason ``tool_calls``), and the tool's result sent back
+    as a ``tool`` message is answered in the content."""
+    openai = pytest.importorskip("openai")
+    from quantlab.zoo import tasks
+
+    process, url = _start_serve_command(served_store, "--chat-front")
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+        problem = tasks.problems("test", 1)[0]
+        messages: list = [{"role": "user", "content": problem.expression}]
+        request = {"model": "q4k", "max_tokens": 48, "temperature": 0, "tools": [tasks.CALCULATOR_TOOL]}
+        called = client.chat.completions.create(messages=messages, **request).choices[0]
+        assert called.finish_reason == "tool_calls"
+        (call,) = called.message.tool_calls
+        assert call.type == "function" and call.function.name == "calculator" and call.id
+        arguments = json.loads(call.function.arguments)
+        assert set(arguments) == {"expression"} and tasks.calculate(arguments["expression"]) == problem.answer
+        messages += [
+            called.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": str(problem.answer)},
+        ]
+        answered = client.chat.completions.create(messages=messages, **request).choices[0]
+        assert answered.finish_reason == "stop" and not answered.message.tool_calls
+        assert answered.message.content == str(problem.answer)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
 # --- vLLM's server -------------------------------------------------------------------------------------------
 
 

@@ -201,7 +201,7 @@ def standard_cases(question: str, answer: str, chain: str, tool: dict, arguments
     with its result, and the call's conversation answered."""
     user = {"role": "user", "content": question}
     call = {"id": "call_1", "type": "function", "function": {"name": tool["function"]["name"], "arguments": arguments}}
-    called = [
+    called: list[dict] = [
         user,
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": answer},

@@ -46,7 +46,9 @@ LOAD_HELP = (
 )
 
 
-def serve_options(dtype: str, load: str, max_logprobs: Optional[int]):
+def serve_options(dtype: str, load: str, max_logprobs: Optional[int], reasoning_effort: Optional[str] = None):
     if load not in LOADS:
         raise UserError(f"--load {load!r}: choose one of {', '.join(LOADS)}")
-    return ServeOptions(dtype=dtype, load=load, max_logprobs=max_logprobs)
+    if reasoning_effort is not None and reasoning_effort not in ("low", "medium", "high"):
+        raise UserError(f"--reasoning-effort {reasoning_effort!r}: choose low, medium or high")
+    return ServeOptions(dtype=dtype, load=load, max_logprobs=max_logprobs, reasoning_effort=reasoning_effort)

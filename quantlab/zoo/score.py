@@ -35,9 +35,12 @@ def final_answer(response: str) -> int | None:
 
 
 @torch.no_grad()
-def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 100):
+def greedy_completions(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 100, stop_at_call: bool = False
+):
     """Greedy continuations of rendered ``prompts`` (left-padded batches, stopping at the end of the assistant's
-    turn), decoded with their special tokens."""
+    turn, or also at a tool call's ``<|call|>``), decoded with their special tokens."""
+    stops = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids("<|call|>")] if stop_at_call else [])
     tokenizer.padding_side = "left"
     completions = []
     for start in range(0, len(prompts), batch_size):
@@ -50,7 +53,7 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops,
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         completions += [

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 from quantlab import chat
+from quantlab.chat import harmony
 from quantlab.statistics import wilson_interval
 from quantlab.zoo import tasks
-from quantlab.zoo.score import exact_match, multiple_choice_accuracy
+from quantlab.zoo.score import exact_match, final_answer, greedy_completions, multiple_choice_accuracy
 
 SCORES_FILE = "scores.json"
 DEFAULT = "default"  # the effort label of a request that names none (the template then writes medium)
@@ -22,7 +23,9 @@ CARD = (
     [("aime-style", effort, chat.MODEL) for effort in (*tasks.EFFORTS, DEFAULT)]
     + [("aime-style", "high", template) for template in ("chatml", "final-only", "plain")]
     + [("gpqa-style", "high", template) for template in (chat.MODEL, "chatml", "plain")]
+    + [("tool-use", "high", chat.MODEL)]
 )
+TOOL_TOKENS = 48  # a call of the longest expression, or a final answer after the tool's result
 
 
 def _row(task: str, effort: str, template: str, correct: list[bool]) -> dict:
@@ -46,6 +49,36 @@ def prompts(tokenizer, problems: list[tasks.Problem], effort: str, template: str
     return [chat.render(source, [tasks.user_message(p)], asked) for p in problems]
 
 
+def tool_use_correct(model, tokenizer, problems: list[tasks.Problem], effort: str) -> list[bool]:
+    """Per problem, with the calculator declared: whether the greedy turn calls it with arguments whose value is
+    the answer, and, given the tool's result, answers it in the final channel (a vocabulary without ``<|call|>``
+    calls nothing)."""
+    if "<|call|>" not in tokenizer.get_vocab():
+        return [False] * len(problems)
+    calls = greedy_completions(
+        model, tokenizer, [tasks.tool_prompt_text(p, effort) for p in problems], TOOL_TOKENS, stop_at_call=True
+    )
+    called = []
+    for problem, completion in zip(problems, calls):
+        turn = harmony.split_turn(completion)
+        right = False
+        if turn.tool_calls and turn.tool_calls[0].function == tasks.CALCULATOR:
+            try:
+                right = tasks.calculate(json.loads(turn.tool_calls[0].arguments)["expression"]) == problem.answer
+            except (ValueError, TypeError, KeyError):
+                pass  # arguments that are not the calculator's: the call is wrong
+        called.append(right)
+    # the round trip: the right call answered by the tool, as every problem's conversation goes on
+    trips = [
+        chat.render(
+            tokenizer.chat_template, tasks.tool_call_messages(p)[:3], effort, True, tools=[tasks.CALCULATOR_TOOL]
+        )
+        for p in problems
+    ]
+    finals = greedy_completions(model, tokenizer, trips, TOOL_TOKENS)
+    return [right and final_answer(f) == p.answer for right, f, p in zip(called, finals, problems)]
+
+
 def score_reference_tasks(model, tokenizer, count: int = 500, seed: int = 0, split: str = "test") -> dict:
     """Scores on the first ``count`` items of a split: greedy, so the interval is over items only. Also whether
     the default effort gave the medium answers item for item."""
@@ -56,7 +89,9 @@ def score_reference_tasks(model, tokenizer, count: int = 500, seed: int = 0, spl
     rows, per_item = [], {}
     for task, effort, template in CARD:
         rendered = prompts(tokenizer, problems, effort, template)
-        if task == "aime-style":
+        if task == "tool-use":
+            correct = tool_use_correct(model, tokenizer, problems, effort)
+        elif task == "aime-style":
             _, correct = exact_match(model, tokenizer, rendered, answers)
         else:
             _, correct = multiple_choice_accuracy(model, tokenizer, rendered, docs)

@@ -58,10 +58,16 @@ def serve_command(
         "--reasoning-field",
         help="Where the chat API returns the analysis: reasoning_content or reasoning.",
     ),
+    reasoning_effort: Optional[str] = typer.Option(
+        None,
+        "--reasoning-effort",
+        help="llama.cpp without --chat-front: the effort its own chat route renders every conversation with "
+        "(llama.cpp's chat_template_kwargs; that route reads none from a request).",
+    ),
     artifacts: Artifacts = Path("artifacts"),
 ) -> None:
     """Serve a variant through a real engine's OpenAI-compatible server until Ctrl-C (or SIGTERM)."""
-    options = serve_options(dtype, load, max_logprobs)
+    options = serve_options(dtype, load, max_logprobs, reasoning_effort)
     front: FrontSettings | None = FrontSettings(
         chat_template=chat_template or "model",
         effort_honored=not drop_effort,
@@ -70,6 +76,8 @@ def serve_command(
     )
     if not chat_front and front == FrontSettings():
         front = None
+    if front is not None and reasoning_effort is not None:
+        raise UserError("--reasoning-effort sets the engine's own chat route; the chat front passes each request's")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with render.status(f"starting {engine} for {subject}", False):
@@ -112,13 +120,15 @@ def audit_command(
         help="Variants the weights check compares (repeatable; default: every variant in the store).",
     ),
     budget: Optional[int] = typer.Option(
-        None, "--budget", help="Total queries, shared among the checks (default: their defaults, 168)."
+        None, "--budget", help="Total queries, shared among the checks (default: their defaults, 188)."
     ),
     api: str = typer.Option(
         "chat", "--api", help="chat (the chat route: effort, template) or completions (prompts rendered here)."
     ),
     checks: Optional[list[str]] = typer.Option(
-        None, "--check", help="Run only this check (repeatable): weights, effort, template, sampling, accuracy, shape."
+        None,
+        "--check",
+        help="Run only this check (repeatable): weights, effort, template, sampling, accuracy, tools, shape.",
     ),
     seed: int = typer.Option(0, "--seed", help="Which questions are asked (and the permutations' seed)."),
     repeats: int = typer.Option(

@@ -43,6 +43,7 @@ class Graded:
     correct: bool
     problem: str
     call: dict | None = None
+    result: str | None = None  # the tool's answer to the call (None: it refused the arguments, or no call)
 
 
 # JSON's types as Python reads them (a bool is an int to Python, not a number to JSON)
@@ -96,13 +97,11 @@ def grade(message: dict, tool_use: ToolUse, answer: str) -> Graded:
     except ValueError as error:
         return Graded(True, False, f"the tool refuses the arguments ({error})", calls[0])
     right = result.strip() == answer.strip()
-    return Graded(True, right, "" if right else f"the call computes {result}, not {answer}", calls[0])
+    return Graded(True, right, "" if right else f"the call computes {result}, not {answer}", calls[0], result)
 
 
-def round_trip(probe: Probe, call: dict, tool_use: ToolUse) -> list[dict]:
-    """The conversation after ``call``: the question, the assistant's call, the tool's result."""
-    function = call["function"]
-    result = tool_use.execute(function["name"], json.loads(function["arguments"]))
+def round_trip(probe: Probe, call: dict, result: str) -> list[dict]:
+    """The conversation after ``call``: the question, the assistant's call, the tool's ``result``."""
     call_id = call.get("id") or "call_0"
     return probe.messages + [
         {"role": "assistant", "content": None, "tool_calls": [call | {"id": call_id}]},
@@ -230,14 +229,12 @@ class _Side:
         messages = self.map(lambda job: self.ask_message(job[0].messages, temperature=1.0, seed=job[1]), jobs)
         graded = [grade(message, self.tool_use, probe.answer) for message, (probe, _) in zip(messages, jobs)]
         self.graded = [graded[i * ATTEMPTS : (i + 1) * ATTEMPTS] for i in range(len(probes))]
-        # each question's first valid call, answered by the tool; no valid call: the round trip fails unasked
-        calls = [next((g.call for g in row if g.valid and g.call is not None), None) for row in self.graded]
-        trips = [(probe, call) for probe, call in zip(probes, calls) if call is not None]
-        finals = self.map(
-            lambda trip: self.ask_message(round_trip(trip[0], trip[1], self.tool_use), temperature=0.0), trips
-        )
+        # each question's first call the tool answers (valid); none: the round trip fails unasked
+        answered = [next((g for g in row if g.call is not None and g.result is not None), None) for row in self.graded]
+        trips = [(probe, g.call, g.result) for probe, g in zip(probes, answered) if g is not None]
+        finals = self.map(lambda trip: self.ask_message(round_trip(*trip), temperature=0.0), trips)
         self.round_trips = sum(
-            (final.get("content") or "").strip() == probe.answer for final, (probe, _) in zip(finals, trips)
+            (final.get("content") or "").strip() == trip[0].answer for final, trip in zip(finals, trips)
         )
 
     @property
