@@ -21,6 +21,11 @@ python -m pip install -q -c constraints.txt -e ".[dev,gguf,ray]"
 # openai-harmony's o200k vocabulary, rebuilt from npm's tiktoken and checked against harmony's own hash (its
 # download host is out of reach); without it the harmony rendering comparison skips
 python scripts/fetch_o200k.py || echo "o200k_base not written: the openai-harmony comparison will skip"
+# gpt-oss's own evals (its chat-completions sampler, held against quantlab serve --chat-front): the package asks
+# for Python 3.12 for the rest of its code, so its wheel is kept beside the checkout, not installed; the test
+# imports the sampler from it
+python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .cache/wheels gpt-oss==0.0.9 ||
+  echo "gpt-oss's wheel not downloaded: its sampler test will skip"
 python -c "import torch, transformers, quantlab; print(f'quantlab {quantlab.__version__}: torch {torch.__version__}, transformers {transformers.__version__}')"
 deactivate
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -346,6 +347,49 @@ def test_the_official_openai_client_calls_the_models_tool_through_the_chat_front
         answered = client.chat.completions.create(messages=messages, **request).choices[0]
         assert answered.finish_reason == "stop" and not answered.message.tool_calls
         assert answered.message.content == str(problem.answer)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+GPT_OSS_WHEEL = REPO / ".cache" / "wheels" / "gpt_oss-0.0.9-py3-none-any.whl"  # scripts/setup.sh downloads it
+
+
+@needs_llama_server
+@pytest.mark.skipif(not GPT_OSS_WHEEL.is_file(), reason="gpt-oss's wheel is not in .cache/wheels (scripts/setup.sh)")
+def test_gpt_oss_evals_chat_completions_sampler_reads_the_chat_front(served_store, monkeypatch):
+    """gpt-oss's own evals sampler (``gpt_oss.evals.chat_completions_sampler``, chat-completions mode, high
+    effort) against ``quantlab serve --chat-front --reasoning-field reasoning``: the answer it returns is the
+    model's final channel, and the reasoning it reads (the ``reasoning`` field) is kept in the conversation it
+    records, as its AIME and GPQA evals use it. Its retry loop never gives up, so it runs in a thread the test
+    waits for a bounded time."""
+    pytest.importorskip("openai")
+    sys.path.insert(0, str(GPT_OSS_WHEEL))  # a pure-Python wheel imports as a zip
+    try:
+        from gpt_oss.evals.chat_completions_sampler import ChatCompletionsSampler
+    finally:
+        sys.path.remove(str(GPT_OSS_WHEEL))
+    from quantlab.zoo import tasks
+
+    problem = tasks.problems("test", 1)[0]
+    process, url = _start_serve_command(served_store, "--chat-front", "--reasoning-field", "reasoning")
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "unused")  # the sampler's client takes its key from the environment
+        sampler = ChatCompletionsSampler(
+            model="q4k", temperature=0.0, max_tokens=96, reasoning_model=True, reasoning_effort="high", base_url=url
+        )
+        results: list = []
+        worker = threading.Thread(
+            target=lambda: results.append(sampler([{"role": "user", "content": problem.expression}])), daemon=True
+        )
+        worker.start()
+        worker.join(timeout=120)
+        assert results, "the sampler did not return within 120 s"
+        (response,) = results
+        assert response.response_text.strip() == str(problem.answer)
+        # the high-effort chain, read from the reasoning field and appended as an assistant message
+        chain = response.actual_queried_message_list[-1]
+        assert chain["role"] == "assistant" and chain["content"].startswith(problem.steps()[0])
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
