@@ -75,3 +75,10 @@ def small_family_config(family: str) -> dict:
     if "moe_intermediate_size" in config:
         config["moe_intermediate_size"] = 32
     return config
+
+
+def shipped_model_calls_tools() -> bool:
+    """Whether the shipped checkpoint's vocabulary has <|call|> (one trained on the calculator tool)."""
+    from quantlab.zoo import SHIPPED_CHECKPOINT
+
+    return "<|call|>" in (SHIPPED_CHECKPOINT / "tokenizer.json").read_text()

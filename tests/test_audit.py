@@ -10,17 +10,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import shipped_model_calls_tools
 
 from quantlab.errors import UserError
 from quantlab.runtimes.chat_front import FrontSettings
-
-
-def shipped_model_calls_tools() -> bool:
-    """Whether the shipped checkpoint's vocabulary has <|call|> (one trained on the calculator tool)."""
-    from quantlab.zoo import SHIPPED_CHECKPOINT
-
-    return "<|call|>" in (SHIPPED_CHECKPOINT / "tokenizer.json").read_text()
-
 
 needs_llama_server = pytest.mark.skipif(
     __import__("importlib").util.find_spec("llama_cpp") is None, reason="needs quantlab[gguf] (llama-cpp-python)"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shipped_model_calls_tools
 from scipy.stats import entropy
 
 from quantlab.errors import UserError
@@ -32,13 +33,6 @@ def _vllm_python() -> str | None:
     named = os.environ.get("QUANTLAB_VLLM_PYTHON")
     local = REPO / ".venv-vllm" / "bin" / "python"
     return named if named else (str(local) if local.is_file() else None)
-
-
-def shipped_model_calls_tools() -> bool:
-    """Whether the shipped checkpoint's vocabulary has <|call|> (one trained on the calculator tool)."""
-    from quantlab.zoo import SHIPPED_CHECKPOINT
-
-    return "<|call|>" in (SHIPPED_CHECKPOINT / "tokenizer.json").read_text()
 
 
 needs_vllm = pytest.mark.skipif(_vllm_python() is None, reason="needs vLLM (.venv-vllm: bash scripts/setup.sh)")

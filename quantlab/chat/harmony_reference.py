@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -170,20 +170,20 @@ class Case:
     tools: list[dict] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
     """Each case's two texts, and where the first difference is (None: identical)."""
 
     case: Case
     template_text: str
     harmony_text: str
-    first_difference: int | None = field(init=False)
 
-    def __post_init__(self):
+    @property
+    def first_difference(self) -> int | None:
         a, b = self.template_text, self.harmony_text
-        self.first_difference = (
-            None if a == b else next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        )
+        if a == b:
+            return None
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
     def describe(self) -> str:
         if self.first_difference is None:

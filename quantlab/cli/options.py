@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from quantlab.chat import REASONING_EFFORTS
 from quantlab.errors import UserError
 from quantlab.runtimes.engines import LOADS
 from quantlab.runtimes.serve import ServeOptions
@@ -49,6 +50,6 @@ LOAD_HELP = (
 def serve_options(dtype: str, load: str, max_logprobs: Optional[int], reasoning_effort: Optional[str] = None):
     if load not in LOADS:
         raise UserError(f"--load {load!r}: choose one of {', '.join(LOADS)}")
-    if reasoning_effort is not None and reasoning_effort not in ("low", "medium", "high"):
-        raise UserError(f"--reasoning-effort {reasoning_effort!r}: choose low, medium or high")
+    if reasoning_effort is not None and reasoning_effort not in REASONING_EFFORTS:
+        raise UserError(f"--reasoning-effort {reasoning_effort!r}: choose {', '.join(REASONING_EFFORTS)}")
     return ServeOptions(dtype=dtype, load=load, max_logprobs=max_logprobs, reasoning_effort=reasoning_effort)

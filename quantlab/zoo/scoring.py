@@ -55,8 +55,12 @@ def tool_use_correct(model, tokenizer, problems: list[tasks.Problem], effort: st
     calls nothing)."""
     if "<|call|>" not in tokenizer.get_vocab():
         return [False] * len(problems)
+
+    def prompt(messages: list[dict]) -> str:  # the checkpoint's own template, as every row of the card renders
+        return chat.render(tokenizer.chat_template, messages, effort, True, tools=[tasks.CALCULATOR_TOOL])
+
     calls = greedy_completions(
-        model, tokenizer, [tasks.tool_prompt_text(p, effort) for p in problems], TOOL_TOKENS, stop_at_call=True
+        model, tokenizer, [prompt([tasks.user_message(p)]) for p in problems], TOOL_TOKENS, stop_at_call=True
     )
     called = []
     for problem, completion in zip(problems, calls):
@@ -69,12 +73,7 @@ def tool_use_correct(model, tokenizer, problems: list[tasks.Problem], effort: st
                 pass  # arguments that are not the calculator's: the call is wrong
         called.append(right)
     # the round trip: the right call answered by the tool, as every problem's conversation goes on
-    trips = [
-        chat.render(
-            tokenizer.chat_template, tasks.tool_call_messages(p)[:3], effort, True, tools=[tasks.CALCULATOR_TOOL]
-        )
-        for p in problems
-    ]
+    trips = [prompt(tasks.tool_call_messages(p)[:3]) for p in problems]
     finals = greedy_completions(model, tokenizer, trips, TOOL_TOKENS)
     return [right and final_answer(f) == p.answer for right, f, p in zip(called, finals, problems)]
 

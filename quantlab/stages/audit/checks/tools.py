@@ -176,28 +176,14 @@ class ToolCalls(Check, name="tools"):
 
     @staticmethod
     def _endpoint_message(context: Context, tool_use: ToolUse):
-        def ask(messages: list[dict], **sampling) -> dict:
-            answer = context.client.chat(
-                messages, tools=tool_use.tools, reasoning_effort=EFFORT, max_tokens=CALL_TOKENS, **sampling
-            )
-            return answer.raw["choices"][0]["message"]
-
-        return ask
+        return _chat_asker(context.client, tool_use)
 
     @staticmethod
     def _reference_message(context: Context, tool_use: ToolUse):
         """The reference's answer in the chat API's shape: the trusted endpoint's own, or the local model's turn
         read as a chat host reads it (its harmony call as ``tool_calls``)."""
         if context.trusted is not None:
-            trusted = context.trusted.client
-
-            def ask_trusted(messages: list[dict], **sampling) -> dict:
-                answer = trusted.chat(
-                    messages, tools=tool_use.tools, reasoning_effort=EFFORT, max_tokens=CALL_TOKENS, **sampling
-                )
-                return answer.raw["choices"][0]["message"]
-
-            return ask_trusted
+            return _chat_asker(context.trusted.client, tool_use)
         model = context.weights_model
 
         def ask_local(messages: list[dict], temperature: float = 0.0, seed: int = 0) -> dict:
@@ -209,6 +195,18 @@ class ToolCalls(Check, name="tools"):
             return message
 
         return ask_local
+
+
+def _chat_asker(client, tool_use: ToolUse):
+    """A function asking ``client``'s chat route with the tools declared, giving back ``choices[0].message``."""
+
+    def ask(messages: list[dict], **sampling) -> dict:
+        answer = client.chat(
+            messages, tools=tool_use.tools, reasoning_effort=EFFORT, max_tokens=CALL_TOKENS, **sampling
+        )
+        return answer.raw["choices"][0]["message"]
+
+    return ask
 
 
 def _in_turn(function, items: list) -> list:
