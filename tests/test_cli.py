@@ -111,8 +111,9 @@ def test_score_json_counts_what_it_scored(cli):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     # one row per task, effort and template: four efforts (with none asked) and three wrong renderings of the
-    # AIME-style task, the GPQA-style task with its template and two wrong ones
-    assert len(rows) == 10 and len({(r["task"], r["effort"], r["template"]) for r in rows}) == 10
+    # AIME-style task, the GPQA-style task with its template and two wrong ones, and the tool-use task
+    assert len(rows) == 11 and len({(r["task"], r["effort"], r["template"]) for r in rows}) == 11
+    assert sum(r["task"] == "tool-use" for r in rows) == 1
     assert {r["effort"] for r in rows if r["task"] == "aime-style"} == {"low", "medium", "high", "default"}
     for entry in rows:
         assert set(entry) >= {"task", "effort", "template", "score", "ci95", "n"}

@@ -22,7 +22,7 @@ def test_same_seed_and_steps_give_identical_bytes(tmp_path):
     assert data_a == manifest_b["result"]["training_data_sha256"] and data_a != data_c
     assert manifest_a["command"] == (
         "quantlab zoo train --seed 5 --steps 3 --batch-size 8 --learning-rate 0.0015 --warmup-steps 2 "
-        "--row-tokens 256 --low-effort-fraction 0.2 --medium-effort-fraction 0.3"
+        "--row-tokens 256 --low-effort-fraction 0.2 --medium-effort-fraction 0.3 --tool-fraction 0.02"
     )
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
 
