@@ -55,7 +55,7 @@ def attributed_store(tmp_path_factory):
     return result, store
 
 
-def _shipped_vocab() -> int:
+def shipped_vocab_size() -> int:
     from quantlab.zoo import SHIPPED_CHECKPOINT
 
     return int(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text())["vocab_size"])
@@ -67,7 +67,7 @@ def small_family_config(family: str) -> dict:
 
     config = synth_config(family, layers=2, experts=8 if family.startswith(("qwen3", "olmoe")) else 4)
     heads = 4
-    config |= {"hidden_size": 64, "num_attention_heads": heads, "vocab_size": _shipped_vocab()}
+    config |= {"hidden_size": 64, "num_attention_heads": heads, "vocab_size": shipped_vocab_size()}
     config["num_key_value_heads"] = heads if config["model_type"] == "olmoe" else 2
     config["intermediate_size"] = 64 if config["model_type"] == "gpt_oss" else 96
     if "head_dim" in config:
