@@ -140,3 +140,26 @@ def test_the_audit_level_is_shared_among_its_statistical_checks():
     assert family_wise_level(0.05, list(CHECKS)) == pytest.approx(0.05 / len(tests))
     assert family_wise_level(0.05, ["weights", "shape"]) == pytest.approx(0.05)
     assert family_wise_level(0.05, ["shape"]) == pytest.approx(0.05)
+
+
+def test_a_token_left_out_of_a_servers_listing_is_restored_from_its_text_with_no_distribution():
+    """llama-cpp-python lists every generated token but the GGUF's BOS (here <|start|>, which opens each later
+    message): the ids must still be the turn's own tokens, as the checkpoint's tokenizer splits its text, and
+    the left-out position must count in no KL."""
+    from quantlab.stages.audit.calibration import tokens_and_served
+    from quantlab.stages.audit.client import CompletionAnswer
+    from quantlab.stages.audit.local import LocalModel
+    from quantlab.zoo import SHIPPED_CHECKPOINT
+
+    model = LocalModel("reference", SHIPPED_CHECKPOINT)
+    text = "<|channel|>final<|message|>7<|end|><|start|>assistant"
+    listed = ["<|channel|>", "final", "<|message|>", "7", "<|end|>", "assistant"]
+    answer = CompletionAnswer(text, "length", listed, [{token: -0.5} for token in listed], {})
+    ids, served = tokens_and_served(model, answer)
+    assert ids == model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [bool(top) for top in served] == [True] * 5 + [False, True]
+    # a text that disagrees with the listing otherwise (an endpoint that drops the markers from its text): the
+    # listing is trusted, as it was before
+    dropped = CompletionAnswer("final7assistant", "length", listed, answer.top_logprobs, {})
+    ids, served = tokens_and_served(model, dropped)
+    assert ids == [model.token_ids_by_text[token] for token in listed] and all(served)

@@ -90,29 +90,52 @@ def kl_of_tokens(model, prompt: str, ids: list[int], served: list[dict[int, floa
 
 def tokens_and_served(model, answer) -> tuple[list[int], list[dict[int, float]]]:
     """A completion's generated token ids and, per position, its top log-probabilities by token id, read through
-    the model's vocabulary (up to the first token whose text names no single id)."""
+    the model's vocabulary (up to the first token whose text names no single id).
+
+    A token the endpoint generated but left out of its listing is restored from the completion's text, its
+    distribution unknown (``{}``: left out of every KL): llama-cpp-python skips every token equal to the GGUF's
+    BOS, here ``<|start|>``, which opens each message after the first. Without the restored id the reference
+    would be teacher-forced on a turn the endpoint never wrote, and every later position would differ."""
     by_text = model.token_ids_by_text
+    text, offset = answer.text, 0  # offset None: the text stopped matching the listing, which is then trusted
     ids: list[int] = []
     served: list[dict[int, float]] = []
     for token, top in zip(answer.tokens, answer.top_logprobs):
         if token not in by_text:
             break
+        if offset is not None and not text.startswith(token, offset):
+            left_out = _left_out(by_text, text, offset, token)
+            if left_out is None:
+                offset = None
+            else:
+                ids.append(by_text[left_out])
+                served.append({})
+                offset += len(left_out)
         ids.append(by_text[token])
         served.append({by_text[t]: float(lp) for t, lp in top.items() if t in by_text and lp is not None})
+        if offset is not None:
+            offset += len(token)
     return ids, served
+
+
+def _left_out(by_text: dict[str, int], text: str, offset: int, listed: str) -> str | None:
+    """The one token text that, at ``offset`` of the completion's text, stands between the listing's previous
+    token and ``listed`` (None: none does, the text and the listing disagree otherwise)."""
+    found = [t for t in by_text if t and text.startswith(t, offset) and text.startswith(listed, offset + len(t))]
+    return max(found, key=len) if found else None
 
 
 def pair_kl_per_prompt(model, reference_answer, served_answer) -> float:
     """The mean top-k KL(reference endpoint ‖ served endpoint) over the positions whose context both greedy
     continuations share: their common prefix and the first position after it (NaN: none maps to the model's
-    vocabulary)."""
+    vocabulary), a position either endpoint left out of its listing skipped."""
     ids, reference = tokens_and_served(model, reference_answer)
     served_ids, served = tokens_and_served(model, served_answer)
     common = next((j for j, (a, b) in enumerate(zip(ids, served_ids)) if a != b), min(len(ids), len(served_ids)))
-    shared = min(common + 1, len(ids), len(served_ids))
-    if shared == 0:
+    shared = [j for j in range(min(common + 1, len(ids), len(served_ids))) if reference[j] and served[j]]
+    if not shared:
         return math.nan
-    return float(np.mean([topk_pair_kl(reference[j], served[j]) for j in range(shared)]))
+    return float(np.mean([topk_pair_kl(reference[j], served[j]) for j in shared]))
 
 
 def kl_per_prompt(model, prompts: list[str], answers) -> list[float]:
