@@ -97,7 +97,8 @@ def tokens_and_served(model, answer) -> tuple[list[int], list[dict[int, float]]]
     BOS, here ``<|start|>``, which opens each message after the first. Without the restored id the reference
     would be teacher-forced on a turn the endpoint never wrote, and every later position would differ."""
     by_text = model.token_ids_by_text
-    text, offset = answer.text, 0  # offset None: the text stopped matching the listing, which is then trusted
+    text = answer.text
+    offset: int | None = 0  # None: the text stopped matching the listing, which is then trusted
     ids: list[int] = []
     served: list[dict[int, float]] = []
     for token, top in zip(answer.tokens, answer.top_logprobs):
